@@ -1,0 +1,71 @@
+# vagent — daemonless, rootless build agent for Vieter.
+#
+# `make deps test` is what CI runs (.ci/run). `make help` lists the targets.
+
+GO        ?= go
+# Build tags: seccomp links libseccomp (static) into the sandbox.
+TAGS      ?= seccomp
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+PREFIX    ?= /usr/local
+# Test timeout for the whole tree (CI allows 90 minutes in all).
+TEST_TIMEOUT ?= 45m
+BENCH     ?= .
+BENCH_COUNT ?= 1
+
+# Every Debian package the build, the tests, the benchmarks and the demo need.
+DEB_PACKAGES := \
+	build-essential pkg-config libseccomp-dev git ca-certificates curl \
+	docker-registry busybox-static debootstrap umoci skopeo runc \
+	pacman-package-manager makepkg fakeroot libarchive-tools zstd pigz xz-utils \
+	uidmap iproute2 procps
+
+export CGO_ENABLED := 1
+
+.PHONY: help deps build install test unit lint fuzz bench demo testimages clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
+
+deps: ## install, idempotently, every Debian package the tests need
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+	$(GO) mod download
+
+build: ## build bin/vagent: static, -trimpath, version stamped, seccomp linked in
+	$(GO) build -trimpath -tags '$(TAGS) netgo osusergo' \
+		-ldflags '$(LDFLAGS) -s -w -extldflags -static' -o bin/vagent ./cmd/vagent
+	@ls -l bin/vagent | awk '{printf "bin/vagent: %.1f MiB\n", $$5/1048576}'
+
+install: build ## install bin/vagent into $(PREFIX)/bin
+	install -D -m 0755 bin/vagent $(DESTDIR)$(PREFIX)/bin/vagent
+
+testimages: ## build (once, cached by recipe) the test images: busybox and the Arch-like image
+	$(GO) run ./internal/testkit/cmd/testimages
+
+lint: ## gofmt, go vet, staticcheck
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet -tags '$(TAGS)' ./...
+	$(GO) tool staticcheck -tags '$(TAGS)' ./...
+
+unit: ## the tests alone, with the race detector
+	$(GO) test -race -tags '$(TAGS)' -timeout $(TEST_TIMEOUT) ./...
+
+test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race
+
+fuzz: ## run each fuzz target for FUZZTIME (default 30s)
+	$(GO) test -tags '$(TAGS)' -run '^$$' -fuzz FuzzUnpack -fuzztime $${FUZZTIME:-30s} ./oci
+
+bench: testimages ## benchmarks with peer ratios (see docs/benchmarks.md)
+	$(GO) test -tags '$(TAGS)' -run '^$$' -bench '$(BENCH)' -count $(BENCH_COUNT) -benchtime 1x -timeout 60m ./...
+
+demo: build testimages ## end to end on an embedded default: local registry, test images, test server
+	$(GO) run ./internal/testkit/cmd/demo -vagent bin/vagent
+
+clean: ## remove build output
+	rm -rf bin

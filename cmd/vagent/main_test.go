@@ -1,0 +1,31 @@
+package main
+
+import (
+	"os"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// TestMain lets testscript run the test binary as the `vagent` command.
+// The libcontainer init re-exec is handled earlier, in an init function.
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"vagent": func() { os.Exit(run1(os.Args[1:], os.Stdout, os.Stderr)) },
+	})
+}
+
+// TestScripts runs the CLI end to end from testdata/script/*.txtar.
+// Conditions: [root] is true when the tests run as root (CI does).
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Condition: func(cond string) (bool, error) {
+			switch cond {
+			case "root":
+				return os.Geteuid() == 0, nil
+			}
+			return false, nil
+		},
+	})
+}
