@@ -1,0 +1,75 @@
+// Package sandbox runs one process tree in an isolated, limited and killable
+// Linux container and leaves nothing behind.
+//
+// It uses runc's libcontainer in-process: there is no daemon and no runc
+// binary. A [Manager] owns a data directory; every [Manager.Run] gets:
+//
+//   - a root filesystem that is an overlayfs mount whose read-only lower is
+//     a prepared rootfs directory ([Spec.Lower], shared by concurrent runs,
+//     stored unshifted: owned by host uid 0 as an image unpacker produces it)
+//     and whose upper and work directories are private to the run. Writes
+//     never reach the lower. After the run the upper is removed or, with
+//     [Spec.KeepUpper], handed to the caller as a standard overlay upper
+//     (whiteouts are 0/0 character devices, opaque directories carry
+//     trusted.overlay.opaque="y"; redirect_dir, metacopy and index are off).
+//   - a user namespace: container ids 0–65535 map to host ids starting at
+//     100000 (see [WithIDMap]). The lower is made to look owned by the mapped
+//     ids with an idmapped bind mount (mount_setattr MOUNT_ATTR_IDMAP), so one
+//     unshifted copy of an image serves every run. Files the run creates in its
+//     upper are owned by the shifted host ids ([Upper.UIDBase]).
+//   - new mount, pid, ipc and uts namespaces; the host network namespace with
+//     the host's /etc/resolv.conf and /etc/hosts bind-mounted read-only
+//     ([NetworkHost], the default), or a new network namespace with only
+//     loopback up ([NetworkNone]).
+//   - /proc (with Docker's masked and read-only paths), a minimal /dev (null,
+//     zero, full, random, urandom, tty, ptmx, pts, shm, mqueue), /sys bound
+//     read-only, a /tmp tmpfs and the caller's extra bind mounts.
+//   - Docker's default capability set (effective only for container root; a
+//     non-root user gets it as bounding set so sudo and su work), no
+//     no_new_privs, and a seccomp blocklist of what builds never need
+//     (mount, kexec, modules, bpf, keyrings, ptrace attach, perf, swap,
+//     reboot, setns, new user namespaces, open_by_handle_at, userfaultfd…).
+//   - cgroup limits: memory (and memory+swap), pids, CPU weight and quota,
+//     with cgroup v1 (including hybrid hosts) and cgroup v2.
+//
+// Output: the process's stdout and stderr are one pipe copied live, in
+// order, to [Spec.Output]; nothing is buffered whole.
+//
+// Stopping: when the run's context ends, every process of the container gets
+// SIGTERM, then after [Spec.Grace] (default 1s, see [WithGrace]) SIGKILL; the
+// container is destroyed and its mounts and directories removed. [Result]
+// tells whether the run timed out (context deadline) or was cancelled.
+//
+// Cleanup and recovery: every Run removes its container state, cgroups,
+// mounts and directories on every path (success, failure, timeout, a panic
+// in the caller's Output writer, which Run re-raises after cleaning up).
+// [New] takes an exclusive lock on the data directory and first kills and
+// removes whatever a previous, killed agent left there: containers (the
+// parent-death signal does not reach them), their cgroups, mounts, upper
+// directories and kept uppers that were never released.
+//
+// Seccomp needs a binary built with cgo and the build tag "seccomp"
+// (libseccomp linked statically; see the Makefile). Without it
+// [SeccompSupported] is false and [New] refuses to start unless the caller
+// opts out explicitly with WithSeccomp(false): a sandbox never silently runs
+// with less isolation than asked for. `vagent check` reports it.
+//
+// Binaries using this package must call [Init] first thing (from an init
+// function of package main, and from TestMain in tests): libcontainer starts
+// each container by re-executing the current binary.
+//
+// # Rootless
+//
+// When the agent runs as a non-root user, [New] switches to rootless mode:
+// only the agent's own uid and gid can be mapped (to container 0), so
+// [Spec.UID] and [Spec.GID] must be 0; limits are not applied (cgroup
+// directories are not writable without delegation) and a Spec with limits is
+// refused with [ErrRootless]. See docs/sandbox.md for details.
+//
+// # Host requirements
+//
+// Linux ≥ 5.19 (overlayfs over idmapped lower layers), user namespaces,
+// overlayfs, cgroup v1 or v2 with the memory, pids and cpu controllers, and
+// a data directory on a filesystem that supports idmapped mounts (ext4, xfs,
+// btrfs, tmpfs…). [CheckHost] reports each requirement.
+package sandbox

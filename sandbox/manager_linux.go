@@ -1,0 +1,188 @@
+package sandbox
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/opencontainers/cgroups"
+	"golang.org/x/sys/unix"
+)
+
+// Manager runs sandboxes under one data directory, which it owns
+// exclusively while open.
+type Manager struct {
+	opts     options
+	dataDir  string
+	stateDir string // libcontainer state root
+	runsDir  string // per-run directories
+	keptDir  string // kept uppers handed to callers
+
+	rootless         bool
+	cgroupV2         bool
+	rootUID, rootGID uint32 // host ids of container root
+	idSize           uint32
+	usernsFD         *os.File // user namespace for idmapped lowers; nil without
+	lock             *os.File
+
+	mu     sync.Mutex
+	closed bool
+	active sync.WaitGroup
+}
+
+// New opens a Manager on dataDir (created if missing). It takes an
+// exclusive lock on the directory and first cleans up whatever an earlier
+// Manager on it left behind: running containers are killed and destroyed,
+// their cgroups, mounts, upper and state directories removed.
+func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
+	if !initCalled.Load() {
+		return nil, ErrNoInit
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	if o.seccomp && !SeccompSupported {
+		return nil, ErrNoSeccomp
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	if o.cgroupParent == "" {
+		sum := sha256.Sum256([]byte(abs))
+		o.cgroupParent = "vagent-" + hex.EncodeToString(sum[:6])
+	}
+	m := &Manager{
+		opts:     o,
+		dataDir:  abs,
+		stateDir: filepath.Join(abs, "state"),
+		runsDir:  filepath.Join(abs, "runs"),
+		keptDir:  filepath.Join(abs, "kept"),
+		rootless: os.Geteuid() != 0,
+		cgroupV2: cgroups.IsCgroup2UnifiedMode(),
+		idSize:   o.idSize,
+	}
+	if err := os.MkdirAll(abs, 0o711); err != nil {
+		return nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", abs, ErrLocked)
+		}
+		return nil, fmt.Errorf("locking %s: %w", abs, err)
+	}
+	m.lock = lock
+	defer func() {
+		if retErr != nil {
+			m.release()
+		}
+	}()
+
+	switch {
+	case m.rootless:
+		// Only the agent's own ids can be mapped without newuidmap.
+		m.rootUID, m.rootGID, m.idSize = uint32(os.Geteuid()), uint32(os.Getegid()), 1
+		m.opts.userns = true
+	case o.userns:
+		m.rootUID, m.rootGID = o.uidBase, o.uidBase
+		fd, err := newUsernsFD(o.uidBase, o.idSize)
+		if err != nil {
+			return nil, err
+		}
+		m.usernsFD = fd
+	}
+
+	if err := m.recover(); err != nil {
+		return nil, fmt.Errorf("cleaning up after an earlier run: %w", err)
+	}
+	for _, d := range []string{m.stateDir, m.runsDir, m.keptDir} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return nil, err
+		}
+	}
+	// A container's init process resolves paths under runs/ as the mapped
+	// root, which needs search permission on every ancestor.
+	if m.opts.userns && !m.rootless {
+		if err := checkSearchable(m.runsDir); err != nil {
+			return nil, err
+		}
+	}
+	m.opts.log.WithField("data_dir", abs).WithField("cgroup_parent", o.cgroupParent).Debug("sandbox manager ready")
+	return m, nil
+}
+
+// checkSearchable verifies that others may traverse every ancestor of dir.
+func checkSearchable(dir string) error {
+	for p := dir; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("%s is not searchable by the container's mapped user (needs o+x)", p)
+		}
+		if p == "/" {
+			return nil
+		}
+	}
+}
+
+// Close removes the Manager's cgroup parents and releases the data
+// directory. Call it after every Run has returned; later Runs fail with
+// ErrClosed. Kept uppers that were not released are removed by the next
+// New on the same data directory.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	m.mu.Unlock()
+	m.active.Wait()
+	err := removeCgroupParent(m.opts.cgroupParent)
+	m.release()
+	return err
+}
+
+func (m *Manager) release() {
+	if m.usernsFD != nil {
+		m.usernsFD.Close()
+		m.usernsFD = nil
+	}
+	if m.lock != nil {
+		m.lock.Close()
+		m.lock = nil
+	}
+}
+
+// begin registers a run; it fails after Close.
+func (m *Manager) begin() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	m.active.Add(1)
+	return nil
+}
+
+// newID returns a fresh container id.
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "vagent-" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,121 @@
+package sandbox
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Option configures a Manager.
+type Option func(*options) error
+
+type options struct {
+	log          logrus.FieldLogger
+	uidBase      uint32
+	idSize       uint32
+	userns       bool
+	seccomp      bool
+	limits       Limits
+	grace        time.Duration
+	cgroupParent string
+}
+
+func defaultOptions() options {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return options{
+		log:     l,
+		uidBase: 100000,
+		idSize:  65536,
+		userns:  true,
+		seccomp: true,
+		grace:   time.Second,
+	}
+}
+
+// WithLogger sets the logger (default: silent).
+func WithLogger(l logrus.FieldLogger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return fmt.Errorf("nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithIDMap sets the host id range that container ids 0..size-1 map to
+// (default base 100000, size 65536). The range must not contain host root
+// and should not overlap ids used on the host.
+func WithIDMap(base, size uint32) Option {
+	return func(o *options) error {
+		if base == 0 || size == 0 || uint64(base)+uint64(size) > 1<<32-1 {
+			return fmt.Errorf("invalid id map base %d size %d", base, size)
+		}
+		o.uidBase, o.idSize = base, size
+		return nil
+	}
+}
+
+// WithUserNamespace turns the user namespace on or off (default on). Without
+// it container root is host root: use only for measurements and trusted
+// workloads.
+func WithUserNamespace(on bool) Option {
+	return func(o *options) error { o.userns = on; return nil }
+}
+
+// WithSeccomp turns the seccomp filter on or off (default on). When the
+// binary lacks seccomp support New fails with ErrNoSeccomp unless this is
+// set to false.
+func WithSeccomp(on bool) Option {
+	return func(o *options) error { o.seccomp = on; return nil }
+}
+
+// WithDefaultLimits sets the limits of runs whose Spec.Limits is nil
+// (default: none).
+func WithDefaultLimits(l Limits) Option {
+	return func(o *options) error {
+		if err := l.validate(); err != nil {
+			return err
+		}
+		o.limits = l
+		return nil
+	}
+}
+
+// WithGrace sets the default time between SIGTERM and SIGKILL when a run's
+// context ends (default 1s).
+func WithGrace(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("negative grace period")
+		}
+		o.grace = d
+		return nil
+	}
+}
+
+// WithCgroupParent sets the name of the cgroup directory, at the root of
+// every hierarchy, that holds the runs' cgroups (default "vagent-" followed
+// by a hash of the data directory). The Manager owns it exclusively: New
+// kills and removes whatever it finds in it.
+func WithCgroupParent(name string) Option {
+	return func(o *options) error {
+		if name == "" || name == "." || name == ".." || containsSlash(name) {
+			return fmt.Errorf("invalid cgroup parent %q", name)
+		}
+		o.cgroupParent = name
+		return nil
+	}
+}
+
+func containsSlash(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '/' {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,232 @@
+package sandbox
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"golang.org/x/sys/unix"
+)
+
+// recover kills and removes whatever an earlier Manager on the same data
+// directory left: containers, cgroups, mounts and directories.
+func (m *Manager) recover() error {
+	var errs []error
+	if entries, err := os.ReadDir(m.stateDir); err == nil {
+		for _, e := range entries {
+			if err := m.destroyLeftover(e.Name()); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if !m.rootless {
+		if err := killCgroupChildren(m.opts.cgroupParent); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := unmountUnder(m.dataDir); err != nil {
+		errs = append(errs, err)
+		// Never remove directories that may still have mounts under them.
+		return errors.Join(errs...)
+	}
+	for _, d := range []string{m.runsDir, m.keptDir} {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// destroyLeftover kills and destroys the container id found in the state
+// directory.
+func (m *Manager) destroyLeftover(id string) error {
+	log := m.opts.log.WithField("container", id)
+	c, err := libcontainer.Load(m.stateDir, id)
+	if err != nil {
+		log.WithError(err).Warn("removing unreadable container state")
+		return os.RemoveAll(filepath.Join(m.stateDir, id))
+	}
+	log.Info("killing container left by an earlier run")
+	if err := c.Signal(unix.SIGKILL); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
+		log.WithError(err).Warn("killing leftover container")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := c.Status()
+		if err != nil || st == libcontainer.Stopped {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.Destroy(); err != nil {
+		return fmt.Errorf("destroying leftover container %s: %w", id, err)
+	}
+	return nil
+}
+
+// cgroupRoots returns the mount points of every cgroup hierarchy mounted at
+// its root (v1 controllers, named hierarchies and cgroup2).
+func cgroupRoots() ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	seen := map[string]bool{}
+	var roots []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		fields, pf := strings.Fields(pre), strings.Fields(post)
+		if len(fields) < 5 || len(pf) < 1 || (pf[0] != "cgroup" && pf[0] != "cgroup2") || fields[3] != "/" {
+			continue
+		}
+		mp := unescapeMountinfo(fields[4])
+		if !seen[mp] {
+			seen[mp] = true
+			roots = append(roots, mp)
+		}
+	}
+	return roots, sc.Err()
+}
+
+// mountPoints returns the mount points in the current mount namespace.
+func mountPoints() ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var mps []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 5 {
+			mps = append(mps, unescapeMountinfo(fields[4]))
+		}
+	}
+	return mps, sc.Err()
+}
+
+// unescapeMountinfo decodes the octal escapes (\040 etc.) of mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// unmountUnder detaches every mount below dir, deepest first.
+func unmountUnder(dir string) error {
+	mps, err := mountPoints()
+	if err != nil {
+		return err
+	}
+	var under []string
+	for _, mp := range mps {
+		if strings.HasPrefix(mp, dir+"/") {
+			under = append(under, mp)
+		}
+	}
+	sort.Slice(under, func(i, j int) bool { return len(under[i]) > len(under[j]) })
+	var errs []error
+	for _, mp := range under {
+		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", mp, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killCgroupChildren kills every process in, and removes, every cgroup
+// below the parent in each hierarchy. The parent itself stays.
+func killCgroupChildren(parent string) error {
+	roots, err := cgroupRoots()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, root := range roots {
+		p := filepath.Join(root, parent)
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				if err := killRemoveCgroup(filepath.Join(p, e.Name())); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// killRemoveCgroup SIGKILLs the processes of dir and its descendants and
+// removes them, deepest first.
+func killRemoveCgroup(dir string) error {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			if err := killRemoveCgroup(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	var err error
+	for i := 0; i < 100; i++ {
+		if data, rerr := os.ReadFile(filepath.Join(dir, "cgroup.procs")); rerr == nil {
+			for _, f := range strings.Fields(string(data)) {
+				if pid, perr := strconv.Atoi(f); perr == nil && pid > 0 {
+					_ = unix.Kill(pid, unix.SIGKILL)
+				}
+			}
+		}
+		// cgroup v1 freezer: a frozen cgroup's processes cannot die.
+		_ = os.WriteFile(filepath.Join(dir, "freezer.state"), []byte("THAWED"), 0)
+		if err = unix.Rmdir(dir); err == nil || errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("removing cgroup %s: %w", dir, err)
+}
+
+// removeCgroupParent removes the Manager's parent cgroup in every hierarchy.
+func removeCgroupParent(parent string) error {
+	roots, err := cgroupRoots()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, root := range roots {
+		if err := unix.Rmdir(filepath.Join(root, parent)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EROFS) {
+			errs = append(errs, fmt.Errorf("removing cgroup %s: %w", filepath.Join(root, parent), err))
+		}
+	}
+	return errors.Join(errs...)
+}

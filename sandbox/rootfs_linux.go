@@ -1,0 +1,100 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// runDirs are the directories of one run under <data>/runs/<id>.
+type runDirs struct {
+	base   string // <data>/runs/<id>
+	lower  string // idmapped view of Spec.Lower (user namespace only)
+	upper  string
+	work   string
+	rootfs string // overlay (or read-only lower) mount point
+}
+
+func newRunDirs(runsDir, id string) runDirs {
+	b := filepath.Join(runsDir, id)
+	return runDirs{
+		base:   b,
+		lower:  filepath.Join(b, "lower"),
+		upper:  filepath.Join(b, "upper"),
+		work:   filepath.Join(b, "work"),
+		rootfs: filepath.Join(b, "rootfs"),
+	}
+}
+
+// mountRootfs prepares d.rootfs for a run of spec. On error it leaves
+// mounts behind for unmountRun to remove.
+func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
+	if err := os.Mkdir(d.base, 0o711); err != nil {
+		return err
+	}
+	for _, dir := range []string{d.lower, d.rootfs} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	if spec.ReadOnly {
+		if m.usernsFD != nil {
+			return idmapMount(spec.Lower, d.rootfs, m.usernsFD, true)
+		}
+		if err := unix.Mount(spec.Lower, d.rootfs, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("binding lower: %w", err)
+		}
+		return unix.Mount("", d.rootfs, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	}
+	lower := spec.Lower
+	if m.usernsFD != nil {
+		if err := idmapMount(spec.Lower, d.lower, m.usernsFD, true); err != nil {
+			return err
+		}
+		lower = d.lower
+	}
+	for _, dir := range []string{d.upper, d.work} {
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+	}
+	// The upper's root is the container's "/": owned by container root.
+	if err := os.Chown(d.upper, int(m.rootUID), int(m.rootGID)); err != nil {
+		return err
+	}
+	fi, err := os.Stat(spec.Lower)
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(d.upper, fi.Mode().Perm()); err != nil {
+		return err
+	}
+	opts := "lowerdir=" + lower + ",upperdir=" + d.upper + ",workdir=" + d.work +
+		",redirect_dir=off,metacopy=off,index=off"
+	if err := unix.Mount("overlay", d.rootfs, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mounting overlay: %w", err)
+	}
+	return nil
+}
+
+// unmountRun detaches every mount of a run, deepest first. Missing mounts
+// are not an error.
+func unmountRun(d runDirs) error {
+	var errs []error
+	for _, p := range []string{d.rootfs, d.lower} {
+		for {
+			err := unix.Unmount(p, unix.MNT_DETACH)
+			if err == nil {
+				continue // stacked mounts: unmount until none is left
+			}
+			if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				errs = append(errs, fmt.Errorf("unmounting %s: %w", p, err))
+			}
+			break
+		}
+	}
+	return errors.Join(errs...)
+}

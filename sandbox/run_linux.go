@@ -1,0 +1,307 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/runc/libcontainer"
+	"github.com/sirupsen/logrus"
+)
+
+// run is the state of one Run.
+type run struct {
+	m      *Manager
+	spec   *Spec
+	id     string
+	dirs   runDirs
+	log    logrus.FieldLogger
+	c      *libcontainer.Container
+	mounts bool // rootfs mounts may exist
+
+	teardownOnce sync.Once
+	teardownErr  error
+	upper        *Upper
+}
+
+// Run runs spec to completion and returns its result. An error means the
+// run could not be set up (nothing was started, or what was is already
+// removed); a process that ran and failed is a Result with a non-zero
+// ExitCode. When ctx ends, the container is stopped (SIGTERM to every
+// process, Spec.Grace, SIGKILL) and the Result says whether it timed out or
+// was cancelled. Run removes everything it created before it returns, also
+// when the caller's Output panics (the panic is re-raised afterwards).
+func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) {
+	if err := spec.validate(); err != nil {
+		return nil, err
+	}
+	limits := m.opts.limits
+	if spec.Limits != nil {
+		limits = *spec.Limits
+	}
+	if m.rootless {
+		if spec.UID != 0 || spec.GID != 0 || len(spec.Groups) > 0 {
+			return nil, fmt.Errorf("user %d:%d: %w", spec.UID, spec.GID, ErrRootless)
+		}
+		if !limits.isZero() {
+			return nil, fmt.Errorf("limits: %w", ErrRootless)
+		}
+	}
+	if err := m.begin(); err != nil {
+		return nil, err
+	}
+	defer m.active.Done()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("not started: %w", err)
+	}
+	id := newID()
+	r := &run{
+		m: m, spec: &spec, id: id,
+		dirs: newRunDirs(m.runsDir, id),
+		log:  m.opts.log.WithField("container", id),
+	}
+	// Covers every early return and panics; the normal path tears down
+	// explicitly to report errors.
+	defer func() {
+		if err := r.teardown(); err != nil && retErr == nil {
+			r.log.WithError(err).Warn("sandbox teardown")
+		}
+	}()
+	return r.run(ctx, limits)
+}
+
+func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
+	m, spec := r.m, r.spec
+	res := &Result{Started: time.Now()}
+	r.mounts = true
+	if err := m.mountRootfs(spec, r.dirs); err != nil {
+		return nil, fmt.Errorf("preparing rootfs: %w", err)
+	}
+	cfg := m.containerConfig(spec, r.id, r.dirs.rootfs, limits)
+	c, err := libcontainer.Create(m.stateDir, r.id, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating container: %w", err)
+	}
+	r.c = c
+
+	out := spec.Output
+	if out == nil {
+		out = io.Discard
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer pr.Close()
+	cp := startCopy(out, pr)
+
+	dir := spec.Dir
+	if dir == "" {
+		dir = "/"
+	}
+	groups := make([]int, len(spec.Groups))
+	for i, g := range spec.Groups {
+		groups[i] = int(g)
+	}
+	p := &libcontainer.Process{
+		Args: spec.Args, Env: spec.Env,
+		UID: int(spec.UID), GID: int(spec.GID), AdditionalGroups: groups,
+		Cwd: dir, Stdout: pw, Stderr: pw, Init: true,
+	}
+	err = c.Run(p)
+	pw.Close()
+	if err != nil {
+		if code, ok := execFailure(err); ok {
+			cp.wait(r.log)
+			fmt.Fprintf(out, "vagent: %v\n", err)
+			res.ExitCode, res.Finished = code, time.Now()
+			return r.finish(res)
+		}
+		cp.wait(r.log)
+		return nil, fmt.Errorf("starting container: %w", err)
+	}
+	r.log.WithField("pid", pidOf(p)).Debug("container started")
+
+	waitCh := make(chan *os.ProcessState, 1)
+	go func() {
+		ps, _ := p.Wait()
+		waitCh <- ps
+	}()
+	var ps *os.ProcessState
+	select {
+	case ps = <-waitCh:
+	case <-ctx.Done():
+		switch {
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			res.TimedOut = true
+		default:
+			res.Cancelled = true
+		}
+		r.log.WithField("cause", context.Cause(ctx)).Debug("stopping container")
+		ps = r.stop(p, waitCh)
+	case <-cp.panicked:
+		ps = r.stop(p, waitCh)
+	}
+	res.Finished = time.Now()
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Exited():
+				res.ExitCode = ws.ExitStatus()
+			case ws.Signaled():
+				res.Signal = ws.Signal()
+				res.ExitCode = 128 + int(ws.Signal())
+			}
+		}
+	} else {
+		res.ExitCode = -1
+	}
+	res.OOMKilled = r.oomKilled()
+	if err := r.teardown(); err != nil {
+		return nil, err
+	}
+	cp.wait(r.log)
+	if v := cp.panicValue(); v != nil {
+		panic(v)
+	}
+	res.Upper = r.upper
+	return res, nil
+}
+
+// finish tears down a run that never got a process and returns res.
+func (r *run) finish(res *Result) (*Result, error) {
+	if err := r.teardown(); err != nil {
+		return nil, err
+	}
+	res.Upper = r.upper
+	return res, nil
+}
+
+// execFailure maps a start error caused by the command itself (not found,
+// not executable) to the shell's exit code.
+func execFailure(err error) (int, bool) {
+	msg := err.Error()
+	if !strings.Contains(msg, `exec: "`) && !strings.Contains(msg, "exec format error") {
+		return 0, false
+	}
+	if strings.Contains(msg, "permission denied") || strings.Contains(msg, "exec format error") ||
+		strings.Contains(msg, "is a directory") {
+		return 126, true
+	}
+	return 127, true
+}
+
+func pidOf(p *libcontainer.Process) int {
+	pid, err := p.Pid()
+	if err != nil {
+		return -1
+	}
+	return pid
+}
+
+// teardown destroys the container and removes the run's mounts and
+// directories (keeping the upper when asked). It runs once; later calls
+// return the first result.
+func (r *run) teardown() error {
+	r.teardownOnce.Do(func() { r.teardownErr = r.doTeardown() })
+	return r.teardownErr
+}
+
+func (r *run) doTeardown() error {
+	var errs []error
+	if r.c != nil {
+		if err := r.c.Destroy(); err != nil {
+			errs = append(errs, fmt.Errorf("destroying container: %w", err))
+		}
+	}
+	if !r.mounts {
+		return errors.Join(errs...)
+	}
+	if err := unmountRun(r.dirs); err != nil {
+		// Never remove a directory that may still have a mount under it.
+		return errors.Join(append(errs, err)...)
+	}
+	if r.spec.KeepUpper && len(errs) == 0 {
+		kept := filepath.Join(r.m.keptDir, r.id)
+		if err := os.Rename(r.dirs.upper, kept); err != nil {
+			errs = append(errs, fmt.Errorf("keeping upper: %w", err))
+		} else {
+			r.upper = &Upper{
+				Path: kept, UIDBase: r.m.rootUID, GIDBase: r.m.rootGID,
+				release: func() error { return os.RemoveAll(kept) },
+			}
+		}
+	}
+	if err := os.RemoveAll(r.dirs.base); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// copier copies the container's output to the caller's writer. A panic in
+// the writer is caught, the rest of the output discarded, and the panic
+// re-raised by Run once the container is gone.
+type copier struct {
+	r        *os.File
+	done     chan struct{}
+	panicked chan struct{}
+	mu       sync.Mutex
+	pv       any
+}
+
+func startCopy(w io.Writer, r *os.File) *copier {
+	c := &copier{r: r, done: make(chan struct{}), panicked: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		defer func() {
+			if v := recover(); v != nil {
+				c.mu.Lock()
+				c.pv = v
+				c.mu.Unlock()
+				close(c.panicked)
+				_, _ = io.Copy(io.Discard, r)
+			}
+		}()
+		// Only Write is used: no buffering beyond one read.
+		buf := make([]byte, 32*1024)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				if _, werr := w.Write(buf[:n]); werr != nil {
+					_, _ = io.Copy(io.Discard, r)
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return c
+}
+
+// wait waits for the copy to reach the end of the output. Every writer of
+// the pipe is gone once the container is destroyed; the deadline only
+// guards against a leaked descriptor.
+func (c *copier) wait(log logrus.FieldLogger) {
+	select {
+	case <-c.done:
+	case <-time.After(2 * time.Second):
+		log.Warn("output pipe still open after the container ended")
+		_ = c.r.SetReadDeadline(time.Now())
+		<-c.done
+	}
+}
+
+func (c *copier) panicValue() any {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pv
+}

@@ -1,0 +1,25 @@
+//go:build !linux
+
+package sandbox
+
+import (
+	"context"
+	"errors"
+)
+
+// Manager runs sandboxes; it is only available on Linux.
+type Manager struct{}
+
+// Init does nothing outside Linux.
+func Init() {}
+
+// New returns errors.ErrUnsupported outside Linux.
+func New(dataDir string, opts ...Option) (*Manager, error) { return nil, errors.ErrUnsupported }
+
+// Run returns errors.ErrUnsupported outside Linux.
+func (m *Manager) Run(ctx context.Context, spec Spec) (*Result, error) {
+	return nil, errors.ErrUnsupported
+}
+
+// Close returns errors.ErrUnsupported outside Linux.
+func (m *Manager) Close() error { return errors.ErrUnsupported }

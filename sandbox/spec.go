@@ -1,0 +1,224 @@
+package sandbox
+
+import (
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// NetworkMode selects the network of a run.
+type NetworkMode int
+
+const (
+	// NetworkHost shares the host's network namespace (the default): builds
+	// clone sources and talk to the Vieter server. The host's
+	// /etc/resolv.conf and /etc/hosts are bind-mounted read-only.
+	NetworkHost NetworkMode = iota
+	// NetworkNone gives the run its own network namespace with only the
+	// loopback interface, up.
+	NetworkNone
+)
+
+func (n NetworkMode) String() string {
+	switch n {
+	case NetworkHost:
+		return "host"
+	case NetworkNone:
+		return "none"
+	}
+	return fmt.Sprintf("NetworkMode(%d)", int(n))
+}
+
+// Mount is an extra bind mount into the container.
+type Mount struct {
+	// Source is an absolute host path (file or directory).
+	Source string
+	// Target is an absolute path inside the container; it is created when
+	// missing (in the run's upper, never in the lower).
+	Target string
+	// ReadOnly makes the mount, and every mount under it, read-only.
+	ReadOnly bool
+	// IDMapped maps the files of Source through the run's id mapping, so
+	// that host uid 0 appears as container root (and container root writes
+	// as host root). Without it host files appear owned by the overflow id
+	// (nobody) and container root can only write what is writable by the
+	// mapped host ids (e.g. a cache directory owned by 100000). Ignored
+	// without a user namespace.
+	IDMapped bool
+}
+
+// Limits are cgroup resource limits. A zero field means no limit.
+type Limits struct {
+	// Memory is the memory limit in bytes.
+	Memory int64
+	// MemorySwap is the limit of memory plus swap in bytes (as Docker's
+	// --memory-swap): 0 means no swap on top of Memory, -1 unlimited swap.
+	// It needs Memory.
+	MemorySwap int64
+	// Pids is the maximum number of processes and threads.
+	Pids int64
+	// CPUWeight is the relative CPU weight, 1–10000 (cgroup v2 semantics;
+	// 100 is the kernel default). On cgroup v1 it is converted to cpu.shares.
+	CPUWeight uint64
+	// CPUQuota is the number of CPUs the run may use (e.g. 1.5).
+	CPUQuota float64
+}
+
+func (l Limits) isZero() bool { return l == Limits{} }
+
+// Spec describes one run.
+type Spec struct {
+	// Lower is the prepared root filesystem directory, unshifted (owned by
+	// host root as an unpacker produced it). It is never written to. Its path
+	// must not contain ',', ':' or '\' (overlayfs option syntax).
+	Lower string
+	// ReadOnly runs directly on Lower, mounted read-only, without an overlay
+	// (KeepUpper must be false). /tmp is still a writable tmpfs.
+	ReadOnly bool
+	// Args is the command and its arguments; Args[0] is looked up in PATH
+	// from Env when it has no slash.
+	Args []string
+	// Env is the complete environment, "KEY=value" entries.
+	Env []string
+	// Dir is the absolute working directory (default "/"); it is created
+	// when missing.
+	Dir string
+	// UID and GID are the container user and group (e.g. 0, or 1000 for
+	// the builder user); Groups are supplementary groups.
+	UID, GID uint32
+	Groups   []uint32
+	// Hostname is the container's hostname (default "vagent").
+	Hostname string
+	// Network is the network mode (default NetworkHost).
+	Network NetworkMode
+	// Mounts are extra bind mounts.
+	Mounts []Mount
+	// Limits override the Manager's default limits when non-nil.
+	Limits *Limits
+	// KeepUpper keeps the run's overlay upper directory and returns it in
+	// Result.Upper; the caller must Release it.
+	KeepUpper bool
+	// Output receives stdout and stderr merged, live. Nil discards them.
+	Output io.Writer
+	// Grace is the time between SIGTERM and SIGKILL when the context ends
+	// (0: the Manager's default).
+	Grace time.Duration
+}
+
+// Result is the outcome of a run that started.
+type Result struct {
+	// ExitCode is the process's exit status, or 128+signal when it was
+	// killed by a signal (the shell convention). A command that could not
+	// be executed (not found, not executable) gives 127.
+	ExitCode int
+	// Signal is the signal that killed the process, or 0.
+	Signal syscall.Signal
+	// Started and Finished bracket the container's life: from the start
+	// of container creation to the exit of its init process.
+	Started, Finished time.Time
+	// TimedOut is set when the context's deadline ended the run, Cancelled
+	// when the context was cancelled otherwise.
+	TimedOut, Cancelled bool
+	// OOMKilled is set when the kernel killed a process of the run because
+	// the memory limit was hit.
+	OOMKilled bool
+	// Upper is the kept overlay upper directory when Spec.KeepUpper was set.
+	Upper *Upper
+}
+
+// Upper is a kept overlay upper directory: a standard overlayfs upper
+// (0/0 character device whiteouts, trusted.overlay.opaque xattrs). File
+// ownership in it is shifted: host id = container id + UIDBase (GIDBase).
+type Upper struct {
+	// Path is the upper directory.
+	Path string
+	// UIDBase and GIDBase are the host ids of container root (0 when the
+	// run had no user namespace).
+	UIDBase, GIDBase uint32
+
+	release func() error
+	once    sync.Once
+}
+
+// Release removes the upper directory. It is safe to call more than once;
+// later calls return ErrReleased.
+func (u *Upper) Release() error {
+	err := ErrReleased
+	u.once.Do(func() { err = u.release() })
+	return err
+}
+
+// validate checks a Spec's fields, which may come from untrusted job data.
+func (s *Spec) validate() error {
+	if s.Lower == "" || !path.IsAbs(s.Lower) {
+		return fmt.Errorf("%w: lower %q must be an absolute path", ErrInvalidSpec, s.Lower)
+	}
+	if strings.ContainsAny(s.Lower, ",:\\\n") {
+		return fmt.Errorf("%w: lower %q contains ',', ':' or '\\'", ErrInvalidSpec, s.Lower)
+	}
+	if s.ReadOnly && s.KeepUpper {
+		return fmt.Errorf("%w: read-only run has no upper to keep", ErrInvalidSpec)
+	}
+	if len(s.Args) == 0 || s.Args[0] == "" {
+		return fmt.Errorf("%w: no command", ErrInvalidSpec)
+	}
+	for _, a := range s.Args {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fmt.Errorf("%w: argument contains NUL", ErrInvalidSpec)
+		}
+	}
+	for _, e := range s.Env {
+		if strings.IndexByte(e, 0) >= 0 || !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
+			return fmt.Errorf("%w: malformed environment entry", ErrInvalidSpec)
+		}
+	}
+	if s.Dir != "" && (!path.IsAbs(s.Dir) || strings.IndexByte(s.Dir, 0) >= 0) {
+		return fmt.Errorf("%w: working directory %q must be absolute", ErrInvalidSpec, s.Dir)
+	}
+	if len(s.Hostname) > 64 {
+		return fmt.Errorf("%w: hostname longer than 64 bytes", ErrInvalidSpec)
+	}
+	for _, c := range s.Hostname {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.') {
+			return fmt.Errorf("%w: hostname %q has invalid characters", ErrInvalidSpec, s.Hostname)
+		}
+	}
+	if s.Network != NetworkHost && s.Network != NetworkNone {
+		return fmt.Errorf("%w: unknown network mode %d", ErrInvalidSpec, int(s.Network))
+	}
+	for _, m := range s.Mounts {
+		if !path.IsAbs(m.Source) || !path.IsAbs(m.Target) {
+			return fmt.Errorf("%w: mount %q -> %q: paths must be absolute", ErrInvalidSpec, m.Source, m.Target)
+		}
+		if path.Clean(m.Target) == "/" {
+			return fmt.Errorf("%w: mount over /", ErrInvalidSpec)
+		}
+	}
+	if s.Limits != nil {
+		if err := s.Limits.validate(); err != nil {
+			return err
+		}
+	}
+	if s.Grace < 0 {
+		return fmt.Errorf("%w: negative grace period", ErrInvalidSpec)
+	}
+	return nil
+}
+
+func (l *Limits) validate() error {
+	switch {
+	case l.Memory < 0, l.Pids < 0, l.CPUQuota < 0:
+		return fmt.Errorf("%w: negative limit", ErrInvalidSpec)
+	case l.MemorySwap != 0 && l.MemorySwap != -1 && l.MemorySwap < l.Memory:
+		return fmt.Errorf("%w: memory+swap limit below memory limit", ErrInvalidSpec)
+	case l.MemorySwap != 0 && l.Memory == 0:
+		return fmt.Errorf("%w: memory+swap limit without memory limit", ErrInvalidSpec)
+	case l.CPUWeight > 10000:
+		return fmt.Errorf("%w: cpu weight %d above 10000", ErrInvalidSpec, l.CPUWeight)
+	}
+	return nil
+}
