@@ -1,0 +1,12 @@
+//go:build !linux
+
+package testkit
+
+import (
+	"os"
+	"os/exec"
+)
+
+var terminateSignal = os.Kill
+
+func setRegistrySysProcAttr(*exec.Cmd) {}
