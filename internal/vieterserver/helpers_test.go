@@ -2,6 +2,7 @@ package vieterserver
 
 import (
 	"os"
+	"sort"
 	"strconv"
 	"testing"
 )
@@ -16,3 +17,5 @@ func readFile(t *testing.T, p string) string {
 	}
 	return string(b)
 }
+
+func sortStrings(s []string) { sort.Strings(s) }
