@@ -1,0 +1,699 @@
+package oci
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	whiteoutPrefix = ".wh."
+	whiteoutMeta   = ".wh..wh."
+	opaqueMarker   = ".wh..wh..opq"
+	maxID          = 1<<32 - 2 // (uid_t)-1 means "unchanged" to chown
+)
+
+// extractor applies layer tars to one root directory. Every path is
+// resolved by the kernel inside the root (openat2 with RESOLVE_IN_ROOT):
+// ".." and symlinks, absolute ones included, cannot leave it. Entries are
+// then created relative to their parent's file descriptor, so a symlink as
+// the last component is created or replaced, never followed.
+type extractor struct {
+	rootFD int
+	opts   *unpackOptions
+	isRoot bool
+	buf    []byte
+
+	// Per layer.
+	layer   string
+	created map[string]struct{} // entries this layer created or merged
+	dirs    []dirMeta           // directory metadata, applied at layer end
+
+	// The last parent directory resolved, kept open: tar streams list
+	// the entries of a directory together. Invalidated whenever anything
+	// is removed.
+	cacheDir string
+	cacheFD  int
+}
+
+type dirMeta struct {
+	name string
+	hdr  *tar.Header
+}
+
+func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", dir, err)
+	}
+	// openat2 needs Linux 5.6; find out now rather than at the first entry.
+	if _, err := openInRoot(fd, ".", unix.O_PATH|unix.O_DIRECTORY); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.ENOSYS) {
+			return nil, fmt.Errorf("openat2 (linux 5.6 or later) is needed: %w", errors.ErrUnsupported)
+		}
+		return nil, fmt.Errorf("opening %s: %w", dir, err)
+	}
+	return &extractor{
+		rootFD:  fd,
+		opts:    opts,
+		isRoot:  os.Geteuid() == 0,
+		buf:     make([]byte, 1<<20),
+		cacheFD: -1,
+	}, nil
+}
+
+func (x *extractor) close() {
+	x.invalidate()
+	if x.rootFD >= 0 {
+		unix.Close(x.rootFD)
+		x.rootFD = -1
+	}
+}
+
+// openInRoot opens name relative to dirfd, resolved as if dirfd were the
+// root directory.
+func openInRoot(dirfd int, name string, flags int) (int, error) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC),
+		Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	}
+	for range 16 {
+		fd, err := unix.Openat2(dirfd, name, &how)
+		if err == unix.EAGAIN || err == unix.EINTR {
+			continue
+		}
+		return fd, err
+	}
+	return -1, unix.EAGAIN
+}
+
+// applyLayer applies one uncompressed layer tar stream.
+func (x *extractor) applyLayer(ctx context.Context, r io.Reader, layer string) (retErr error) {
+	x.layer = layer
+	x.created = map[string]struct{}{}
+	x.dirs = x.dirs[:0]
+	defer func() {
+		x.created = nil
+		x.invalidate()
+	}()
+	tr := tar.NewReader(r)
+	for n := 0; ; n++ {
+		if n%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("%s: reading tar: %w", layer, err)
+		}
+		if err := x.entry(hdr, tr); err != nil {
+			return fmt.Errorf("%s: entry %q: %w", layer, hdr.Name, diskFull(err))
+		}
+	}
+	// Directory metadata last: creating the entries inside a directory
+	// changes its mtime. Changing metadata does not touch the parent's
+	// mtime, so the order among directories does not matter.
+	for _, d := range x.dirs {
+		if err := x.dirMetadata(d); err != nil {
+			return fmt.Errorf("%s: entry %q: %w", layer, d.hdr.Name, diskFull(err))
+		}
+	}
+	return nil
+}
+
+func unsafeEntry(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrUnsafeEntry}, args...)...)
+}
+
+// cleanName validates a tar path and returns it relative to the root
+// ("." for the root itself).
+func cleanName(name string) (string, error) {
+	if name == "" {
+		return "", unsafeEntry("empty name")
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", unsafeEntry("NUL in name")
+	}
+	if strings.HasPrefix(name, "/") {
+		return "", unsafeEntry("absolute path")
+	}
+	c := path.Clean(name)
+	if c == ".." || strings.HasPrefix(c, "../") {
+		return "", unsafeEntry("path leaves the root")
+	}
+	return c, nil
+}
+
+func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
+	switch hdr.Typeflag {
+	case tar.TypeXGlobalHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
+		return nil // consumed by archive/tar
+	}
+	name, err := cleanName(hdr.Name)
+	if err != nil {
+		return err
+	}
+	dir, base := path.Split(name)
+	dir = path.Clean(dir) // "" becomes "."
+	if name == "." {
+		if hdr.Typeflag != tar.TypeDir {
+			return unsafeEntry("the root can only be a directory")
+		}
+		x.dirs = append(x.dirs, dirMeta{name: ".", hdr: hdr})
+		return nil
+	}
+	if strings.HasPrefix(base, whiteoutPrefix) {
+		return x.whiteout(dir, base)
+	}
+	if _, _, err := x.owner(hdr); err != nil {
+		return err
+	}
+	pfd, err := x.parent(dir)
+	if err != nil {
+		return err
+	}
+	x.created[name] = struct{}{}
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeGNUSparse, tar.TypeCont: // archive/tar reports TypeRegA as TypeReg
+		return x.regular(pfd, base, name, hdr, r)
+	case tar.TypeDir:
+		return x.directory(pfd, base, name, hdr)
+	case tar.TypeSymlink:
+		return x.symlink(pfd, base, name, hdr)
+	case tar.TypeLink:
+		return x.hardlink(pfd, base, name, hdr)
+	case tar.TypeChar, tar.TypeBlock:
+		if !x.opts.devices {
+			return unsafeEntry("device node not permitted")
+		}
+		return x.node(pfd, base, name, hdr)
+	case tar.TypeFifo:
+		return x.node(pfd, base, name, hdr)
+	default:
+		delete(x.created, name)
+		x.opts.log.WithField("entry", hdr.Name).Debugf("skipping tar entry of type %q", hdr.Typeflag)
+		return nil
+	}
+}
+
+// owner returns the (shifted) owner of an entry.
+func (x *extractor) owner(hdr *tar.Header) (uid, gid int, err error) {
+	u := int64(hdr.Uid) + int64(x.opts.uidShift)
+	g := int64(hdr.Gid) + int64(x.opts.gidShift)
+	if hdr.Uid < 0 || hdr.Gid < 0 || u > maxID || g > maxID {
+		return 0, 0, fmt.Errorf("owner %d:%d out of range", hdr.Uid, hdr.Gid)
+	}
+	return int(u), int(g), nil
+}
+
+func (x *extractor) invalidate() {
+	if x.cacheFD >= 0 {
+		unix.Close(x.cacheFD)
+	}
+	x.cacheFD = -1
+	x.cacheDir = ""
+}
+
+// removed must be called after name (and everything below it) was removed:
+// it drops cached handles and pending metadata that lived there.
+func (x *extractor) removed(name string) {
+	if x.cacheDir == name || strings.HasPrefix(x.cacheDir, name+"/") || name == "." {
+		x.invalidate()
+	}
+	keep := x.dirs[:0]
+	for _, d := range x.dirs {
+		if d.name == name || strings.HasPrefix(d.name, name+"/") || (name == "." && d.name != ".") {
+			continue
+		}
+		keep = append(keep, d)
+	}
+	x.dirs = keep
+}
+
+// parent returns a descriptor for directory dir inside the root, creating
+// missing directories. The descriptor is borrowed: valid until the next
+// call to parent or invalidate.
+func (x *extractor) parent(dir string) (int, error) {
+	if dir == "." {
+		return x.rootFD, nil
+	}
+	if x.cacheFD >= 0 && x.cacheDir == dir {
+		return x.cacheFD, nil
+	}
+	fd, err := x.mkdirAll(dir)
+	if err != nil {
+		return -1, err
+	}
+	x.invalidate()
+	x.cacheFD, x.cacheDir = fd, dir
+	return fd, nil
+}
+
+// mkdirAll opens dir inside the root, creating it and its missing parents
+// (mode 0755, owned by the shifted root) like tar does for entries whose
+// directories are not in the archive. The caller closes the descriptor.
+func (x *extractor) mkdirAll(dir string) (int, error) {
+	fd, err := openInRoot(x.rootFD, dir, unix.O_PATH|unix.O_DIRECTORY)
+	if err == nil {
+		return fd, nil
+	}
+	if err != unix.ENOENT {
+		if err == unix.ENOTDIR {
+			return -1, fmt.Errorf("parent %s is not a directory", dir)
+		}
+		return -1, fmt.Errorf("opening parent %s: %w", dir, err)
+	}
+	pdir, base := path.Split(dir)
+	pdir = path.Clean(pdir)
+	var pfd int
+	if pdir == "." {
+		pfd = x.rootFD
+	} else {
+		if pfd, err = x.mkdirAll(pdir); err != nil {
+			return -1, err
+		}
+		defer unix.Close(pfd)
+	}
+	if err := unix.Mkdirat(pfd, base, 0o755); err != nil && err != unix.EEXIST {
+		return -1, fmt.Errorf("creating parent %s: %w", dir, err)
+	} else if err == nil && x.isRoot && (x.opts.uidShift != 0 || x.opts.gidShift != 0) {
+		if err := unix.Fchownat(pfd, base, int(x.opts.uidShift), int(x.opts.gidShift), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return -1, fmt.Errorf("chown %s: %w", dir, err)
+		}
+	}
+	fd, err = openInRoot(pfd, base, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+	if err != nil {
+		// For example a dangling symlink in the way.
+		return -1, fmt.Errorf("opening parent %s: %w", dir, err)
+	}
+	return fd, nil
+}
+
+// clear removes whatever is at base in pfd so that a new entry can take
+// its place. If keepDir is set and base is a directory, it is kept and
+// clear reports true.
+func (x *extractor) clear(pfd int, base, name string, keepDir bool) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
+			return false, nil
+		}
+		return false, err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		if keepDir {
+			return true, nil
+		}
+		if err := removeAllAt(pfd, base); err != nil {
+			return false, fmt.Errorf("removing %s: %w", name, err)
+		}
+	} else if err := unix.Unlinkat(pfd, base, 0); err != nil && err != unix.ENOENT {
+		return false, fmt.Errorf("removing %s: %w", name, err)
+	}
+	x.removed(name)
+	return false, nil
+}
+
+func (x *extractor) regular(pfd int, base, name string, hdr *tar.Header, r io.Reader) error {
+	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Openat(pfd, base, flags, 0o600)
+	if err == unix.EEXIST {
+		// clear removes below pfd only, so pfd stays valid.
+		if _, err := x.clear(pfd, base, name, false); err != nil {
+			return err
+		}
+		fd, err = unix.Openat(pfd, base, flags, 0o600)
+	}
+	if err != nil {
+		return fmt.Errorf("creating file: %w", err)
+	}
+	defer func() {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}()
+	if err := x.copyData(fd, r); err != nil {
+		return err
+	}
+	if err := x.fileMetadata(fd, hdr); err != nil {
+		return err
+	}
+	err = unix.Close(fd)
+	fd = -1
+	return err
+}
+
+func (x *extractor) copyData(fd int, r io.Reader) error {
+	for {
+		n, rerr := io.ReadFull(r, x.buf)
+		for b := x.buf[:n]; len(b) > 0; {
+			w, err := unix.Write(fd, b)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("writing file: %w", err)
+			}
+			b = b[w:]
+		}
+		switch rerr {
+		case nil:
+		case io.EOF, io.ErrUnexpectedEOF:
+			// archive/tar reports a short entry itself, as a
+			// non-EOF error.
+			return nil
+		default:
+			return fmt.Errorf("reading tar: %w", rerr)
+		}
+	}
+}
+
+// fileMetadata sets owner, mode, xattrs and times through an open
+// descriptor, in that order: chown clears setuid/setgid bits and file
+// capabilities.
+func (x *extractor) fileMetadata(fd int, hdr *tar.Header) error {
+	uid, gid, err := x.owner(hdr)
+	if err != nil {
+		return err
+	}
+	if x.isRoot {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	}
+	if err := unix.Fchmod(fd, uint32(hdr.Mode)&0o7777); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	if err := x.xattrs(fd, hdr); err != nil {
+		return err
+	}
+	return futimens(fd, hdr)
+}
+
+// xattrs sets the extended attributes recorded in PAX records, where the
+// file system allows.
+func (x *extractor) xattrs(fd int, hdr *tar.Header) error {
+	for k, v := range hdr.PAXRecords {
+		attr, ok := strings.CutPrefix(k, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		// overlayfs reads its own attributes from lower directories:
+		// an image must not be able to steer the sandbox's overlay.
+		if strings.HasPrefix(attr, "trusted.overlay.") || strings.HasPrefix(attr, "user.overlay.") {
+			continue
+		}
+		err := unix.Fsetxattr(fd, attr, []byte(v), 0)
+		switch err {
+		case nil:
+		case unix.ENOTSUP, unix.EPERM, unix.EACCES, unix.E2BIG, unix.ERANGE, unix.EINVAL:
+			x.opts.log.WithFields(map[string]any{"entry": hdr.Name, "xattr": attr}).Debugf("xattr not set: %v", err)
+		default:
+			return fmt.Errorf("setting xattr %s: %w", attr, err)
+		}
+	}
+	return nil
+}
+
+func timespecs(hdr *tar.Header) [2]unix.Timespec {
+	atime := hdr.AccessTime
+	if atime.IsZero() {
+		atime = hdr.ModTime
+	}
+	return [2]unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(hdr.ModTime.UnixNano())}
+}
+
+// futimens sets the times of an open file (utimensat with a NULL path).
+func futimens(fd int, hdr *tar.Header) error {
+	ts := timespecs(hdr)
+	_, _, errno := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("setting times: %w", errno)
+	}
+	return nil
+}
+
+func (x *extractor) directory(pfd int, base, name string, hdr *tar.Header) error {
+	err := unix.Mkdirat(pfd, base, 0o700)
+	if err == unix.EEXIST {
+		var isDir bool
+		if isDir, err = x.clear(pfd, base, name, true); err != nil {
+			return err
+		}
+		if !isDir {
+			err = unix.Mkdirat(pfd, base, 0o700)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("creating directory: %w", err)
+	}
+	x.dirs = append(x.dirs, dirMeta{name: name, hdr: hdr})
+	return nil
+}
+
+func (x *extractor) dirMetadata(d dirMeta) error {
+	fd, err := openInRoot(x.rootFD, d.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+	if err != nil {
+		return fmt.Errorf("opening directory: %w", err)
+	}
+	defer unix.Close(fd)
+	return x.fileMetadata(fd, d.hdr)
+}
+
+func (x *extractor) symlink(pfd int, base, name string, hdr *tar.Header) error {
+	// The target is data: it is stored as it is and never followed here.
+	err := unix.Symlinkat(hdr.Linkname, pfd, base)
+	if err == unix.EEXIST {
+		if _, err = x.clear(pfd, base, name, false); err != nil {
+			return err
+		}
+		err = unix.Symlinkat(hdr.Linkname, pfd, base)
+	}
+	if err != nil {
+		return fmt.Errorf("creating symlink: %w", err)
+	}
+	return x.linkMetadata(pfd, base, hdr, false)
+}
+
+// linkMetadata sets owner, mode (unless a symlink) and times of base in pfd
+// without following a symlink.
+func (x *extractor) linkMetadata(pfd int, base string, hdr *tar.Header, chmod bool) error {
+	uid, gid, err := x.owner(hdr)
+	if err != nil {
+		return err
+	}
+	if x.isRoot {
+		if err := unix.Fchownat(pfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("chown: %w", err)
+		}
+	}
+	if chmod {
+		// base was just created by mknodat and is not a symlink.
+		if err := unix.Fchmodat(pfd, base, uint32(hdr.Mode)&0o7777, 0); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	ts := timespecs(hdr)
+	if err := unix.UtimesNanoAt(pfd, base, ts[:], unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("setting times: %w", err)
+	}
+	return nil
+}
+
+func (x *extractor) hardlink(pfd int, base, name string, hdr *tar.Header) error {
+	target, err := cleanName(hdr.Linkname)
+	if err != nil {
+		return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
+	}
+	if target == "." {
+		return unsafeEntry("hardlink to the root")
+	}
+	if target == name {
+		return nil
+	}
+	tdir, tbase := path.Split(target)
+	tfd, err := openInRoot(x.rootFD, path.Clean(tdir), unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
+	}
+	defer unix.Close(tfd)
+	err = unix.Linkat(tfd, tbase, pfd, base, 0)
+	if err == unix.EEXIST {
+		if _, err = x.clear(pfd, base, name, false); err != nil {
+			return err
+		}
+		err = unix.Linkat(tfd, tbase, pfd, base, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("hardlink to %q: %w", hdr.Linkname, err)
+	}
+	return nil
+}
+
+func (x *extractor) node(pfd int, base, name string, hdr *tar.Header) error {
+	mode := uint32(hdr.Mode) & 0o7777
+	var dev int
+	switch hdr.Typeflag {
+	case tar.TypeChar:
+		mode |= unix.S_IFCHR
+		dev = int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
+	case tar.TypeBlock:
+		mode |= unix.S_IFBLK
+		dev = int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
+	default:
+		mode |= unix.S_IFIFO
+	}
+	err := unix.Mknodat(pfd, base, mode, dev)
+	if err == unix.EEXIST {
+		if _, err = x.clear(pfd, base, name, false); err != nil {
+			return err
+		}
+		err = unix.Mknodat(pfd, base, mode, dev)
+	}
+	if err != nil {
+		return fmt.Errorf("creating node: %w", err)
+	}
+	return x.linkMetadata(pfd, base, hdr, true)
+}
+
+// whiteout handles ".wh.NAME" (remove NAME of lower layers) and the opaque
+// marker ".wh..wh..opq" (hide the lower layers' contents of dir), whatever
+// their position in the stream: entries of this layer are kept.
+func (x *extractor) whiteout(dir, base string) error {
+	if base == opaqueMarker {
+		pfd, err := x.parent(dir)
+		if err != nil {
+			return err
+		}
+		if dir != "." {
+			x.created[dir] = struct{}{}
+		}
+		fd, err := openInRoot(pfd, ".", unix.O_RDONLY|unix.O_DIRECTORY)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return x.clearLower(fd, dir)
+	}
+	if strings.HasPrefix(base, whiteoutMeta) {
+		return nil // other aufs metadata: not part of the image
+	}
+	target := base[len(whiteoutPrefix):]
+	if target == "" || target == "." || target == ".." {
+		return unsafeEntry("whiteout of %q", target)
+	}
+	name := path.Join(dir, target)
+	if _, ok := x.created[name]; ok {
+		return nil // whiteouts apply to lower layers only
+	}
+	pfd, err := openInRoot(x.rootFD, dir, unix.O_PATH|unix.O_DIRECTORY)
+	if err == unix.ENOENT || err == unix.ENOTDIR {
+		return nil // nothing to remove
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(pfd)
+	if err := removeAllAt(pfd, target); err != nil {
+		return fmt.Errorf("whiteout: %w", err)
+	}
+	x.removed(name)
+	return nil
+}
+
+// clearLower removes the entries of directory fd (named dir) that this
+// layer did not create, and recurses into directories it did create.
+func (x *extractor) clearLower(fd int, dir string) error {
+	names, err := readDirNames(fd)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		name := path.Join(dir, n)
+		if _, ok := x.created[name]; !ok {
+			if err := removeAllAt(fd, n); err != nil {
+				return fmt.Errorf("opaque directory: %w", err)
+			}
+			x.removed(name)
+			continue
+		}
+		sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err == unix.ENOTDIR || err == unix.ELOOP {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = x.clearLower(sub, name)
+		unix.Close(sub)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readDirNames(fd int) ([]string, error) {
+	dfd, err := unix.Dup(fd)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(dfd), "dir")
+	defer f.Close()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return f.Readdirnames(-1)
+}
+
+// removeAllAt removes name in dirfd and, for a directory, all it contains,
+// never following a symlink.
+func removeAllAt(dirfd int, name string) error {
+	err := unix.Unlinkat(dirfd, name, 0)
+	if err == nil || err == unix.ENOENT {
+		return nil
+	}
+	if err != unix.EISDIR && err != unix.EPERM {
+		return err
+	}
+	err = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	if err == nil || err == unix.ENOENT {
+		return nil
+	}
+	if err != unix.ENOTEMPTY && err != unix.EEXIST {
+		return err
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	names, err := readDirNames(fd)
+	if err == nil {
+		for _, n := range names {
+			if err = removeAllAt(fd, n); err != nil {
+				break
+			}
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	if err := unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR); err != nil && err != unix.ENOENT {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,294 @@
+package oci
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"runtime"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sirupsen/logrus"
+)
+
+// Option configures a Store. Options are applied in order; a later option
+// for the same setting wins, except WithMirrors, WithInsecure, WithCABundle
+// and WithCredentials, which add up.
+type Option func(*options) error
+
+type options struct {
+	log          logrus.FieldLogger
+	platform     v1.Platform
+	mirrors      map[string][]string // registry host -> mirror endpoints, in order
+	insecure     map[string]bool     // registry hosts
+	caBundles    []string
+	dockerConfig string
+	creds        map[string]credential
+	jobs         int
+	progress     func(Progress)
+	unpack       []UnpackOption
+	sync         bool
+	// dial, if set, replaces the network dialer (tests map host names to
+	// loopback addresses with it).
+	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+type credential struct{ user, pass string }
+
+func defaultOptions() *options {
+	return &options{
+		log:      silentLogger(),
+		platform: DefaultPlatform(),
+		mirrors:  map[string][]string{},
+		insecure: map[string]bool{},
+		creds:    map[string]credential{},
+		jobs:     3,
+		sync:     true,
+	}
+}
+
+// DefaultPlatform is the platform of the running agent: linux and the
+// architecture vagent was built for.
+func DefaultPlatform() v1.Platform {
+	return v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+}
+
+func silentLogger() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	l.SetLevel(logrus.PanicLevel)
+	return l
+}
+
+// WithLogger sets the logger. Default: silent.
+func WithLogger(l logrus.FieldLogger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return fmt.Errorf("nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithPlatform sets the platform picked from multi-platform images.
+// Default: DefaultPlatform (linux and the agent's architecture).
+func WithPlatform(p v1.Platform) Option {
+	return func(o *options) error {
+		if p.OS == "" || p.Architecture == "" {
+			return fmt.Errorf("platform needs an os and an architecture")
+		}
+		o.platform = p
+		return nil
+	}
+}
+
+// WithMirrors sets the mirrors for a registry host ("docker.io",
+// "registry.example.com:5000"). Mirrors are tried in the given order before
+// the origin, which is always tried last. A mirror is "host[:port]" or a URL
+// "http://host[:port]" / "https://host[:port]"; an http URL makes that
+// mirror insecure. Default: no mirrors.
+func WithMirrors(host string, mirrors ...string) Option {
+	return func(o *options) error {
+		h, err := normalizeHost(host)
+		if err != nil {
+			return err
+		}
+		for _, m := range mirrors {
+			mh, insecure, err := parseMirror(m)
+			if err != nil {
+				return err
+			}
+			if insecure {
+				o.insecure[mh] = true
+			}
+			o.mirrors[h] = append(o.mirrors[h], mh)
+		}
+		return nil
+	}
+}
+
+// WithInsecure marks registry hosts as insecure: plain HTTP is allowed and
+// TLS certificates are not verified. Default: none (loopback registries
+// may always use plain HTTP).
+func WithInsecure(hosts ...string) Option {
+	return func(o *options) error {
+		for _, h := range hosts {
+			nh, err := normalizeHost(h)
+			if err != nil {
+				return err
+			}
+			o.insecure[nh] = true
+		}
+		return nil
+	}
+}
+
+// WithCABundle adds the PEM certificates in path to the system roots for
+// TLS connections to registries. Default: system roots only.
+func WithCABundle(path string) Option {
+	return func(o *options) error {
+		if path == "" {
+			return fmt.Errorf("empty ca bundle path")
+		}
+		o.caBundles = append(o.caBundles, path)
+		return nil
+	}
+}
+
+// WithDockerConfig reads registry credentials from a Docker config.json at
+// path (auths and credential helpers). Default: go-containerregistry's
+// default keychain ($DOCKER_CONFIG, ~/.docker/config.json, podman's
+// auth.json).
+func WithDockerConfig(path string) Option {
+	return func(o *options) error {
+		o.dockerConfig = path
+		return nil
+	}
+}
+
+// WithCredentials sets a username and password for a registry host. They
+// take precedence over the Docker config. Default: none.
+func WithCredentials(host, user, pass string) Option {
+	return func(o *options) error {
+		h, err := normalizeHost(host)
+		if err != nil {
+			return err
+		}
+		o.creds[h] = credential{user: user, pass: pass}
+		return nil
+	}
+}
+
+// WithJobs bounds the number of blobs downloaded at once. Default: 3.
+func WithJobs(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("jobs must be at least 1, not %d", n)
+		}
+		o.jobs = n
+		return nil
+	}
+}
+
+// WithProgress sets a function called with progress updates of pulls and
+// unpacks. It is called from several goroutines at once and must be quick.
+// Default: none.
+func WithProgress(f func(Progress)) Option {
+	return func(o *options) error {
+		o.progress = f
+		return nil
+	}
+}
+
+// WithUnpackOptions sets options used when the store unpacks a rootfs
+// (for example WithDevices). Default: none.
+func WithUnpackOptions(opts ...UnpackOption) Option {
+	return func(o *options) error {
+		o.unpack = append(o.unpack, opts...)
+		return nil
+	}
+}
+
+// WithSync sets whether a finished rootfs is flushed to disk (syncfs) before
+// it is published. Without it, a power loss (not a crash of vagent) can leave
+// a published rootfs with missing data. Default: true.
+func WithSync(sync bool) Option {
+	return func(o *options) error {
+		o.sync = sync
+		return nil
+	}
+}
+
+// normalizeHost returns the registry host as go-containerregistry names it
+// ("docker.io" becomes "index.docker.io").
+func normalizeHost(h string) (string, error) {
+	h = strings.TrimSpace(h)
+	if h == "" || strings.ContainsAny(h, "/ \t") {
+		return "", fmt.Errorf("%w: registry host %q", ErrBadReference, h)
+	}
+	if h == "docker.io" || h == "registry-1.docker.io" {
+		return "index.docker.io", nil
+	}
+	return h, nil
+}
+
+func parseMirror(m string) (host string, insecure bool, err error) {
+	if strings.Contains(m, "://") {
+		u, err := url.Parse(m)
+		if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return "", false, fmt.Errorf("%w: mirror %q (want host[:port] or http(s)://host[:port])", ErrBadReference, m)
+		}
+		switch u.Scheme {
+		case "http":
+			insecure = true
+		case "https":
+		default:
+			return "", false, fmt.Errorf("%w: mirror %q: scheme %q", ErrBadReference, m, u.Scheme)
+		}
+		m = u.Host
+	}
+	h, err := normalizeHost(m)
+	return h, insecure, err
+}
+
+// UnpackOption configures Unpack.
+type UnpackOption func(*unpackOptions) error
+
+type unpackOptions struct {
+	log        logrus.FieldLogger
+	uidShift   uint32
+	gidShift   uint32
+	devices    bool
+	verify     bool
+	progress   func(Progress)
+	ref        string
+	chownForce bool
+}
+
+func defaultUnpackOptions() *unpackOptions {
+	return &unpackOptions{log: silentLogger(), verify: true}
+}
+
+// WithIDShift adds uidOffset and gidOffset to the owner of every entry
+// (container id + offset), for a rootfs used by a user namespace without an
+// idmapped mount. Default: 0, 0 (ids as in the image).
+func WithIDShift(uidOffset, gidOffset uint32) UnpackOption {
+	return func(o *unpackOptions) error {
+		o.uidShift, o.gidShift = uidOffset, gidOffset
+		return nil
+	}
+}
+
+// WithDevices sets whether character and block device entries are created.
+// When not allowed, a device entry fails the unpack with ErrUnsafeEntry.
+// Default: false (a device node in a build rootfs is a way out of the
+// sandbox; builds get their /dev from the sandbox).
+func WithDevices(allowed bool) UnpackOption {
+	return func(o *unpackOptions) error {
+		o.devices = allowed
+		return nil
+	}
+}
+
+// WithUnpackLogger sets the logger of Unpack. Default: silent.
+func WithUnpackLogger(l logrus.FieldLogger) UnpackOption {
+	return func(o *unpackOptions) error {
+		if l == nil {
+			return fmt.Errorf("nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithUnpackProgress sets a function called with extract progress.
+// Default: none.
+func WithUnpackProgress(f func(Progress)) UnpackOption {
+	return func(o *unpackOptions) error {
+		o.progress = f
+		return nil
+	}
+}

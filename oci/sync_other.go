@@ -1,0 +1,7 @@
+//go:build !linux
+
+package oci
+
+import "errors"
+
+func syncfs(string) error { return errors.ErrUnsupported }

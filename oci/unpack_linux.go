@@ -1,0 +1,5 @@
+package oci
+
+func newApplier(dir string, o *unpackOptions) (applier, error) {
+	return newExtractor(dir, o)
+}
