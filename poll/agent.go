@@ -1,0 +1,473 @@
+package poll
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Agent keeps build slots busy with jobs from a server. Create it with New
+// and call Run once.
+type Agent struct {
+	api   API
+	exec  Executor
+	opts  options
+	slots []*slot
+	log   logrus.FieldLogger
+
+	wake      chan struct{} // a build finished
+	abort     chan struct{} // Abort was called
+	abortOnce sync.Once
+	running   atomic.Bool
+
+	builds     sync.WaitGroup // running builds
+	deliveries sync.WaitGroup // uploads and requeues in flight
+	spool      *spool
+}
+
+// New returns an agent that polls api and runs jobs with exec.
+func New(api API, exec Executor, opts ...Option) (*Agent, error) {
+	if api == nil || exec == nil {
+		return nil, errors.New("poll: nil api or executor")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("poll: %w", err)
+		}
+	}
+	if o.arch == "" || o.dataDir == "" {
+		return nil, errors.New("poll: arch and data dir are required")
+	}
+	a := &Agent{api: api, exec: exec, opts: o, log: o.log,
+		wake: make(chan struct{}, 1), abort: make(chan struct{})}
+	for i := range o.slots {
+		a.slots = append(a.slots, &slot{id: i})
+	}
+	return a, nil
+}
+
+// Abort cancels running builds at once instead of waiting for the grace
+// period, and stops polling. Their logs are still uploaded and their jobs
+// requeued. It is safe to call at any time, more than once.
+func (a *Agent) Abort() { a.abortOnce.Do(func() { close(a.abort) }) }
+
+// Run delivers the logs left by a previous run, then polls and builds
+// until ctx is done, then shuts down (see the package documentation). It
+// returns nil after a clean shutdown.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.running.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	if err := os.MkdirAll(a.opts.dataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data dir: %w", err)
+	}
+	unlock, err := lockDir(a.opts.dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	sp, err := openSpool(a.opts.dataDir)
+	if err != nil {
+		return err
+	}
+	a.spool = sp
+
+	// Reporting outlives ctx: it is cancelled only when the shutdown's
+	// delivery window ends. Builds are cancelled by the shutdown, with a cause.
+	dctx, dcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer dcancel()
+	bctx, bcancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer bcancel(ErrShutdown)
+
+	a.recoverSpool(dctx)
+	go func() {
+		select {
+		case <-a.abort:
+			bcancel(ErrShutdown)
+		case <-bctx.Done():
+		}
+	}()
+	a.loop(ctx, bctx, dctx)
+	a.shutdown(bcancel, dcancel)
+	return nil
+}
+
+// recoverSpool delivers what a previous run left behind.
+func (a *Agent) recoverSpool(dctx context.Context) {
+	entries, err := a.spool.list()
+	if err != nil {
+		a.log.WithError(err).Warn("reading log spool")
+	}
+	for _, e := range entries {
+		if e.State == stateRunning {
+			a.markInterrupted(e)
+		}
+		a.log.WithFields(logrus.Fields{"target": e.Job.TargetID, "repo": e.Job.Repo, "spool": e.ID}).
+			Info("delivering a log left by a previous run")
+		a.deliveries.Add(1)
+		go a.deliver(dctx, e)
+	}
+}
+
+// markInterrupted finishes the entry of a build that was running when the
+// agent died: its log gets a note, and its job will be requeued.
+func (a *Agent) markInterrupted(e *spoolEntry) {
+	e.End = time.Now().Unix()
+	if fi, err := os.Stat(a.spool.logPath(e)); err == nil {
+		e.End = max(fi.ModTime().Unix(), e.Start)
+	}
+	if f, err := os.OpenFile(a.spool.logPath(e), os.O_APPEND|os.O_WRONLY, 0); err == nil {
+		fmt.Fprintf(f, "\nvagent: the agent stopped during this build; the job was handed back to the server\n")
+		_ = f.Sync()
+		_ = f.Close()
+	}
+	e.ExitCode, e.Result, e.State, e.Requeue = ExitInterrupted, ResultInterrupted, stateFinished, true
+	if err := a.spool.save(e); err != nil {
+		a.log.WithError(err).Warn("updating spool entry")
+	}
+}
+
+// loop polls for jobs and starts builds until ctx is done or Abort.
+func (a *Agent) loop(ctx, bctx, dctx context.Context) {
+	timer := time.NewTimer(0) // first poll at once
+	defer timer.Stop()
+	bo := backoff{min: min(a.opts.backoffMin, a.opts.pollInterval), max: a.opts.pollInterval}
+	backingOff := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.abort:
+			return
+		case <-a.wake:
+			a.collect()
+			if backingOff {
+				continue // the backoff timer decides
+			}
+		case <-timer.C:
+			a.collect()
+			backingOff = false
+		}
+		free := a.countEmpty()
+		if free == 0 {
+			timer.Stop() // a finishing build wakes the loop
+			continue
+		}
+		jobs, err := a.poll(ctx, free)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := bo.next()
+			if errors.Is(err, ErrUnauthorized) {
+				d = a.opts.unauthorizedRetry
+				a.log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
+			} else {
+				a.log.WithError(err).WithField("retry_in", d).Warn("polling for jobs failed")
+			}
+			backingOff = true
+			timer.Reset(d)
+			continue
+		}
+		bo.reset()
+		for _, j := range jobs {
+			a.startBuild(bctx, dctx, j)
+		}
+		timer.Reset(a.opts.pollInterval)
+	}
+}
+
+// poll asks for up to free jobs. The request is not cut short by a
+// shutdown (popped jobs would be lost); jobs that arrive after the
+// shutdown began, or more than were asked for, are requeued.
+func (a *Agent) poll(ctx context.Context, free int) ([]Job, error) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.requestTimeout)
+	defer cancel()
+	jobs, err := a.api.Poll(pctx, a.opts.arch, free)
+	if err != nil {
+		return nil, err
+	}
+	keep := free
+	if ctx.Err() != nil {
+		keep = 0
+	}
+	if len(jobs) > keep {
+		for _, j := range jobs[keep:] {
+			a.log.WithFields(logrus.Fields{"target": j.TargetID, "repo": j.Repo}).Warn("handing back a job the agent cannot run now")
+			a.deliveries.Add(1)
+			go func() {
+				defer a.deliveries.Done()
+				a.requeueNow(context.WithoutCancel(ctx), j)
+			}()
+		}
+		jobs = jobs[:keep]
+	}
+	if len(jobs) > 0 {
+		a.log.WithField("jobs", len(jobs)).Debug("received jobs")
+	}
+	return jobs, nil
+}
+
+func (a *Agent) collect() {
+	for _, s := range a.slots {
+		s.collect()
+	}
+}
+
+func (a *Agent) countEmpty() int {
+	n := 0
+	for _, s := range a.slots {
+		if s.load() == slotEmpty {
+			n++
+		}
+	}
+	return n
+}
+
+// startBuild hands j to an empty slot.
+func (a *Agent) startBuild(bctx, dctx context.Context, j Job) {
+	for _, s := range a.slots {
+		if s.start() {
+			a.builds.Add(1)
+			go a.build(bctx, dctx, s, j)
+			return
+		}
+	}
+	// Unreachable: the loop asks for at most the empty slots, and only the
+	// loop fills slots. Keep the job anyway.
+	a.log.WithField("target", j.TargetID).Error("no free slot for a polled job; requeueing it")
+	a.deliveries.Add(1)
+	go func() { defer a.deliveries.Done(); a.requeueNow(dctx, j) }()
+}
+
+// build runs one job in slot s, spools its log and starts its delivery.
+func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
+	defer a.builds.Done()
+	log := a.log.WithFields(logrus.Fields{"slot": s.id, "target": j.TargetID, "repo": j.Repo})
+	defer func() {
+		if !s.finish() {
+			log.Error("slot was not running") // unreachable: only build finishes a slot
+		}
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}()
+
+	start := time.Now()
+	e := &spoolEntry{ID: newEntryID(start, j.TargetID), Job: j, Arch: a.opts.arch, Slot: s.id, Start: start.Unix()}
+	f, err := a.spool.create(e)
+	if err != nil {
+		// Without a spool the job cannot be reported: hand it back.
+		log.WithError(err).Error("cannot spool the build log; requeueing the job")
+		a.deliveries.Add(1)
+		go func() { defer a.deliveries.Done(); a.requeueNow(dctx, j) }()
+		return
+	}
+	timeout := a.opts.defaultTimeout
+	if j.Timeout > 0 {
+		timeout = time.Duration(j.Timeout) * time.Second
+	}
+	log.WithField("timeout", timeout).Info("build started")
+	jctx, cancel := context.WithTimeoutCause(bctx, timeout, ErrJobTimeout)
+	out, err := a.execute(jctx, j, f)
+	cause := context.Cause(jctx)
+	stopped := jctx.Err() != nil
+	cancel()
+
+	end := time.Now()
+	if !out.Start.IsZero() {
+		e.Start = out.Start.Unix()
+	}
+	if !out.End.IsZero() {
+		end = out.End
+	}
+	e.End = max(end.Unix(), e.Start)
+	e.ExitCode, e.Result = out.ExitCode, out.Result
+	switch {
+	case stopped && errors.Is(cause, ErrJobTimeout):
+		e.Result = ResultTimeout
+		if e.ExitCode == 0 {
+			e.ExitCode = ExitTimeout
+		}
+		fmt.Fprintf(f, "\nvagent: build timed out after %s\n", timeout)
+	case stopped:
+		e.Result, e.Requeue = ResultCancelled, true
+		if e.ExitCode == 0 {
+			e.ExitCode = ExitCancelled
+		}
+		fmt.Fprintf(f, "\nvagent: build cancelled (%v); the job was handed back to the server\n", cause)
+	case err != nil:
+		if e.Result == "" || e.Result == ResultSuccess {
+			e.Result = ResultSetupError
+		}
+		if e.ExitCode == 0 {
+			e.ExitCode = ExitSetupError
+		}
+		fmt.Fprintf(f, "\nvagent: %v\n", err)
+	case e.Result == "":
+		e.Result = ResultSuccess
+		if e.ExitCode != 0 {
+			e.Result = ResultFailure
+		}
+	}
+	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+		log.WithError(err).Warn("writing build log")
+	}
+	e.State = stateFinished
+	if err := a.spool.save(e); err != nil {
+		log.WithError(err).Error("saving spool entry")
+	}
+	log.WithFields(logrus.Fields{"result": e.Result, "exit_code": e.ExitCode, "duration": end.Sub(start).Round(time.Millisecond)}).Info("build finished")
+	a.deliveries.Add(1)
+	go a.deliver(dctx, e)
+}
+
+// execute runs the executor, turning a panic into an error.
+func (a *Agent) execute(ctx context.Context, j Job, w io.Writer) (out Outcome, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("executor panicked: %v", r)
+		}
+	}()
+	return a.exec.Execute(ctx, j, w)
+}
+
+// deliver requeues the entry's job if needed, uploads its log and removes
+// it from the spool. It gives up only when ctx is done (the entry stays
+// for the next start) or the server refuses the log for good.
+func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
+	defer a.deliveries.Done()
+	log := a.log.WithFields(logrus.Fields{"slot": e.Slot, "target": e.Job.TargetID, "repo": e.Job.Repo})
+	if e.Requeue && !e.Requeued {
+		err := a.retry(ctx, log, func(ctx context.Context) error {
+			return a.api.Requeue(ctx, e.Job.TargetID, a.opts.arch, e.Job.Force)
+		}, a.opts.requestTimeout)
+		if err != nil && ctx.Err() != nil {
+			log.Warn("requeue not delivered; it stays pending for the next start")
+			return
+		}
+		if err != nil {
+			log.WithError(err).Error("the server refused to requeue the job")
+		} else {
+			log.Info("job handed back to the server")
+		}
+		e.Requeued = true
+		if err := a.spool.save(e); err != nil {
+			log.WithError(err).Warn("updating spool entry")
+		}
+	}
+	p := LogParams{TargetID: e.Job.TargetID, Start: time.Unix(e.Start, 0), End: time.Unix(e.End, 0), Arch: e.Arch, ExitCode: e.ExitCode}
+	var id int
+	err := a.retry(ctx, log, func(ctx context.Context) error {
+		var err error
+		id, err = a.api.UploadLog(ctx, p, a.spool.logPath(e))
+		return err
+	}, a.opts.uploadTimeout)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		log.Warn("log not uploaded; it stays pending for the next start")
+	case err != nil:
+		log.WithError(err).Error("the server refused the build log; moved to logs/rejected")
+		if err := a.spool.reject(e); err != nil {
+			log.WithError(err).Warn("moving rejected log")
+		}
+	default:
+		log.WithField("log_id", id).Info("build log uploaded")
+		if err := a.spool.remove(e); err != nil {
+			log.WithError(err).Warn("removing delivered log")
+		}
+	}
+}
+
+// requeueNow hands a job back that never got a spool entry.
+func (a *Agent) requeueNow(ctx context.Context, j Job) {
+	ctx, cancel := context.WithTimeout(ctx, a.opts.deliverTimeout)
+	defer cancel()
+	log := a.log.WithFields(logrus.Fields{"target": j.TargetID, "repo": j.Repo})
+	err := a.retry(ctx, log, func(ctx context.Context) error {
+		return a.api.Requeue(ctx, j.TargetID, a.opts.arch, j.Force)
+	}, a.opts.requestTimeout)
+	if err != nil {
+		log.WithError(err).Error("could not hand the job back to the server")
+	}
+}
+
+// retry calls fn until it succeeds, fails for good, or ctx is done. Each
+// attempt is bounded by timeout; transient errors back off with jitter; a
+// rejected key waits the unauthorized delay.
+func (a *Agent) retry(ctx context.Context, log logrus.FieldLogger, fn func(context.Context) error, timeout time.Duration) error {
+	bo := backoff{min: a.opts.backoffMin, max: a.opts.backoffMax}
+	for {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		err := fn(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		var d time.Duration
+		switch {
+		case errors.Is(err, ErrUnauthorized):
+			d = a.opts.unauthorizedRetry
+			log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
+		case IsTransient(err):
+			d = bo.next()
+			log.WithError(err).WithField("retry_in", d).Debug("request failed; retrying")
+		default:
+			return err
+		}
+		if sleep(ctx, d) != nil {
+			return err
+		}
+	}
+}
+
+// shutdown waits for the builds (cancelling them after the grace period or
+// on Abort), then for deliveries up to the delivery timeout.
+func (a *Agent) shutdown(bcancel context.CancelCauseFunc, dcancel context.CancelFunc) {
+	n := 0
+	for _, s := range a.slots {
+		if s.load() == slotRunning {
+			n++
+		}
+	}
+	a.log.WithFields(logrus.Fields{"running": n, "grace": a.opts.grace}).Info("stopping: no more polling")
+	done := make(chan struct{})
+	go func() { a.builds.Wait(); close(done) }()
+	grace := time.NewTimer(a.opts.grace)
+	defer grace.Stop()
+	select {
+	case <-done:
+	case <-grace.C:
+		a.log.Warn("grace period over: cancelling running builds")
+		bcancel(ErrShutdown)
+	case <-a.abort:
+		a.log.Warn("cancelling running builds")
+		bcancel(ErrShutdown)
+	}
+	<-done
+
+	ddone := make(chan struct{})
+	go func() { a.deliveries.Wait(); close(ddone) }()
+	t := time.NewTimer(a.opts.deliverTimeout)
+	defer t.Stop()
+	select {
+	case <-ddone:
+	case <-t.C:
+		a.log.Warn("delivery timeout: undelivered logs stay in the spool for the next start")
+		dcancel()
+		<-ddone
+	}
+	a.log.Info("stopped")
+}

@@ -1,0 +1,45 @@
+// Package poll is the agent loop of vagent: it keeps a fixed set of build
+// slots busy with jobs from a Vieter server, spools every build log to disk
+// and delivers it, and hands unfinished jobs back on shutdown.
+//
+// The package defines the small interfaces it depends on: an Executor runs
+// one job (the real one prepares a builder image and runs a sandbox; tests
+// use a fake), and an API talks to the server (Client is the HTTP
+// implementation). Scheduling can therefore be tested without root.
+//
+// # Slots
+//
+// Each slot has an atomic state that moves only along
+// empty → running (the loop hands it a job) → done (the build finished) →
+// empty (the loop collected it), each step a compare-and-swap. The loop
+// never polls for more jobs than it has empty slots.
+//
+// # Polling
+//
+// The loop is event-driven: it waits on a timer and on a channel that
+// finished builds signal. It polls at once when a build finishes and
+// otherwise every poll interval; an idle agent sleeps between polls. Poll
+// failures back off exponentially with jitter up to the poll interval; a
+// rejected API key (401) is reported as a configuration error and retried
+// slowly.
+//
+// # Logs
+//
+// A build writes its log to <data_dir>/logs/pending/<id>.log; a JSON
+// sidecar <id>.json (written atomically) holds the upload parameters and
+// the delivery state. A log is deleted only after the server accepted it;
+// uploads are retried with backoff, and pending logs are delivered at the
+// next start, also after a crash. A log the server rejects for good (400)
+// is moved to logs/rejected. A sidecar still marked running at start
+// belongs to a build the agent did not see end (it was killed): its log is
+// uploaded with ExitInterrupted and its job is handed back to the server.
+// Delivery is at least once: a crash between the server's acceptance and
+// the removal of the spool entry uploads that log again.
+//
+// # Shutdown
+//
+// When Run's context is cancelled the agent stops polling, lets running
+// builds finish for the grace period, then cancels them (Abort cancels
+// them at once). Every log is uploaded and every job that did not finish is
+// requeued with POST /api/v1/jobs/queue, keeping its force flag.
+package poll

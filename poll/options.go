@@ -1,0 +1,160 @@
+package poll
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Option configures an Agent.
+type Option func(*options) error
+
+type options struct {
+	arch              string
+	dataDir           string
+	slots             int
+	pollInterval      time.Duration
+	grace             time.Duration
+	deliverTimeout    time.Duration
+	requestTimeout    time.Duration
+	uploadTimeout     time.Duration
+	backoffMin        time.Duration
+	backoffMax        time.Duration
+	unauthorizedRetry time.Duration
+	defaultTimeout    time.Duration
+	log               logrus.FieldLogger
+}
+
+func defaultOptions() options {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return options{
+		slots:             1,
+		pollInterval:      30 * time.Second,
+		grace:             5 * time.Minute,
+		deliverTimeout:    30 * time.Second,
+		requestTimeout:    time.Minute,
+		uploadTimeout:     10 * time.Minute,
+		backoffMin:        time.Second,
+		backoffMax:        5 * time.Minute,
+		unauthorizedRetry: 5 * time.Minute,
+		defaultTimeout:    time.Hour,
+		log:               l,
+	}
+}
+
+func positive(name string, d time.Duration, set *time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%s must be positive, got %v", name, d)
+	}
+	*set = d
+	return nil
+}
+
+// WithArch sets the architecture to poll jobs for and to report logs
+// under. Required.
+func WithArch(arch string) Option {
+	return func(o *options) error {
+		if arch == "" {
+			return errors.New("empty arch")
+		}
+		o.arch = arch
+		return nil
+	}
+}
+
+// WithDataDir sets the directory for the log spool and the lock. Required.
+func WithDataDir(dir string) Option {
+	return func(o *options) error {
+		if dir == "" {
+			return errors.New("empty data dir")
+		}
+		o.dataDir = dir
+		return nil
+	}
+}
+
+// WithSlots sets the number of concurrent builds (max_concurrent_builds).
+// Default 1.
+func WithSlots(n int) Option {
+	return func(o *options) error {
+		if n < 1 {
+			return fmt.Errorf("slots must be at least 1, got %d", n)
+		}
+		o.slots = n
+		return nil
+	}
+}
+
+// WithPollInterval sets the time between polls when no build finishes
+// (polling_frequency); it also caps the poll backoff. Default 30s.
+func WithPollInterval(d time.Duration) Option {
+	return func(o *options) error { return positive("poll interval", d, &o.pollInterval) }
+}
+
+// WithGracePeriod sets how long running builds may go on after shutdown
+// starts before they are cancelled. Default 5m.
+func WithGracePeriod(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("grace period must not be negative, got %v", d)
+		}
+		o.grace = d
+		return nil
+	}
+}
+
+// WithDeliverTimeout sets how long, after the builds have stopped, the
+// shutdown waits for logs and requeues to reach the server; what is left
+// stays in the spool for the next start. Default 30s.
+func WithDeliverTimeout(d time.Duration) Option {
+	return func(o *options) error { return positive("deliver timeout", d, &o.deliverTimeout) }
+}
+
+// WithRequestTimeout bounds one poll or requeue request. Default 1m.
+func WithRequestTimeout(d time.Duration) Option {
+	return func(o *options) error { return positive("request timeout", d, &o.requestTimeout) }
+}
+
+// WithUploadTimeout bounds one log upload. Default 10m.
+func WithUploadTimeout(d time.Duration) Option {
+	return func(o *options) error { return positive("upload timeout", d, &o.uploadTimeout) }
+}
+
+// WithBackoff sets the first delay and the cap of the retry backoff for
+// uploads and requeues (poll backoff is capped by the poll interval).
+// Default 1s and 5m.
+func WithBackoff(first, max time.Duration) Option {
+	return func(o *options) error {
+		if first <= 0 || max < first {
+			return fmt.Errorf("invalid backoff %v..%v", first, max)
+		}
+		o.backoffMin, o.backoffMax = first, max
+		return nil
+	}
+}
+
+// WithUnauthorizedRetry sets the delay before retrying after the server
+// rejected the API key. Default 5m.
+func WithUnauthorizedRetry(d time.Duration) Option {
+	return func(o *options) error { return positive("unauthorized retry", d, &o.unauthorizedRetry) }
+}
+
+// WithDefaultTimeout sets the build timeout for jobs without one. Default 1h.
+func WithDefaultTimeout(d time.Duration) Option {
+	return func(o *options) error { return positive("default timeout", d, &o.defaultTimeout) }
+}
+
+// WithLogger sets the logger. Default: silent.
+func WithLogger(l logrus.FieldLogger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return errors.New("nil logger")
+		}
+		o.log = l
+		return nil
+	}
+}
