@@ -1,7 +1,9 @@
 package sandbox
 
 import (
+	"os"
 	"path"
+	"path/filepath"
 	"runtime"
 
 	"github.com/opencontainers/cgroups"
@@ -78,7 +80,7 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		Rlimits:       []configs.Rlimit{nofileRlimit()},
 		Cgroups: &cgroups.Cgroup{
 			Path:      path.Join("/", m.opts.cgroupParent, id),
-			Resources: resources(limits, m.cgroupV2),
+			Resources: resources(limits, m.cgroupV2, m.swapAccounting),
 		},
 		Mounts: []*configs.Mount{
 			{Source: "proc", Destination: "/proc", Device: "proc", Flags: baseMountFlags},
@@ -87,7 +89,8 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 			{Source: "shm", Destination: "/dev/shm", Device: "tmpfs", Flags: baseMountFlags, Data: "mode=1777,size=65536k"},
 			{Source: "mqueue", Destination: "/dev/mqueue", Device: "mqueue", Flags: baseMountFlags},
 			// Mounting a new sysfs needs the network namespace's owner: bind
-			// the host's, read-only all the way down.
+			// the host's, read-only all the way down (the kernel refuses a
+			// non-recursive bind that would uncover what its submounts hide).
 			{Source: "/sys", Destination: "/sys", Device: "bind", Flags: unix.MS_BIND | unix.MS_REC | baseMountFlags | unix.MS_RDONLY,
 				RecAttr: &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}},
 			{Source: "tmpfs", Destination: "/tmp", Device: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_NODEV, Data: "mode=1777"},
@@ -116,6 +119,9 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		c.Networks = []*configs.Network{{Type: "loopback", Address: "127.0.0.1/0", Gateway: "localhost"}}
 	default:
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
+			if spec.ReadOnly && !isRegular(filepath.Join(spec.Lower, f)) {
+				continue // no mount point can be made
+			}
 			c.Mounts = append(c.Mounts, &configs.Mount{
 				Source: f, Destination: f, Device: "bind",
 				Flags: unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC,
@@ -145,15 +151,17 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 }
 
 // resources converts Limits to cgroup resources.
-func resources(l Limits, v2 bool) *cgroups.Resources {
+func resources(l Limits, v2, swap bool) *cgroups.Resources {
 	r := &cgroups.Resources{Devices: deviceRules()}
 	if l.Memory > 0 {
 		r.Memory = l.Memory
-		switch {
-		case l.MemorySwap == 0:
-			r.MemorySwap = l.Memory
-		default:
+		// Without swap accounting (cgroup v1 booted without it) only the
+		// memory limit applies.
+		if swap {
 			r.MemorySwap = l.MemorySwap
+			if r.MemorySwap == 0 {
+				r.MemorySwap = l.Memory
+			}
 		}
 	}
 	if l.Pids > 0 {
@@ -195,9 +203,14 @@ func nofileRlimit() configs.Rlimit {
 func seccompArchs() []string {
 	switch runtime.GOARCH {
 	case "amd64":
-		return []string{"amd64", "x86", "x32"}
+		return []string{"amd64", "x86"}
 	case "arm64":
 		return []string{"arm64", "arm"}
 	}
 	return nil
+}
+
+func isRegular(p string) bool {
+	fi, err := os.Lstat(p)
+	return err == nil && fi.Mode().IsRegular()
 }

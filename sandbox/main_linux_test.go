@@ -3,9 +3,14 @@ package sandbox_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
+	osexec "os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,23 +31,85 @@ func needRoot(t testing.TB) {
 	}
 }
 
-// newManager returns a Manager on a fresh data directory, closed when the
-// test ends.
-func newManager(t testing.TB, opts ...sandbox.Option) (*sandbox.Manager, string) {
+// testEnv is a Manager on a fresh data directory with its own cgroup
+// parent, so that leak checks can look at exactly what it owns.
+type testEnv struct {
+	m      *sandbox.Manager
+	dir    string
+	parent string
+}
+
+// newManager returns a Manager on a fresh data directory, closed (and
+// checked for leftovers) when the test ends.
+func newManager(t testing.TB, opts ...sandbox.Option) *testEnv {
 	t.Helper()
 	needRoot(t)
-	dir := sandboxtest.Dir(t)
-	opts = append([]sandbox.Option{sandbox.WithSeccomp(sandbox.SeccompSupported)}, opts...)
-	m, err := sandbox.New(dir, opts...)
+	e := &testEnv{dir: sandboxtest.Dir(t), parent: fmt.Sprintf("vagent-test-%d-%d", os.Getpid(), parentSeq.Add(1))}
+	opts = append([]sandbox.Option{sandbox.WithSeccomp(sandbox.SeccompSupported), sandbox.WithCgroupParent(e.parent)}, opts...)
+	m, err := sandbox.New(e.dir, opts...)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	e.m = m
 	t.Cleanup(func() {
 		if err := m.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
+		if l := leftovers(e.dir, e.parent, true); len(l) > 0 {
+			t.Errorf("left behind after Close:\n%s", strings.Join(l, "\n"))
+		}
 	})
-	return m, dir
+	return e
+}
+
+var parentSeq atomic.Int64
+
+// leftovers lists what runs of a Manager left behind: mounts under its data
+// directory, container state, run and kept directories, cgroups below its
+// parent (or the parent itself after Close) and processes in them.
+func leftovers(dataDir, parent string, closed bool) []string {
+	var l []string
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dataDir+"/") {
+			l = append(l, "mount "+f[4])
+		}
+	}
+	for _, sub := range []string{"state", "runs", "kept"} {
+		entries, _ := os.ReadDir(filepath.Join(dataDir, sub))
+		for _, e := range entries {
+			l = append(l, sub+"/"+e.Name())
+		}
+	}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	roots = append(roots, "/sys/fs/cgroup")
+	for _, r := range roots {
+		p := filepath.Join(r, parent)
+		if closed {
+			if _, err := os.Stat(p); err == nil {
+				l = append(l, "cgroup "+p)
+			}
+			continue
+		}
+		entries, _ := os.ReadDir(p)
+		for _, e := range entries {
+			if e.IsDir() {
+				l = append(l, "cgroup "+filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cgroup")
+	for _, f := range procs {
+		stat, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "stat"))
+		if _, rest, ok := strings.Cut(string(stat), ") "); ok && strings.HasPrefix(rest, "Z") {
+			continue // a zombie is dead: only its parent (maybe host init) can reap it
+		}
+		if data, err := os.ReadFile(f); err == nil && strings.Contains(string(data), "/"+parent+"/") {
+			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "cmdline"))
+			l = append(l, fmt.Sprintf("process %s %q %q %q", f, cmdline, stat, data))
+		}
+	}
+	return l
 }
 
 // syncBuffer is an io.Writer safe for the copier and the test to share.
@@ -83,7 +150,7 @@ func sh(t testing.TB, m *sandbox.Manager, rootfs, script string, mod ...func(*sa
 }
 
 func TestSmoke(t *testing.T) {
-	m, _ := newManager(t)
+	m := newManager(t).m
 	rootfs := sandboxtest.BusyboxRootfs(t)
 	res, out := sh(t, m, rootfs, "echo hello; id; exit 3")
 	t.Logf("res=%+v out=%q", res, out)
@@ -91,3 +158,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("got %+v %q", res, out)
 	}
 }
+
+func exec1(name string, args ...string) error { return osexec.Command(name, args...).Run() }
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

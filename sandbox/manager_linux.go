@@ -25,6 +25,7 @@ type Manager struct {
 
 	rootless         bool
 	cgroupV2         bool
+	swapAccounting   bool
 	rootUID, rootGID uint32 // host ids of container root
 	idSize           uint32
 	usernsFD         *os.File // user namespace for idmapped lowers; nil without
@@ -70,6 +71,7 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		cgroupV2: cgroups.IsCgroup2UnifiedMode(),
 		idSize:   o.idSize,
 	}
+	m.swapAccounting = m.cgroupV2 || fileExists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
 	if err := os.MkdirAll(abs, 0o711); err != nil {
 		return nil, err
 	}
@@ -122,6 +124,11 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	}
 	m.opts.log.WithField("data_dir", abs).WithField("cgroup_parent", o.cgroupParent).Debug("sandbox manager ready")
 	return m, nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // checkSearchable verifies that others may traverse every ancestor of dir.

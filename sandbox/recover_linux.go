@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/runc/libcontainer"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,7 +34,7 @@ func (m *Manager) recover() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := unmountUnder(m.dataDir); err != nil {
+	if err := unmountUnder(m.dataDir, m.opts.log); err != nil {
 		errs = append(errs, err)
 		// Never remove directories that may still have mounts under them.
 		return errors.Join(errs...)
@@ -140,7 +141,7 @@ func unescapeMountinfo(s string) string {
 }
 
 // unmountUnder detaches every mount below dir, deepest first.
-func unmountUnder(dir string) error {
+func unmountUnder(dir string, log logrus.FieldLogger) error {
 	mps, err := mountPoints()
 	if err != nil {
 		return err
@@ -154,6 +155,7 @@ func unmountUnder(dir string) error {
 	sort.Slice(under, func(i, j int) bool { return len(under[i]) > len(under[j]) })
 	var errs []error
 	for _, mp := range under {
+		log.WithField("mount", mp).Info("unmounting leftover")
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("unmounting %s: %w", mp, err))
 		}

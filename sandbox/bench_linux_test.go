@@ -1,0 +1,112 @@
+package sandbox_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+)
+
+// BenchmarkStartTrue measures container start to exit of /bin/true, median
+// of 50 rounds, interleaving in each round vagent's sandbox (with and
+// without user namespace and overlay) and Debian's `runc run` on the same
+// rootfs. It reports milliseconds per variant and the ratio of vagent's
+// default (user namespace + overlay) to runc run.
+func BenchmarkStartTrue(b *testing.B) {
+	needRoot(b)
+	rootfs := sandboxtest.BusyboxRootfs(b)
+	type variant struct {
+		name    string
+		run     func() error
+		samples []time.Duration
+	}
+	var variants []*variant
+	for _, v := range []struct {
+		name            string
+		userns, overlay bool
+	}{{"vagent", true, true}, {"vagent-nouserns", false, true}, {"vagent-nooverlay", true, false}, {"vagent-bare", false, false}} {
+		e := newManager(b, sandbox.WithUserNamespace(v.userns))
+		spec := sandbox.Spec{Lower: rootfs, Args: []string{"/bin/true"}, Env: pathEnv, ReadOnly: !v.overlay}
+		variants = append(variants, &variant{name: v.name, run: func() error {
+			res, err := e.m.Run(b.Context(), spec)
+			if err == nil && res.ExitCode != 0 {
+				err = fmt.Errorf("exit %d", res.ExitCode)
+			}
+			return err
+		}})
+	}
+	if runc, err := osexec.LookPath("runc"); err == nil {
+		bundle := runcBundle(b, runc, rootfs)
+		state := sandboxtest.Dir(b)
+		n := 0
+		variants = append(variants, &variant{name: "runc", run: func() error {
+			n++
+			cmd := osexec.Command(runc, "--root", state, "run", "--bundle", bundle, fmt.Sprintf("bench-%d-%d", os.Getpid(), n))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("runc run: %v: %s", err, out)
+			}
+			return nil
+		}})
+	} else {
+		b.Log("runc not installed (Debian package runc): no comparison")
+	}
+	const rounds = 50
+	b.ResetTimer()
+	for range rounds {
+		for _, v := range variants {
+			start := time.Now()
+			if err := v.run(); err != nil {
+				b.Fatalf("%s: %v", v.name, err)
+			}
+			v.samples = append(v.samples, time.Since(start))
+		}
+	}
+	b.StopTimer()
+	medians := map[string]float64{}
+	for _, v := range variants {
+		slices.Sort(v.samples)
+		med := float64(v.samples[len(v.samples)/2]) / float64(time.Millisecond)
+		medians[v.name] = med
+		b.ReportMetric(med, v.name+"-ms")
+	}
+	if r, ok := medians["runc"]; ok {
+		b.ReportMetric(medians["vagent"]/r, "vagent/runc")
+	}
+}
+
+// runcBundle writes an OCI bundle for `runc run` of /bin/true in rootfs:
+// Debian runc's default spec (no user namespace, read-only rootfs).
+func runcBundle(b *testing.B, runc, rootfs string) string {
+	dir := sandboxtest.Dir(b)
+	if out, err := osexec.Command(runc, "spec", "--bundle", dir).CombinedOutput(); err != nil {
+		b.Fatalf("runc spec: %v: %s", err, out)
+	}
+	p := filepath.Join(dir, "config.json")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(data, &spec); err != nil {
+		b.Fatal(err)
+	}
+	spec["root"] = map[string]any{"path": rootfs, "readonly": true}
+	proc := spec["process"].(map[string]any)
+	proc["terminal"] = false
+	proc["args"] = []string{"/bin/true"}
+	if data, err = json.Marshal(spec); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return dir
+}
