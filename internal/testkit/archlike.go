@@ -59,7 +59,10 @@ type recipe struct {
 	Release  string   `json:"release"`
 	Variant  string   `json:"variant"`
 	Packages []string `json:"packages"`
-	Fixups   string   `json:"fixups"`
+	// Clean lists globs deleted before L1, as `apt-get clean` would (the
+	// .deb files debootstrap leaves in apt's cache).
+	Clean  []string `json:"clean"`
+	Fixups string   `json:"fixups"`
 	// Remove lists globs deleted in L3; Replace lists directories removed
 	// and recreated (empty but for a README) in L3.
 	Remove  []string `json:"remove"`
@@ -74,11 +77,11 @@ var archLikeRecipe = recipe{
 		"pacman-package-manager", "makepkg", "git", "curl", "sudo", "fakeroot",
 		"libarchive-tools", "zstd", "binutils", "file", "ca-certificates",
 	},
+	Clean:  []string{"var/cache/apt/archives/*.deb"},
 	Fixups: archLikeFixups,
 	Remove: []string{
 		"var/lib/apt/lists/*_*", // the package lists, not lock and partial/
 		"var/cache/apt/*.bin",
-		"var/cache/apt/archives/*.deb",
 		"var/cache/debconf/*-old",
 		"usr/share/man",
 	},
@@ -172,6 +175,30 @@ func ArchLikeImage(ctx context.Context, opts ...Option) (v1.Image, string, error
 		return nil, "", fmt.Errorf("arch-like image: %w", err)
 	}
 	return img, dir, nil
+}
+
+// PruneArchLike removes from cacheDir the Arch-like images of other
+// recipes (older versions of the kit) and returns their directories. It
+// must not run while a test of an older checkout uses the cache.
+func PruneArchLike(cacheDir string) ([]string, error) {
+	keep := ArchLikeLayoutDir(cacheDir)
+	ms, err := filepath.Glob(filepath.Join(cacheDir, "archlike-*"))
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, m := range ms {
+		if m == keep || m == keep+".lock" {
+			continue
+		}
+		if err := os.RemoveAll(m); err != nil {
+			return removed, fmt.Errorf("pruning test images: %w", err)
+		}
+		if filepath.Ext(m) != ".lock" {
+			removed = append(removed, m)
+		}
+	}
+	return removed, nil
 }
 
 // imageFromLayout returns the single image of an OCI layout.

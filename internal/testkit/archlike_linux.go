@@ -81,6 +81,9 @@ func buildArchLike(ctx context.Context, o options, rcp recipe, dest string) (ret
 		return err
 	}
 
+	if err := removeGlobs(root, rcp.Clean); err != nil {
+		return err
+	}
 	work := filepath.Join(tmp, "blobs")
 	if err := os.Mkdir(work, 0o755); err != nil {
 		return err
@@ -162,16 +165,8 @@ func buildArchLike(ctx context.Context, o options, rcp recipe, dest string) (ret
 // cleanupTree applies the L3 part of the recipe to root and returns the
 // replaced directories (opaque in the layer).
 func cleanupTree(root string, rcp recipe) (map[string]bool, error) {
-	for _, g := range rcp.Remove {
-		ms, err := filepath.Glob(filepath.Join(root, g))
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range ms {
-			if err := os.RemoveAll(m); err != nil {
-				return nil, err
-			}
-		}
+	if err := removeGlobs(root, rcp.Remove); err != nil {
+		return nil, err
 	}
 	opaque := map[string]bool{}
 	for _, d := range rcp.Replace {
@@ -189,6 +184,22 @@ func cleanupTree(root string, rcp recipe) (map[string]bool, error) {
 		opaque[d] = true
 	}
 	return opaque, nil
+}
+
+// removeGlobs removes what the globs, relative to root, match.
+func removeGlobs(root string, globs []string) error {
+	for _, g := range globs {
+		ms, err := filepath.Glob(filepath.Join(root, g))
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			if err := os.RemoveAll(m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func archLikeConfig(rcp recipe, layers []*blobLayer, createdBy []string) (v1.Image, error) {
@@ -298,13 +309,19 @@ func lockFile(ctx context.Context, path string) (func(), error) {
 	}
 }
 
-// syncTree flushes every file of dir to disk before it is renamed into
-// place, so that a power loss cannot leave a complete-looking layout with
-// empty blobs.
+// syncTree makes every file of dir world-readable (tests that do not run
+// as root may read a cached image) and flushes it to disk before dir is
+// renamed into place, so that a power loss cannot leave a complete-looking
+// layout with empty blobs.
 func syncTree(dir string) error {
 	return filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if !d.IsDir() {
+			if err := os.Chmod(p, 0o644); err != nil {
+				return err
+			}
 		}
 		f, err := os.Open(p)
 		if err != nil {

@@ -37,6 +37,33 @@ func TestRecipeKey(t *testing.T) {
 	}
 }
 
+func TestPruneArchLike(t *testing.T) {
+	cache := t.TempDir()
+	keep := ArchLikeLayoutDir(cache)
+	for _, d := range []string{keep, filepath.Join(cache, "archlike-0000000000000000"), filepath.Join(cache, "other")} {
+		if err := os.MkdirAll(filepath.Join(d, "blobs"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{keep + ".lock", filepath.Join(cache, "archlike-0000000000000000.lock")} {
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := PruneArchLike(cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 1 || removed[0] != filepath.Join(cache, "archlike-0000000000000000") {
+		t.Errorf("removed %v", removed)
+	}
+	left, _ := filepath.Glob(filepath.Join(cache, "*"))
+	want := []string{keep, keep + ".lock", filepath.Join(cache, "other")}
+	if strings.Join(left, " ") != strings.Join(want, " ") {
+		t.Errorf("left %v, want %v", left, want)
+	}
+}
+
 // flatEntry is a path of the flattened image and what put it there.
 type flatEntry struct {
 	layerEntry

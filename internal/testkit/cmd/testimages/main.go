@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	go run ./internal/testkit/cmd/testimages [-cache DIR] [-v]
+//	go run ./internal/testkit/cmd/testimages [-cache DIR] [-prune] [-v]
 //
 // The cache directory defaults to $VAGENT_TESTIMAGE_CACHE or
 // /var/cache/vagent/testimages.
@@ -26,6 +26,7 @@ import (
 func main() {
 	cache := flag.String("cache", testkit.CacheDir(), "cache directory")
 	verbose := flag.Bool("v", false, "show debootstrap's output")
+	prune := flag.Bool("prune", false, "remove cached images of other (older) recipes")
 	flag.Parse()
 	if flag.NArg() != 0 {
 		flag.Usage()
@@ -42,6 +43,16 @@ func main() {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testimages: %v\n", err)
 		os.Exit(1)
+	}
+	if *prune {
+		removed, err := testkit.PruneArchLike(*cache)
+		for _, r := range removed {
+			log.WithField("dir", r).Info("removed an image of another recipe")
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "testimages: %v\n", err)
+			os.Exit(1)
+		}
 	}
 	fmt.Println(dir)
 }
