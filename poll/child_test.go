@@ -50,8 +50,20 @@ func childMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
+	// As the CLI does: the first signal stops gracefully, the second
+	// cancels the builds, the third exits.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 3)
+	signal.Notify(sigs, syscall.SIGTERM, os.Interrupt)
+	go func() {
+		<-sigs
+		cancel()
+		<-sigs
+		a.Abort()
+		<-sigs
+		os.Exit(3)
+	}()
 	if err := a.Run(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -107,9 +107,10 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-func spoolFiles(t testing.TB, dir, sub string) []string {
+// spoolFiles globs pattern below <dir>/logs.
+func spoolFiles(t testing.TB, dir, pattern string) []string {
 	t.Helper()
-	m, err := filepath.Glob(filepath.Join(dir, "logs", sub, "*"))
+	m, err := filepath.Glob(filepath.Join(dir, "logs", pattern))
 	if err != nil {
 		t.Fatal(err)
 	}
