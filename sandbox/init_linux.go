@@ -3,6 +3,7 @@ package sandbox
 import (
 	"io"
 	"os"
+	"runtime"
 	"sync/atomic"
 
 	"github.com/opencontainers/runc/libcontainer"
@@ -19,6 +20,16 @@ import (
 const usernsHolderArg = "vagent-sandbox-userns-holder"
 
 var initCalled atomic.Bool
+
+// The main goroutine keeps the main thread for the life of the process.
+// libcontainer runs a helper goroutine, locked to its thread, that joins a
+// container's mount namespace and exits without unlocking so that the
+// runtime kills the thread. Go cannot kill the main thread: it would be
+// wedged instead, leaving the process's main thread (what /proc/self shows)
+// in the container's mount namespace and keeping that namespace, with its
+// mounts, alive. A goroutine running on the main thread during package
+// initialisation stays locked to it after this.
+func init() { runtime.LockOSThread() }
 
 // Init must be called first thing from an init function of package main
 // (and from TestMain of tests that start containers). When the process is a

@@ -8,6 +8,7 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,7 +70,7 @@ var parentSeq atomic.Int64
 // parent (or the parent itself after Close) and processes in them.
 func leftovers(dataDir, parent string, closed bool) []string {
 	var l []string
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	mi, _ := readMountinfo()
 	for _, line := range strings.Split(string(mi), "\n") {
 		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dataDir+"/") {
 			l = append(l, "mount "+f[4])
@@ -162,3 +163,11 @@ func TestSmoke(t *testing.T) {
 func exec1(name string, args ...string) error { return osexec.Command(name, args...).Run() }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// readMountinfo reads the mount table of the calling thread's namespace
+// (see mountPoints in recover_linux.go for why not /proc/self).
+func readMountinfo() ([]byte, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	return os.ReadFile("/proc/thread-self/mountinfo")
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,7 +35,7 @@ func (m *Manager) recover() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := unmountUnder(m.dataDir, m.opts.log); err != nil {
+	if err := unmountUnder(m.dataDir, m.opts.log, 0); err != nil {
 		errs = append(errs, err)
 		// Never remove directories that may still have mounts under them.
 		return errors.Join(errs...)
@@ -77,7 +78,9 @@ func (m *Manager) destroyLeftover(id string) error {
 // cgroupRoots returns the mount points of every cgroup hierarchy mounted at
 // its root (v1 controllers, named hierarchies and cgroup2).
 func cgroupRoots() ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
@@ -104,8 +107,14 @@ func cgroupRoots() ([]string, error) {
 }
 
 // mountPoints returns the mount points in the current mount namespace.
+//
+// It reads the calling thread's view: libcontainer may leave the process's
+// main thread in a container's mount namespace (a locked goroutine that
+// exits on the main thread wedges it), which /proc/self would show.
 func mountPoints() ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +150,7 @@ func unescapeMountinfo(s string) string {
 }
 
 // unmountUnder detaches every mount below dir, deepest first.
-func unmountUnder(dir string, log logrus.FieldLogger) error {
+func unmountUnder(dir string, log logrus.FieldLogger, depth int) error {
 	mps, err := mountPoints()
 	if err != nil {
 		return err
@@ -158,6 +167,19 @@ func unmountUnder(dir string, log logrus.FieldLogger) error {
 		log.WithField("mount", mp).Info("unmounting leftover")
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("unmounting %s: %w", mp, err))
+		}
+	}
+	if len(errs) == 0 && len(under) > 0 {
+		// Stacked mounts show up again: go on until none is left.
+		if again, err := mountPoints(); err == nil {
+			for _, mp := range again {
+				if strings.HasPrefix(mp, dir+"/") {
+					if depth > 3 {
+						return fmt.Errorf("mount %s does not go away", mp)
+					}
+					return unmountUnder(dir, log, depth+1)
+				}
+			}
 		}
 	}
 	return errors.Join(errs...)
