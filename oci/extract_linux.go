@@ -55,7 +55,10 @@ func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
 		return nil, fmt.Errorf("opening %s: %w", dir, err)
 	}
 	// openat2 needs Linux 5.6; find out now rather than at the first entry.
-	if _, err := openInRoot(fd, ".", unix.O_PATH|unix.O_DIRECTORY); err != nil {
+	probe, err := openInRoot(fd, ".", unix.O_PATH|unix.O_DIRECTORY)
+	if err == nil {
+		unix.Close(probe)
+	} else {
 		unix.Close(fd)
 		if errors.Is(err, unix.ENOSYS) {
 			return nil, fmt.Errorf("openat2 (linux 5.6 or later) is needed: %w", errors.ErrUnsupported)

@@ -521,3 +521,5 @@ func TestSymlinkEscapes(t *testing.T) {
 		})
 	}
 }
+
+func mkdir(p string) error { return os.MkdirAll(p, 0o755) }
