@@ -182,10 +182,20 @@ func resources(l Limits, v2, swap bool) *cgroups.Resources {
 	return r
 }
 
-// weightToShares inverts cgroups.ConvertCPUSharesToCgroupV2Value: weight
-// 1–10000 to shares 2–262144.
+// weightToShares inverts cgroups.ConvertCPUSharesToCgroupV2Value (which
+// maps the default 1024 shares to the default weight 100): the smallest
+// share count, 2-262144, whose weight is at least w.
 func weightToShares(w uint64) uint64 {
-	return 2 + (w-1)*262142/9999
+	lo, hi := uint64(2), uint64(262144)
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if cgroups.ConvertCPUSharesToCgroupV2Value(mid) < w {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
 }
 
 // nofileRlimit raises the open files limit as far as the agent may.

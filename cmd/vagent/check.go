@@ -1,0 +1,57 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+func init() {
+	register(&command{name: "check", summary: "report whether this host can run builds, and why not", run: runCheck})
+}
+
+// checkHost probes the host; tests replace it.
+var checkHost = sandbox.CheckHost
+
+func runCheck(_ context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "check", "check [-data-dir DIR] [-id-base N] [-id-size N]")
+	dataDir := fs.String("data-dir", "/var/lib/vagent", "data directory for builds (a test overlay is mounted there)")
+	idBase := fs.Uint("id-base", 100000, "first host id of the containers' id range")
+	idSize := fs.Uint("id-size", 65536, "size of the containers' id range")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("check takes no arguments")
+	}
+	if *idBase > 1<<32-1 || *idSize > 1<<32-1 {
+		return usageError("id range out of bounds")
+	}
+	reqs, err := checkHost(*dataDir, sandbox.WithIDMap(uint32(*idBase), uint32(*idSize)))
+	if err != nil {
+		return err
+	}
+	return reportCheck(env, reqs)
+}
+
+// reportCheck prints one line per requirement and fails, naming them, when
+// any is missing.
+func reportCheck(env *cliEnv, reqs []sandbox.Requirement) error {
+	var missing []string
+	for _, r := range reqs {
+		status := "ok"
+		if !r.OK {
+			status = "MISSING"
+			missing = append(missing, r.Name)
+		}
+		fmt.Fprintf(env.stdout, "%-8s %-16s %s\n", status, r.Name, r.Detail)
+	}
+	if len(missing) > 0 {
+		return &exitError{code: 1, err: errors.New("host cannot run builds, missing: " + strings.Join(missing, ", "))}
+	}
+	fmt.Fprintln(env.stdout, "this host can run vagent builds")
+	return nil
+}

@@ -1,0 +1,170 @@
+package sandbox
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Requirement is one host requirement reported by CheckHost.
+type Requirement struct {
+	// Name names the requirement ("kernel", "user namespaces"...).
+	Name string
+	// OK tells whether the host meets it.
+	OK bool
+	// Detail says what was found, or why the requirement is not met.
+	Detail string
+}
+
+// hostFacts is what CheckHost probes; evaluate turns it into requirements.
+type hostFacts struct {
+	kernel         string // uname release
+	root           bool
+	uid            int
+	userns         error // creating a user namespace with the id map
+	overlay        error // mounting an overlay
+	idmapped       error // an overlay over an idmapped lower
+	cgroupVersion  int   // 1 (v1 or hybrid) or 2
+	controllers    map[string]bool
+	swapAccounting bool
+	seccompBuilt   bool
+	seccompKernel  bool
+	idBase, idSize uint32
+	idConflicts    []string // users or subuid entries in the mapped range
+	dataDir        string
+	freeBytes      uint64
+	freeErr        error
+}
+
+// minFreeBytes is the free space the data directory needs for builds.
+const minFreeBytes = 2 << 30
+
+// minKernel is the oldest kernel with overlayfs over idmapped lower layers.
+var minKernel = [2]int{5, 19}
+
+// evaluate decides, from probed facts, which requirements hold.
+func evaluate(f hostFacts) []Requirement {
+	var reqs []Requirement
+	add := func(name string, ok bool, format string, args ...any) {
+		reqs = append(reqs, Requirement{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+	}
+
+	if v, ok := parseKernel(f.kernel); !ok {
+		add("kernel", false, "cannot parse kernel release %q", f.kernel)
+	} else if v[0] < minKernel[0] || v[0] == minKernel[0] && v[1] < minKernel[1] {
+		add("kernel", false, "%s is older than %d.%d (overlayfs over idmapped lower layers)", f.kernel, minKernel[0], minKernel[1])
+	} else {
+		add("kernel", true, "%s", f.kernel)
+	}
+
+	if f.root {
+		add("privileges", true, "running as root")
+	} else {
+		add("privileges", true, "running as uid %d: rootless mode (one mapped id, no limits, read-only root filesystems only)", f.uid)
+	}
+
+	if f.userns != nil {
+		add("user namespaces", false, "cannot create a user namespace: %v", f.userns)
+	} else if f.root {
+		add("user namespaces", true, "container ids 0-%d map to host ids %d-%d", f.idSize-1, f.idBase, uint64(f.idBase)+uint64(f.idSize)-1)
+	} else {
+		add("user namespaces", true, "container root maps to uid %d", f.uid)
+	}
+
+	if f.root {
+		if len(f.idConflicts) > 0 {
+			add("id range", false, "host ids %d-%d are in use: %s", f.idBase, uint64(f.idBase)+uint64(f.idSize)-1, strings.Join(f.idConflicts, ", "))
+		} else {
+			add("id range", true, "host ids %d-%d used by no user and no /etc/subuid or /etc/subgid entry", f.idBase, uint64(f.idBase)+uint64(f.idSize)-1)
+		}
+	}
+
+	if f.root {
+		if f.overlay != nil {
+			add("overlayfs", false, "cannot mount overlayfs: %v", f.overlay)
+		} else {
+			add("overlayfs", true, "mounted an overlay in %s", f.dataDir)
+		}
+		if f.idmapped != nil {
+			add("idmapped lower", false, "cannot use an idmapped lower layer: %v (the data directory's filesystem must support idmapped mounts)", f.idmapped)
+		} else {
+			add("idmapped lower", true, "overlay over an idmapped bind mount works")
+		}
+	}
+
+	switch {
+	case !f.root:
+		add("cgroups", true, "cgroup v%d; limits are not applied in rootless mode", f.cgroupVersion)
+	case f.cgroupVersion == 0:
+		add("cgroups", false, "no cgroup filesystem mounted at /sys/fs/cgroup")
+	default:
+		var missing []string
+		for _, c := range []string{"memory", "pids", "cpu"} {
+			if !f.controllers[c] {
+				missing = append(missing, c)
+			}
+		}
+		if f.cgroupVersion == 1 && !f.controllers["devices"] {
+			missing = append(missing, "devices")
+		}
+		if len(missing) > 0 {
+			add("cgroups", false, "cgroup v%d lacks controllers: %s", f.cgroupVersion, strings.Join(missing, ", "))
+		} else {
+			swap := "memory+swap limits"
+			if !f.swapAccounting {
+				swap = "no swap accounting: memory limits only"
+			}
+			add("cgroups", true, "cgroup v%d with memory, pids, cpu (%s)", f.cgroupVersion, swap)
+		}
+	}
+
+	switch {
+	case !f.seccompKernel:
+		add("seccomp", false, "the kernel has no seccomp filter support")
+	case !f.seccompBuilt:
+		add("seccomp", false, "this binary was built without seccomp (cgo and -tags seccomp)")
+	default:
+		add("seccomp", true, "filters supported by kernel and binary")
+	}
+
+	switch {
+	case f.freeErr != nil:
+		add("disk space", false, "%s: %v", f.dataDir, f.freeErr)
+	case f.freeBytes < minFreeBytes:
+		add("disk space", false, "%s has %s free, need at least %s", f.dataDir, humanBytes(f.freeBytes), humanBytes(minFreeBytes))
+	default:
+		add("disk space", true, "%s has %s free", f.dataDir, humanBytes(f.freeBytes))
+	}
+	return reqs
+}
+
+// parseKernel extracts major and minor from a release like "6.1.0-18-amd64".
+func parseKernel(release string) ([2]int, bool) {
+	parts := strings.SplitN(release, ".", 3)
+	if len(parts) < 2 {
+		return [2]int{}, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minorStr := parts[1]
+	if i := strings.IndexFunc(minorStr, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+		minorStr = minorStr[:i]
+	}
+	minor, err2 := strconv.Atoi(minorStr)
+	if err1 != nil || err2 != nil {
+		return [2]int{}, false
+	}
+	return [2]int{major, minor}, true
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1 << 10
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}

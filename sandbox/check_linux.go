@@ -1,0 +1,191 @@
+package sandbox
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/opencontainers/cgroups"
+	"golang.org/x/sys/unix"
+)
+
+// CheckHost probes whether this host can run sandboxes with the given
+// options and data directory, and returns one Requirement per item:
+// kernel, privileges, user namespaces, id range, overlayfs, idmapped
+// lower, cgroups, seccomp and disk space. It mounts and removes a test
+// overlay under dataDir (created if missing). Init must have been called.
+func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	f := hostFacts{
+		root: os.Geteuid() == 0, uid: os.Geteuid(),
+		idBase: o.uidBase, idSize: o.idSize,
+		seccompBuilt: SeccompSupported,
+		dataDir:      dataDir,
+	}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err == nil {
+		f.kernel = unix.ByteSliceToString(uts.Release[:])
+	}
+	f.seccompKernel = seccompInKernel()
+	f.cgroupVersion, f.controllers, f.swapAccounting = probeCgroups()
+	if err := os.MkdirAll(dataDir, 0o711); err != nil {
+		f.freeErr = err
+	} else {
+		var st unix.Statfs_t
+		if err := unix.Statfs(dataDir, &st); err != nil {
+			f.freeErr = err
+		} else {
+			f.freeBytes = st.Bavail * uint64(st.Bsize)
+		}
+	}
+	var usernsFD *os.File
+	if f.root {
+		if !initCalled.Load() {
+			return nil, ErrNoInit
+		}
+		usernsFD, f.userns = newUsernsFD(o.uidBase, o.idSize)
+		f.idConflicts = idConflicts(o.uidBase, o.idSize)
+	} else if !initCalled.Load() {
+		return nil, ErrNoInit
+	} else {
+		usernsFD, f.userns = newUsernsFD(uint32(os.Geteuid()), 1)
+	}
+	if usernsFD != nil {
+		defer usernsFD.Close()
+	}
+	if f.root && f.freeErr == nil {
+		f.overlay, f.idmapped = probeOverlay(dataDir, usernsFD)
+	}
+	return evaluate(f), nil
+}
+
+func seccompInKernel() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(data), "\nSeccomp:")
+}
+
+// probeCgroups returns the cgroup version and the available controllers.
+func probeCgroups() (version int, controllers map[string]bool, swap bool) {
+	controllers = map[string]bool{}
+	if cgroups.IsCgroup2UnifiedMode() {
+		data, _ := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+		for _, c := range strings.Fields(string(data)) {
+			controllers[c] = true
+		}
+		// memory.swap.max exists in non-root cgroups when swap is accounted.
+		return 2, controllers, controllers["memory"]
+	}
+	roots, err := cgroupRoots()
+	if err != nil || len(roots) == 0 {
+		return 0, controllers, false
+	}
+	for _, r := range roots {
+		for _, c := range strings.Split(filepath.Base(r), ",") {
+			controllers[c] = true
+		}
+	}
+	if controllers["cpu"] && controllers["cpuacct"] {
+		controllers["cpu"] = true
+	}
+	return 1, controllers, fileExists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+}
+
+// probeOverlay mounts a test overlay under dir, plain and over an idmapped
+// lower.
+func probeOverlay(dir string, usernsFD *os.File) (overlayErr, idmapErr error) {
+	tmp, err := os.MkdirTemp(dir, "check-")
+	if err != nil {
+		return err, err
+	}
+	defer os.RemoveAll(tmp)
+	d := newRunDirs(tmp, "probe")
+	for _, p := range []string{d.base, d.lower, d.upper, d.work, d.rootfs, filepath.Join(tmp, "image")} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return err, err
+		}
+	}
+	defer func() { _ = unmountRun(d) }()
+	image := filepath.Join(tmp, "image")
+	mount := func(lower string) error {
+		opts := "lowerdir=" + lower + ",upperdir=" + d.upper + ",workdir=" + d.work + ",redirect_dir=off,metacopy=off,index=off"
+		if err := unix.Mount("overlay", d.rootfs, "overlay", 0, opts); err != nil {
+			return err
+		}
+		return unix.Unmount(d.rootfs, unix.MNT_DETACH)
+	}
+	if strings.ContainsAny(tmp, ",:\\") {
+		err := fmt.Errorf("data directory path %q contains ',', ':' or '\\'", dir)
+		return err, err
+	}
+	if err := mount(image); err != nil {
+		return err, errors.New("overlayfs unavailable")
+	}
+	if usernsFD == nil {
+		return nil, errors.New("no user namespace")
+	}
+	if err := idmapMount(image, d.lower, usernsFD, true); err != nil {
+		return nil, err
+	}
+	// A fresh upper and work dir: overlayfs refuses reuse across layers.
+	for _, p := range []string{d.upper, d.work} {
+		_ = os.RemoveAll(p)
+		_ = os.Mkdir(p, 0o755)
+	}
+	return nil, mount(d.lower)
+}
+
+// idConflicts lists host users and subordinate id entries whose ids fall in
+// [base, base+size).
+func idConflicts(base, size uint32) []string {
+	end := uint64(base) + uint64(size)
+	var out []string
+	in := func(id uint64) bool { return id >= uint64(base) && id < end }
+	for _, file := range []string{"/etc/passwd", "/etc/group"} {
+		forLines(file, func(f []string) {
+			if len(f) > 2 {
+				if id, err := strconv.ParseUint(f[2], 10, 32); err == nil && in(id) {
+					out = append(out, fmt.Sprintf("%s %s (%d)", filepath.Base(file), f[0], id))
+				}
+			}
+		})
+	}
+	for _, file := range []string{"/etc/subuid", "/etc/subgid"} {
+		forLines(file, func(f []string) {
+			if len(f) < 3 || f[0] == "root" || f[0] == "0" {
+				return // the agent's own allocation is no conflict
+			}
+			start, err1 := strconv.ParseUint(f[1], 10, 32)
+			n, err2 := strconv.ParseUint(f[2], 10, 32)
+			if err1 == nil && err2 == nil && start < end && start+n > uint64(base) {
+				out = append(out, fmt.Sprintf("%s %s:%d:%d", filepath.Base(file), f[0], start, n))
+			}
+		})
+	}
+	return out
+}
+
+func forLines(file string, fn func([]string)) {
+	fh, err := os.Open(file)
+	if err != nil {
+		return
+	}
+	defer fh.Close()
+	sc := bufio.NewScanner(fh)
+	for sc.Scan() {
+		if line := sc.Text(); line != "" && !strings.HasPrefix(line, "#") {
+			fn(strings.Split(line, ":"))
+		}
+	}
+}

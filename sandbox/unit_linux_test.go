@@ -1,0 +1,84 @@
+package sandbox
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/opencontainers/cgroups"
+	"github.com/opencontainers/runc/libcontainer/configs"
+)
+
+func TestWeightToShares(t *testing.T) {
+	// The conversion must invert libcontainer's shares -> weight mapping.
+	for _, w := range []uint64{1, 50, 100, 1000, 10000} {
+		if back := cgroups.ConvertCPUSharesToCgroupV2Value(weightToShares(w)); back != w {
+			t.Errorf("weight %d -> shares %d -> weight %d", w, weightToShares(w), back)
+		}
+	}
+}
+
+func TestDefaultWeightIsDefaultShares(t *testing.T) {
+	if s := weightToShares(100); s < 1000 || s > 1050 {
+		t.Errorf("weight 100 -> %d shares, want about 1024", s)
+	}
+}
+
+func TestResources(t *testing.T) {
+	r := resources(Limits{Memory: 100, Pids: 7, CPUQuota: 1.5, CPUWeight: 100}, false, true)
+	if r.Memory != 100 || r.MemorySwap != 100 || *r.PidsLimit != 7 || r.CpuQuota != 150000 || r.CpuPeriod != 100000 || r.CpuShares == 0 || r.CpuWeight != 0 {
+		t.Errorf("v1 resources %+v", r)
+	}
+	r = resources(Limits{Memory: 100, MemorySwap: -1, CPUWeight: 100}, true, true)
+	if r.MemorySwap != -1 || r.CpuWeight != 100 || r.CpuShares != 0 {
+		t.Errorf("v2 resources %+v", r)
+	}
+	if r = resources(Limits{Memory: 100}, false, false); r.MemorySwap != 0 {
+		t.Errorf("without swap accounting: memory+swap %d", r.MemorySwap)
+	}
+}
+
+func TestSeccompProfileBlocks(t *testing.T) {
+	p := seccompProfile()
+	if p.DefaultAction != configs.Allow {
+		t.Errorf("default action %v", p.DefaultAction)
+	}
+	blocked := map[string]bool{}
+	for _, s := range p.Syscalls {
+		if len(s.Args) == 0 {
+			blocked[s.Name] = true
+		}
+	}
+	for _, name := range []string{"mount", "umount2", "kexec_load", "init_module", "finit_module", "delete_module",
+		"bpf", "keyctl", "add_key", "request_key", "perf_event_open", "swapon", "swapoff", "reboot", "setns",
+		"open_by_handle_at", "userfaultfd", "clone3"} {
+		if !blocked[name] {
+			t.Errorf("%s not blocked", name)
+		}
+	}
+	for _, name := range []string{"read", "write", "execve", "clone", "ptrace", "unshare", "setuid"} {
+		if blocked[name] {
+			t.Errorf("%s blocked unconditionally", name)
+		}
+	}
+}
+
+func TestSpecValidateLimits(t *testing.T) {
+	for _, l := range []Limits{{Memory: -1}, {MemorySwap: 10}, {Memory: 10, MemorySwap: 5}, {CPUWeight: 20000}, {CPUQuota: -1}} {
+		if err := l.validate(); !errors.Is(err, ErrInvalidSpec) {
+			t.Errorf("%+v: %v", l, err)
+		}
+	}
+	for _, l := range []Limits{{}, {Memory: 10, MemorySwap: -1}, {Memory: 10, MemorySwap: 20, Pids: 5, CPUWeight: 1, CPUQuota: 0.1}} {
+		if err := l.validate(); err != nil {
+			t.Errorf("%+v: %v", l, err)
+		}
+	}
+}
+
+func TestUnescapeMountinfo(t *testing.T) {
+	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/trail\04`: `/trail\04`} {
+		if got := unescapeMountinfo(in); got != want {
+			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
