@@ -105,9 +105,19 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		c.GIDMappings = []configs.IDMap{{ContainerID: 0, HostID: int64(m.rootGID), Size: int64(m.idSize)}}
 	}
 	if m.rootless {
+		// Only container root is mapped: no tty group for devpts.
+		for _, mnt := range c.Mounts {
+			if mnt.Device == "devpts" {
+				mnt.Data = "newinstance,ptmxmode=0666,mode=0620"
+			}
+		}
 		c.RootlessEUID = true
 		c.RootlessCgroups = true
-		c.Cgroups.Resources.SkipDevices = true
+		// libcontainer tolerates unwritable cgroups only without a path;
+		// parent and name put them below the agent's own cgroup, where a
+		// delegating root may have made room.
+		c.Cgroups.Path, c.Cgroups.Parent, c.Cgroups.Name = "", m.opts.cgroupParent, id
+		c.Cgroups.Rootless = true
 	}
 	if spec.UID == 0 {
 		c.Capabilities.Effective = dockerCaps

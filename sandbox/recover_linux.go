@@ -35,7 +35,9 @@ func (m *Manager) recover() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := unmountUnder(m.dataDir, m.opts.log, 0); err != nil {
+	if m.rootless {
+		// A rootless Manager mounts nothing on the host.
+	} else if err := unmountUnder(m.dataDir, m.opts.log, 0); err != nil {
 		errs = append(errs, err)
 		// Never remove directories that may still have mounts under them.
 		return errors.Join(errs...)

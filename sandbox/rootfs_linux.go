@@ -35,6 +35,12 @@ func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
 	if err := os.Mkdir(d.base, 0o711); err != nil {
 		return err
 	}
+	if m.rootless {
+		// No mount is allowed here: libcontainer binds the lower itself,
+		// inside the container's namespaces, read-only (Spec.ReadOnly was
+		// checked by Run).
+		return nil
+	}
 	for _, dir := range []string{d.lower, d.rootfs} {
 		if err := os.Mkdir(dir, 0o755); err != nil {
 			return err

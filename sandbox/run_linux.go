@@ -53,6 +53,9 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) 
 		if !limits.isZero() {
 			return nil, fmt.Errorf("limits: %w", ErrRootless)
 		}
+		if !spec.ReadOnly {
+			return nil, fmt.Errorf("overlay root filesystem (use Spec.ReadOnly): %w", ErrRootless)
+		}
 	}
 	if err := m.begin(); err != nil {
 		return nil, err
@@ -84,7 +87,11 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 	if err := m.mountRootfs(spec, r.dirs); err != nil {
 		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
-	cfg := m.containerConfig(spec, r.id, r.dirs.rootfs, limits)
+	rootfs := r.dirs.rootfs
+	if m.rootless {
+		rootfs = spec.Lower
+	}
+	cfg := m.containerConfig(spec, r.id, rootfs, limits)
 	c, err := libcontainer.Create(m.stateDir, r.id, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating container: %w", err)
@@ -224,9 +231,11 @@ func (r *run) doTeardown() error {
 	if !r.mounts {
 		return errors.Join(errs...)
 	}
-	if err := unmountRun(r.dirs); err != nil {
-		// Never remove a directory that may still have a mount under it.
-		return errors.Join(append(errs, err)...)
+	if !r.m.rootless {
+		if err := unmountRun(r.dirs); err != nil {
+			// Never remove a directory that may still have a mount under it.
+			return errors.Join(append(errs, err)...)
+		}
 	}
 	if r.spec.KeepUpper && len(errs) == 0 {
 		kept := filepath.Join(r.m.keptDir, r.id)

@@ -1,0 +1,91 @@
+package sandbox_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+)
+
+const rootlessEnv = "VAGENT_SANDBOX_TEST_ROOTLESS"
+
+// TestHelperRootless runs as an unprivileged user, started by TestRootless.
+func TestHelperRootless(t *testing.T) {
+	args := os.Getenv(rootlessEnv)
+	if args == "" {
+		t.Skip("helper process for TestRootless")
+	}
+	f := strings.Split(args, "\n")
+	m, err := sandbox.New(f[0], sandbox.WithSeccomp(sandbox.SeccompSupported))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	defer m.Close()
+	var out bytes.Buffer
+	res, err := m.Run(context.Background(), sandbox.Spec{
+		Lower: f[1], ReadOnly: true, Env: pathEnv, Output: &out, Hostname: "rootless",
+		Args: []string{"sh", "-c", `echo "$(id -u) $(hostname) $(cat /proc/self/uid_map | tr -s ' ')"; echo x > /tmp/y && cat /tmp/y; touch /x 2>/dev/null || echo ro`},
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	fmt.Printf("RESULT %d\n%s", res.ExitCode, out.String())
+	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], Args: []string{"true"}})
+	fmt.Printf("OVERLAY %v\n", err)
+}
+
+// TestRootless runs the test binary as nobody and checks that a rootless
+// Manager runs a read-only container as container root mapped to nobody,
+// and refuses what rootless mode cannot do.
+func TestRootless(t *testing.T) {
+	needRoot(t) // to become nobody
+	setpriv, err := osexec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("needs setpriv (util-linux)")
+	}
+	dir := sandboxtest.Dir(t)
+	rootfs := sandboxtest.BusyboxRootfs(t)
+	// The binary, the rootfs and the data directory belong to nobody.
+	bin := filepath.Join(dir, "sandbox.test")
+	src, err := os.Open(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+	dst.Close()
+	data := filepath.Join(dir, "data")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{data, rootfs} {
+		if out, err := osexec.Command("chown", "-R", "65534:65534", p).CombinedOutput(); err != nil {
+			t.Fatalf("chown: %v %s", err, out)
+		}
+	}
+	cmd := osexec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+		bin, "-test.run=^TestHelperRootless$", "-test.v")
+	cmd.Env = []string{rootlessEnv + "=" + data + "\n" + rootfs, "PATH=/usr/bin:/bin", "HOME=/"}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("rootless helper: %v\n%s", err, out)
+	}
+	want := "RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n"
+	if !strings.Contains(string(out), want) {
+		t.Errorf("rootless helper output:\n%s\nwant it to contain:\n%s", out, want)
+	}
+}
