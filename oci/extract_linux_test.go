@@ -523,3 +523,9 @@ func TestSymlinkEscapes(t *testing.T) {
 }
 
 func mkdir(p string) error { return os.MkdirAll(p, 0o755) }
+
+func mountTmpfs(dir, size string) error {
+	return unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size)
+}
+
+func unmount(dir string) error { return unix.Unmount(dir, unix.MNT_DETACH) }

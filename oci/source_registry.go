@@ -257,7 +257,7 @@ func (s *registrySource) blob(ctx context.Context, h v1.Hash) (io.ReadCloser, er
 		if err == nil {
 			var rc io.ReadCloser
 			if rc, err = l.Compressed(); err == nil {
-				return rc, nil
+				return verifyErrors{rc}, nil
 			}
 		}
 		if ctx.Err() != nil {
@@ -299,4 +299,17 @@ func classify(err error) error {
 
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+// verifyErrors marks go-containerregistry's digest check failures (it
+// checks blobs as they are read, before the store does) as
+// ErrDigestMismatch.
+type verifyErrors struct{ io.ReadCloser }
+
+func (v verifyErrors) Read(b []byte) (int, error) {
+	n, err := v.ReadCloser.Read(b)
+	if err != nil && err != io.EOF && strings.Contains(err.Error(), "error verifying") {
+		err = fmt.Errorf("%w: %w", ErrDigestMismatch, err)
+	}
+	return n, err
 }

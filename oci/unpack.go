@@ -117,6 +117,24 @@ func applyBlob(ctx context.Context, a applier, r io.Reader, name string, want *v
 	}
 	cr := &countingReader{r: r, report: progress}
 	br := bufio.NewReaderSize(cr, 256<<10)
+	err := applyStream(ctx, a, br, name)
+	if h != nil {
+		// Hash what is left, so that a corrupt blob is reported as such
+		// rather than as the decompressor's or tar's complaint about it.
+		if _, cerr := io.Copy(io.Discard, br); cerr != nil && err == nil {
+			err = fmt.Errorf("%s: reading: %w", name, cerr)
+		}
+		got := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", h.Sum(nil))}
+		if got != *want {
+			return fmt.Errorf("%s: %w: got %s", name, ErrDigestMismatch, got)
+		}
+	}
+	return err
+}
+
+// applyStream decompresses br in a goroutine and applies the tar. When it
+// returns, nothing reads br any more.
+func applyStream(ctx context.Context, a applier, br *bufio.Reader, name string) error {
 	dr, free, err := decompress(br)
 	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -131,12 +149,6 @@ func applyBlob(ctx context.Context, a applier, r io.Reader, name string, want *v
 	// the tar's end must not go unnoticed.
 	if _, err := io.Copy(io.Discard, p); err != nil {
 		return fmt.Errorf("%s: reading: %w", name, err)
-	}
-	if h != nil {
-		got := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", h.Sum(nil))}
-		if got != *want {
-			return fmt.Errorf("%s: %w: got %s", name, ErrDigestMismatch, got)
-		}
 	}
 	return nil
 }
