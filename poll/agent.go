@@ -74,7 +74,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
-	sp, err := openSpool(a.opts.dataDir)
+	sp, err := openSpool(a.opts.dataDir, a.opts.fsync)
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,11 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 			e.Result = ResultFailure
 		}
 	}
-	if err := errors.Join(f.Sync(), f.Close()); err != nil {
+	var syncErr error
+	if a.opts.fsync {
+		syncErr = f.Sync()
+	}
+	if err := errors.Join(syncErr, f.Close()); err != nil {
 		log.WithError(err).Warn("writing build log")
 	}
 	e.State = stateFinished

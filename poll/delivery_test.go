@@ -215,7 +215,7 @@ func h2srvDrain(t *testing.T, h *harness) {
 
 func TestRejectedLogIsKeptAside(t *testing.T) {
 	h := newHarness(t)
-	sp, err := openSpool(h.dir)
+	sp, err := openSpool(h.dir, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ type options struct {
 	backoffMax        time.Duration
 	unauthorizedRetry time.Duration
 	defaultTimeout    time.Duration
+	fsync             bool
 	log               logrus.FieldLogger
 }
 
@@ -42,6 +43,7 @@ func defaultOptions() options {
 		backoffMax:        5 * time.Minute,
 		unauthorizedRetry: 5 * time.Minute,
 		defaultTimeout:    time.Hour,
+		fsync:             true,
 		log:               l,
 	}
 }
@@ -155,6 +157,16 @@ func WithLogger(l logrus.FieldLogger) Option {
 			return errors.New("nil logger")
 		}
 		o.log = l
+		return nil
+	}
+}
+
+// WithFsync sets whether the log spool is synced to disk, so that pending
+// logs survive a power loss and not only a crash of the agent. It costs a
+// few fsyncs per job. Default true.
+func WithFsync(sync bool) Option {
+	return func(o *options) error {
+		o.fsync = sync
 		return nil
 	}
 }

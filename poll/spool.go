@@ -42,10 +42,12 @@ type spoolEntry struct {
 // a sidecar is garbage and a sidecar without a log stands for an empty log.
 type spool struct {
 	pending, rejected string
+	// fsync makes entries survive a power loss, not only a process crash.
+	fsync bool
 }
 
-func openSpool(dataDir string) (*spool, error) {
-	s := &spool{pending: filepath.Join(dataDir, "logs", "pending"), rejected: filepath.Join(dataDir, "logs", "rejected")}
+func openSpool(dataDir string, fsync bool) (*spool, error) {
+	s := &spool{pending: filepath.Join(dataDir, "logs", "pending"), rejected: filepath.Join(dataDir, "logs", "rejected"), fsync: fsync}
 	for _, d := range []string{s.pending, s.rejected} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("creating spool: %w", err)
@@ -88,10 +90,10 @@ func (s *spool) save(e *spoolEntry) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(s.metaPath(e), b)
+	return writeAtomic(s.metaPath(e), b, s.fsync)
 }
 
-func writeAtomic(path string, b []byte) (retErr error) {
+func writeAtomic(path string, b []byte, fsync bool) (retErr error) {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", filepath.Base(path), err)
@@ -102,7 +104,7 @@ func writeAtomic(path string, b []byte) (retErr error) {
 		}
 	}()
 	_, err = tmp.Write(b)
-	if err == nil {
+	if err == nil && fsync {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -113,6 +115,9 @@ func writeAtomic(path string, b []byte) (retErr error) {
 	}
 	if err != nil {
 		return fmt.Errorf("writing %s: %w", filepath.Base(path), err)
+	}
+	if !fsync {
+		return nil
 	}
 	return syncDir(filepath.Dir(path))
 }
@@ -126,7 +131,9 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// remove deletes a delivered entry: sidecar first, then log.
+// remove deletes a delivered entry: sidecar first, then log. It does not
+// sync: an entry that comes back after a power loss is uploaded again,
+// which at-least-once delivery allows.
 func (s *spool) remove(e *spoolEntry) error {
 	if err := os.Remove(s.metaPath(e)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -134,7 +141,7 @@ func (s *spool) remove(e *spoolEntry) error {
 	if err := os.Remove(s.logPath(e)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	return syncDir(s.pending)
+	return nil
 }
 
 // reject moves an entry the server refused for good out of the way.
