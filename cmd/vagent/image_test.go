@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"log"
+	"net"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+func vagent(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run1(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+// TestImageCommands runs pull, ls, rm and prune end to end against an
+// in-process registry.
+func TestImageCommands(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ref := host + "/builder/arch:base-devel"
+	r, _ := name.ParseReference(ref)
+	img, err := random.Image(4096, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+
+	code, out, errOut := vagent(t, "image", "pull", "--data-dir", data, ref)
+	if code != 0 {
+		t.Fatalf("pull: exit %d: %s", code, errOut)
+	}
+	d, _ := img.Digest()
+	if !strings.Contains(out, "digest: "+d.String()) || !strings.Contains(out, "rootfs: "+filepath.Join(data, "images", "rootfs", d.Hex)) {
+		t.Errorf("pull output:\n%s", out)
+	}
+	if !strings.Contains(errOut, "downloaded") || !strings.Contains(errOut, "unpacked") {
+		t.Errorf("pull did not log progress lines:\n%s", errOut)
+	}
+
+	if _, _, errOut = vagent(t, "image", "pull", "--data-dir", data, ref); strings.Contains(errOut, "downloaded") || !strings.Contains(errOut, "resolved") {
+		t.Errorf("second pull did not use the cache:\n%s", errOut)
+	}
+
+	code, out, _ = vagent(t, "image", "ls", "--data-dir", data)
+	if code != 0 || !strings.Contains(out, ref) || !strings.Contains(out, d.Hex[:12]) || !strings.Contains(out, "yes") {
+		t.Errorf("ls: exit %d:\n%s", code, out)
+	}
+	if code, out, _ = vagent(t, "image", "rm", "--data-dir", data, ref); code != 0 || !strings.Contains(out, "removed "+ref) {
+		t.Errorf("rm: exit %d:\n%s", code, out)
+	}
+	if _, out, _ = vagent(t, "image", "ls", "-q", "--data-dir", data); out != "" {
+		t.Errorf("ls after rm:\n%s", out)
+	}
+	if code, out, _ = vagent(t, "image", "prune", "--data-dir", data); code != 0 || !strings.HasPrefix(out, "removed ") {
+		t.Errorf("prune: exit %d:\n%s", code, out)
+	}
+}
+
+func TestImageErrors(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	closed := func() string {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer l.Close()
+		return l.Addr().String()
+	}
+	dead, deadMirror := closed(), closed()
+	data := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"unknown image", []string{"pull", host + "/nothing:1"}, 1, []string{"unknown image", "hint:"}},
+		{"unreachable names the mirrors", []string{"pull", "--mirror", dead + "=http://" + deadMirror, dead + "/x:1"}, 1, []string{"registry unreachable", "mirror " + deadMirror, "--mirror"}},
+		{"bad mirror flag", []string{"pull", "--mirror", "nohost", "x:1"}, 2, []string{"HOST=URL"}},
+		{"bad platform", []string{"pull", "--platform", "linux", "x:1"}, 2, []string{"OS/ARCH"}},
+		{"bad reference", []string{"pull", "Bad Ref"}, 1, []string{"invalid image reference"}},
+		{"missing layout", []string{"pull", "oci:" + data + "/none:v1"}, 1, []string{"unknown image"}},
+		{"rm unknown", []string{"rm", "alpine:3"}, 1, []string{"image not in store", "docker.io/library/alpine:3"}},
+		{"no subcommand", nil, 2, []string{"usage: vagent image"}},
+		{"unknown subcommand", []string{"frob"}, 2, []string{"unknown image command"}},
+		{"pull without ref", []string{"pull"}, 2, []string{"one image reference"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"image"}, tt.args...)
+			if len(tt.args) > 0 && tt.args[0] != "frob" {
+				args = append([]string{"image", tt.args[0], "--data-dir", data}, tt.args[1:]...)
+			}
+			code, _, errOut := vagent(t, args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, errOut)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr does not say %q:\n%s", w, errOut)
+				}
+			}
+		})
+	}
+}
