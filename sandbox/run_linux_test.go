@@ -431,10 +431,11 @@ func TestPidsLimit(t *testing.T) {
 	const limit = 40
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
 	defer cancel()
-	done := make(chan struct{})
+	done, sampled := make(chan struct{}), make(chan struct{})
 	var maxPids int
 	var hostWorst time.Duration
 	go func() {
+		defer close(sampled)
 		// Sample the container's process count and the host's latency.
 		for {
 			select {
@@ -452,6 +453,7 @@ func TestPidsLimit(t *testing.T) {
 			s := time.Now()
 			if err := exec1("/bin/true"); err != nil {
 				t.Errorf("host exec during fork bomb: %v", err)
+				return
 			}
 			hostWorst = max(hostWorst, time.Since(s))
 		}
@@ -462,6 +464,7 @@ func TestPidsLimit(t *testing.T) {
 		Args: []string{"sh", "-c", `bomb() { bomb | bomb & }; bomb; sleep 10`},
 	})
 	close(done)
+	<-sampled
 	if err != nil {
 		t.Fatal(err)
 	}
