@@ -1,0 +1,212 @@
+package builder
+
+import (
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+// Option configures a Manager.
+type Option func(*options) error
+
+// Repo is a Pacman repository written into the builder's /etc/pacman.conf
+// (and so into every build on it), after the repositories the base image
+// already has.
+type Repo struct {
+	// Name is the repository name ("[Name]" in pacman.conf).
+	Name string
+	// Servers are the Server URLs, tried in order; $repo and $arch are
+	// expanded by pacman.
+	Servers []string
+	// SigLevel is the repository's SigLevel (e.g. "Optional TrustAll");
+	// empty keeps pacman's default.
+	SigLevel string
+}
+
+type options struct {
+	log          logrus.FieldLogger
+	maxAge       time.Duration
+	packages     []string
+	mirrors      []string
+	repos        []Repo
+	setupTimeout time.Duration
+	setupLimits  *sandbox.Limits
+	retryAfter   time.Duration
+	now          func() time.Time
+}
+
+// Defaults.
+const (
+	// DefaultMaxAge is Vieter's default image_rebuild_frequency (1440 minutes).
+	DefaultMaxAge = 24 * time.Hour
+	// DefaultSetupTimeout bounds one setup run.
+	DefaultSetupTimeout = 30 * time.Minute
+)
+
+// DefaultPackages are the packages the setup installs, as the reference
+// agent does.
+var DefaultPackages = []string{"base-devel", "git"}
+
+func defaultOptions() *options {
+	return &options{
+		log:          discardLogger(),
+		maxAge:       DefaultMaxAge,
+		packages:     DefaultPackages,
+		setupTimeout: DefaultSetupTimeout,
+		retryAfter:   time.Minute,
+		now:          time.Now,
+	}
+}
+
+func discardLogger() logrus.FieldLogger {
+	l := logrus.New()
+	l.Out = nopWriter{}
+	l.Level = logrus.PanicLevel
+	return l
+}
+
+type nopWriter struct{}
+
+func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// WithLogger sets the logger. Default: silent.
+func WithLogger(l logrus.FieldLogger) Option {
+	return func(o *options) error {
+		if l == nil {
+			l = discardLogger()
+		}
+		o.log = l
+		return nil
+	}
+}
+
+// WithMaxAge sets the age after which a builder is rebuilt (the agent's
+// image_rebuild_frequency). Default: 1440 minutes (DefaultMaxAge).
+func WithMaxAge(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: max age %s is not positive", ErrBadConfig, d)
+		}
+		o.maxAge = d
+		return nil
+	}
+}
+
+var pkgName = regexp.MustCompile(`^[a-zA-Z0-9@_+][a-zA-Z0-9@._+-]*(/[a-zA-Z0-9@_+][a-zA-Z0-9@._+-]*)?$`)
+
+// WithPackages sets the packages the setup installs with pacman -Syu
+// --needed (names, or repo/name). Default: "base-devel", "git"
+// (DefaultPackages). An empty list only upgrades the system.
+func WithPackages(pkgs ...string) Option {
+	return func(o *options) error {
+		for _, p := range pkgs {
+			if !pkgName.MatchString(p) {
+				return fmt.Errorf("%w: package name %q", ErrBadConfig, p)
+			}
+		}
+		o.packages = append([]string(nil), pkgs...)
+		return nil
+	}
+}
+
+// WithMirrorList sets the servers written to the builder's
+// /etc/pacman.d/mirrorlist ("Server = URL" lines, in order), which the
+// standard Arch repositories include: how an air-gapped site points the
+// builder (and every build) at its own mirror. Default: the image's own
+// mirror list, unchanged.
+func WithMirrorList(servers ...string) Option {
+	return func(o *options) error {
+		for _, s := range servers {
+			if err := checkServer(s); err != nil {
+				return err
+			}
+		}
+		o.mirrors = append([]string(nil), servers...)
+		return nil
+	}
+}
+
+var repoName = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]*$`)
+var sigLevel = regexp.MustCompile(`^[A-Za-z ]*$`)
+
+// WithRepos adds Pacman repositories to the builder's /etc/pacman.conf,
+// after those of the image, in the order given. Default: none.
+func WithRepos(repos ...Repo) Option {
+	return func(o *options) error {
+		for _, r := range repos {
+			if !repoName.MatchString(r.Name) || r.Name == "options" {
+				return fmt.Errorf("%w: repository name %q", ErrBadConfig, r.Name)
+			}
+			if len(r.Servers) == 0 {
+				return fmt.Errorf("%w: repository %s has no server", ErrBadConfig, r.Name)
+			}
+			for _, s := range r.Servers {
+				if err := checkServer(s); err != nil {
+					return err
+				}
+			}
+			if !sigLevel.MatchString(r.SigLevel) {
+				return fmt.Errorf("%w: repository %s: SigLevel %q", ErrBadConfig, r.Name, r.SigLevel)
+			}
+			o.repos = append(o.repos, Repo{Name: r.Name, Servers: append([]string(nil), r.Servers...), SigLevel: strings.Join(strings.Fields(r.SigLevel), " ")})
+		}
+		return nil
+	}
+}
+
+// checkServer accepts absolute URLs that fit on one pacman.conf line.
+func checkServer(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" || (u.Host == "" && u.Scheme != "file") || strings.ContainsAny(s, "\r\n\t #\x00") {
+		return fmt.Errorf("%w: server %q", ErrBadConfig, s)
+	}
+	return nil
+}
+
+// WithSetupTimeout bounds one setup run (pacman -Syu and the rest).
+// Default: 30 minutes (DefaultSetupTimeout).
+func WithSetupTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: setup timeout %s is not positive", ErrBadConfig, d)
+		}
+		o.setupTimeout = d
+		return nil
+	}
+}
+
+// WithSetupLimits sets the cgroup limits of the setup run. Default: the
+// sandbox Manager's default limits.
+func WithSetupLimits(l sandbox.Limits) Option {
+	return func(o *options) error {
+		o.setupLimits = &l
+		return nil
+	}
+}
+
+// WithRetryAfter sets how long a failed background refresh of a stale
+// builder waits before another Acquire may try again (a missing builder is
+// always prepared at once). Default: 1 minute.
+func WithRetryAfter(d time.Duration) Option {
+	return func(o *options) error {
+		if d < 0 {
+			return fmt.Errorf("%w: retry delay %s is negative", ErrBadConfig, d)
+		}
+		o.retryAfter = d
+		return nil
+	}
+}
+
+// withClock replaces the clock (tests).
+func withClock(now func() time.Time) Option {
+	return func(o *options) error {
+		o.now = now
+		return nil
+	}
+}
