@@ -30,8 +30,9 @@ import (
 // A Store may be used from several goroutines and several processes at
 // once.
 type Store struct {
-	dir    string
-	o      *options
+	dir          string
+	o            *options
+	rootfsSuffix string
 	client *registryClient
 	flight singleflight.Group
 }
@@ -128,6 +129,15 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{dir: abs, o: o, client: c}
+	uo := defaultUnpackOptions()
+	for _, opt := range o.unpack {
+		if err := opt(uo); err != nil {
+			return nil, err
+		}
+	}
+	if uo.uidShift != 0 || uo.gidShift != 0 {
+		s.rootfsSuffix = fmt.Sprintf("-%d-%d", uo.uidShift, uo.gidShift)
+	}
 	if n, err := s.removeStaleTemps(); err != nil {
 		return nil, err
 	} else if n > 0 {
@@ -147,8 +157,10 @@ func (s *Store) blobPath(h v1.Hash) (string, error) {
 	return filepath.Join(s.dir, filepath.FromSlash(n)), nil
 }
 
+// rootfsPath is where the tree of manifest h is. Trees unpacked with an id
+// shift are kept apart: rootfs/<hex>-<uid offset>-<gid offset>.
 func (s *Store) rootfsPath(h v1.Hash) string {
-	return filepath.Join(s.dir, "rootfs", h.Hex)
+	return filepath.Join(s.dir, "rootfs", h.Hex+s.rootfsSuffix)
 }
 
 // hasBlob reports whether a blob is in the store.
@@ -838,8 +850,9 @@ func (s *Store) collect(only map[v1.Hash]bool) (PruneReport, error) {
 		return rep, err
 	}
 	for _, e := range ents {
-		h := v1.Hash{Algorithm: "sha256", Hex: e.Name()}
-		if usedRootfs[e.Name()] || (only != nil && !only[h]) {
+		hex, _, _ := strings.Cut(e.Name(), "-") // a shifted tree: <hex>-<uid>-<gid>
+		h := v1.Hash{Algorithm: "sha256", Hex: hex}
+		if usedRootfs[hex] || (only != nil && !only[h]) {
 			continue
 		}
 		removed, err := s.removeRootfs(e.Name())

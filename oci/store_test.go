@@ -788,3 +788,20 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("temporaries left: %d", len(ents))
 	}
 }
+
+func TestStoreIDShift(t *testing.T) {
+	requireRoot(t)
+	reg := newTestRegistry(t)
+	ref := reg.push(t, "shift:1", imageOf(t, layerOf(t, "gzip", tent{name: "f", typ: tar.TypeReg, uid: 1000, gid: 1000, body: "x"})))
+	dir := t.TempDir()
+	plain := rootfsOf(t, newStore(t, dir), ref)
+	shifted := rootfsOf(t, newStore(t, dir, WithUnpackOptions(WithIDShift(100000, 200000))), ref)
+	if plain.Dir == shifted.Dir || !strings.HasSuffix(shifted.Dir, "-100000-200000") {
+		t.Fatalf("shifted tree %s, plain %s: want separate trees", shifted.Dir, plain.Dir)
+	}
+	for dir, want := range map[string][2]uint32{plain.Dir: {1000, 1000}, shifted.Dir: {101000, 201000}} {
+		if st := lstat(t, filepath.Join(dir, "f")); st.Uid != want[0] || st.Gid != want[1] {
+			t.Errorf("%s: owner %d:%d, want %d:%d", dir, st.Uid, st.Gid, want[0], want[1])
+		}
+	}
+}
