@@ -109,7 +109,6 @@ func startRegistry(ctx context.Context, bin, dir string) (_ *Registry, retErr er
 
 	cmd := exec.Command(bin, "serve", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none")
 	setRegistrySysProcAttr(cmd)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting registry: %w", err)

@@ -282,7 +282,14 @@ func getXattr(p, name string) (string, error) {
 // sysfs or a bind of the host's /dev mounted in its target: removing the
 // tree before unmounting would delete host files.
 func unmountUnder(dir string) error {
-	dir = filepath.Clean(dir)
+	// /proc/self/mountinfo shows resolved paths.
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	} else if os.IsNotExist(err) {
+		return nil
+	} else {
+		return fmt.Errorf("resolving %s: %w", dir, err)
+	}
 	for range 3 {
 		mps, err := mountsUnder(dir)
 		if err != nil || len(mps) == 0 {

@@ -206,7 +206,8 @@ func TestRemoveTreeUnmountsFirst(t *testing.T) {
 	if err := os.WriteFile(sentinel, []byte("keep"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tree := filepath.Join(t.TempDir(), "rootfs with space")
+	base := t.TempDir()
+	tree := filepath.Join(base, "rootfs with space")
 	for _, d := range []string{"dev", "proc/nested"} {
 		if err := os.MkdirAll(filepath.Join(tree, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -224,7 +225,12 @@ func TestRemoveTreeUnmountsFirst(t *testing.T) {
 	if err != nil || len(mps) != 2 {
 		t.Fatalf("mounts under %s: %v, %v", tree, mps, err)
 	}
-	if err := removeTree(tree); err != nil {
+	// Through a symlink: mountinfo shows resolved paths.
+	alias := filepath.Join(t.TempDir(), "alias")
+	if err := os.Symlink(base, alias); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeTree(filepath.Join(alias, "rootfs with space")); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(tree); !os.IsNotExist(err) {
