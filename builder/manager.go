@@ -3,25 +3,64 @@ package builder
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
 // Manager prepares and hands out builders under one directory
-// (<data_dir>/builders). It is safe for concurrent use.
+// (<data_dir>/builders). It is safe for concurrent use, and several
+// processes (the agent and `vagent image` commands) may use the same
+// directory at once.
 type Manager struct {
-	store *oci.Store
-	sb    *sandbox.Manager
-	dir   string
-	o     *options
+	store  *oci.Store
+	sb     *sandbox.Manager
+	dir    string
+	o      *options
+	recipe string
+
+	mu      sync.Mutex
+	closed  bool
+	flights map[string]*flight   // by base key: the preparation under way
+	failed  map[string]time.Time // by base key: last failed background refresh
+	metas   map[string]*meta     // by builder id (meta.json never changes)
+	leases  map[string]int       // by builder id: leases held in this process
+	wg      sync.WaitGroup
 }
 
-// Lease is a builder in use by a build. Rootfs stays valid until Release.
+// prepMode says when a preparation really builds.
+type prepMode int
+
+const (
+	prepIfNeeded prepMode = iota // unless the current builder is fresh
+	prepRefresh                  // unless it is fresh and its base digest unchanged
+	prepForce                    // always
+)
+
+// flight is one preparation that callers wait for.
+type flight struct {
+	mode    prepMode
+	out     *fanout
+	cancel  context.CancelFunc
+	done    chan struct{}
+	md      *meta
+	rebuilt bool
+	err     error
+}
+
+// Lease is a builder in use by a build. Rootfs stays valid, and the
+// builder on disk, until Release.
 type Lease struct {
 	// Rootfs is the builder's flattened tree: the read-only lower of a
 	// build (sandbox.Spec.Lower). It must not be written to.
@@ -33,22 +72,31 @@ type Lease struct {
 	BaseDigest, Digest v1.Hash
 	// Created is when the builder was prepared.
 	Created time.Time
+
+	release func()
 }
 
-// Release ends the lease. It is idempotent.
-func (l *Lease) Release() {}
+// Release ends the lease. It is idempotent. When the builder is no longer
+// the current one of its base and this was its last lease, the builder is
+// removed.
+func (l *Lease) Release() {
+	if l != nil && l.release != nil {
+		l.release()
+	}
+}
 
 // Info describes a builder on disk.
 type Info struct {
-	ID         string
+	ID         string // the builder image's manifest digest, hex
 	Base       string
 	BaseDigest v1.Hash
 	Digest     v1.Hash
 	Created    time.Time
-	Size       int64 // bytes of the builder's own layer (compressed)
-	Current    bool  // the builder new builds of Base get
+	Size       int64 // compressed bytes of the image (config and layers)
+	LayerSize  int64 // compressed bytes of the builder's own layer
+	Current    bool  // the builder that new builds of Base get
 	Stale      bool  // older than the maximum age, or made with other settings
-	InUse      bool  // leased (by this or another process)
+	InUse      bool  // leased, by this or another process
 }
 
 // PruneReport says what Prune removed.
@@ -60,26 +108,560 @@ type PruneReport struct {
 	Bytes    int64 // bytes of blobs removed
 }
 
-// New opens (creating it if needed) the builder directory dir and removes
-// what a crashed preparation left behind.
+// errGone means a builder was removed between finding and leasing it.
+var errGone = errors.New("builder removed")
+
+// idSize is the size of the sandbox's id range that upper directories are
+// shifted by (sandbox.WithIDMap's default).
+const idSize = 65536
+
+// New opens (creating it if needed) the builder directory dir, typically
+// <data_dir>/builders, and removes what a crashed process left behind:
+// half-prepared builders, and superseded builders no one uses any more.
+// store and sb are needed to prepare builders; with nil ones the Manager
+// can still list, lease existing builders and prune.
 func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Manager, error) {
-	return nil, errors.ErrUnsupported
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if strings.ContainsAny(abs, ",:\\") {
+		return nil, fmt.Errorf("%w: builder directory %q: ',', ':' and '\\' cannot be used in an overlay lower", ErrBadConfig, abs)
+	}
+	for _, d := range []string{buildersDir, currentDirName, locksDirName, tmpDirName} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
+			return nil, fmt.Errorf("creating the builder directory: %w", err)
+		}
+	}
+	m := &Manager{
+		store: store, sb: sb, dir: abs, o: o, recipe: o.recipe(),
+		flights: map[string]*flight{},
+		failed:  map[string]time.Time{},
+		metas:   map[string]*meta{},
+		leases:  map[string]int{},
+	}
+	if err := m.initLayout(); err != nil {
+		return nil, fmt.Errorf("creating the builders' image layout: %w", err)
+	}
+	if n, err := m.removeStaleTemps(); err != nil {
+		return nil, err
+	} else if n > 0 {
+		o.log.WithField("count", n).Info("removed half-prepared builders of an interrupted run")
+	}
+	if n, _, err := m.collectSuperseded(context.Background(), false); err != nil {
+		o.log.WithError(err).Warn("collecting superseded builders")
+	} else if n > 0 {
+		o.log.WithField("count", n).Info("removed superseded builders")
+	}
+	return m, nil
 }
 
-// Acquire returns a lease on a ready and fresh builder for baseImage,
-// preparing one first when there is none (setup output streams to log).
+// Dir returns the Manager's directory.
+func (m *Manager) Dir() string { return m.dir }
+
+// LayoutDir returns the OCI image layout that holds the builder images,
+// each tagged (annotation org.opencontainers.image.ref.name) with its base
+// reference: `skopeo copy oci:LAYOUT:BASE ...`.
+func (m *Manager) LayoutDir() string { return m.layoutDir() }
+
+// Acquire returns a lease on a ready builder for baseImage. When the
+// base has a fresh builder, that is all (no network access). When its
+// builder is stale, Acquire leases the stale one at once and prepares the
+// replacement in the background. When there is none, Acquire prepares it
+// and waits (one preparation per base, shared by concurrent callers; its
+// output streams to log, which may be nil). A failed setup is a
+// *SetupError. Release the lease when the build is over.
 func (m *Manager) Acquire(ctx context.Context, baseImage string, log io.Writer) (*Lease, error) {
-	return nil, errors.ErrUnsupported
+	ref, err := oci.ParseReference(baseImage)
+	if err != nil {
+		return nil, err
+	}
+	base := ref.String()
+	key := baseKey(base)
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			// A builder was removed under our feet (pruned, or
+			// replaced): look again after a short pause.
+			if attempt > 50 {
+				return nil, fmt.Errorf("builder for %s: %w while acquiring it", base, errGone)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if m.isClosed() {
+			return nil, ErrClosed
+		}
+		md, err := m.current(key)
+		if err != nil {
+			return nil, err
+		}
+		if md != nil {
+			if !m.fresh(md) {
+				m.refreshInBackground(ctx, key, base)
+			}
+			l, err := m.lease(md)
+			if errors.Is(err, errGone) {
+				continue
+			}
+			return l, err
+		}
+		md, _, err = m.run(ctx, key, base, prepIfNeeded, log)
+		if err != nil {
+			return nil, err
+		}
+		l, err := m.lease(md)
+		if errors.Is(err, errGone) {
+			continue
+		}
+		return l, err
+	}
 }
 
-// List returns the builders on disk.
-func (m *Manager) List() ([]Info, error) { return nil, errors.ErrUnsupported }
+// Refresh makes sure the builder of baseImage is fresh and made from the
+// base's current digest: it resolves the base again (a registry request
+// for the manifest; blobs already in the store are not downloaded) and
+// prepares a new builder when there is none, it is stale, or the base
+// changed. It reports whether it prepared one. Setup output goes to log.
+func (m *Manager) Refresh(ctx context.Context, baseImage string, log io.Writer) (Info, bool, error) {
+	return m.prepareNow(ctx, baseImage, prepRefresh, log)
+}
 
-// Prune removes builders that are no longer current or are stale, unless
-// in use, and the layout blobs no remaining builder uses.
+// Build prepares a new builder for baseImage even if the current one is
+// fresh. Setup output goes to log.
+func (m *Manager) Build(ctx context.Context, baseImage string, log io.Writer) (Info, error) {
+	info, _, err := m.prepareNow(ctx, baseImage, prepForce, log)
+	return info, err
+}
+
+func (m *Manager) prepareNow(ctx context.Context, baseImage string, mode prepMode, log io.Writer) (Info, bool, error) {
+	ref, err := oci.ParseReference(baseImage)
+	if err != nil {
+		return Info{}, false, err
+	}
+	base := ref.String()
+	md, rebuilt, err := m.run(ctx, baseKey(base), base, mode, log)
+	if err != nil {
+		return Info{}, false, err
+	}
+	return m.info(md), rebuilt, nil
+}
+
+func (m *Manager) isClosed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.closed
+}
+
+// run starts a preparation of the base, or joins the one under way (a
+// forced or refreshing one waits for another mode's preparation to end
+// first), and waits for its result.
+func (m *Manager) run(ctx context.Context, key, base string, mode prepMode, log io.Writer) (*meta, bool, error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, false, ErrClosed
+		}
+		f := m.flights[key]
+		if f != nil && f.mode != mode && mode != prepIfNeeded {
+			m.mu.Unlock()
+			select {
+			case <-f.done:
+				continue
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+		}
+		if f == nil {
+			f = m.startLocked(ctx, key, base, mode)
+		}
+		detach := f.out.attach(log)
+		m.mu.Unlock()
+		select {
+		case <-f.done:
+			detach()
+			return f.md, f.rebuilt, f.err
+		case <-ctx.Done():
+			detach()
+			return nil, false, ctx.Err()
+		}
+	}
+}
+
+// startLocked starts a preparation; m.mu is held. The preparation is not
+// bound to the context of the caller that started it (other callers may
+// wait for it, and its result outlives them): it ends with Close.
+func (m *Manager) startLocked(ctx context.Context, key, base string, mode prepMode) *flight {
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f := &flight{mode: mode, out: newFanout(), cancel: cancel, done: make(chan struct{})}
+	m.flights[key] = f
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer cancel()
+		md, rebuilt, err := m.prepare(pctx, f.out, key, base, mode)
+		m.mu.Lock()
+		delete(m.flights, key)
+		if err != nil {
+			m.failed[key] = m.o.now()
+		} else {
+			delete(m.failed, key)
+		}
+		f.md, f.rebuilt, f.err = md, rebuilt, err
+		close(f.done)
+		m.mu.Unlock()
+	}()
+	return f
+}
+
+// refreshInBackground starts preparing a replacement for the base's stale
+// builder unless one is under way, or the last attempt failed less than
+// the retry delay ago.
+func (m *Manager) refreshInBackground(ctx context.Context, key, base string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed || m.flights[key] != nil {
+		return
+	}
+	if t, ok := m.failed[key]; ok && m.o.now().Sub(t) < m.o.retryAfter {
+		return
+	}
+	log := m.o.log.WithField("image", base)
+	log.Info("builder is stale: preparing a new one in the background")
+	f := m.startLocked(ctx, key, base, prepIfNeeded)
+	go func() {
+		<-f.done
+		if f.err != nil {
+			var se *SetupError
+			if errors.As(f.err, &se) {
+				log = log.WithField("setup_log_tail", lastLines(se.Log, 20))
+			}
+			log.WithError(f.err).Warn("background refresh of a stale builder failed; builds keep using the stale one")
+		}
+	}()
+}
+
+// lastLines returns at most n last lines of b.
+func lastLines(b []byte, n int) string {
+	s := strings.TrimRight(string(b), "\n")
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Close stops the preparations under way (their callers get an error) and
+// waits for them. Leases stay valid. Later Acquires fail with ErrClosed.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	m.closed = true
+	for _, f := range m.flights {
+		f.cancel()
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+	return nil
+}
+
+// current returns the base's current builder, nil if it has none.
+func (m *Manager) current(key string) (*meta, error) {
+	id, err := m.currentID(key)
+	if err != nil || id == "" {
+		return nil, err
+	}
+	md, err := m.loadMeta(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // a dangling link: removed by Prune
+	}
+	return md, err
+}
+
+func (m *Manager) loadMeta(id string) (*meta, error) {
+	m.mu.Lock()
+	md := m.metas[id]
+	m.mu.Unlock()
+	if md != nil {
+		return md, nil
+	}
+	md, err := readMeta(m.builderDir(id))
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.metas[id] = md
+	m.mu.Unlock()
+	return md, nil
+}
+
+// fresh tells whether a builder is young enough and made the way this
+// Manager makes them.
+func (m *Manager) fresh(md *meta) bool {
+	return m.o.now().Sub(md.Created) < m.o.maxAge && md.Recipe == m.recipe
+}
+
+// lease takes a shared lock on the builder's directory (Prune and removal
+// need an exclusive one) and counts the lease.
+func (m *Manager) lease(md *meta) (*Lease, error) {
+	dir := m.builderDir(md.ID)
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errGone
+	}
+	if err != nil {
+		return nil, err
+	}
+	ok, err := flock(f, false, false)
+	if err != nil || !ok || !sameFile(f, dir) {
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+		return nil, errGone
+	}
+	m.mu.Lock()
+	m.leases[md.ID]++
+	m.mu.Unlock()
+	l := &Lease{
+		Rootfs: filepath.Join(dir, rootfsName), Base: md.Base,
+		BaseDigest: md.BaseDigest, Digest: md.Digest, Created: md.Created,
+	}
+	l.release = sync.OnceFunc(func() {
+		f.Close()
+		m.mu.Lock()
+		if m.leases[md.ID]--; m.leases[md.ID] <= 0 {
+			delete(m.leases, md.ID)
+		}
+		last := m.leases[md.ID] == 0
+		m.mu.Unlock()
+		if !last {
+			return
+		}
+		if id, err := m.currentID(baseKey(md.Base)); err == nil && id != md.ID {
+			if _, err := m.removeBuilder(context.Background(), md.ID, false); err != nil {
+				m.o.log.WithError(err).WithField("builder", md.ID[:12]).Warn("removing a superseded builder")
+			}
+		}
+	})
+	return l, nil
+}
+
+// removeBuilder removes builder id unless it is in use (then it reports
+// false). The current link of its base is removed with it if it points
+// to it. A builder directory is moved to tmp/ first, so that a crash in
+// the middle leaves a stale temporary, never half a builder.
+func (m *Manager) removeBuilder(ctx context.Context, id string, unlinkCurrent bool) (bool, error) {
+	dir := m.builderDir(id)
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	if ok, err := flock(f, true, false); err != nil || !ok {
+		return false, err
+	}
+	md, merr := readMeta(dir)
+	if merr == nil {
+		key := baseKey(md.Base)
+		if cur, err := m.currentID(key); err == nil && cur == id {
+			if !unlinkCurrent {
+				return false, nil
+			}
+			if err := os.Remove(m.currentLink(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return false, err
+			}
+		}
+	}
+	tmp, lock, err := m.newTemp("rm-")
+	if err != nil {
+		return false, err
+	}
+	defer lock.Close()
+	if err := os.Rename(dir, filepath.Join(tmp, "builder")); err != nil {
+		removeTree(tmp)
+		return false, err
+	}
+	m.mu.Lock()
+	delete(m.metas, id)
+	m.mu.Unlock()
+	if err := removeTree(tmp); err != nil {
+		return true, err
+	}
+	if _, _, err := m.removeImage(ctx, id); err != nil {
+		return true, err
+	}
+	m.o.log.WithField("builder", id[:12]).Info("removed builder")
+	return true, nil
+}
+
+// collectSuperseded removes the builders that are not current (and, with
+// stale, the current ones that are stale) unless in use.
+func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (removed, inUse int, err error) {
+	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range ents {
+		id := e.Name()
+		if !validID(id) {
+			continue
+		}
+		md, err := readMeta(m.builderDir(id))
+		isCurrent := false
+		if err == nil {
+			cur, _ := m.currentID(baseKey(md.Base))
+			isCurrent = cur == id
+		}
+		if isCurrent && !(stale && !m.fresh(md)) {
+			continue
+		}
+		ok, err := m.removeBuilder(ctx, id, true)
+		if err != nil {
+			return removed, inUse, err
+		}
+		if ok {
+			removed++
+		} else {
+			inUse++
+		}
+	}
+	return removed, inUse, nil
+}
+
+func (m *Manager) info(md *meta) Info {
+	in := Info{
+		ID: md.ID, Base: md.Base, BaseDigest: md.BaseDigest, Digest: md.Digest,
+		Created: md.Created, Size: md.Size, LayerSize: md.LayerSize, Stale: !m.fresh(md),
+	}
+	if cur, err := m.currentID(baseKey(md.Base)); err == nil {
+		in.Current = cur == md.ID
+	}
+	m.mu.Lock()
+	in.InUse = m.leases[md.ID] > 0
+	m.mu.Unlock()
+	if !in.InUse {
+		if f, err := os.Open(m.builderDir(md.ID)); err == nil {
+			ok, err := flock(f, true, false)
+			in.InUse = err == nil && !ok
+			f.Close()
+		}
+	}
+	return in
+}
+
+// List returns the builders on disk, sorted by base and age (newest
+// first).
+func (m *Manager) List() ([]Info, error) {
+	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
+	if err != nil {
+		return nil, err
+	}
+	var out []Info
+	for _, e := range ents {
+		if !validID(e.Name()) {
+			continue
+		}
+		md, err := m.loadMeta(e.Name())
+		if err != nil {
+			continue // being removed, or not readable: Prune's business
+		}
+		out = append(out, m.info(md))
+	}
+	sortInfos(out)
+	return out, nil
+}
+
+func sortInfos(in []Info) {
+	less := func(a, b Info) bool {
+		if a.Base != b.Base {
+			return a.Base < b.Base
+		}
+		return a.Created.After(b.Created)
+	}
+	for i := 1; i < len(in); i++ {
+		for j := i; j > 0 && less(in[j], in[j-1]); j-- {
+			in[j], in[j-1] = in[j-1], in[j]
+		}
+	}
+}
+
+// Prune removes the builders that are superseded or stale, unless in use,
+// dangling current links, index entries without a builder, the layout
+// blobs nothing uses, and the leftovers of crashed processes.
 func (m *Manager) Prune(ctx context.Context) (PruneReport, error) {
-	return PruneReport{}, errors.ErrUnsupported
+	var rep PruneReport
+	var err error
+	if rep.Temps, err = m.removeStaleTemps(); err != nil {
+		return rep, err
+	}
+	if rep.Builders, rep.InUse, err = m.collectSuperseded(ctx, true); err != nil {
+		return rep, err
+	}
+	// Dangling current links.
+	links, err := os.ReadDir(filepath.Join(m.dir, currentDirName))
+	if err != nil {
+		return rep, err
+	}
+	for _, l := range links {
+		p := filepath.Join(m.dir, currentDirName, l.Name())
+		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
+			os.Remove(p)
+		}
+	}
+	lock, err := m.lockLayout(ctx)
+	if err != nil {
+		return rep, err
+	}
+	defer lock.Close()
+	idx, err := m.readIndex()
+	if err != nil {
+		return rep, err
+	}
+	keep := idx.Manifests[:0]
+	for _, d := range idx.Manifests {
+		id := d.Annotations[annotationBuilder]
+		if _, err := os.Stat(m.builderDir(id)); (id != "" && err == nil) || m.preparing(d.Annotations[annotationBase]) {
+			keep = append(keep, d)
+		}
+	}
+	idx.Manifests = keep
+	if err := m.writeIndex(idx); err != nil {
+		return rep, err
+	}
+	rep.Blobs, rep.Bytes, err = m.collectBlobs(idx)
+	return rep, err
 }
 
-// Close stops background refreshes and waits for them.
-func (m *Manager) Close() error { return nil }
+// preparing tells whether a builder for base is being prepared (by any
+// process): its image may be in the layout before its directory is
+// published.
+func (m *Manager) preparing(base string) bool {
+	f, err := os.Open(m.lockPath(baseKey(base)))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	ok, err := flock(f, true, false)
+	return err == nil && !ok
+}
+
+func (m *Manager) lockPath(key string) string {
+	return filepath.Join(m.dir, locksDirName, key+".lock")
+}
+
+// logger returns the Manager's logger with the image field.
+func (m *Manager) logger(base string) logrus.FieldLogger {
+	return m.o.log.WithField("image", base)
+}

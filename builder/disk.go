@@ -1,0 +1,204 @@
+package builder
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// meta is a builder's meta.json. It is written once, before the builder
+// directory is published, and never changed.
+type meta struct {
+	Version     int       `json:"version"`
+	ID          string    `json:"id"`
+	Base        string    `json:"base"`
+	BaseDigest  v1.Hash   `json:"base_digest"`
+	Digest      v1.Hash   `json:"digest"`
+	LayerDigest v1.Hash   `json:"layer_digest"`
+	LayerSize   int64     `json:"layer_size"`
+	Size        int64     `json:"size"` // compressed image: config and every layer
+	Created     time.Time `json:"created"`
+	Recipe      string    `json:"recipe"`
+	Packages    []string  `json:"packages"`
+}
+
+const metaVersion = 1
+
+// Directory names under the Manager's directory.
+const (
+	layoutDirName  = "oci"
+	buildersDir    = "b"
+	currentDirName = "current"
+	locksDirName   = "locks"
+	tmpDirName     = "tmp"
+	metaFile       = "meta.json"
+	rootfsName     = "rootfs"
+)
+
+// baseKey names a base reference in file names.
+func baseKey(ref string) string {
+	h := sha256.Sum256([]byte(ref))
+	return hex.EncodeToString(h[:16])
+}
+
+func (m *Manager) builderDir(id string) string { return filepath.Join(m.dir, buildersDir, id) }
+func (m *Manager) currentLink(key string) string {
+	return filepath.Join(m.dir, currentDirName, key)
+}
+
+// validID accepts what builder directories are named: a manifest digest's
+// hex.
+func validID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
+func readMeta(dir string) (*meta, error) {
+	b, err := os.ReadFile(filepath.Join(dir, metaFile))
+	if err != nil {
+		return nil, err
+	}
+	var md meta
+	if err := json.Unmarshal(b, &md); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", filepath.Join(dir, metaFile), err)
+	}
+	if md.Version != metaVersion || !validID(md.ID) {
+		return nil, fmt.Errorf("reading %s: unknown format", filepath.Join(dir, metaFile))
+	}
+	return &md, nil
+}
+
+// writeFileAtomic writes b to path through a temporary file and a rename,
+// synced, so that a crash leaves the old or the new content.
+func writeFileAtomic(path string, b []byte, perm fs.FileMode) (retErr error) {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		f.Close()
+		if retErr != nil {
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	if err := f.Chmod(perm); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// setCurrent points the base's current link at builder id, atomically.
+func (m *Manager) setCurrent(key, id string) error {
+	link := m.currentLink(key)
+	tmp := link + ".tmp-" + id[:12]
+	os.Remove(tmp)
+	if err := os.Symlink(filepath.Join("..", buildersDir, id), tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// currentID returns the id of the base's current builder, "" if none.
+func (m *Manager) currentID(key string) (string, error) {
+	t, err := os.Readlink(m.currentLink(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	id := filepath.Base(t)
+	if !validID(id) {
+		return "", fmt.Errorf("current builder link %s: bad target %q", m.currentLink(key), t)
+	}
+	return id, nil
+}
+
+// newTemp creates a directory under tmp/, locked exclusively by the
+// returned file until it is closed (or the process dies).
+func (m *Manager) newTemp(prefix string) (string, *os.File, error) {
+	p, err := os.MkdirTemp(filepath.Join(m.dir, tmpDirName), prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		os.Remove(p)
+		return "", nil, err
+	}
+	if _, err := flock(f, true, true); err != nil {
+		f.Close()
+		os.Remove(p)
+		return "", nil, err
+	}
+	return p, f, nil
+}
+
+// removeStaleTemps removes the temporaries whose writer is gone: the
+// half-prepared builders of a crashed process.
+func (m *Manager) removeStaleTemps() (int, error) {
+	tmp := filepath.Join(m.dir, tmpDirName)
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		p := filepath.Join(tmp, e.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		ok, err := flock(f, true, false)
+		if err == nil && ok {
+			if err := removeTree(p); err != nil {
+				f.Close()
+				return n, fmt.Errorf("removing stale %s: %w", p, err)
+			}
+			n++
+		}
+		f.Close()
+	}
+	return n, nil
+}
+
+// removeTree removes a tree even if it has directories without write
+// permission (as a rootfs may).
+func removeTree(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil || !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			os.Chmod(q, 0o700)
+		}
+		return nil
+	})
+	return os.RemoveAll(p)
+}

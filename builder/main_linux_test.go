@@ -1,0 +1,289 @@
+package builder_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/oci"
+	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+)
+
+func TestMain(m *testing.M) {
+	sandbox.Init()
+	os.Exit(m.Run())
+}
+
+// env is what a builder test needs: a data directory with an image store,
+// a sandbox manager and the builder Manager, like the agent's.
+type env struct {
+	dir   string
+	store *oci.Store
+	sb    *sandbox.Manager
+	m     *builder.Manager
+	opts  []builder.Option
+}
+
+var cgroupSeq atomic.Int64
+
+// newEnv opens a store, a sandbox manager and a builder Manager on a new
+// data directory; they are closed when the test ends.
+func newEnv(t testing.TB, opts ...builder.Option) *env {
+	t.Helper()
+	testkit.RequireRoot(t)
+	e := &env{dir: sandboxtest.Dir(t), opts: opts}
+	var err error
+	if e.store, err = oci.NewStore(filepath.Join(e.dir, "images"), oci.WithSync(false)); err != nil {
+		t.Fatal(err)
+	}
+	parent := fmt.Sprintf("vagent-buildertest-%d-%d", os.Getpid(), cgroupSeq.Add(1))
+	if e.sb, err = sandbox.New(filepath.Join(e.dir, "sandbox"), sandbox.WithSeccomp(sandbox.SeccompSupported), sandbox.WithCgroupParent(parent)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.sb.Close(); err != nil {
+			t.Errorf("closing the sandbox manager: %v", err)
+		}
+	})
+	e.m = e.open(t)
+	return e
+}
+
+// open opens another builder Manager on the env's directory (as a restarted
+// agent would), closed when the test ends.
+func (e *env) open(t testing.TB, extra ...builder.Option) *builder.Manager {
+	t.Helper()
+	m, err := builder.New(e.store, e.sb, filepath.Join(e.dir, "builders"), append(append([]builder.Option(nil), e.opts...), extra...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+// fakePacman stands in for pacman in the busybox base: it prints its
+// arguments, fails when /etc/fake-pacman/fail exists, sleeps when
+// /etc/fake-pacman/slow exists, and otherwise "installs" each package as
+// a file and changes the tree the way an upgrade does (a file changed, a
+// directory deleted, a directory replaced, hardlinks, a symlink, a fifo).
+const fakePacman = `#!/bin/sh
+echo "fake pacman: $*"
+if [ -e /etc/fake-pacman/fail ]; then
+	echo "error: target not found: $(cat /etc/fake-pacman/fail)" >&2
+	exit 1
+fi
+if [ -e /etc/fake-pacman/slow ]; then sleep "$(cat /etc/fake-pacman/slow)"; fi
+mkdir -p /usr/share/fake-pacman
+for a in "$@"; do
+	case "$a" in -*) ;; *) echo "installed $a" >"/usr/share/fake-pacman/$a" ;; esac
+done
+echo "upgraded" >>/opt/changed
+chmod 0600 /opt/changed
+rm -rf /opt/old
+rm -rf /opt/replaced
+mkdir /opt/replaced
+echo new >/opt/replaced/new
+echo data >/opt/hl1
+ln /opt/hl1 /opt/hl2
+ln -s ../hl1 /opt/replaced/link
+mkfifo /opt/fifo
+date >>/var/log/pacman.log
+`
+
+// fakePacmanConf answers like pacman 7's pacman-conf when
+// /etc/fake-pacman/v7 exists, like pacman 6's otherwise.
+const fakePacmanConf = `#!/bin/sh
+if [ -e /etc/fake-pacman/v7 ]; then
+	if [ "$1" = DisableSandbox ] && grep -qx DisableSandbox /etc/pacman.conf; then
+		echo DisableSandboxFilesystem
+		echo DisableSandboxSyscalls
+	fi
+	exit 0
+fi
+echo "warning: unknown directive '$1'" >&2
+exit 1
+`
+
+const fakePacmanConfFile = "[options]\nArchitecture = auto\n\n[core]\nInclude = /etc/pacman.d/mirrorlist\n"
+
+type tarEntry struct {
+	name, body string
+	mode       int64
+	dir        bool
+}
+
+func tarBytes(t testing.TB, ents ...tarEntry) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range ents {
+		h := &tar.Header{Name: e.name, Mode: e.mode, ModTime: time.Unix(1700000000, 0), Typeflag: tar.TypeReg, Size: int64(len(e.body))}
+		if e.dir {
+			h.Typeflag, h.Size = tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, e.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// fakeBase returns the busybox image with a fake pacman; flags are files
+// to create under /etc/fake-pacman ("v7", "fail", "slow") with contents.
+func fakeBase(t testing.TB, flags map[string]string) v1.Image {
+	t.Helper()
+	bb, err := testkit.BusyboxImage()
+	if err != nil {
+		testkit.Unavailable(t, "busybox image: %v", err)
+	}
+	ents := []tarEntry{
+		{name: "usr/", dir: true, mode: 0o755},
+		{name: "usr/bin/", dir: true, mode: 0o755},
+		{name: "usr/bin/pacman", body: fakePacman, mode: 0o755},
+		{name: "usr/bin/pacman-conf", body: fakePacmanConf, mode: 0o755},
+		{name: "etc/", dir: true, mode: 0o755},
+		{name: "etc/pacman.conf", body: fakePacmanConfFile, mode: 0o644},
+		{name: "etc/fake-pacman/", dir: true, mode: 0o755},
+		{name: "opt/", dir: true, mode: 0o755},
+		{name: "opt/changed", body: "v1\n", mode: 0o644},
+		{name: "opt/old/", dir: true, mode: 0o755},
+		{name: "opt/old/a", body: "a\n", mode: 0o644},
+		{name: "opt/replaced/", dir: true, mode: 0o755},
+		{name: "opt/replaced/x", body: "x\n", mode: 0o644},
+		{name: "var/", dir: true, mode: 0o755},
+		{name: "var/log/", dir: true, mode: 0o755},
+		{name: "var/cache/", dir: true, mode: 0o755},
+		{name: "var/cache/pacman/", dir: true, mode: 0o755},
+		{name: "var/cache/pacman/pkg/", dir: true, mode: 0o755},
+		{name: "var/cache/pacman/pkg/old-1-1-any.pkg.tar.zst", body: "cached", mode: 0o644},
+	}
+	for k, v := range flags {
+		ents = append(ents, tarEntry{name: "etc/fake-pacman/" + k, body: v, mode: 0o644})
+	}
+	b := tarBytes(t, ents...)
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(bb, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// pushed pushes img to reg as repo:latest and returns the reference.
+func pushed(t testing.TB, reg *testkit.Registry, repo string, img v1.Image) string {
+	t.Helper()
+	ref := reg.Host() + "/test/" + repo + ":latest"
+	if err := testkit.Push(t.Context(), img, ref); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// syncBuffer is a log writer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// clock is a settable clock for expiry tests.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// readFile reads a file of a builder rootfs.
+func readFile(t testing.TB, rootfs, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(rootfs, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// builderIDs lists the builder directories on disk.
+func builderIDs(t testing.TB, e *env) []string {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(e.dir, "builders", "b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, x := range ents {
+		ids = append(ids, x.Name())
+	}
+	return ids
+}
+
+func run(ctx context.Context, sb *sandbox.Manager, lower string, uid uint32, args ...string) (string, int, error) {
+	var out bytes.Buffer
+	res, err := sb.Run(ctx, sandbox.Spec{
+		Lower: lower, Args: args, UID: uid, GID: uid, Output: &out,
+		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/build"},
+	})
+	if err != nil {
+		return "", 0, err
+	}
+	return strings.TrimSpace(out.String()), res.ExitCode, nil
+}

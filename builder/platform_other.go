@@ -1,0 +1,22 @@
+//go:build !linux
+
+package builder
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+)
+
+func flock(*os.File, bool, bool) (bool, error)       { return false, errors.ErrUnsupported }
+func flockCtx(context.Context, *os.File) error       { return errors.ErrUnsupported }
+func sameFile(*os.File, string) bool                 { return false }
+func linkTree(context.Context, string, string) error { return errors.ErrUnsupported }
+func upperTar(io.Writer, string, string, uint32, uint32, uint32) error {
+	return errors.ErrUnsupported
+}
+
+var errCrossDevice = errors.New("source and destination on different file systems")
+
+func syncDir(string) error { return errors.ErrUnsupported }

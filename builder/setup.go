@@ -1,0 +1,154 @@
+package builder
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+)
+
+// setupScript runs as root in the sandbox, on an overlay of the base image,
+// with the packages as its arguments. Everything configurable arrives in
+// the environment or as arguments, never inside the script's text, so no
+// value is ever parsed as shell code. It must work with dash, bash and
+// busybox sh.
+const setupScript = `set -eu
+say() { printf '==> %s\n' "$*"; }
+die() { printf '==> ERROR: %s\n' "$*" >&2; exit 1; }
+conf=/etc/pacman.conf
+command -v pacman >/dev/null 2>&1 || die "pacman not found: not a pacman-based image"
+[ -f "$conf" ] || die "$conf not found"
+
+if [ -n "${VAGENT_MIRRORLIST:-}" ]; then
+	say "writing /etc/pacman.d/mirrorlist"
+	mkdir -p /etc/pacman.d
+	printf '%s' "$VAGENT_MIRRORLIST" >/etc/pacman.d/mirrorlist
+fi
+if [ -n "${VAGENT_REPOS:-}" ]; then
+	say "adding repositories to $conf"
+	printf '\n%s' "$VAGENT_REPOS" >>"$conf"
+fi
+
+# pacman 7 downloads in a sandbox of its own that fails in containers. Ask
+# pacman-conf whether it knows the option (pacman 6 answers "unknown
+# directive" and fails) rather than guessing from the distribution.
+if pacman-conf DisableSandbox >/dev/null 2>&1; then
+	if [ -z "$(pacman-conf DisableSandbox)" ]; then
+		say "pacman supports DisableSandbox: turning it on"
+		sed -i '/^[[:space:]]*\[options\][[:space:]]*$/a DisableSandbox' "$conf"
+		[ -n "$(pacman-conf DisableSandbox)" ] || die "could not turn on DisableSandbox in $conf"
+	else
+		say "pacman's download sandbox is already off"
+	fi
+else
+	say "pacman has no DisableSandbox option: nothing to turn off"
+fi
+
+say "pacman -Syu --needed --noconfirm $*"
+pacman -Syu --needed --noconfirm --noprogressbar "$@"
+if [ -d /var/cache/pacman/pkg ]; then
+	find /var/cache/pacman/pkg -maxdepth 1 -type f -name '*.pkg.tar*' -exec rm -f {} \;
+fi
+
+say "user and group builder (1000:1000)"
+grep -q '^builder:' /etc/group || groupadd -g 1000 builder
+grep -q '^builder:' /etc/passwd || useradd -m -u 1000 -g builder builder
+[ "$(id -u builder)" = 1000 ] || die "user builder exists with uid $(id -u builder), not 1000"
+[ "$(id -g builder)" = 1000 ] || die "user builder has primary gid $(id -g builder), not 1000"
+gid=$(grep '^builder:' /etc/group | cut -d: -f3)
+[ "$gid" = 1000 ] || die "group builder exists with gid $gid, not 1000"
+
+say "password-less sudo for builder"
+line='builder ALL=(ALL) NOPASSWD: ALL'
+if [ "$(cat /etc/sudoers.d/builder 2>/dev/null || true)" != "$line" ]; then
+	mkdir -p /etc/sudoers.d
+	printf '%s\n' "$line" >/etc/sudoers.d/builder
+	chmod 0440 /etc/sudoers.d/builder
+fi
+
+say "/build owned by builder"
+mkdir -p /build
+chown builder:builder /build
+say "builder setup done"
+`
+
+// setupPath is the PATH of the setup run, the reference agent's.
+const setupPath = "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/bin/site_perl:/usr/bin/vendor_perl:/usr/bin/core_perl"
+
+// setupArgs returns the command line of the setup run.
+func (o *options) setupArgs() []string {
+	return append([]string{"/bin/sh", "-c", setupScript, "vagent-setup"}, o.packages...)
+}
+
+// setupEnv returns the environment of the setup run.
+func (o *options) setupEnv() []string {
+	env := []string{"PATH=" + setupPath, "HOME=/root", "LC_ALL=C", "TERM=dumb"}
+	if s := mirrorList(o.mirrors); s != "" {
+		env = append(env, "VAGENT_MIRRORLIST="+s)
+	}
+	if s := repoConf(o.repos); s != "" {
+		env = append(env, "VAGENT_REPOS="+s)
+	}
+	return env
+}
+
+// mirrorList is the content of /etc/pacman.d/mirrorlist.
+func mirrorList(servers []string) string {
+	if len(servers) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("# Written by vagent (mirror list of its configuration).\n")
+	for _, s := range servers {
+		fmt.Fprintf(&b, "Server = %s\n", s)
+	}
+	return b.String()
+}
+
+// repoConf is what is appended to /etc/pacman.conf.
+func repoConf(repos []Repo) string {
+	var b strings.Builder
+	for _, r := range repos {
+		fmt.Fprintf(&b, "[%s]\n", r.Name)
+		if r.SigLevel != "" {
+			fmt.Fprintf(&b, "SigLevel = %s\n", r.SigLevel)
+		}
+		for _, s := range r.Servers {
+			fmt.Fprintf(&b, "Server = %s\n", s)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// recipe identifies what a builder is made of besides its base: a builder
+// made with another recipe is stale.
+func (o *options) recipe() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "script\x00%s\x00packages", setupScript)
+	for _, p := range o.packages {
+		fmt.Fprintf(h, "\x00%s", p)
+	}
+	fmt.Fprintf(h, "\x00env")
+	for _, e := range o.setupEnv() {
+		fmt.Fprintf(h, "\x00%s", e)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// setupCommand describes the setup in the image history.
+func (o *options) setupCommand() string {
+	s := "pacman -Syu --needed --noconfirm " + strings.Join(o.packages, " ") +
+		"; builder user and group 1000:1000 with password-less sudo; /build owned by builder"
+	if len(o.mirrors) > 0 {
+		s = "mirror list; " + s
+	}
+	if len(o.repos) > 0 {
+		names := make([]string, len(o.repos))
+		for i, r := range o.repos {
+			names[i] = r.Name
+		}
+		s = "repositories " + strings.Join(names, ", ") + "; " + s
+	}
+	return "vagent builder setup: " + s
+}
