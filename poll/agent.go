@@ -30,6 +30,12 @@ type Agent struct {
 	builds     sync.WaitGroup // running builds
 	deliveries sync.WaitGroup // uploads and requeues in flight
 	spool      *spool
+
+	// For Status.
+	started  atomic.Int64 // Unix nanoseconds
+	stopping atomic.Bool
+	pending  atomic.Int64 // finished entries not delivered yet
+	polls    pollState
 }
 
 // New returns an agent that polls api and runs jobs with exec.
@@ -74,11 +80,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
-	sp, err := openSpool(a.opts.dataDir, a.opts.fsync)
+	sp, err := openSpool(a.opts.dataDir, a.opts.arch, a.opts.fsync)
 	if err != nil {
 		return err
 	}
 	a.spool = sp
+	a.started.Store(time.Now().UnixNano())
 
 	// Reporting outlives ctx: it is cancelled only when the shutdown's
 	// delivery window ends. Builds are cancelled by the shutdown, with a cause.
@@ -102,7 +109,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // recoverSpool delivers what a previous run left behind.
 func (a *Agent) recoverSpool(dctx context.Context) {
-	entries, err := a.spool.list()
+	entries, err := a.spool.list(false)
 	if err != nil {
 		a.log.WithError(err).Warn("reading log spool")
 	}
@@ -112,6 +119,7 @@ func (a *Agent) recoverSpool(dctx context.Context) {
 		}
 		a.log.WithFields(logrus.Fields{"target": e.Job.TargetID, "repo": e.Job.Repo, "spool": e.ID}).
 			Info("delivering a log left by a previous run")
+		a.pending.Add(1)
 		a.deliveries.Add(1)
 		go a.deliver(dctx, e)
 	}
@@ -121,16 +129,29 @@ func (a *Agent) recoverSpool(dctx context.Context) {
 // agent died: its log gets a note, and its job will be requeued.
 func (a *Agent) markInterrupted(e *spoolEntry) {
 	e.End = time.Now().Unix()
-	if fi, err := os.Stat(a.spool.logPath(e)); err == nil {
-		e.End = max(fi.ModTime().Unix(), e.Start)
-	}
-	if f, err := os.OpenFile(a.spool.logPath(e), os.O_APPEND|os.O_WRONLY, 0); err == nil {
-		fmt.Fprintf(f, "\nvagent: the agent stopped during this build; the job was handed back to the server\n")
-		_ = f.Sync()
-		_ = f.Close()
-	}
 	e.ExitCode, e.Result, e.State, e.Requeue = ExitInterrupted, ResultInterrupted, stateFinished, true
-	if err := a.spool.save(e); err != nil {
+	f, err := os.OpenFile(a.spool.logPath(e), os.O_RDWR, 0)
+	if err == nil {
+		err = func() error {
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			e.End = max(fi.ModTime().Unix(), e.Start)
+			end := fi.Size()
+			if e.Size >= 0 {
+				end = min(end, e.bodyOffset()+e.Size) // keep what is known to be complete
+			}
+			note := "\nvagent: the agent stopped during this build; the job was handed back to the server\n"
+			if _, err := f.WriteAt([]byte(note), end); err != nil {
+				return err
+			}
+			e.Size = end - e.bodyOffset() + int64(len(note))
+			return a.spool.update(f, e)
+		}()
+		err = errors.Join(err, f.Close())
+	}
+	if err != nil {
 		a.log.WithError(err).Warn("updating spool entry")
 	}
 }
@@ -191,7 +212,10 @@ func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 func (a *Agent) poll(ctx context.Context, free int) ([]Job, error) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.requestTimeout)
 	defer cancel()
+	t := time.Now()
 	jobs, err := a.api.Poll(pctx, a.opts.arch, free)
+	a.polls.record(t, err)
+	a.opts.obs.Polled(len(jobs), err)
 	if err != nil {
 		return nil, err
 	}
@@ -236,6 +260,7 @@ func (a *Agent) countEmpty() int {
 func (a *Agent) startBuild(bctx, dctx context.Context, j Job) {
 	for _, s := range a.slots {
 		if s.start() {
+			s.info.Store(&slotInfo{job: j, since: time.Now()})
 			a.builds.Add(1)
 			go a.build(bctx, dctx, s, j)
 			return
@@ -253,6 +278,7 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 	defer a.builds.Done()
 	log := a.log.WithFields(logrus.Fields{"slot": s.id, "target": j.TargetID, "repo": j.Repo})
 	defer func() {
+		s.info.Store(nil)
 		if !s.finish() {
 			log.Error("slot was not running") // unreachable: only build finishes a slot
 		}
@@ -263,7 +289,7 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 	}()
 
 	start := time.Now()
-	e := &spoolEntry{ID: newEntryID(start, j.TargetID), Job: j, Arch: a.opts.arch, Slot: s.id, Start: start.Unix()}
+	e := &spoolEntry{ID: newEntryID(start, j), Job: j, Arch: a.opts.arch, Slot: s.id, Start: start.Unix()}
 	f, err := a.spool.create(e)
 	if err != nil {
 		// Without a spool the job cannot be reported: hand it back.
@@ -292,6 +318,9 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 	}
 	e.End = max(end.Unix(), e.Start)
 	e.ExitCode, e.Result = out.ExitCode, out.Result
+	if !knownResult(e.Result) {
+		e.Result = ""
+	}
 	switch {
 	case stopped && errors.Is(cause, ErrJobTimeout):
 		e.Result = ResultTimeout
@@ -319,20 +348,31 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 			e.Result = ResultFailure
 		}
 	}
-	var syncErr error
-	if a.opts.fsync {
-		syncErr = f.Sync()
-	}
-	if err := errors.Join(syncErr, f.Close()); err != nil {
-		log.WithError(err).Warn("writing build log")
-	}
 	e.State = stateFinished
-	if err := a.spool.save(e); err != nil {
-		log.WithError(err).Error("saving spool entry")
+	if n, err := f.Seek(0, io.SeekCurrent); err == nil {
+		e.Size = n - e.bodyOffset()
 	}
+	a.pending.Add(1)
+	a.opts.obs.BuildFinished(e.Result, end.Sub(start))
 	log.WithFields(logrus.Fields{"result": e.Result, "exit_code": e.ExitCode, "duration": end.Sub(start).Round(time.Millisecond)}).Info("build finished")
+	// The slot is free once the build ran: recording its end (a file sync
+	// with fsync) and the delivery go on beside the next build. Until the
+	// header says finished, a crash makes the entry an interrupted build.
 	a.deliveries.Add(1)
-	go a.deliver(dctx, e)
+	go func() {
+		if err := errors.Join(a.spool.update(f, e), f.Close()); err != nil {
+			log.WithError(err).Error("saving spool entry")
+		}
+		a.deliver(dctx, e)
+	}()
+}
+
+func knownResult(r Result) bool {
+	switch r {
+	case "", ResultSuccess, ResultFailure, ResultSkipped, ResultTimeout, ResultCancelled, ResultSetupError, ResultInterrupted:
+		return true
+	}
+	return false
 }
 
 // execute runs the executor, turning a panic into an error.
@@ -372,8 +412,13 @@ func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
 	p := LogParams{TargetID: e.Job.TargetID, Start: time.Unix(e.Start, 0), End: time.Unix(e.End, 0), Arch: e.Arch, ExitCode: e.ExitCode}
 	var id int
 	err := a.retry(ctx, log, func(ctx context.Context) error {
-		var err error
-		id, err = a.api.UploadLog(ctx, p, a.spool.logPath(e))
+		f, body, err := a.spool.body(e)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		id, err = a.api.UploadLog(ctx, p, body)
+		a.opts.obs.Uploaded(err, err != nil && !IsTransient(err) && !errors.Is(err, ErrUnauthorized) && ctx.Err() == nil)
 		return err
 	}, a.opts.uploadTimeout)
 	switch {
@@ -381,11 +426,13 @@ func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
 		log.Warn("log not uploaded; it stays pending for the next start")
 	case err != nil:
 		log.WithError(err).Error("the server refused the build log; moved to logs/rejected")
+		a.pending.Add(-1)
 		if err := a.spool.reject(e); err != nil {
 			log.WithError(err).Warn("moving rejected log")
 		}
 	default:
 		log.WithField("log_id", id).Info("build log uploaded")
+		a.pending.Add(-1)
 		if err := a.spool.remove(e); err != nil {
 			log.WithError(err).Warn("removing delivered log")
 		}
@@ -440,6 +487,7 @@ func (a *Agent) retry(ctx context.Context, log logrus.FieldLogger, fn func(conte
 // shutdown waits for the builds (cancelling them after the grace period or
 // on Abort), then for deliveries up to the delivery timeout.
 func (a *Agent) shutdown(bcancel context.CancelCauseFunc, dcancel context.CancelFunc) {
+	a.stopping.Store(true)
 	n := 0
 	for _, s := range a.slots {
 		if s.load() == slotRunning {

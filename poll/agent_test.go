@@ -150,8 +150,10 @@ func (f *fakeAPI) Poll(ctx context.Context, arch string, max int) ([]Job, error)
 	f.times = append(f.times, time.Now())
 	return nil, f.pollErr(len(f.times))
 }
-func (f *fakeAPI) UploadLog(context.Context, LogParams, string) (int, error) { return 1, nil }
-func (f *fakeAPI) Requeue(context.Context, int, string, bool) error          { return nil }
+func (f *fakeAPI) UploadLog(context.Context, LogParams, *io.SectionReader) (int, error) {
+	return 1, nil
+}
+func (f *fakeAPI) Requeue(context.Context, int, string, bool) error { return nil }
 
 func (f *fakeAPI) intervals() []time.Duration {
 	f.mu.Lock()

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -20,8 +19,9 @@ import (
 type API interface {
 	// Poll pops up to max jobs for arch.
 	Poll(ctx context.Context, arch string, max int) ([]Job, error)
-	// UploadLog uploads the file at path as a build log and returns its id.
-	UploadLog(ctx context.Context, p LogParams, path string) (int, error)
+	// UploadLog uploads log as a build log and returns its id. log may be
+	// read more than once (one upload per call, from its start).
+	UploadLog(ctx context.Context, p LogParams, log *io.SectionReader) (int, error)
 	// Requeue hands a job back to the server's queue.
 	Requeue(ctx context.Context, targetID int, arch string, force bool) error
 }
@@ -238,17 +238,8 @@ func (c *Client) Poll(ctx context.Context, arch string, max int) ([]Job, error) 
 	return jobs, nil
 }
 
-// UploadLog uploads the file at path with its exact Content-Length.
-func (c *Client) UploadLog(ctx context.Context, p LogParams, path string) (int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, fmt.Errorf("upload log: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, fmt.Errorf("upload log: %w", err)
-	}
+// UploadLog uploads log with its exact Content-Length.
+func (c *Client) UploadLog(ctx context.Context, p LogParams, log *io.SectionReader) (int, error) {
 	q := url.Values{
 		"target":    {strconv.Itoa(p.TargetID)},
 		"startTime": {strconv.FormatInt(p.Start.Unix(), 10)},
@@ -256,15 +247,16 @@ func (c *Client) UploadLog(ctx context.Context, p LogParams, path string) (int, 
 		"arch":      {p.Arch},
 		"exitCode":  {strconv.Itoa(p.ExitCode)},
 	}
-	var body io.Reader = io.LimitReader(f, fi.Size())
-	if fi.Size() == 0 {
+	size := log.Size()
+	var body io.Reader = io.NewSectionReader(log, 0, size)
+	if size == 0 {
 		body = http.NoBody // a nil-length body would be sent chunked
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint("/api/v1/logs", q), body)
 	if err != nil {
 		return 0, err
 	}
-	req.ContentLength = fi.Size()
+	req.ContentLength = size
 	req.Header.Set("Content-Type", "text/plain; charset=utf-8")
 	var id int
 	if err := c.do(req, "upload log", &id); err != nil {

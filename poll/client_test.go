@@ -6,8 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -121,13 +119,11 @@ func TestClientRequests(t *testing.T) {
 	if err != nil || len(jobs) != 1 || jobs[0] != want {
 		t.Fatalf("Poll = %+v, %v", jobs, err)
 	}
-	dir := t.TempDir()
 	for _, content := range []string{"log line\n", ""} {
-		p := filepath.Join(dir, "l.log")
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		id, err := c.UploadLog(t.Context(), LogParams{TargetID: 3, Start: time.Unix(100, 0), End: time.Unix(160, 0), Arch: "aarch64", ExitCode: 2}, p)
+		// The log is a section of a larger file, as in the spool.
+		r := strings.NewReader("header" + content + "trailer")
+		id, err := c.UploadLog(t.Context(), LogParams{TargetID: 3, Start: time.Unix(100, 0), End: time.Unix(160, 0), Arch: "aarch64", ExitCode: 2},
+			io.NewSectionReader(r, 6, int64(len(content))))
 		if err != nil || id != 42 {
 			t.Fatalf("UploadLog = %d, %v", id, err)
 		}

@@ -2,12 +2,11 @@ package poll
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -178,14 +177,14 @@ func TestPendingLogsSurviveRestart(t *testing.T) {
 	h.addJobs(t, 4, false)
 	stop := start(t, h.agent(t, instant, WithDeliverTimeout(100*time.Millisecond)))
 	waitFor(t, 10*time.Second, "4 builds", func() bool {
-		return len(spoolFiles(t, h.dir, "pending/*.json")) == 4 && len(h.srv.Queued(testArch)) == 0
+		return len(spoolFiles(t, h.dir, "pending/*.log")) == 4 && len(h.srv.Queued(testArch)) == 0
 	})
 	waitFor(t, 10*time.Second, "upload attempts", func() bool { return h.srv.Requests(vieterserver.RouteLogUpload) >= 8 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(spoolFiles(t, h.dir, "pending/*")); n != 8 {
-		t.Fatalf("%d spool files after stop, want 4 logs + 4 sidecars", n)
+	if n := len(spoolFiles(t, h.dir, "pending/*")); n != 4 {
+		t.Fatalf("%d spool files after stop, want 4 logs", n)
 	}
 	// The same data dir, a server that accepts.
 	h2 := newHarness(t)
@@ -215,7 +214,7 @@ func h2srvDrain(t *testing.T, h *harness) {
 
 func TestRejectedLogIsKeptAside(t *testing.T) {
 	h := newHarness(t)
-	sp, err := openSpool(h.dir, true)
+	sp, err := openSpool(h.dir, testArch, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,13 +223,12 @@ func TestRejectedLogIsKeptAside(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	e.State = stateFinished
-	if err := sp.save(e); err != nil {
+	e.State, e.Size = stateFinished, 0
+	if err := errors.Join(sp.update(f, e), f.Close()); err != nil {
 		t.Fatal(err)
 	}
 	start(t, h.agent(t, instant))
-	waitFor(t, 5*time.Second, "rejection", func() bool { return len(spoolFiles(t, h.dir, "rejected/*")) == 2 })
+	waitFor(t, 5*time.Second, "rejection", func() bool { return len(spoolFiles(t, h.dir, "rejected/*")) == 1 })
 	if n := h.srv.Requests(vieterserver.RouteLogUpload); n != 1 {
 		t.Errorf("%d upload attempts for a log the server refuses (400), want 1", n)
 	}
@@ -270,7 +268,7 @@ func TestCrashMidUpload(t *testing.T) {
 	if n := len(h.srv.Logs()); n != 0 {
 		t.Fatalf("%d logs stored from a killed upload", n)
 	}
-	if n := len(spoolFiles(t, h.dir, "pending/*.json")); n != 1 {
+	if n := len(spoolFiles(t, h.dir, "pending/*.log")); n != 1 {
 		t.Fatalf("%d pending entries after the crash, want 1", n)
 	}
 	start(t, h.agent(t, instant))
@@ -290,7 +288,7 @@ func TestCrashMidBuild(t *testing.T) {
 	child := startChild(t, "block", h.ts.URL, h.dir, 50*time.Millisecond)
 	waitFor(t, 20*time.Second, "the build to start", func() bool {
 		for _, p := range spoolFiles(t, h.dir, "pending/*.log") {
-			if b, _ := os.ReadFile(p); len(b) > 0 {
+			if b, _ := os.ReadFile(p); strings.Contains(string(b), "started target") {
 				return true
 			}
 		}
@@ -300,21 +298,19 @@ func TestCrashMidBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = child.Wait()
-	metas := spoolFiles(t, h.dir, "pending/*.json")
-	if len(metas) != 1 {
-		t.Fatalf("spool %v", metas)
+	files := spoolFiles(t, h.dir, "pending/*.log")
+	if len(files) != 1 {
+		t.Fatalf("spool %v", files)
 	}
-	var e spoolEntry
-	b, _ := os.ReadFile(metas[0])
-	if err := json.Unmarshal(b, &e); err != nil || e.State != stateRunning {
-		t.Fatalf("sidecar %s: %v", b, err)
+	if e, err := readEntry(files[0]); err != nil || e.State != stateRunning || e.Job.TargetID != 1 || !e.Job.Force {
+		t.Fatalf("spool entry %+v: %v", e, err)
 	}
 	start(t, h.agent(t, instant))
 	waitFor(t, 10*time.Second, "two logs", func() bool { return len(h.srv.Logs()) == 2 })
 	logs := h.srv.Logs()
-	if logs[0].ExitCode != ExitInterrupted || !strings.Contains(string(logs[0].Content), "started target 1\n") ||
-		!strings.Contains(string(logs[0].Content), "agent stopped during this build") {
-		t.Errorf("interrupted log: exit %d %q", logs[0].ExitCode, logs[0].Content)
+	const want = "started target 1\n\nvagent: the agent stopped during this build; the job was handed back to the server\n"
+	if logs[0].ExitCode != ExitInterrupted || string(logs[0].Content) != want {
+		t.Errorf("interrupted log: exit %d %q, want %q", logs[0].ExitCode, logs[0].Content, want)
 	}
 	if logs[1].ExitCode != 0 || logs[1].TargetID != 1 {
 		t.Errorf("rebuild log: %+v", logs[1])
@@ -322,7 +318,6 @@ func TestCrashMidBuild(t *testing.T) {
 	if rq := h.srv.Requests(vieterserver.RouteQueue); rq != 1 {
 		t.Errorf("%d requeues, want 1", rq)
 	}
-	_ = filepath.Join
 }
 
 // TestSigtermChild: SIGTERM to an agent process during builds requeues the

@@ -25,16 +25,29 @@
 //
 // # Logs
 //
-// A build writes its log to <data_dir>/logs/pending/<id>.log; a JSON
-// sidecar <id>.json (written atomically) holds the upload parameters and
-// the delivery state. A log is deleted only after the server accepted it;
-// uploads are retried with backoff, and pending logs are delivered at the
-// next start, also after a crash. A log the server rejects for good (400)
-// is moved to logs/rejected. A sidecar still marked running at start
-// belongs to a build the agent did not see end (it was killed): its log is
-// uploaded with ExitInterrupted and its job is handed back to the server.
-// Delivery is at least once: a crash between the server's acceptance and
-// the removal of the spool entry uploads that log again.
+// A build writes its log to <data_dir>/logs/pending/<id>.log, one file per
+// job: a fixed-size plain-text header (two alternating copies of a JSON
+// entry with the upload parameters and the delivery state, each with a
+// sequence number and a checksum) followed by the log. The id names the
+// job's target and force flag, so the job is handed back even if a power
+// loss destroys a new header. A log is deleted only after the server
+// accepted it; uploads are retried with backoff, and pending logs are
+// delivered at the next start, also after a crash. A log the server
+// rejects for good (400) is moved to logs/rejected. An entry still marked
+// running at start belongs to a build the agent did not see end (it was
+// killed): its log is uploaded with ExitInterrupted and its job is handed
+// back to the server. Delivery is at least once: a crash between the
+// server's acceptance and the removal of the spool entry uploads that log
+// again. With fsync (the default) the spool also survives a power loss:
+// per job, the directory is synced when the entry is created (one sync
+// shared by the entries created together) and the file when the build
+// ends.
+//
+// # Metrics and status
+//
+// An Observer is told about polls, builds and uploads, and Agent.Status
+// returns a snapshot of the slots; Pending reads a data directory's spool
+// without an agent.
 //
 // # Shutdown
 //

@@ -27,6 +27,7 @@ type options struct {
 	defaultTimeout    time.Duration
 	fsync             bool
 	log               logrus.FieldLogger
+	obs               Observer
 }
 
 func defaultOptions() options {
@@ -45,6 +46,7 @@ func defaultOptions() options {
 		defaultTimeout:    time.Hour,
 		fsync:             true,
 		log:               l,
+		obs:               nopObserver{},
 	}
 }
 
@@ -162,11 +164,24 @@ func WithLogger(l logrus.FieldLogger) Option {
 }
 
 // WithFsync sets whether the log spool is synced to disk, so that pending
-// logs survive a power loss and not only a crash of the agent. It costs a
-// few fsyncs per job. Default true.
+// logs survive a power loss and not only a crash of the agent. It costs
+// two file syncs per job and a directory sync shared by the jobs that
+// start together. Default true.
 func WithFsync(sync bool) Option {
 	return func(o *options) error {
 		o.fsync = sync
+		return nil
+	}
+}
+
+// WithObserver sets an observer that is told about polls, builds and
+// uploads (for metrics). Default: none.
+func WithObserver(obs Observer) Option {
+	return func(o *options) error {
+		if obs == nil {
+			return errors.New("nil observer")
+		}
+		o.obs = obs
 		return nil
 	}
 }

@@ -29,6 +29,7 @@ func (s slotState) String() string {
 type slot struct {
 	id    int
 	state atomic.Int32
+	info  atomic.Pointer[slotInfo] // what it builds, for Status
 }
 
 // start claims an empty slot for a job (by the loop).

@@ -1,0 +1,122 @@
+package poll
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+)
+
+// Status is a snapshot of an agent, as `vagent status` shows it.
+type Status struct {
+	Arch         string        `json:"arch"`
+	Started      time.Time     `json:"started"`
+	PollInterval time.Duration `json:"poll_interval"`
+	Slots        []SlotStatus  `json:"slots"`
+	// PendingLogs counts finished builds whose log the server has not
+	// accepted yet.
+	PendingLogs int `json:"pending_logs"`
+	// LastPoll is the time of the last poll request and LastPollOK of the
+	// last one that succeeded; LastPollError is the error of the last one,
+	// empty when it succeeded.
+	LastPoll      time.Time `json:"last_poll,omitzero"`
+	LastPollOK    time.Time `json:"last_poll_ok,omitzero"`
+	LastPollError string    `json:"last_poll_error,omitempty"`
+	// Stopping is true once the shutdown began.
+	Stopping bool `json:"stopping"`
+}
+
+// SlotStatus is one slot of a Status.
+type SlotStatus struct {
+	Slot  int       `json:"slot"`
+	State string    `json:"state"` // empty, running, done
+	Job   *Job      `json:"job,omitempty"`
+	Since time.Time `json:"since,omitzero"`
+}
+
+// slotInfo is what a running slot builds.
+type slotInfo struct {
+	job   Job
+	since time.Time
+}
+
+// pollState records the outcome of the poll requests.
+type pollState struct {
+	last, lastOK atomic.Int64 // Unix nanoseconds
+	lastErr      atomic.Pointer[string]
+}
+
+func (p *pollState) record(t time.Time, err error) {
+	p.last.Store(t.UnixNano())
+	if err == nil {
+		p.lastOK.Store(t.UnixNano())
+		p.lastErr.Store(nil)
+		return
+	}
+	s := err.Error()
+	p.lastErr.Store(&s)
+}
+
+func unixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+// Status returns a snapshot of the agent. It may be called at any time,
+// from any goroutine.
+func (a *Agent) Status() Status {
+	st := Status{Arch: a.opts.arch, PollInterval: a.opts.pollInterval, Started: unixNano(a.started.Load()),
+		PendingLogs: int(a.pending.Load()), LastPoll: unixNano(a.polls.last.Load()),
+		LastPollOK: unixNano(a.polls.lastOK.Load()), Stopping: a.stopping.Load()}
+	if e := a.polls.lastErr.Load(); e != nil {
+		st.LastPollError = *e
+	}
+	for _, s := range a.slots {
+		ss := SlotStatus{Slot: s.id, State: s.load().String()}
+		if info := s.info.Load(); info != nil && ss.State != slotEmpty.String() {
+			j := info.job
+			ss.Job, ss.Since = &j, info.since
+		}
+		st.Slots = append(st.Slots, ss)
+	}
+	return st
+}
+
+// PendingLog is a log in a data directory's spool.
+type PendingLog struct {
+	ID    string    `json:"id"`
+	Job   Job       `json:"job"`
+	Arch  string    `json:"arch"`
+	Slot  int       `json:"slot"`
+	Start time.Time `json:"start"`
+	// Running is true for a build that has not finished: one that runs
+	// now if an agent uses the directory, or that was interrupted.
+	Running  bool   `json:"running"`
+	ExitCode int    `json:"exit_code"`
+	Result   Result `json:"result,omitempty"`
+	Size     int64  `json:"size"`
+}
+
+// Pending lists the logs in the spool of dataDir without changing
+// anything, also while an agent uses the directory.
+func Pending(dataDir string) ([]PendingLog, error) {
+	pending := filepath.Join(dataDir, "logs", "pending")
+	if _, err := os.Stat(pending); err != nil {
+		return nil, fmt.Errorf("reading spool: %w", err)
+	}
+	s := &spool{pending: pending, rejected: filepath.Join(dataDir, "logs", "rejected")}
+	entries, err := s.list(true)
+	var out []PendingLog
+	for _, e := range entries {
+		p := PendingLog{ID: e.ID, Job: e.Job, Arch: e.Arch, Slot: e.Slot, Start: time.Unix(e.Start, 0),
+			Running: e.State == stateRunning, ExitCode: e.ExitCode, Result: e.Result, Size: e.Size}
+		if fi, err := os.Stat(s.logPath(e)); err == nil && p.Size < 0 {
+			p.Size = max(fi.Size()-e.bodyOffset(), 0)
+		}
+		out = append(out, p)
+	}
+	return out, err
+}
