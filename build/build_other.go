@@ -1,0 +1,18 @@
+//go:build !linux
+
+package build
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/vieter-v/vagent/poll"
+)
+
+func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
+	r := &Result{Start: time.Now()}
+	b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "", errors.ErrUnsupported)
+	return r
+}

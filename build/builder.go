@@ -1,0 +1,216 @@
+package build
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+// The build script and the pacman wrapper, constants of the binary.
+//
+//go:embed script/build.sh script/pacman
+var scripts embed.FS
+
+// Images lends builder root filesystems for base images.
+type Images interface {
+	// Acquire returns the rootfs directory of a ready builder for
+	// baseImage (setup output goes to log) and a function that ends the
+	// loan.
+	Acquire(ctx context.Context, baseImage string, log io.Writer) (rootfs string, release func(), err error)
+}
+
+// ImagesFunc adapts a function to Images.
+type ImagesFunc func(ctx context.Context, baseImage string, log io.Writer) (string, func(), error)
+
+// Acquire calls f.
+func (f ImagesFunc) Acquire(ctx context.Context, baseImage string, log io.Writer) (string, func(), error) {
+	return f(ctx, baseImage, log)
+}
+
+// Builders returns the Images of a builder.Manager.
+func Builders(m *builder.Manager) Images {
+	return ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
+		l, err := m.Acquire(ctx, base, log)
+		if err != nil {
+			return "", nil, err
+		}
+		return l.Rootfs, l.Release, nil
+	})
+}
+
+// Builder runs jobs. It is safe for concurrent use.
+type Builder struct {
+	sb     *sandbox.Manager
+	images Images
+	dir    string
+	opts   *options
+}
+
+var _ poll.Executor = (*Builder)(nil)
+
+// Exit codes the build reports when the script did not give one.
+const (
+	// ExitInvalidJob is reported for a job refused before anything ran.
+	ExitInvalidJob = 2
+	// ExitPublish is reported when the build succeeded but its packages
+	// could not be published (or copied out), or there were none.
+	ExitPublish = 1
+)
+
+// New returns a Builder that runs builds with sb on the builders of
+// images, keeping its state (the shared package cache, run control
+// directories) in dir. dir and its parents must be traversable by every
+// user: containers resolve mounts below it.
+func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Builder, error) {
+	if sb == nil || images == nil {
+		return nil, fmt.Errorf("%w: nil sandbox or images", ErrBadConfig)
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if strings.ContainsAny(dir, ",:\\") {
+		return nil, fmt.Errorf("%w: directory %q has ',', ':' or '\\'", ErrBadConfig, dir)
+	}
+	b := &Builder{sb: sb, images: images, dir: dir, opts: o}
+	if err := b.prepareDir(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// prepareDir creates the cache and run directories and removes runs a
+// crashed agent left behind.
+func (b *Builder) prepareDir() error {
+	for _, d := range []string{b.dir, b.cacheDir(), b.runsDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("creating %s: %w", d, err)
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			return err
+		}
+	}
+	lock := filepath.Join(b.cacheDir(), ".vagent.lock")
+	f, err := os.OpenFile(lock, os.O_CREATE|os.O_RDONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("creating the cache lock: %w", err)
+	}
+	f.Close()
+	entries, err := os.ReadDir(b.runsDir())
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		// Runs of a live agent on the same directory would be removed
+		// too: the sandbox Manager's lock on its own directory keeps a
+		// second agent away.
+		_ = os.RemoveAll(filepath.Join(b.runsDir(), e.Name()))
+	}
+	return nil
+}
+
+func (b *Builder) cacheDir() string { return filepath.Join(b.dir, "pacman-cache") }
+func (b *Builder) runsDir() string  { return filepath.Join(b.dir, "runs") }
+
+// Result is the outcome of one build.
+type Result struct {
+	// Status says how the build ended (success, failure, skipped,
+	// timeout, cancelled, setup-error).
+	Status poll.Result
+	// ExitCode is the build script's exit status, or one of the agent's
+	// (ExitInvalidJob, ExitPublish, poll.ExitTimeout, poll.ExitCancelled,
+	// poll.ExitSetupError) when the script did not give one.
+	ExitCode int
+	// Start and End bracket the build.
+	Start, End time.Time
+	// Reason is the summary, e.g. "timeout after 3600 s".
+	Reason string
+	// Err is what went wrong, nil for success and skipped.
+	Err error
+	// SrcInfo is what the build's .SRCINFO said, when it got that far.
+	SrcInfo *SrcInfo
+	// Packages are the file names of the packages published (or copied
+	// to the output directory).
+	Packages []string
+	// LogFile is the name of the log when it was written to an *os.File.
+	LogFile string
+}
+
+// Execute runs a job from the poll loop: it implements poll.Executor.
+// The whole report is in the log and the Outcome; the error is always nil.
+func (b *Builder) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
+	r := b.Build(ctx, job, log)
+	return poll.Outcome{ExitCode: r.ExitCode, Result: r.Status, Start: r.Start, End: r.End}, nil
+}
+
+// Build runs one job from a server, writing the whole log to log.
+func (b *Builder) Build(ctx context.Context, job poll.Job, log io.Writer) *Result {
+	return b.build(ctx, job, "", log)
+}
+
+// BuildDir builds the PKGBUILD in the local directory dir (mounted
+// read-only and copied into the container; dir is not changed). job gives
+// the base image, path and timeout; its kind, url and branch are ignored.
+func (b *Builder) BuildDir(ctx context.Context, dir string, job poll.Job, log io.Writer) *Result {
+	abs, err := filepath.Abs(dir)
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = os.Stat(abs); err == nil && !fi.IsDir() {
+			err = fmt.Errorf("%s is not a directory", dir)
+		}
+	}
+	if err != nil {
+		r := &Result{Start: time.Now()}
+		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "", err)
+		return r
+	}
+	job.Kind, job.URL, job.Branch = "dir", "file://"+abs, ""
+	return b.build(ctx, job, abs, log)
+}
+
+// finish completes r and writes the summary line.
+func (b *Builder) finish(r *Result, log io.Writer, status poll.Result, code int, reason string, err error) {
+	r.End = time.Now()
+	r.Status, r.ExitCode, r.Err = status, code, err
+	if reason == "" {
+		reason = string(status)
+	}
+	if err != nil {
+		reason += ": " + err.Error()
+	}
+	r.Reason = reason
+	if f, ok := log.(interface{ Name() string }); ok {
+		r.LogFile = f.Name()
+	}
+	fmt.Fprintf(log, "vagent: %s; exit code %d; took %s\n", oneLine(reason), code, r.End.Sub(r.Start).Round(time.Millisecond))
+}
+
+// oneLine replaces line breaks and control characters so that a message
+// stays one log line.
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\t' || (r >= ' ' && r != 0x7f) {
+			return r
+		}
+		return '?'
+	}, s)
+}
+
+// errCancelled is the reason of a build stopped without a cause.
+var errCancelled = errors.New("cancelled")

@@ -1,0 +1,87 @@
+// Package build turns one Vieter job into a sandboxed build on its builder
+// image and implements poll.Executor.
+//
+// It has a folder of its own because it is the glue between three packages
+// that must not know each other: poll runs the agent loop without root and
+// without images (it only needs an Executor), builder prepares builder
+// images, and sandbox runs a process tree on a root filesystem. A build needs
+// all three plus the Vieter repository protocol (the skip check and
+// publishing), which belongs to none of them.
+//
+// # Steps
+//
+// Builder.Build follows the reference agent:
+//
+//  1. lease the builder image of the job's base_image;
+//  2. in one sandbox run of a fixed script embedded in the binary
+//     (build.sh): append the job's repository to /etc/pacman.conf
+//     ("[repo]", "Server = <address>/$repo/$arch", "SigLevel = Optional")
+//     and run pacman -Syu; then, as the builder user, fetch the sources (a
+//     shallow git clone of url, branch and path; or the PKGBUILD downloaded
+//     from url), run makepkg --nobuild --syncdeps and makepkg
+//     --printsrcinfo;
+//  3. the agent reads that .SRCINFO, parses it (ParseSrcInfo) and, unless
+//     the job is forced, asks the server whether every package name at
+//     [epoch:]pkgver-pkgrel is already there (HEAD
+//     <address>/<repo>/<arch>/<pkgname>-<version>); it tells the script to
+//     build or to stop;
+//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps --noextract;
+//  5. the agent takes the packages from the run's overlay upper directory
+//     and publishes each to <address>/<repo>/publish.
+//
+// A repository that has no package yet has no database and a Vieter server
+// answers 404 for it, which would make pacman -Sy fail: the agent checks
+// <repo>.db first and leaves such a repository out of pacman.conf.
+//
+// # Untrusted input
+//
+// Every string of a job is data. Values are validated (ValidateJob: repo
+// names, relative paths without "..", branch names git accepts, URLs that
+// do not start with "-" and use no "transport::" helper such as ext::,
+// registry references only for base_image) and then reach the script only
+// as environment variables, which it passes as single arguments after "--";
+// the script itself is a constant. The repository lines for pacman.conf are
+// written by the agent from validated values into a read-only control
+// directory (/run/vagent in the container). git gets GIT_ALLOW_PROTOCOL
+// (http, https, git, ssh); the path is resolved inside the container and
+// must stay inside the clone, symlinks included.
+//
+// The API key never enters the sandbox: the agent publishes the packages
+// itself, with their Content-Length, retrying transient failures (network
+// errors, 408, 429, 5xx) with jittered exponential backoff. What the build
+// left in its upper directory is read without following symbolic links.
+//
+// The script and the agent talk through two FIFOs in the control directory:
+// the script writes the .SRCINFO (length-prefixed) to one and reads the
+// decision ("build" or "skip") from the other. A build that forges either
+// only decides about itself.
+//
+// # Log
+//
+// Everything goes to the io.Writer the caller passes (poll spools it to a
+// file): the builder setup output, each step announced as "+ command args"
+// (arguments quoted as a shell would read them, so a value with a newline
+// cannot forge a line), the merged stdout and stderr of the build, and one
+// summary line at the end, "vagent: <why it stopped>; exit code N; took D"
+// where why is success, failure, skipped, timeout after N s or cancelled.
+//
+// # Package cache
+//
+// A host directory (<data dir>/pacman-cache) is mounted on
+// /var/cache/pacman/pkg in every build, so packages are downloaded once.
+// pacman 6.0 downloads into "<file>.part" in the cache directory, so two
+// concurrent downloads of one file would interleave: every pacman call that
+// may download runs under flock(1) on a lock file in the cache, through the
+// wrapper /run/vagent/pacman (also given to makepkg as $PACMAN). A build is
+// root in its container and can write into the cache; pacman checks every
+// package against the checksum in the repository database and deletes a
+// corrupted file (with --noconfirm), so a poisoned cache entry fails one
+// build rather than entering another.
+//
+// # Local builds
+//
+// Without WithServer there is no skip check and nothing is published: with
+// WithOutDir the packages are copied to a directory instead. BuildDir builds
+// a local directory holding a PKGBUILD, mounted read-only into the
+// container and copied there. This is `vagent build`.
+package build

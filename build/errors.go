@@ -1,0 +1,19 @@
+package build
+
+import "errors"
+
+var (
+	// ErrInvalidJob reports a job field that is refused before anything runs.
+	ErrInvalidJob = errors.New("invalid job")
+	// ErrSrcInfo reports a .SRCINFO that cannot be read.
+	ErrSrcInfo = errors.New("invalid .SRCINFO")
+	// ErrNoPackages means a build that should have produced packages
+	// produced none.
+	ErrNoPackages = errors.New("build produced no packages")
+	// ErrPublish reports a package the server did not accept.
+	ErrPublish = errors.New("publishing failed")
+	// ErrUnauthorized means the server rejected the API key (401 or 403).
+	ErrUnauthorized = errors.New("unauthorized: check the api key")
+	// ErrBadConfig reports an option value that cannot be used.
+	ErrBadConfig = errors.New("invalid build configuration")
+)

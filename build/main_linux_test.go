@@ -1,0 +1,336 @@
+package build_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cgi"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/oci"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+)
+
+func TestMain(m *testing.M) {
+	sandbox.Init()
+	code := m.Run()
+	shared.close()
+	os.Exit(code)
+}
+
+const apiKey = "secret-api-key-0123456789"
+
+// env is what the end-to-end tests share: one sandbox Manager, one image
+// store and builder Manager, a local registry with the Arch-like image,
+// and one Vieter test server that also serves the "deps" repository with
+// the base-devel and git meta-packages every builder installs. They live
+// as long as the test binary: builders have the server's address in their
+// pacman.conf.
+type env struct {
+	dir    string
+	sb     *sandbox.Manager
+	store  *oci.Store
+	bm     *builder.Manager
+	images build.Images
+	reg    *testkit.Registry
+	srv    *vieterserver.Server
+	ts     *httptest.Server
+	base   string // the Arch-like base image in the local registry
+}
+
+type sharedEnv struct {
+	once sync.Once
+	e    *env
+	err  error
+	skip string
+}
+
+var shared sharedEnv
+
+func (s *sharedEnv) close() {
+	if s.e == nil {
+		return
+	}
+	e := s.e
+	if e.bm != nil {
+		e.bm.Close()
+	}
+	if e.sb != nil {
+		e.sb.Close()
+	}
+	if e.ts != nil {
+		e.ts.Close()
+	}
+	if e.reg != nil {
+		e.reg.Close()
+	}
+	os.RemoveAll(e.dir)
+}
+
+// setup returns the shared environment, creating it on first use. It skips
+// the test (fails it in CI) without root or the test image.
+func setup(t testing.TB) *env {
+	t.Helper()
+	testkit.RequireRoot(t)
+	shared.once.Do(func() { shared.e, shared.skip, shared.err = newEnv() })
+	if shared.skip != "" {
+		testkit.Unavailable(t, "%s", shared.skip)
+		t.SkipNow()
+	}
+	if shared.err != nil {
+		t.Fatalf("test environment: %v", shared.err)
+	}
+	return shared.e
+}
+
+func newEnv() (e *env, skip string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	e = &env{}
+	if e.dir, err = os.MkdirTemp("", "vagent-build-test-"); err != nil {
+		return nil, "", err
+	}
+	if err := os.Chmod(e.dir, 0o755); err != nil {
+		return nil, "", err
+	}
+	if _, err := exec.LookPath(testkit.RegistryBinary); err != nil {
+		return e, "needs docker-registry (Debian package docker-registry)", nil
+	}
+	img, _, err := testkit.ArchLikeImage(ctx)
+	if err != nil {
+		if errors.Is(err, testkit.ErrToolMissing) || errors.Is(err, testkit.ErrNoMirror) {
+			return e, fmt.Sprintf("Arch-like test image unavailable: %v", err), nil
+		}
+		return e, "", fmt.Errorf("arch-like image: %w", err)
+	}
+	if e.reg, err = testkit.StartRegistry(ctx, filepath.Join(e.dir, "registry")); err != nil {
+		return e, "", err
+	}
+	e.base = e.reg.Host() + "/test/archlike:latest"
+	if err := testkit.Push(ctx, img, e.base); err != nil {
+		return e, "", err
+	}
+	if e.srv, err = vieterserver.New(vieterserver.WithAPIKey(apiKey)); err != nil {
+		return e, "", err
+	}
+	e.ts = httptest.NewServer(e.srv)
+	for _, name := range []string{"base-devel", "git"} {
+		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any", Desc: "test meta-package"}, nil, vieterserver.Zstd)
+		if err != nil {
+			return e, "", err
+		}
+		if _, err := e.srv.Publish("deps", pkg); err != nil {
+			return e, "", err
+		}
+	}
+	if e.sb, err = sandbox.New(filepath.Join(e.dir, "sandbox"), sandbox.WithSeccomp(sandbox.SeccompSupported)); err != nil {
+		return e, "", err
+	}
+	if e.store, err = oci.NewStore(filepath.Join(e.dir, "images"), oci.WithSync(false)); err != nil {
+		return e, "", err
+	}
+	e.bm, err = builder.New(e.store, e.sb, filepath.Join(e.dir, "builders"),
+		builder.WithRepos(builder.Repo{Name: "deps", Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Optional TrustAll"}))
+	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+		// The builder package is not there yet: build on the base image
+		// itself (it has the builder user and sudo already).
+		e.bm = nil
+		e.images = build.ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
+			rfs, err := e.store.Rootfs(ctx, base)
+			if err != nil {
+				return "", nil, err
+			}
+			return rfs.Dir, func() { rfs.Release() }, nil
+		})
+	case err != nil:
+		return e, "", err
+	default:
+		e.images = build.Builders(e.bm)
+	}
+	return e, "", nil
+}
+
+var repoSeq struct {
+	sync.Mutex
+	n int
+}
+
+// newRepo returns a repository name no other test uses.
+func newRepo() string {
+	repoSeq.Lock()
+	defer repoSeq.Unlock()
+	repoSeq.n++
+	return fmt.Sprintf("repo%d", repoSeq.n)
+}
+
+// newBuilder returns a Builder on a fresh directory that publishes to the
+// shared server.
+func newBuilder(t testing.TB, e *env, opts ...build.Option) *build.Builder {
+	t.Helper()
+	opts = append([]build.Option{build.WithServer(e.ts.URL, apiKey), build.WithArch("x86_64"), build.WithRetry(3, 10*time.Millisecond)}, opts...)
+	b, err := build.New(e.sb, e.images, filepath.Join(sandboxtest.Dir(t), "build"), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// syncBuffer is a log the sandbox's copier and the test may share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// runJob builds job and returns the result and the log.
+func runJob(t testing.TB, b *build.Builder, job poll.Job) (*build.Result, string) {
+	t.Helper()
+	var log syncBuffer
+	r := b.Build(t.Context(), job, &log)
+	t.Logf("%s: %s (exit %d) in %s", job.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
+	return r, log.String()
+}
+
+// wantStatus fails t unless r has the status and exit code.
+func wantStatus(t testing.TB, r *build.Result, log string, status poll.Result, code int) {
+	t.Helper()
+	if r.Status != status || r.ExitCode != code {
+		t.Fatalf("status %s exit %d (%s), want %s exit %d; log:\n%s", r.Status, r.ExitCode, r.Reason, status, code, log)
+	}
+}
+
+// lastLine returns the last non-empty line of a log.
+func lastLine(log string) string {
+	lines := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+// pkgbuild returns a PKGBUILD for a package without dependencies on the
+// system (the Arch-like image's pacman database is empty). extra lines go
+// after pkgrel.
+func pkgbuild(name, ver, rel string, extra ...string) string {
+	return fmt.Sprintf(`pkgname=%s
+pkgver=%s
+pkgrel=%s
+%s
+pkgdesc="vagent test package"
+arch=(any)
+license=(MIT)
+build() { echo "building $pkgname"; }
+package() {
+	mkdir -p "$pkgdir/usr/share/$pkgname"
+	echo "$pkgver" >"$pkgdir/usr/share/$pkgname/version"
+}
+`, name, ver, rel, strings.Join(extra, "\n"))
+}
+
+// gitServer serves the git repositories below its root over HTTP
+// (git http-backend through CGI) on 127.0.0.1.
+type gitServer struct {
+	root string
+	url  string
+}
+
+func newGitServer(t testing.TB) *gitServer {
+	t.Helper()
+	git := testkit.RequireTool(t, "git", "git")
+	out, err := exec.Command(git, "--exec-path").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := filepath.Join(strings.TrimSpace(string(out)), "git-http-backend")
+	g := &gitServer{root: t.TempDir()}
+	ts := httptest.NewServer(&cgi.Handler{
+		Path: backend,
+		Env:  []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1"},
+	})
+	t.Cleanup(ts.Close)
+	g.url = ts.URL
+	return g
+}
+
+// commit writes files into the repository name on branch (created from
+// the current head when new) and commits them. It returns the clone URL.
+func (g *gitServer) commit(t testing.TB, name, branch string, files map[string]string) string {
+	t.Helper()
+	dir := filepath.Join(g.root, name)
+	gitc := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.org",
+			"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.org", "GIT_CONFIG_NOSYSTEM=1", "HOME="+g.root)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	if _, err := os.Stat(dir); err != nil {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		gitc("init", "-q", "-b", "main")
+		gitc("config", "http.receivepack", "false")
+	}
+	if branch != "" {
+		gitc("checkout", "-q", "-B", branch)
+	}
+	for p, content := range files {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(content, "symlink:") {
+			if err := os.Symlink(strings.TrimPrefix(content, "symlink:"), full); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gitc("add", "-A")
+	gitc("commit", "-q", "-m", "test")
+	return g.url + "/" + name
+}
+
+// serveFile serves content at /PKGBUILD on 127.0.0.1 and returns its URL.
+func serveFile(t testing.TB, content string) string {
+	t.Helper()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/PKGBUILD" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(content))
+	}))
+	t.Cleanup(ts.Close)
+	return ts.URL + "/PKGBUILD"
+}

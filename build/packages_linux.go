@@ -1,0 +1,150 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+// isPackageName tells whether a file in PKGDEST is a package to publish:
+// name-ver-rel-arch.pkg.tar[.ext], not a signature.
+func isPackageName(name string) bool {
+	return strings.Contains(name, ".pkg.tar") && !strings.HasSuffix(name, ".sig") &&
+		!strings.HasPrefix(name, ".") && !strings.ContainsFunc(name, isSpaceOrControl)
+}
+
+// packageDir opens PKGDEST in the build's upper directory without
+// following symbolic links (the build, root in its container, may have
+// replaced any directory on the way with a link to a host path), and lists
+// the regular package files in it.
+func packageDir(upper *sandbox.Upper) (*os.File, []string, error) {
+	if upper == nil {
+		return nil, nil, ErrNoPackages
+	}
+	fd, err := unix.Openat2(unix.AT_FDCWD, filepath.Join(upper.Path, outDir), &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if errors.Is(err, unix.ENOENT) {
+		return nil, nil, fmt.Errorf("%w: no /%s", ErrNoPackages, outDir)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening /%s of the build: %w", outDir, err)
+	}
+	dir := os.NewFile(uintptr(fd), "/"+outDir)
+	entries, err := dir.ReadDir(-1)
+	if err != nil {
+		dir.Close()
+		return nil, nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type().IsRegular() && isPackageName(e.Name()) {
+			names = append(names, e.Name())
+		}
+	}
+	sort.Strings(names)
+	if len(names) == 0 {
+		dir.Close()
+		return nil, nil, fmt.Errorf("%w in /%s", ErrNoPackages, outDir)
+	}
+	return dir, names, nil
+}
+
+// openIn opens the regular file name in dir, refusing a link.
+func openIn(dir *os.File, name string) (*os.File, error) {
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", name, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is not a regular file", name)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// deliver publishes the packages of a finished build to the server, or
+// copies them to the output directory, and returns their names.
+func (b *Builder) deliver(ctx context.Context, upper *sandbox.Upper, repo string, log io.Writer) ([]string, error) {
+	dir, names, err := packageDir(upper)
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	var done []string
+	for _, name := range names {
+		open := func() (*os.File, error) { return openIn(dir, name) }
+		if b.opts.address != "" {
+			fmt.Fprintf(log, "+ vagent: publish %s to %s/%s/publish\n", name, b.opts.address, repo)
+			if err := b.publish(ctx, repo, open); err != nil {
+				return done, fmt.Errorf("%w: %s: %w", ErrPublish, name, err)
+			}
+		}
+		if b.opts.outDir != "" {
+			fmt.Fprintf(log, "+ vagent: copy %s to %s\n", name, b.opts.outDir)
+			if err := b.copyOut(open, name); err != nil {
+				return done, fmt.Errorf("copying %s to %s: %w", name, b.opts.outDir, err)
+			}
+		}
+		done = append(done, name)
+	}
+	return done, nil
+}
+
+// copyOut writes one package into the output directory, owned by the
+// configured user, atomically.
+func (b *Builder) copyOut(open func() (*os.File, error), name string) (retErr error) {
+	if _, err := os.Lstat(b.opts.outDir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(b.opts.outDir, 0o755); err != nil {
+			return err
+		}
+		if err := os.Lchown(b.opts.outDir, b.opts.outUID, b.opts.outGID); err != nil {
+			return err
+		}
+	}
+	src, err := open()
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(b.opts.outDir, "."+name+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if retErr != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if _, err := io.Copy(tmp, src); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if b.opts.outUID >= 0 || b.opts.outGID >= 0 {
+		if err := tmp.Chown(b.opts.outUID, b.opts.outGID); err != nil {
+			return err
+		}
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(b.opts.outDir, name))
+}

@@ -1,0 +1,105 @@
+#!/bin/bash
+# vagent's build script: a constant embedded in the binary (package build).
+# It runs as root in a fresh sandbox on a builder image; the control
+# directory /run/vagent is mounted read-only. Job values arrive only as
+# environment variables and are used as single arguments, never as code:
+#
+#   VAGENT_KIND    git, url, or dir (a local directory on /run/vagent-src)
+#   VAGENT_URL     the git repository or the PKGBUILD URL
+#   VAGENT_BRANCH  the git branch ("" = the default branch)
+#   VAGENT_PATH    the directory of the clone holding the PKGBUILD ("" = top)
+#   VAGENT_JOBS    N of MAKEFLAGS=-jN
+#
+# /run/vagent holds repos.conf (pacman.conf sections written by the agent
+# from validated values), pacman (pacman serialised on the shared package
+# cache, also makepkg's $PACMAN), this script, and two FIFOs: srcinfo (the
+# .SRCINFO, length-prefixed, to the agent) and decision (one line from the
+# agent: "build", "skip REASON" or "fail REASON").
+set -uo pipefail
+ctl=/run/vagent
+
+# step announces a command as the reference agent's log does; arguments are
+# quoted as a shell would read them, so no value can forge a log line.
+step() {
+	local a out='+'
+	for a in "$@"; do out+=" $(printf '%q' "$a")"; done
+	printf '%s\n' "$out"
+}
+run() {
+	step "$@"
+	"$@"
+}
+fail() {
+	printf 'vagent: %s\n' "$*"
+	exit 1
+}
+
+if [[ ${1-} != --builder ]]; then
+	# Root: the job's repository, an up-to-date system, the build directory.
+	if [[ -s $ctl/repos.conf ]]; then
+		step tee -a /etc/pacman.conf '<' "$ctl/repos.conf"
+		tee -a /etc/pacman.conf <"$ctl/repos.conf" || exit
+	fi
+	run "$ctl/pacman" -Syu --needed --noconfirm || exit
+	if [[ ! -d /build ]]; then
+		run install -d -o builder -g builder -m 0755 /build || exit
+	fi
+	if [[ $VAGENT_KIND == dir ]]; then
+		run cp -a /run/vagent-src/. /build/repo || exit
+		run chown -R -h builder:builder /build/repo || exit
+	fi
+	home=$(getent passwd builder | cut -d: -f6)
+	[[ -n $home ]] || fail "the image has no builder user"
+	export HOME=$home USER=builder LOGNAME=builder
+	exec setpriv --reuid=builder --regid=builder --init-groups -- /bin/bash "$ctl/build.sh" --builder
+fi
+
+# Builder: sources, dependencies, .SRCINFO, the agent's decision, the build.
+cd /build || exit
+export GIT_ALLOW_PROTOCOL=http:https:git:ssh GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1
+case $VAGENT_KIND in
+git)
+	args=(git clone --single-branch --depth 1)
+	[[ -z $VAGENT_BRANCH ]] || args+=("--branch=$VAGENT_BRANCH")
+	run "${args[@]}" -- "$VAGENT_URL" repo || exit
+	;;
+url)
+	run mkdir repo || exit
+	run curl --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
+		--max-redirs 10 --output repo/PKGBUILD --url "$VAGENT_URL" || exit
+	;;
+dir) ;;
+*) fail "unknown source kind" ;;
+esac
+
+top=$(realpath -e -- repo) || exit
+dir=$top
+if [[ -n $VAGENT_PATH ]]; then
+	dir=$(realpath -e -- "repo/$VAGENT_PATH") || fail "path $(printf '%q' "$VAGENT_PATH") is not in the repository"
+	[[ $dir == "$top" || $dir == "$top"/* ]] || fail "path $(printf '%q' "$VAGENT_PATH") leaves the repository"
+fi
+run cd -- "$dir" || exit
+
+export PACMAN=$ctl/pacman PKGDEST=/build/out
+mkdir -p /build/out || exit
+run makepkg --nobuild --syncdeps --needed --noconfirm || exit
+step makepkg --printsrcinfo
+makepkg --printsrcinfo >/build/.SRCINFO || exit
+size=$(stat -c %s /build/.SRCINFO) || exit
+{
+	printf '%s\n' "$size"
+	cat /build/.SRCINFO
+} >"$ctl/srcinfo" || exit
+IFS= read -r decision <"$ctl/decision" || fail "no decision from the agent"
+case $decision in
+build) ;;
+skip\ *)
+	printf 'vagent: skipping the build: %s\n' "${decision#skip }"
+	exit 0
+	;;
+*) fail "${decision#fail }" ;;
+esac
+
+export MAKEFLAGS=-j$VAGENT_JOBS
+step "MAKEFLAGS=$MAKEFLAGS" makepkg --syncdeps --needed --noconfirm --noextract
+makepkg --syncdeps --needed --noconfirm --noextract

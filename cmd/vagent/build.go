@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+func init() {
+	register(&command{name: "build", summary: "build a PKGBUILD locally in a sandbox, like makechrootpkg", run: runBuild})
+}
+
+const buildSynopsis = `build [flags] SOURCE
+
+SOURCE is a git repository URL, the URL of a PKGBUILD (http(s)://.../PKGBUILD)
+or a local directory holding a PKGBUILD (copied into the sandbox; it is not
+changed). The build runs as on an agent, in a fresh sandbox on the builder
+image of --base-image, without a server: no skip check, nothing published.
+The packages are written to --out, owned by the invoking user (SUDO_UID under
+sudo); the log streams to standard output.`
+
+func runBuild(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "build", buildSynopsis)
+	var sf storeFlags
+	var rf registryFlags
+	sf.register(fs)
+	rf.register(fs)
+	base := fs.String("base-image", "archlinux:base-devel", "base image `REF` of the builder image")
+	branch := fs.String("branch", "", "git `BRANCH` to build (default: the repository's default branch)")
+	subdir := fs.String("path", "", "`DIR` of the source holding the PKGBUILD")
+	out := fs.String("out", "out", "write the packages to `DIR`")
+	timeout := fs.Duration("timeout", build.DefaultTimeout, "kill the build after `D`")
+	var repoURLs listFlag
+	fs.Var(&repoURLs, "repo-url", "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
+		"packages are at URL/$arch (a Vieter repository; repeatable)")
+	seccomp := fs.Bool("seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return usageError("build takes one SOURCE")
+	}
+	if *timeout <= 0 {
+		return usageError("--timeout must be positive")
+	}
+	repos, err := parseRepoURLs(repoURLs)
+	if err != nil {
+		return err
+	}
+	job := poll.Job{Branch: *branch, Path: *subdir, BaseImage: *base}
+	src := fs.Arg(0)
+	var localDir string
+	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
+		localDir = src
+		if *branch != "" {
+			return usageError("--branch is for git sources")
+		}
+	} else {
+		job.Kind, job.URL = sourceKind(src), src
+		if err := build.ValidateJob(poll.Job{Kind: job.Kind, URL: job.URL, Branch: job.Branch, Path: job.Path, Repo: "local", BaseImage: job.BaseImage}, true); err != nil {
+			return usageError("%v", err)
+		}
+	}
+	outDir, err := filepath.Abs(*out)
+	if err != nil {
+		return err
+	}
+	uid, gid := invokingUser()
+
+	ropts, err := rf.options()
+	if err != nil {
+		return err
+	}
+	store, err := sf.open(env, ropts...)
+	if err != nil {
+		return err
+	}
+	sb, err := sandbox.New(filepath.Join(sf.dataDir, "sandbox"), sandbox.WithLogger(env.log), sandbox.WithSeccomp(*seccomp))
+	if err != nil {
+		return fmt.Errorf("sandbox: %w", err)
+	}
+	defer sb.Close()
+	bopts := []builder.Option{builder.WithLogger(env.log)}
+	if len(repos) > 0 {
+		bopts = append(bopts, builder.WithRepos(repos...))
+	}
+	bm, err := builder.New(store, sb, filepath.Join(sf.dataDir, "builders"), bopts...)
+	if err != nil {
+		return fmt.Errorf("builder images: %w", err)
+	}
+	defer bm.Close()
+	b, err := build.New(sb, build.Builders(bm), filepath.Join(sf.dataDir, "build"),
+		build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(*timeout), build.WithLocalImages(true))
+	if err != nil {
+		return err
+	}
+	var r *build.Result
+	if localDir != "" {
+		r = b.BuildDir(ctx, localDir, job, env.stdout)
+	} else {
+		r = b.Build(ctx, job, env.stdout)
+	}
+	if r.Status == poll.ResultSuccess {
+		return nil
+	}
+	return &exitError{code: max(r.ExitCode, 1), err: fmt.Errorf("%s", r.Reason)}
+}
+
+// sourceKind tells a PKGBUILD URL (http(s), last path element PKGBUILD)
+// from a git repository.
+func sourceKind(src string) string {
+	if u, err := url.Parse(src); err == nil && (u.Scheme == "http" || u.Scheme == "https") && path.Base(u.Path) == "PKGBUILD" {
+		return "url"
+	}
+	return "git"
+}
+
+// parseRepoURLs turns --repo-url values into builder repositories.
+func parseRepoURLs(urls []string) ([]builder.Repo, error) {
+	var repos []builder.Repo
+	for _, s := range urls {
+		u, err := url.Parse(strings.TrimRight(s, "/"))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, usageError("--repo-url %q: want http(s)://HOST/.../REPO", s)
+		}
+		name := path.Base(u.Path)
+		if build.ValidateRepo(name) != nil {
+			return nil, usageError("--repo-url %q: the last path element must be a repository name", s)
+		}
+		repos = append(repos, builder.Repo{Name: name, Servers: []string{u.String() + "/$arch"}, SigLevel: "Optional TrustAll"})
+	}
+	return repos, nil
+}
+
+// invokingUser returns the user the packages should belong to: the one
+// who ran sudo, or the process's own.
+func invokingUser() (uid, gid int) {
+	uid, gid = os.Getuid(), os.Getgid()
+	if uid == 0 {
+		if u, err := strconv.Atoi(os.Getenv("SUDO_UID")); err == nil && u >= 0 {
+			uid = u
+			if g, err := strconv.Atoi(os.Getenv("SUDO_GID")); err == nil && g >= 0 {
+				gid = g
+			}
+		}
+	}
+	return uid, gid
+}
+
