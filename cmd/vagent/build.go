@@ -157,4 +157,3 @@ func invokingUser() (uid, gid int) {
 	}
 	return uid, gid
 }
-
