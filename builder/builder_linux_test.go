@@ -18,7 +18,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vieter-v/vagent/builder"
-	"github.com/vieter-v/vagent/internal/testkit"
 )
 
 // layoutImage returns the image tagged ref in the builders' layout.
@@ -73,7 +72,7 @@ func layerEntries(t testing.TB, l v1.Layer) map[string]*tar.Header {
 
 func TestAcquirePreparesBuilder(t *testing.T) {
 	e := newEnv(t)
-	reg := testkit.StartTestRegistry(t)
+	reg := startRegistry(t)
 	base := pushed(t, reg, "fake", fakeBase(t, nil))
 	var log syncBuffer
 	l, err := e.m.Acquire(t.Context(), base, &log)
@@ -207,7 +206,7 @@ func TestAcquirePreparesBuilder(t *testing.T) {
 // (pacman 6's): only the first gets it, in [options].
 func TestDisableSandboxDetection(t *testing.T) {
 	e := newEnv(t)
-	reg := testkit.StartTestRegistry(t)
+	reg := startRegistry(t)
 	for _, tc := range []struct {
 		name    string
 		flags   map[string]string
@@ -240,7 +239,7 @@ func TestMirrorListAndRepos(t *testing.T) {
 		builder.WithMirrorList("https://mirror.example/$repo/os/$arch", "http://10.0.0.1/arch/$repo/os/$arch"),
 		builder.WithRepos(builder.Repo{Name: "local", Servers: []string{"http://127.0.0.1:1/$repo/$arch"}, SigLevel: "Optional  TrustAll"}),
 		builder.WithPackages("base-devel", "git", "extra/vim"))
-	reg := testkit.StartTestRegistry(t)
+	reg := startRegistry(t)
 	base := pushed(t, reg, "fake", fakeBase(t, nil))
 	var log syncBuffer
 	l, err := e.m.Acquire(t.Context(), base, &log)
@@ -290,7 +289,7 @@ func TestBadOptions(t *testing.T) {
 
 func TestSetupFailureCarriesLog(t *testing.T) {
 	e := newEnv(t)
-	reg := testkit.StartTestRegistry(t)
+	reg := startRegistry(t)
 	base := pushed(t, reg, "fail", fakeBase(t, map[string]string{"fail": "no-such-package"}))
 	var log syncBuffer
 	l, err := e.m.Acquire(t.Context(), base, &log)
@@ -318,7 +317,7 @@ func TestSetupFailureCarriesLog(t *testing.T) {
 
 func TestConcurrentAcquirePreparesOnce(t *testing.T) {
 	e := newEnv(t)
-	reg := testkit.StartTestRegistry(t)
+	reg := startRegistry(t)
 	slow := pushed(t, reg, "slow", fakeBase(t, map[string]string{"slow": "3"}))
 	fast := pushed(t, reg, "fast", fakeBase(t, nil))
 	const n = 5

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,9 @@ import (
 
 func TestMain(m *testing.M) {
 	sandbox.Init()
+	if os.Getenv(crashChildEnv) != "" {
+		crashChild()
+	}
 	os.Exit(m.Run())
 }
 
@@ -192,6 +196,33 @@ func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// startRegistry starts a test registry from a goroutine that keeps its OS
+// thread until the test ends: the registry process gets a parent-death
+// signal, which Linux sends when the thread that started it exits, and
+// the sandbox retires threads it entered namespaces with.
+func startRegistry(t *testing.T) *testkit.Registry {
+	t.Helper()
+	got := make(chan *testkit.Registry)
+	release := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer close(got)
+		reg := testkit.StartTestRegistry(t)
+		got <- reg
+		<-release
+	}()
+	reg, ok := <-got
+	if !ok {
+		if t.Skipped() {
+			t.SkipNow()
+		}
+		t.FailNow()
+	}
+	t.Cleanup(func() { close(release) })
+	return reg
 }
 
 // pushed pushes img to reg as repo:latest and returns the reference.

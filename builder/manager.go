@@ -154,10 +154,10 @@ func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Ma
 	} else if n > 0 {
 		o.log.WithField("count", n).Info("removed half-prepared builders of an interrupted run")
 	}
-	if n, _, err := m.collectSuperseded(context.Background(), false); err != nil {
+	if rep, err := m.collectSuperseded(context.Background(), false); err != nil {
 		o.log.WithError(err).Warn("collecting superseded builders")
-	} else if n > 0 {
-		o.log.WithField("count", n).Info("removed superseded builders")
+	} else if rep.Builders > 0 {
+		o.log.WithField("count", rep.Builders).Info("removed superseded builders")
 	}
 	return m, nil
 }
@@ -460,58 +460,66 @@ func (m *Manager) lease(md *meta) (*Lease, error) {
 // to it. A builder directory is moved to tmp/ first, so that a crash in
 // the middle leaves a stale temporary, never half a builder.
 func (m *Manager) removeBuilder(ctx context.Context, id string, unlinkCurrent bool) (bool, error) {
+	ok, _, _, err := m.removeBuilderBlobs(ctx, id, unlinkCurrent)
+	return ok, err
+}
+
+// removeBuilderBlobs is removeBuilder that also reports the layout blobs
+// it collected.
+func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurrent bool) (_ bool, blobs int, size int64, _ error) {
 	dir := m.builderDir(id)
 	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return false, 0, 0, nil
 	}
 	if err != nil {
-		return false, err
+		return false, 0, 0, err
 	}
 	defer f.Close()
 	if ok, err := flock(f, true, false); err != nil || !ok {
-		return false, err
+		return false, 0, 0, err
 	}
 	md, merr := readMeta(dir)
 	if merr == nil {
 		key := baseKey(md.Base)
 		if cur, err := m.currentID(key); err == nil && cur == id {
 			if !unlinkCurrent {
-				return false, nil
+				return false, 0, 0, nil
 			}
 			if err := os.Remove(m.currentLink(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return false, err
+				return false, 0, 0, err
 			}
 		}
 	}
 	tmp, lock, err := m.newTemp("rm-")
 	if err != nil {
-		return false, err
+		return false, 0, 0, err
 	}
 	defer lock.Close()
 	if err := os.Rename(dir, filepath.Join(tmp, "builder")); err != nil {
 		removeTree(tmp)
-		return false, err
+		return false, 0, 0, err
 	}
 	m.mu.Lock()
 	delete(m.metas, id)
 	m.mu.Unlock()
 	if err := removeTree(tmp); err != nil {
-		return true, err
+		return true, 0, 0, err
 	}
-	if _, _, err := m.removeImage(ctx, id); err != nil {
-		return true, err
+	blobs, size, err = m.removeImage(ctx, id)
+	if err != nil {
+		return true, blobs, size, err
 	}
 	m.o.log.WithField("builder", id[:12]).Info("removed builder")
-	return true, nil
+	return true, blobs, size, nil
 }
 
 // collectSuperseded removes the builders that are not current (and, with
 // stale, the current ones that are stale) unless in use.
-func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (removed, inUse int, err error) {
+func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneReport, err error) {
 	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
 	if err != nil {
-		return 0, 0, err
+		return rep, err
 	}
 	for _, e := range ents {
 		id := e.Name()
@@ -527,17 +535,19 @@ func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (removed, i
 		if isCurrent && !(stale && !m.fresh(md)) {
 			continue
 		}
-		ok, err := m.removeBuilder(ctx, id, true)
+		ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
+		rep.Blobs += blobs
+		rep.Bytes += size
 		if err != nil {
-			return removed, inUse, err
+			return rep, err
 		}
 		if ok {
-			removed++
+			rep.Builders++
 		} else {
-			inUse++
+			rep.InUse++
 		}
 	}
-	return removed, inUse, nil
+	return rep, nil
 }
 
 func (m *Manager) info(md *meta) Info {
@@ -601,12 +611,13 @@ func sortInfos(in []Info) {
 // dangling current links, index entries without a builder, the layout
 // blobs nothing uses, and the leftovers of crashed processes.
 func (m *Manager) Prune(ctx context.Context) (PruneReport, error) {
-	var rep PruneReport
-	var err error
-	if rep.Temps, err = m.removeStaleTemps(); err != nil {
-		return rep, err
+	temps, err := m.removeStaleTemps()
+	if err != nil {
+		return PruneReport{Temps: temps}, err
 	}
-	if rep.Builders, rep.InUse, err = m.collectSuperseded(ctx, true); err != nil {
+	rep, err := m.collectSuperseded(ctx, true)
+	rep.Temps = temps
+	if err != nil {
 		return rep, err
 	}
 	// Dangling current links.
@@ -640,7 +651,9 @@ func (m *Manager) Prune(ctx context.Context) (PruneReport, error) {
 	if err := m.writeIndex(idx); err != nil {
 		return rep, err
 	}
-	rep.Blobs, rep.Bytes, err = m.collectBlobs(idx)
+	blobs, size, err := m.collectBlobs(idx)
+	rep.Blobs += blobs
+	rep.Bytes += size
 	return rep, err
 }
 

@@ -1,0 +1,4 @@
+package builder
+
+// WithClock replaces the clock, for expiry tests.
+var WithClock = withClock
