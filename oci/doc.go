@@ -40,9 +40,15 @@
 //
 // Writers work under tmp/ and hold an flock on each temporary; the kernel
 // drops it if the process dies, so NewStore (and Prune) remove exactly the
-// temporaries of dead writers. A rootfs is unpacked into tmp/, flushed with
-// syncfs (WithSync) and renamed to rootfs/<hex> when complete: a crash
-// leaves a stale temporary, never a half tree under rootfs/. Concurrent
+// temporaries of dead writers. A rootfs is unpacked into tmp/ and renamed
+// to rootfs/<hex> when complete: a crash of vagent leaves a stale
+// temporary, never a half tree under rootfs/. A power loss is covered
+// without flushing on every unpack: beside each tree, rootfs/<hex>.boot
+// (written before the rename) holds the kernel's boot id, and a tree from
+// an earlier boot is discarded and unpacked again (its blobs are checked
+// again while it is). With WithSync(true) the tree is flushed with syncfs
+// first and marked "synced", kept across reboots; syncfs flushes the whole
+// file system, so it is not the default. Concurrent
 // Rootfs calls for one digest unpack once (singleflight in a process; the
 // rename decides between processes). A Rootfs holds a shared flock on its
 // tree until Release; Remove and Prune skip trees in use. Pulls hold a
@@ -62,8 +68,9 @@
 // Memory does not depend on the layer size (see TestMemoryBounded). Cached
 // blobs are checked again while they are unpacked (sha256 with CPU support
 // costs little next to inflating): a blob corrupted on disk fails the
-// unpack with ErrDigestMismatch and is dropped. Nothing is fsynced per
-// file; one syncfs before the rename makes the tree durable.
+// unpack with ErrDigestMismatch and is dropped; a cached blob of the wrong
+// size (cut short by a power loss) is fetched again. Nothing is fsynced
+// per file.
 //
 // # Flattening
 //

@@ -45,7 +45,6 @@ func defaultOptions() *options {
 		insecure: map[string]bool{},
 		creds:    map[string]credential{},
 		jobs:     3,
-		sync:     true,
 	}
 }
 
@@ -192,9 +191,13 @@ func WithUnpackOptions(opts ...UnpackOption) Option {
 	}
 }
 
-// WithSync sets whether a finished rootfs is flushed to disk (syncfs) before
-// it is published. Without it, a power loss (not a crash of vagent) can leave
-// a published rootfs with missing data. Default: true.
+// WithSync sets whether a finished rootfs (and the blobs of a Pull) are
+// flushed to disk with syncfs before they are published, so that they
+// survive a power loss. Without it, a rootfs is marked with the boot it was
+// published in, and one from an earlier boot is discarded and unpacked
+// again: a power loss can cost a new unpack, never a broken tree. syncfs
+// flushes the whole file system, other programs' writes included, which
+// on a busy host costs seconds. Default: false.
 func WithSync(sync bool) Option {
 	return func(o *options) error {
 		o.sync = sync

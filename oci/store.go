@@ -33,8 +33,9 @@ type Store struct {
 	dir          string
 	o            *options
 	rootfsSuffix string
-	client *registryClient
-	flight singleflight.Group
+	boot         string // this boot's id, "" if unknown
+	client       *registryClient
+	flight       singleflight.Group
 }
 
 // Image is an image whose manifest and config are in the store.
@@ -128,7 +129,7 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{dir: abs, o: o, client: c}
+	s := &Store{dir: abs, o: o, client: c, boot: bootID()}
 	uo := defaultUnpackOptions()
 	for _, opt := range o.unpack {
 		if err := opt(uo); err != nil {
@@ -171,6 +172,17 @@ func (s *Store) hasBlob(h v1.Hash) bool {
 	}
 	_, err = os.Stat(p)
 	return err == nil
+}
+
+// hasBlobSize is hasBlob, also checking the size when it is known (a file
+// cut short by a power loss is fetched again).
+func (s *Store) hasBlobSize(h v1.Hash, size int64) bool {
+	p, err := s.blobPath(h)
+	if err != nil {
+		return false
+	}
+	fi, err := os.Stat(p)
+	return err == nil && (size <= 0 || fi.Size() == size)
 }
 
 func (s *Store) readBlob(h v1.Hash) ([]byte, error) {
@@ -444,7 +456,7 @@ func (s *Store) startFetch(ctx context.Context, res *resolved) *fetch {
 	todo := make(chan int, len(layers))
 	for i, l := range layers {
 		f.ready[i] = make(chan struct{})
-		if s.hasBlob(l.Digest) {
+		if s.hasBlobSize(l.Digest, l.Size) {
 			s.progress(Progress{Ref: res.img.Ref, Phase: PhaseCached, Blob: l.Digest, Index: i, Count: len(layers), Done: l.Size, Total: l.Size})
 			close(f.ready[i])
 			continue
@@ -593,10 +605,16 @@ func (s *Store) Rootfs(ctx context.Context, ref string) (*Rootfs, error) {
 func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) {
 	img := res.img
 	final := s.rootfsPath(img.Digest)
-	if _, err := os.Stat(final); err == nil {
+	log := s.o.log.WithField("image", img.Ref)
+	if s.validRootfs(final) {
 		return nil
 	}
-	log := s.o.log.WithField("image", img.Ref)
+	if _, err := os.Stat(final); err == nil {
+		log.Warn("discarding a rootfs that was not flushed to disk before a reboot")
+		if _, err := s.removeRootfs(filepath.Base(final)); err != nil {
+			return err
+		}
+	}
 	start := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -650,20 +668,71 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 		}
 		return err
 	}
-	if s.o.sync {
+	mark := s.boot
+	if s.o.sync || mark == "" {
 		if err := syncfs(dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 			return fmt.Errorf("syncing rootfs: %w", err)
 		}
+		mark = syncedMark
+	}
+	// The mark goes first: a tree is never published without one.
+	if err := s.writeFile(final+markSuffix, []byte(mark+"\n")); err != nil {
+		return err
 	}
 	if err := os.Rename(dir, final); err != nil {
 		if _, serr := os.Stat(final); serr == nil {
-			return nil // another process published it first
+			// Another process published it first; its tree may not
+			// be flushed even if ours was.
+			if mark == syncedMark && s.boot != "" {
+				s.writeFile(final+markSuffix, []byte(s.boot+"\n"))
+			}
+			return nil
 		}
 		return diskFull(fmt.Errorf("publishing rootfs: %w", err))
 	}
 	log.WithField("elapsed", time.Since(start).Round(time.Millisecond)).Info("rootfs ready")
 	s.progress(Progress{Ref: img.Ref, Phase: PhaseDone, Blob: img.Digest, Index: -1, Count: len(layers)})
 	return nil
+}
+
+const (
+	markSuffix = ".boot"
+	syncedMark = "synced"
+)
+
+// validRootfs reports whether the tree at final may be used: it was
+// published whole (its mark is written before the rename) and either
+// flushed to disk or published during this boot. A tree published without
+// a flush before a power loss may have lost data: it is unpacked again.
+func (s *Store) validRootfs(final string) bool {
+	if _, err := os.Stat(final); err != nil {
+		return false
+	}
+	b, err := os.ReadFile(final + markSuffix)
+	if err != nil {
+		return false
+	}
+	m := strings.TrimSpace(string(b))
+	return m == syncedMark || (m != "" && m == s.boot)
+}
+
+// writeFile replaces the file at p atomically.
+func (s *Store) writeFile(p string, b []byte) error {
+	tmp, f, err := s.newTemp("file-", false)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		f.Close()
+		os.Remove(tmp)
+	}()
+	if _, err := f.Write(b); err != nil {
+		return diskFull(err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		return err
+	}
+	return diskFull(os.Rename(tmp, p))
 }
 
 // readIndex reads refs.json (an empty index if there is none).
@@ -751,9 +820,7 @@ func (s *Store) List() ([]ImageInfo, error) {
 		if img, err := s.loadImage(ref, rec.Digest); err == nil {
 			info.Size = img.Size()
 		}
-		if _, err := os.Stat(s.rootfsPath(rec.Digest)); err == nil {
-			info.Unpacked = true
-		}
+		info.Unpacked = s.validRootfs(s.rootfsPath(rec.Digest))
 		out = append(out, info)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Ref < out[j].Ref })
@@ -850,6 +917,12 @@ func (s *Store) collect(only map[v1.Hash]bool) (PruneReport, error) {
 		return rep, err
 	}
 	for _, e := range ents {
+		if tree, ok := strings.CutSuffix(e.Name(), markSuffix); ok {
+			if _, err := os.Stat(filepath.Join(s.dir, "rootfs", tree)); errors.Is(err, fs.ErrNotExist) {
+				os.Remove(filepath.Join(s.dir, "rootfs", e.Name()))
+			}
+			continue
+		}
 		hex, _, _ := strings.Cut(e.Name(), "-") // a shifted tree: <hex>-<uid>-<gid>
 		h := v1.Hash{Algorithm: "sha256", Hex: hex}
 		if usedRootfs[hex] || (only != nil && !only[h]) {
@@ -912,5 +985,6 @@ func (s *Store) removeRootfs(hex string) (bool, error) {
 		removeTree(tmp)
 		return false, err
 	}
+	os.Remove(p + markSuffix)
 	return true, removeTree(tmp)
 }

@@ -5,3 +5,5 @@ package oci
 import "errors"
 
 func syncfs(string) error { return errors.ErrUnsupported }
+
+func bootID() string { return "" }
