@@ -241,14 +241,13 @@ func parseMirror(m string) (host string, insecure bool, err error) {
 type UnpackOption func(*unpackOptions) error
 
 type unpackOptions struct {
-	log        logrus.FieldLogger
-	uidShift   uint32
-	gidShift   uint32
-	devices    bool
-	verify     bool
-	progress   func(Progress)
-	ref        string
-	chownForce bool
+	log      logrus.FieldLogger
+	uidShift uint32
+	gidShift uint32
+	devices  bool
+	verify   bool
+	progress func(Progress)
+	ref      string
 }
 
 func defaultUnpackOptions() *unpackOptions {
