@@ -154,6 +154,9 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 		return r
 	}
 	if res.Upper != nil {
+		if b.opts.upperHook != nil {
+			b.opts.upperHook(res.Upper.Path)
+		}
 		defer func() {
 			if err := res.Upper.Release(); err != nil {
 				l.WithError(err).Warn("removing the build's upper directory")

@@ -1,9 +1,12 @@
 package build_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -30,5 +33,198 @@ func TestGitBranchPath(t *testing.T) {
 	pkgs := e.srv.Packages(repo, "x86_64")
 	if len(pkgs) != 1 || pkgs[0].Info.Name != "hello" || pkgs[0].Info.Version != "1.2-3" {
 		t.Errorf("repository has %+v", pkgs)
+	}
+}
+
+// TestURLSource downloads the PKGBUILD from a URL into an empty directory.
+func TestURLSource(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	url := serveFile(t, pkgbuild("fromurl", "0.1", "1"))
+	repo := newRepo()
+	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 2, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	if !strings.Contains(log, "+ mkdir repo\n+ curl ") || !strings.Contains(log, "--output repo/PKGBUILD --url "+url+"\n") {
+		t.Errorf("log does not announce the download:\n%s", log)
+	}
+	if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 1 || pkgs[0].Info.Name != "fromurl" {
+		t.Errorf("repository has %+v", pkgs)
+	}
+}
+
+const splitPKGBUILD = `pkgbase=split
+pkgname=(split-a split-b)
+pkgver=3.1
+pkgrel=2
+pkgdesc="vagent split test package"
+arch=(any)
+license=(MIT)
+package_split-a() { mkdir -p "$pkgdir/usr/share/a"; echo a >"$pkgdir/usr/share/a/a"; }
+package_split-b() { mkdir -p "$pkgdir/usr/share/b"; echo b >"$pkgdir/usr/share/b/b"; }
+`
+
+// TestSplitSkipForce builds a split package (every package is published),
+// skips the second build of the same version, builds it again when forced,
+// and builds again when only one of the packages is in the repository.
+func TestSplitSkipForce(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	g := newGitServer(t)
+	url := g.commit(t, "split", "", map[string]string{"PKGBUILD": splitPKGBUILD})
+	repo := newRepo()
+	b := newBuilder(t, e)
+	job := poll.Job{TargetID: 3, Kind: "git", URL: url, Repo: repo, BaseImage: e.base}
+
+	r, log := runJob(t, b, job)
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	want := []string{"split-a-3.1-2-any.pkg.tar.zst", "split-b-3.1-2-any.pkg.tar.zst"}
+	if strings.Join(r.Packages, " ") != strings.Join(want, " ") {
+		t.Errorf("published %q, want %q", r.Packages, want)
+	}
+	if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 2 {
+		t.Fatalf("repository has %+v", pkgs)
+	}
+	if r.SrcInfo == nil || r.SrcInfo.Base != "split" || r.SrcInfo.FullVersion() != "3.1-2" {
+		t.Errorf("srcinfo %+v", r.SrcInfo)
+	}
+
+	publishes := e.srv.Requests("repo.publish")
+	r, log = runJob(t, b, job)
+	wantStatus(t, r, log, poll.ResultSkipped, 0)
+	if !strings.Contains(log, "vagent: skipping the build: split-a, split-b 3.1-2 already in repository "+repo) {
+		t.Errorf("log does not say why it skipped:\n%s", log)
+	}
+	if strings.Contains(log, "Starting build()") || strings.Contains(log, "Creating package") {
+		t.Errorf("skipped build built:\n%s", log)
+	}
+	if !strings.HasPrefix(lastLine(log), "vagent: skipped (") {
+		t.Errorf("summary %q", lastLine(log))
+	}
+	if n := e.srv.Requests("repo.publish"); n != publishes {
+		t.Errorf("skipped build published %d packages", n-publishes)
+	}
+
+	job.Force = true
+	r, log = runJob(t, b, job)
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	if len(r.Packages) != 2 {
+		t.Errorf("forced build published %q", r.Packages)
+	}
+
+	// Only split-a at this version in another repository: build.
+	repo2 := newRepo()
+	onlyA, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: "split-a", Base: "split", Version: "3.1-2", Arch: "any"}, nil, vieterserver.Zstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.srv.Publish(repo2, onlyA); err != nil {
+		t.Fatal(err)
+	}
+	job.Force, job.Repo = false, repo2
+	r, log = runJob(t, b, job)
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+}
+
+// TestEpoch publishes a package with an epoch and skips its second build:
+// the skip check asks for <pkgname>-<epoch>:<pkgver>-<pkgrel>.
+func TestEpoch(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	url := serveFile(t, pkgbuild("withepoch", "1.0", "1", "epoch=2"))
+	repo := newRepo()
+	b := newBuilder(t, e)
+	job := poll.Job{TargetID: 4, Kind: "url", URL: url, Repo: repo, BaseImage: e.base}
+	r, log := runJob(t, b, job)
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	pkgs := e.srv.Packages(repo, "x86_64")
+	if len(pkgs) != 1 || pkgs[0].Info.Version != "2:1.0-1" {
+		t.Fatalf("repository has %+v", pkgs)
+	}
+	if r.SrcInfo.FullVersion() != "2:1.0-1" {
+		t.Errorf("version %q", r.SrcInfo.FullVersion())
+	}
+	r, log = runJob(t, b, job)
+	wantStatus(t, r, log, poll.ResultSkipped, 0)
+	if !strings.Contains(log, "withepoch 2:1.0-1 already in repository") {
+		t.Errorf("log:\n%s", log)
+	}
+}
+
+// TestFailingBuild reports a failing build() with makepkg's exit code and
+// its complete log, and publishes nothing.
+func TestFailingBuild(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	url := serveFile(t, strings.Replace(pkgbuild("broken", "1", "1"), `build() { echo "building $pkgname"; }`,
+		`build() { echo "output before the failure"; echo "on stderr" >&2; return 3; }`, 1))
+	repo := newRepo()
+	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 5, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+	if r.Status != poll.ResultFailure || r.ExitCode == 0 {
+		t.Fatalf("status %s exit %d, want a failure:\n%s", r.Status, r.ExitCode, log)
+	}
+	for _, want := range []string{"+ makepkg --nobuild", "output before the failure", "on stderr", "A failure occurred in build()"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	if got, want := lastLine(log), fmt.Sprintf("vagent: failure; exit code %d; took ", r.ExitCode); !strings.HasPrefix(got, want) {
+		t.Errorf("summary %q, want %q...", got, want)
+	}
+	if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 0 {
+		t.Errorf("failed build published %+v", pkgs)
+	}
+}
+
+// TestTimeout kills a build that runs past the job's timeout, near the
+// deadline, and says so in the log.
+func TestTimeout(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	url := serveFile(t, strings.Replace(pkgbuild("slow", "1", "1"), `build() { echo "building $pkgname"; }`,
+		`build() { echo "sleeping"; sleep 600 & sleep 600; }`, 1))
+	const timeout = 30
+	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 6, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base, Timeout: timeout})
+	wantStatus(t, r, log, poll.ResultTimeout, poll.ExitTimeout)
+	took := r.End.Sub(r.Start)
+	if took < timeout*time.Second || took > timeout*time.Second+5*time.Second {
+		t.Errorf("build took %s, want just over %d s", took, timeout)
+	}
+	if !strings.Contains(log, "+ curl ") {
+		t.Errorf("log lost the output before the timeout:\n%s", log)
+	}
+	if got := lastLine(log); !strings.HasPrefix(got, fmt.Sprintf("vagent: timeout after %d s; exit code %d; took ", timeout, poll.ExitTimeout)) {
+		t.Errorf("summary %q", got)
+	}
+}
+
+// TestDependencyFromRepository builds A into an empty repository (no
+// database yet), then B, which depends on A: pacman installs A from the
+// job's repository.
+func TestDependencyFromRepository(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	repo := newRepo()
+	b := newBuilder(t, e)
+	urlA := serveFile(t, pkgbuild("dep-a", "1", "1"))
+	r, log := runJob(t, b, poll.Job{TargetID: 7, Kind: "url", URL: urlA, Repo: repo, BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	if !strings.Contains(log, "repository "+repo+" has no database") {
+		t.Errorf("log does not explain the missing database:\n%s", log)
+	}
+	urlB := serveFile(t, strings.Replace(pkgbuild("dep-b", "1", "1", "depends=(dep-a)"), `build() { echo "building $pkgname"; }`,
+		`build() { cat /usr/share/dep-a/version; pacman -Qi dep-a | grep -E '^(Name|Install Reason)'; }`, 1))
+	r, log = runJob(t, b, poll.Job{TargetID: 8, Kind: "url", URL: urlB, Repo: repo, BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	for _, want := range []string{"[" + repo + "]\nServer = " + e.ts.URL + "/$repo/$arch\nSigLevel = Optional\n", "installing dep-a", "Name            : dep-a"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	names := ""
+	for _, p := range e.srv.Packages(repo, "x86_64") {
+		names += p.Info.Name + " "
+	}
+	if names != "dep-a dep-b " {
+		t.Errorf("repository has %s", names)
 	}
 }

@@ -40,6 +40,8 @@ type options struct {
 	attempts       int
 	backoff        time.Duration
 	localImages    bool
+	// upperHook sees the upper directory of every finished run (tests).
+	upperHook func(dir string)
 }
 
 // Defaults.
