@@ -8,3 +8,6 @@ func WithUpperHook(f func(dir string)) Option {
 		return nil
 	}
 }
+
+// CacheDir returns the shared package cache of b.
+func CacheDir(b *Builder) string { return b.cacheDir() }

@@ -1,0 +1,148 @@
+package build_test
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/poll"
+)
+
+// findPwned lists the files named pwned* below root.
+func findPwned(root string) []string {
+	var found []string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), "pwned") {
+			found = append(found, p)
+		}
+		return nil
+	})
+	return found
+}
+
+// TestInjection sends hostile values in every string field of a job. Each
+// build must fail (or treat the value as data), and no "pwned" file may
+// appear in the container (its upper directory is searched before it is
+// removed) or on the host.
+func TestInjection(t *testing.T) {
+	e := setup(t)
+	g := newGitServer(t)
+	url := g.commit(t, "inj", "", map[string]string{"PKGBUILD": pkgbuild("inj", "1", "1"), "sub/escape": "symlink:/etc"})
+	plain := serveFile(t, pkgbuild("injurl", "1", "1"))
+	// Values with spaces or line breaks use /pwned; those without, which
+	// pass validation where a field allows them and reach the build as
+	// data, use /build/pwned, which the builder user could write.
+	payloads := []string{
+		"x; touch /pwned", "$(touch /pwned)", "`touch /pwned`", "x\ntouch /pwned", "--upload-pack=touch /pwned",
+		"x;touch${IFS}/build/pwned", "$(touch${IFS}/build/pwned)", "`touch${IFS}/build/pwned`", "--upload-pack=touch${IFS}/build/pwned",
+		"-c core.sshCommand=touch${IFS}/pwned", "../../etc", "..", "-", "ext::sh -c touch% /pwned", "ext::touch${IFS}/build/pwned",
+		"sub/escape", "sub/escape/..",
+	}
+	hostPwned := func() []string {
+		found := findPwned(e.dir)
+		for _, p := range []string{"/pwned", "/build/pwned", "/root/pwned", "pwned"} {
+			if _, err := os.Lstat(p); err == nil {
+				found = append(found, p)
+			}
+		}
+		return found
+	}
+	var uppers []string
+	b := newBuilder(t, e, build.WithUpperHook(func(dir string) {
+		if p := findPwned(dir); len(p) > 0 {
+			uppers = append(uppers, p...)
+		}
+	}))
+	base := poll.Job{TargetID: 9, Kind: "git", URL: url, Repo: newRepo(), BaseImage: e.base}
+	ran := 0
+	for _, field := range []string{"url", "urlkind", "branch", "path", "repo", "base_image"} {
+		for _, p := range payloads {
+			job := base
+			switch field {
+			case "url":
+				job.URL = p
+			case "urlkind":
+				job.Kind, job.URL = "url", plain+p
+			case "branch":
+				job.Branch = p
+			case "path":
+				job.Path = p
+			case "repo":
+				job.Repo = p
+			case "base_image":
+				job.BaseImage = p
+			}
+			r, log := runJob(t, b, job)
+			if r.Status == poll.ResultSuccess && field != "urlkind" {
+				t.Errorf("%s %q: build succeeded:\n%s", field, p, log)
+			}
+			if strings.Contains(log, "+ git clone") || strings.Contains(log, "+ curl") {
+				ran++
+			}
+			if found := hostPwned(); len(found) > 0 {
+				t.Fatalf("%s %q: %v on the host", field, p, found)
+			}
+			if len(uppers) > 0 {
+				t.Fatalf("%s %q: %v in the container", field, p, uppers)
+			}
+		}
+	}
+	if ran == 0 {
+		t.Error("no hostile value reached a build: the container side was not tested")
+	}
+	t.Logf("%d hostile jobs reached the sandbox", ran)
+}
+
+// TestAPIKeyNotRevealed runs a PKGBUILD that prints its whole environment
+// and searches every file of the container it can read (as root, through
+// sudo), /proc included, for the API key. The key is used to publish the
+// package, yet neither the log nor the container holds it.
+func TestAPIKeyNotRevealed(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	half := len(apiKey) / 2
+	// The needle is assembled at run time, so the PKGBUILD itself does
+	// not contain the key.
+	script := `build() {
+	env
+	needle="$KEY_A$KEY_B"
+	sudo find / -xdev \( -path /proc -o -path /sys \) -prune -o -type f -size -64M -print0 2>/dev/null |
+		sudo xargs -0 grep -l -F -e "$needle" 2>/dev/null | sed 's/^/FOUND IN FILE /'
+	for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do
+		sudo grep -q -a -F -e "$needle" "$f" 2>/dev/null && echo "FOUND IN $f"
+	done
+	echo "search done"
+}`
+	pb := strings.Replace(pkgbuild("keyless", "1", "1", "KEY_A="+apiKey[:half], "KEY_B="+apiKey[half:]),
+		`build() { echo "building $pkgname"; }`, script, 1)
+	url := serveFile(t, pb)
+	var inUpper []string
+	b := newBuilder(t, e, build.WithUpperHook(func(dir string) {
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), apiKey) {
+					inUpper = append(inUpper, p)
+				}
+			}
+			return nil
+		})
+	}))
+	repo := newRepo()
+	r, log := runJob(t, b, poll.Job{TargetID: 10, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	if !strings.Contains(log, "search done") || !strings.Contains(log, "PATH=") {
+		t.Fatalf("the search did not run:\n%s", log)
+	}
+	if strings.Contains(log, "FOUND") || strings.Contains(log, apiKey) {
+		t.Errorf("the build saw the API key:\n%s", log)
+	}
+	if len(inUpper) > 0 {
+		t.Errorf("files of the build hold the API key: %v", inUpper)
+	}
+	if len(e.srv.Packages(repo, "x86_64")) != 1 {
+		t.Error("the package was not published with the key")
+	}
+}
