@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vieter-v/vagent/poll"
+)
+
+func init() {
+	register(&command{name: "status", summary: "show a running agent's slots, or the pending logs of a data dir", run: runStatus})
+}
+
+const statusSynopsis = "status [-address HOST:PORT | -data-dir DIR | -config FILE] [-json]"
+
+func runStatus(ctx context.Context, env *cliEnv, args []string) error {
+	fs := newFlagSet(env, "status", statusSynopsis)
+	address := fs.String("address", "", "the agent's metrics_address: ask its /status endpoint")
+	dataDir := fs.String("data-dir", "", "read the log spool of this data dir (default "+defaultDataDir+")")
+	config := fs.String("config", "", "agent.yaml: use its metrics_address if set, else its data_dir")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("status takes no arguments")
+	}
+	set := 0
+	for _, s := range []string{*address, *dataDir, *config} {
+		if s != "" {
+			set++
+		}
+	}
+	if set > 1 {
+		return usageError("use one of -address, -data-dir and -config")
+	}
+	if *config != "" {
+		c, err := LoadConfig(*config, os.Getenv)
+		if err != nil {
+			return err
+		}
+		*address, *dataDir = c.MetricsAddress, c.DataDir
+	}
+	if *address != "" {
+		st, err := fetchStatus(ctx, *address)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(env.stdout, st)
+		}
+		printAgentStatus(env.stdout, st, time.Now())
+		return nil
+	}
+	if *dataDir == "" {
+		*dataDir = defaultDataDir
+	}
+	logs, err := poll.Pending(*dataDir)
+	if logs == nil && err != nil {
+		return err
+	}
+	if err != nil {
+		fmt.Fprintf(env.stderr, "vagent status: %v\n", err) // damaged entries; the rest is shown
+	}
+	if *asJSON {
+		return printJSON(env.stdout, logs)
+	}
+	printSpool(env.stdout, *dataDir, logs, time.Now())
+	return nil
+}
+
+// statusURL turns a listen address (":9100", "host:9100") or a URL into
+// the URL of /status.
+func statusURL(addr string) string {
+	if !strings.Contains(addr, "://") {
+		if strings.HasPrefix(addr, ":") {
+			addr = "127.0.0.1" + addr
+		}
+		addr = "http://" + addr
+	}
+	return strings.TrimRight(addr, "/") + "/status"
+}
+
+func fetchStatus(ctx context.Context, addr string) (*poll.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, statusURL(addr), nil)
+	if err != nil {
+		return nil, fmt.Errorf("agent address: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("asking the agent (is metrics_address set and the agent running?): %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("asking the agent: %s", resp.Status)
+	}
+	var st poll.Status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		return nil, fmt.Errorf("reading the agent's status: %w", err)
+	}
+	return &st, nil
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return now.Sub(t).Round(time.Second).String() + " ago"
+}
+
+// clean makes server-supplied text safe for a terminal.
+func clean(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, s)
+	if len(s) > 60 {
+		s = s[:60] + "…"
+	}
+	return s
+}
+
+func printAgentStatus(w io.Writer, st *poll.Status, now time.Time) {
+	state := "running"
+	if st.Stopping {
+		state = "stopping"
+	}
+	fmt.Fprintf(w, "agent: %s, arch %s, up %s\n", state, clean(st.Arch), now.Sub(st.Started).Round(time.Second))
+	line := "last poll " + ago(now, st.LastPoll)
+	if st.LastPollError != "" {
+		line += ", failed: " + clean(st.LastPollError) + "; last success " + ago(now, st.LastPollOK)
+	}
+	fmt.Fprintln(w, line)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tSTATE\tTARGET\tREPO\tSOURCE\tFOR")
+	for _, s := range st.Slots {
+		if s.Job == nil {
+			fmt.Fprintf(tw, "%d\t%s\t-\t-\t-\t-\n", s.Slot, s.State)
+			continue
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", s.Slot, s.State, s.Job.TargetID, clean(s.Job.Repo), clean(s.Job.URL), now.Sub(s.Since).Round(time.Second))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "logs pending upload: %d\n", st.PendingLogs)
+}
+
+func printSpool(w io.Writer, dir string, logs []poll.PendingLog, now time.Time) {
+	fmt.Fprintf(w, "data dir %s: %d log(s) in the spool\n", dir, len(logs))
+	if len(logs) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tTARGET\tREPO\tSTATE\tEXIT\tSIZE\tSTARTED")
+	for _, l := range logs {
+		state, exit := "finished, "+string(l.Result), fmt.Sprint(l.ExitCode)
+		if l.Running {
+			state, exit = "building (or interrupted)", "-"
+		}
+		slot := fmt.Sprint(l.Slot)
+		if l.Slot < 0 {
+			slot = "?"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", slot, l.Job.TargetID, clean(l.Job.Repo), state, exit, l.Size, ago(now, l.Start))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "(a build shown as building was interrupted if no agent uses the data dir; the next start reports it)")
+}
