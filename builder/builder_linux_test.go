@@ -118,7 +118,7 @@ func TestAcquirePreparesBuilder(t *testing.T) {
 
 	// The image in the layout: valid, tagged with the base, base layers
 	// plus one.
-	img, desc := layoutImage(t, e.m, base)
+	img, desc := layoutImage(t, e.m, builder.LayoutTag(base))
 	if desc.Digest != l.Digest {
 		t.Errorf("layout digest %s, lease %s", desc.Digest, l.Digest)
 	}

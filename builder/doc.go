@@ -35,8 +35,9 @@
 //     left out;
 //  4. the builder is recorded as an OCI image (the base's layers plus the
 //     new one, a config with history) in the OCI image layout DIR/oci, tagged
-//     with the base reference, so `skopeo copy oci:DIR/oci:REF ...` or
-//     `crane` can read it;
+//     LayoutTag(base) (the base reference with ':' and '@' replaced by '-'),
+//     so that `skopeo copy oci:DIR/oci:TAG ...`, `umoci unpack --image
+//     DIR/oci:TAG` or crane can read it;
 //  5. its flattened rootfs (the base's tree, hardlinked when on the same file
 //     system, with the new layer applied by oci's extractor) is what builds
 //     use as their read-only lower.

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
@@ -28,6 +29,16 @@ const (
 // index entry that uses them, and the index is replaced atomically, so
 // that blob collection (under the same lock) never removes a blob that is
 // about to be referenced.
+
+// LayoutTag is the tag (annotation org.opencontainers.image.ref.name) of
+// the current builder of base in the builders' OCI layout: the canonical
+// base reference with ':' and '@' replaced by '-'
+// ("docker.io/library/archlinux-base-devel"), because tools split
+// "DIR:TAG" at a colon (umoci at the last one). The full reference is in
+// the annotation dev.vieter.vagent.base.
+func LayoutTag(base string) string {
+	return strings.NewReplacer(":", "-", "@", "-").Replace(base)
+}
 
 func (m *Manager) layoutDir() string { return filepath.Join(m.dir, layoutDirName) }
 
@@ -190,7 +201,7 @@ func (m *Manager) addImage(ctx context.Context, img v1.Image, base, id string, b
 		if d.Annotations[annotationBuilder] == id {
 			continue
 		}
-		if d.Annotations[annotationBase] == base && d.Annotations[annotationRefName] == base {
+		if d.Annotations[annotationBase] == base && d.Annotations[annotationRefName] == LayoutTag(base) {
 			a := map[string]string{}
 			for k, v := range d.Annotations {
 				if k != annotationRefName {
@@ -203,7 +214,7 @@ func (m *Manager) addImage(ctx context.Context, img v1.Image, base, id string, b
 	}
 	idx.Manifests = append(keep, v1.Descriptor{
 		MediaType: mt, Size: int64(len(raw)), Digest: digest,
-		Annotations: map[string]string{annotationRefName: base, annotationBase: base, annotationBuilder: id},
+		Annotations: map[string]string{annotationRefName: LayoutTag(base), annotationBase: base, annotationBuilder: id},
 	})
 	return m.writeIndex(idx)
 }
