@@ -78,7 +78,7 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 		err = ValidateRepo(job.Repo)
 	}
 	if err != nil {
-		b.finish(r, log, poll.ResultFailure, ExitInvalidJob, "invalid job", err)
+		b.finish(r, log, poll.ResultFailure, ExitInvalidJob, "", err)
 		return r
 	}
 

@@ -1,0 +1,139 @@
+package build_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vieter-v/vagent/poll"
+)
+
+// stampLog records when lines starting with given prefixes arrive.
+type stampLog struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	seen  map[string]time.Time
+	marks []string
+}
+
+func newStampLog(marks ...string) *stampLog { return &stampLog{seen: map[string]time.Time{}, marks: marks} }
+
+func (s *stampLog) Write(p []byte) (int, error) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := s.buf.Len()
+	s.buf.Write(p)
+	// Look at the complete lines that this write finished.
+	text := s.buf.String()
+	from := strings.LastIndex(text[:start], "\n") + 1
+	for _, line := range strings.Split(text[from:], "\n") {
+		for _, m := range s.marks {
+			if _, ok := s.seen[m]; !ok && strings.HasPrefix(line, m) {
+				s.seen[m] = now
+			}
+		}
+	}
+	return len(p), nil
+}
+
+func (s *stampLog) span(from, to string) (time.Duration, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok1 := s.seen[from]
+	b, ok2 := s.seen[to]
+	return b.Sub(a), ok1 && ok2
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkBuildOverhead measures what vagent adds around a trivial build:
+// the wall time of Builder.Build (forced, so it always builds and
+// publishes) minus the time of the makepkg that builds (from its
+// announcement to "Finished making", timed as the log streams). Medians of
+// VAGENT_BENCH_ROUNDS (default 10) rounds after a warm-up that prepares the
+// builder. When podman is installed the same trivial build runs with
+// `podman run --rm` on the builder image, makechrootpkg-style (copy the
+// PKGBUILD in, makepkg as builder), and the overheads are compared.
+func BenchmarkBuildOverhead(b *testing.B) {
+	e := setup(b)
+	rounds := 10
+	if n, err := strconv.Atoi(os.Getenv("VAGENT_BENCH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	pb := pkgbuild("trivial", "1", "1")
+	url := serveFile(b, pb)
+	bl := newBuilder(b, e)
+	job := poll.Job{TargetID: 99, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base, Force: true}
+	if r, log := runJob(b, bl, job); r.Status != poll.ResultSuccess {
+		b.Fatalf("warm-up: %s\n%s", r.Reason, log)
+	}
+	var totals, makepkgs, overheads []time.Duration
+	for range b.N {
+		for i := 0; i < rounds; i++ {
+			log := newStampLog("+ MAKEFLAGS=", "==> Finished making:")
+			r := bl.Build(b.Context(), job, log)
+			if r.Status != poll.ResultSuccess {
+				b.Fatalf("round %d: %s\n%s", i, r.Reason, log.buf.String())
+			}
+			mk, ok := log.span("+ MAKEFLAGS=", "==> Finished making:")
+			if !ok {
+				b.Fatalf("makepkg markers not in the log:\n%s", log.buf.String())
+			}
+			total := r.End.Sub(r.Start)
+			totals, makepkgs, overheads = append(totals, total), append(makepkgs, mk), append(overheads, total-mk)
+		}
+	}
+	b.ReportMetric(median(totals).Seconds(), "total-s")
+	b.ReportMetric(median(makepkgs).Seconds(), "makepkg-s")
+	b.ReportMetric(median(overheads).Seconds(), "overhead-s")
+	b.Logf("vagent, %d rounds: total %s, makepkg %s, overhead %s (medians)", len(totals), median(totals), median(makepkgs), median(overheads))
+
+	podman, err := exec.LookPath("podman")
+	if err != nil {
+		b.Log("podman not installed: no comparison")
+		return
+	}
+	// The builder image, exported from the builder's OCI layout.
+	layout := filepath.Join(e.dir, "builders", "oci")
+	img := "oci:" + layout + ":" + e.base
+	src := filepath.Join(b.TempDir(), "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(pb), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	script := `set -e; cp -a /src /build/repo; chown -R builder: /build/repo; cd /build/repo
+echo "+ MAKEFLAGS=-j$(nproc) makepkg"; MAKEFLAGS=-j$(nproc) setpriv --reuid=builder --regid=builder --init-groups makepkg --noconfirm`
+	var ptotals, poverheads []time.Duration
+	for i := 0; i < rounds; i++ {
+		log := newStampLog("+ MAKEFLAGS=", "==> Finished making:")
+		start := time.Now()
+		cmd := exec.Command(podman, "run", "--rm", "--network", "host", "-v", src+":/src:ro", img, "bash", "-c", script)
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Run(); err != nil {
+			b.Fatalf("podman round %d: %v\n%s", i, err, log.buf.String())
+		}
+		total := time.Since(start)
+		mk, _ := log.span("+ MAKEFLAGS=", "==> Finished making:")
+		ptotals, poverheads = append(ptotals, total), append(poverheads, total-mk)
+	}
+	b.ReportMetric(median(ptotals).Seconds(), "podman-total-s")
+	b.ReportMetric(median(poverheads).Seconds(), "podman-overhead-s")
+	ratio := float64(median(overheads)) / float64(median(poverheads))
+	b.ReportMetric(ratio, "overhead-vs-podman")
+	b.Log(fmt.Sprintf("podman: total %s, overhead %s; vagent/podman overhead ratio %.2f", median(ptotals), median(poverheads), ratio))
+}
