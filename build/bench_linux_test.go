@@ -24,7 +24,9 @@ type stampLog struct {
 	marks []string
 }
 
-func newStampLog(marks ...string) *stampLog { return &stampLog{seen: map[string]time.Time{}, marks: marks} }
+func newStampLog(marks ...string) *stampLog {
+	return &stampLog{seen: map[string]time.Time{}, marks: marks}
+}
 
 func (s *stampLog) Write(p []byte) (int, error) {
 	now := time.Now()
