@@ -67,7 +67,6 @@ func TestFaultsNothingLost(t *testing.T) {
 // blocking runs until its context is done, and reports when it started.
 type blocking struct {
 	started chan int
-	finish  bool // return success when cancelled instead of failing
 }
 
 func (b *blocking) Execute(ctx context.Context, j Job, log io.Writer) (Outcome, error) {

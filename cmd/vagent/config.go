@@ -294,7 +294,6 @@ func (s Size) MarshalYAML() (any, error) { return s.String(), nil }
 var (
 	durationType = reflect.TypeFor[Duration]()
 	sizeType     = reflect.TypeFor[Size]()
-	secretType   = reflect.TypeFor[Secret]()
 )
 
 // configError is an invalid configuration value, located by the file and

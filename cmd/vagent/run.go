@@ -1,0 +1,188 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/internal/metrics"
+	"github.com/vieter-v/vagent/poll"
+)
+
+func init() {
+	register(&command{name: "run", summary: "run the agent: poll the Vieter server and build its jobs", run: runRun})
+}
+
+// exitConfig is the exit status for an invalid configuration (EX_CONFIG):
+// systemd's RestartPreventExitStatus=78 keeps such an agent stopped.
+const exitConfig = 78
+
+// runDeps is what `vagent run` hands the executor factory.
+type runDeps struct {
+	log     logrus.FieldLogger
+	metrics *metrics.Metrics // its ImageObserver hooks and OCIProgress
+}
+
+// newExecutor makes the executor of `vagent run` from the configuration;
+// cleanup runs once the agent stopped. The file that wires the build
+// package sets it; without it `vagent run` refuses to start.
+var newExecutor func(ctx context.Context, cfg *Config, deps runDeps) (exec poll.Executor, cleanup func() error, err error)
+
+// exitNow ends the process at the third signal (tests replace it).
+var exitNow = os.Exit
+
+func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
+	fs := newFlagSet(env, "run", "run [agent.yaml]\n\nWithout a file, the configuration comes from VIETER_* variables alone.")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usageError("run takes one configuration file")
+	}
+	cfg, err := LoadConfig(fs.Arg(0), os.Getenv)
+	if err != nil {
+		return &exitError{code: exitConfig, err: err}
+	}
+	closeLog, err := setupLogging(env, cfg)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	log := env.log
+	log.WithField("config", cfg).Debug("configuration loaded")
+
+	// The first signal cancels ctx (a graceful stop), the second cancels
+	// running builds, the third exits at once.
+	sigs := make(chan os.Signal, 3)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	if newExecutor == nil {
+		return errors.New("this vagent binary has no build executor")
+	}
+	m := metrics.New()
+	exec, cleanup, err := newExecutor(ctx, cfg, runDeps{log: log, metrics: m})
+	if err != nil {
+		return fmt.Errorf("setting up builds: %w", err)
+	}
+	if cleanup != nil {
+		defer func() {
+			if err := cleanup(); err != nil {
+				log.WithError(err).Warn("cleaning up")
+				retErr = errors.Join(retErr, err)
+			}
+		}()
+	}
+	client, err := cfg.Client()
+	if err != nil {
+		return err
+	}
+	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(m))...)
+	if err != nil {
+		return err
+	}
+	if cfg.MetricsAddress != "" {
+		stop, err := serveMetrics(ctx, cfg, m, agent, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	stopSignals := make(chan struct{})
+	defer close(stopSignals)
+	go func() {
+		for n := 1; ; n++ {
+			select {
+			case <-stopSignals:
+				return
+			case sig := <-sigs:
+				switch n {
+				case 1:
+					log.WithField("signal", sig).Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
+				case 2:
+					log.WithField("signal", sig).Warn("cancelling running builds; signal again to exit at once")
+					agent.Abort()
+				default:
+					log.WithField("signal", sig).Error("exiting at once: pending logs and jobs are handled at the next start")
+					exitNow(130)
+				}
+			}
+		}
+	}()
+	log.WithFields(logrus.Fields{"server": cfg.Address, "arch": cfg.Arch, "slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}).
+		Info("vagent running")
+	if err := agent.Run(ctx); err != nil {
+		return err
+	}
+	log.Info("vagent stopped")
+	return nil
+}
+
+// serveMetrics listens on metrics_address and serves the agent's metrics
+// until ctx is done; stop waits for the server to end.
+func serveMetrics(ctx context.Context, cfg *Config, m *metrics.Metrics, agent *poll.Agent, log logrus.FieldLogger) (stop func(), err error) {
+	if err := m.WatchAgent(agent); err != nil {
+		return nil, err
+	}
+	h, err := metrics.Handler(m, agent, metrics.WithDataDir(cfg.DataDir), metrics.WithLogger(log))
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.MetricsAddress)
+	if err != nil {
+		return nil, fmt.Errorf("metrics_address: %w", err)
+	}
+	log.WithField("address", ln.Addr().String()).Info("serving /metrics, /healthz, /readyz and /status")
+	// The server outlives the agent's polling: it stops after Run returned.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := metrics.Serve(sctx, ln, h); err != nil {
+			log.WithError(err).Error("metrics server")
+		}
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
+// setupLogging configures the command's logger from the configuration:
+// level, format, and the log file besides stderr.
+func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
+	lvl, err := logLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	level := map[string]logrus.Level{"FATAL": logrus.FatalLevel, "ERROR": logrus.ErrorLevel, "WARN": logrus.WarnLevel,
+		"INFO": logrus.InfoLevel, "DEBUG": logrus.DebugLevel}[lvl]
+	env.log.SetLevel(level)
+	if cfg.LogFormat == "json" {
+		env.log.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		env.log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	}
+	path := cfg.LogFilePath()
+	if path == "" {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("log file: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("log file: %w", err)
+	}
+	prev := env.log.Out
+	env.log.SetOutput(io.MultiWriter(env.stderr, f))
+	return func() {
+		env.log.SetOutput(prev)
+		_ = f.Close()
+	}, nil
+}

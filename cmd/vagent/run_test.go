@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/poll"
+)
+
+// runChildEnv makes the test binary run `vagent run` with testExecutor:
+// the tests run the agent as a process of its own, to signal it.
+const runChildEnv = "VAGENT_TEST_RUN_CHILD"
+
+func init() {
+	if os.Getenv(runChildEnv) != "" {
+		newExecutor = func(context.Context, *Config, runDeps) (poll.Executor, func() error, error) {
+			return testExecutor, nil, nil
+		}
+		os.Exit(run1(os.Args[1:], os.Stdout, os.Stderr))
+	}
+}
+
+// testExecutor is a test double selected by the job's repo: "ok" succeeds
+// at once, "block" runs until cancelled, "stuck" ignores cancellation.
+var testExecutor = poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
+	fmt.Fprintf(log, "test build of target %d (%s)\n", j.TargetID, j.Repo)
+	switch j.Repo {
+	case "block":
+		<-ctx.Done()
+		return poll.Outcome{ExitCode: 1}, nil
+	case "stuck":
+		select {}
+	}
+	return poll.Outcome{}, nil
+})
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+type runEnv struct {
+	srv        *vieterserver.Server
+	dir, cfg   string
+	metrics    string
+	stderr     *os.File
+	stderrPath string
+}
+
+func newRunEnv(t *testing.T, extra string) *runEnv {
+	t.Helper()
+	srv, ts := vieterserver.NewTest(t, vieterserver.WithAPIKey(testKey))
+	dir := t.TempDir()
+	e := &runEnv{srv: srv, dir: filepath.Join(dir, "data"), cfg: filepath.Join(dir, "agent.yaml"), metrics: freeAddr(t)}
+	keyFile := filepath.Join(dir, "key")
+	if err := os.WriteFile(keyFile, []byte(testKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("address: %s\narch: x86_64\ndata_dir: %s\nmax_concurrent_builds: 2\npolling_frequency: 1\nlog_level: debug\nmetrics_address: %s\nfsync: false\n%s",
+		ts.URL, e.dir, e.metrics, extra)
+	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VIETER_API_KEY_FILE", keyFile)
+	return e
+}
+
+func (e *runEnv) add(t *testing.T, repo string) int {
+	t.Helper()
+	id := e.srv.AddTarget(vieterserver.Target{Kind: "git", URL: "https://example.org/" + repo + ".git", Repo: repo})
+	if err := e.srv.Enqueue(id, "x86_64", false); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func (e *runEnv) start(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "run", e.cfg)
+	cmd.Env = append(os.Environ(), runChildEnv+"=1")
+	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.stderr, e.stderrPath = f, f.Name()
+	cmd.Stderr = f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		f.Close()
+	})
+	return cmd
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitExit(t *testing.T, cmd *exec.Cmd) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("vagent run did not exit")
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+func (e *runEnv) metric(t *testing.T, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + e.metrics + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// TestRunGraceful: `vagent run` builds jobs, serves metrics, and on
+// SIGTERM hands the unfinished job back, uploads its log and exits 0; the
+// log file has the run and no line shows the API key.
+func TestRunGraceful(t *testing.T) {
+	e := newRunEnv(t, "shutdown_grace: 0s\n")
+	for range 3 {
+		e.add(t, "ok")
+	}
+	cmd := e.start(t)
+	eventually(t, "3 logs", func() bool { return len(e.srv.Logs()) == 3 })
+	eventually(t, "the builds counted in /metrics", func() bool { return e.metric(t, `vagent_builds_total{result="success"}`) == "3" })
+	blocked := e.add(t, "block")
+	eventually(t, "a running build", func() bool { return e.metric(t, `vagent_slots{state="running"}`) == "1" })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := waitExit(t, cmd); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	logs := e.srv.Logs()
+	if len(logs) != 4 || logs[3].TargetID != blocked || logs[3].ExitCode != 1 || !strings.Contains(string(logs[3].Content), "handed back") {
+		t.Errorf("logs %+v", logs)
+	}
+	if q := e.srv.Queued("x86_64"); len(q) != 1 || q[0].TargetID != blocked {
+		t.Errorf("queue %+v, want the blocked job back", q)
+	}
+	stderr, _ := os.ReadFile(e.stderrPath)
+	logFile, err := os.ReadFile(filepath.Join(e.dir, "vagent.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"stderr": stderr, "vagent.log": logFile} {
+		s := string(b)
+		if !strings.Contains(s, "vagent running") || !strings.Contains(s, "build log uploaded") || !strings.Contains(s, "vagent stopped") {
+			t.Errorf("%s lacks the run:\n%s", name, s)
+		}
+		if strings.Contains(s, testKey) {
+			t.Errorf("%s shows the api key", name)
+		}
+		if !strings.Contains(s, "APIKey:[redacted]") {
+			t.Errorf("%s lacks the (redacted) configuration", name)
+		}
+	}
+}
+
+// TestRunSignals: with a long grace period the second signal cancels the
+// builds; a build that ignores cancellation is left by the third.
+func TestRunSignals(t *testing.T) {
+	e := newRunEnv(t, "shutdown_grace: 1h\n")
+	e.add(t, "block")
+	cmd := e.start(t)
+	eventually(t, "a running build", func() bool { return e.metric(t, `vagent_slots{state="running"}`) == "1" })
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	time.Sleep(300 * time.Millisecond)
+	if cmd.ProcessState != nil || len(e.srv.Logs()) != 0 {
+		t.Fatal("the first signal did not wait for the build")
+	}
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if code := waitExit(t, cmd); code != 0 {
+		t.Fatalf("exit %d after two signals", code)
+	}
+	if len(e.srv.Logs()) != 1 || len(e.srv.Queued("x86_64")) != 1 {
+		t.Errorf("%d logs, %d queued; want 1 and 1", len(e.srv.Logs()), len(e.srv.Queued("x86_64")))
+	}
+
+	e.add(t, "stuck")
+	cmd = e.start(t)
+	eventually(t, "two running builds", func() bool { return e.metric(t, `vagent_slots{state="running"}`) == "2" })
+	for range 3 {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code := waitExit(t, cmd); code != 130 {
+		t.Fatalf("exit %d after three signals, want 130", code)
+	}
+}
+
+func TestRunConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(bad, []byte("address: http://x\napi_key: k\nmax_concurrent_builds: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runCLI("run", bad)
+	if code != exitConfig || !strings.Contains(errOut, "agent.yaml:3: max_concurrent_builds: must be ≥ 1") {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+	code, _, errOut = runCLI("run", bad, "extra")
+	if code != 2 || !strings.Contains(errOut, "one configuration file") {
+		t.Errorf("exit %d: %s", code, errOut)
+	}
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte("address: http://x\napi_key: k\ndata_dir: "+dir+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut = runCLI("run", good)
+	if code != 1 || !strings.Contains(errOut, "no build executor") {
+		t.Errorf("without an executor: exit %d: %s", code, errOut)
+	}
+}
