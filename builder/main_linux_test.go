@@ -202,7 +202,7 @@ func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 // thread until the test ends: the registry process gets a parent-death
 // signal, which Linux sends when the thread that started it exits, and
 // the sandbox retires threads it entered namespaces with.
-func startRegistry(t *testing.T) *testkit.Registry {
+func startRegistry(t testing.TB) *testkit.Registry {
 	t.Helper()
 	got := make(chan *testkit.Registry)
 	release := make(chan struct{})
