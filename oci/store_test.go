@@ -617,7 +617,7 @@ func TestRootfsCrashSafety(t *testing.T) {
 	ref := reg.push(t, "crash:1", img)
 	d, _ := img.Digest()
 	dir := t.TempDir()
-	s := newStore(t, dir)
+	newStore(t, dir) // creates the layout
 
 	// A crashed unpack left a half tree (no lock held any more).
 	stale := filepath.Join(dir, "tmp", "rootfs-123")
@@ -635,7 +635,7 @@ func TestRootfsCrashSafety(t *testing.T) {
 		t.Fatal(ok, err)
 	}
 
-	s = newStore(t, dir)
+	s := newStore(t, dir)
 	for _, p := range []string{stale, staleBlob} {
 		if exists(t, p) {
 			t.Errorf("stale %s not removed", p)
