@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -251,6 +252,41 @@ func TestCompareWithUmoci(t *testing.T) {
 		t.Errorf("hardlink groups (-umoci +vagent):\n%s", d)
 	}
 	t.Logf("compared %d paths, %d hardlink groups", len(want), len(wantLinks))
+
+	// The flattened image is a working builder base: pacman and makepkg
+	// run (chrooted into umoci's copy, which is ours to change: vagent's
+	// rootfs stays read-only) and makepkg sees the fix-ups.
+	root := filepath.Join(bundle, "rootfs")
+	// A sandbox provides /dev; makepkg writes to /dev/null.
+	if err := unix.Mknod(filepath.Join(root, "dev/null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(root, "dev/null"), 0o666); err != nil { // past the umask
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{
+		{"/usr/bin/pacman", "-Dk"}, // needs the initialised local database
+		{"/usr/sbin/runuser", "-u", "builder", "--", "/usr/bin/makepkg", "--version"},
+		{"/bin/bash", "-c", ". /etc/makepkg.conf && echo $PKGEXT"},
+	} {
+		cmd := exec.CommandContext(t.Context(), c[0], c[1:]...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+		cmd.Dir = "/"
+		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("in the image: %s: %v\n%s", strings.Join(c, " "), err, out)
+			continue
+		}
+		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		t.Logf("in the image: %s: %s", strings.Join(c, " "), first)
+		if strings.Contains(string(out), "denied") {
+			t.Errorf("in the image: %s: %s", strings.Join(c, " "), out)
+		}
+		if c[0] == "/bin/bash" && strings.TrimSpace(string(out)) != ".pkg.tar.zst" {
+			t.Errorf("PKGEXT %q in the image, want .pkg.tar.zst", out)
+		}
+	}
 }
 
 // TestSnapshotRootfsSeesDifferences keeps the comparison honest: every
