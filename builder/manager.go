@@ -117,9 +117,10 @@ const idSize = 65536
 
 // New opens (creating it if needed) the builder directory dir, typically
 // <data_dir>/builders, and removes what a crashed process left behind:
-// half-prepared builders, and superseded builders no one uses any more.
-// store and sb are needed to prepare builders; with nil ones the Manager
-// can still list, lease existing builders and prune.
+// half-prepared builders and, when store and sb are given (an agent
+// starting), superseded builders no one uses any more. store and sb are
+// needed to prepare builders; with nil ones the Manager can still list,
+// lease existing builders and prune.
 func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Manager, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -154,10 +155,13 @@ func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Ma
 	} else if n > 0 {
 		o.log.WithField("count", n).Info("removed half-prepared builders of an interrupted run")
 	}
-	if rep, err := m.collectSuperseded(context.Background(), false); err != nil {
-		o.log.WithError(err).Warn("collecting superseded builders")
-	} else if rep.Builders > 0 {
-		o.log.WithField("count", rep.Builders).Info("removed superseded builders")
+	if store != nil && sb != nil {
+		// An agent starting: collect what a killed one left.
+		if rep, err := m.collectSuperseded(context.Background(), false); err != nil {
+			o.log.WithError(err).Warn("collecting superseded builders")
+		} else if rep.Builders > 0 {
+			o.log.WithField("count", rep.Builders).Info("removed superseded builders")
+		}
 	}
 	return m, nil
 }
