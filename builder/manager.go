@@ -95,7 +95,7 @@ type Info struct {
 	Size       int64 // compressed bytes of the image (config and layers)
 	LayerSize  int64 // compressed bytes of the builder's own layer
 	Current    bool  // the builder that new builds of Base get
-	Stale      bool  // older than the maximum age, or made with other settings
+	Stale      bool  // older than the maximum age
 	InUse      bool  // leased, by this or another process
 }
 
@@ -410,7 +410,15 @@ func (m *Manager) loadMeta(id string) (*meta, error) {
 // fresh tells whether a builder is young enough and made the way this
 // Manager makes them.
 func (m *Manager) fresh(md *meta) bool {
-	return m.o.now().Sub(md.Created) < m.o.maxAge && md.Recipe == m.recipe
+	return !m.expired(md) && md.Recipe == m.recipe
+}
+
+// expired tells whether a builder is older than the maximum age. Prune
+// and List go by age only: a `vagent builder` command may run with other
+// settings than the agent, and must not take the agent's builders for
+// stale because of that.
+func (m *Manager) expired(md *meta) bool {
+	return m.o.now().Sub(md.Created) >= m.o.maxAge
 }
 
 // lease takes a shared lock on the builder's directory (Prune and removal
@@ -536,7 +544,7 @@ func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneR
 			cur, _ := m.currentID(baseKey(md.Base))
 			isCurrent = cur == id
 		}
-		if isCurrent && !(stale && !m.fresh(md)) {
+		if isCurrent && !(stale && m.expired(md)) {
 			continue
 		}
 		ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
@@ -557,7 +565,7 @@ func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneR
 func (m *Manager) info(md *meta) Info {
 	in := Info{
 		ID: md.ID, Base: md.Base, BaseDigest: md.BaseDigest, Digest: md.Digest,
-		Created: md.Created, Size: md.Size, LayerSize: md.LayerSize, Stale: !m.fresh(md),
+		Created: md.Created, Size: md.Size, LayerSize: md.LayerSize, Stale: m.expired(md),
 	}
 	if cur, err := m.currentID(baseKey(md.Base)); err == nil {
 		in.Current = cur == md.ID
