@@ -120,10 +120,16 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Trees under rootfs/ are mounted by sandboxes whose mapped users must
+	// be able to reach them: the path is searchable by all (image content
+	// is no secret; credentials are never stored here).
 	for _, d := range []string{"blobs/sha256", "rootfs", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
 			return nil, diskFull(fmt.Errorf("creating store: %w", err))
 		}
+	}
+	if err := os.Chmod(filepath.Join(abs, "tmp"), 0o700); err != nil {
+		return nil, err
 	}
 	c, err := newRegistryClient(o)
 	if err != nil {

@@ -854,3 +854,21 @@ func TestRootfsAfterReboot(t *testing.T) {
 		t.Errorf("WithSync(true): mark = %q, want %q", b, syncedMark)
 	}
 }
+
+// TestStoreDirsSearchable: sandboxes reach rootfs trees as mapped users,
+// so the path to them is searchable by all.
+func TestStoreDirsSearchable(t *testing.T) {
+	base := t.TempDir()
+	os.Chmod(base, 0o755)
+	dir := filepath.Join(base, "data", "images")
+	newStore(t, dir)
+	for _, p := range []string{filepath.Join(base, "data"), dir, filepath.Join(dir, "rootfs")} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			t.Errorf("%s: mode %v, not searchable by others", p, fi.Mode())
+		}
+	}
+}
