@@ -128,8 +128,10 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 			return nil, diskFull(fmt.Errorf("creating store: %w", err))
 		}
 	}
-	if err := os.Chmod(filepath.Join(abs, "tmp"), 0o700); err != nil {
-		return nil, err
+	for d, mode := range map[string]os.FileMode{"": 0o755, "rootfs": 0o755, "tmp": 0o700} {
+		if err := os.Chmod(filepath.Join(abs, d), mode); err != nil { // whatever the umask
+			return nil, err
+		}
 	}
 	c, err := newRegistryClient(o)
 	if err != nil {
