@@ -127,7 +127,8 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + job.URL, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
 		},
-		Dir: "/",
+		Dir:      "/",
+		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
 		Mounts: []sandbox.Mount{
 			{Source: run.dir, Target: ctlMount, ReadOnly: true},
 			{Source: b.cacheDir(), Target: cacheMount, IDMapped: true},
@@ -220,7 +221,7 @@ func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) (
 		}
 	}
 	for _, r := range b.opts.repos {
-		fmt.Fprintf(&sb, "\n[%s]\nServer = %s\nSigLevel = Optional\n", r.Name, r.Server)
+		fmt.Fprintf(&sb, "\n[%s]\nServer = %s\nSigLevel = %s\n", r.Name, r.Server, r.SigLevel)
 	}
 	return sb.String(), nil
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"runtime"
 	"strings"
 	"time"
@@ -23,6 +24,11 @@ type Repo struct {
 	Name string
 	// Server is the Server URL; pacman expands $repo and $arch.
 	Server string
+	// SigLevel is the repository's SigLevel (default "Optional"). Note that
+	// pacman 6.0 downloads a cached package again when its signature is not
+	// cached too, so an unsigned repository only profits from the shared
+	// cache with "Never".
+	SigLevel string
 }
 
 type options struct {
@@ -163,11 +169,19 @@ func WithRepos(repos ...Repo) Option {
 			if _, err := checkServerURL(strings.NewReplacer("$repo", "repo", "$arch", "arch").Replace(r.Server)); err != nil {
 				return fmt.Errorf("%w: repository %s: %w", ErrBadConfig, r.Name, err)
 			}
+			if r.SigLevel == "" {
+				r.SigLevel = "Optional"
+			}
+			if !sigLevelRE.MatchString(r.SigLevel) {
+				return fmt.Errorf("%w: repository %s: SigLevel %q", ErrBadConfig, r.Name, r.SigLevel)
+			}
 			o.repos = append(o.repos, r)
 		}
 		return nil
 	}
 }
+
+var sigLevelRE = regexp.MustCompile(`^[A-Za-z]+( [A-Za-z]+)*$`)
 
 // WithOutDir copies the packages a build produced into dir, owned by uid
 // and gid (-1 keeps the agent's). Default: none.
