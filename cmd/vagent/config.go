@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -373,16 +374,33 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 			l.decode(root, reflect.ValueOf(&c).Elem(), "", "")
 		}
 	}
-	if len(l.errs) == 0 {
-		l.env(reflect.ValueOf(&c).Elem(), "", getenv)
-	}
-	if len(l.errs) == 0 {
-		l.validate(&c)
-	}
+	// Every error at once: a value that could not be decoded keeps its
+	// default, which validates.
+	l.env(reflect.ValueOf(&c).Elem(), "", getenv)
+	l.validate(&c)
 	if len(l.errs) > 0 {
+		sort.SliceStable(l.errs, func(i, j int) bool { return errLine(l.errs[i]) < errLine(l.errs[j]) })
 		return nil, errors.Join(l.errs...)
 	}
 	return &c, nil
+}
+
+// errLine orders errors: by line in the file, then the file's errors
+// without a line, then the environment's.
+func errLine(err error) int {
+	var ce *configError
+	if !errors.As(err, &ce) {
+		return math.MaxInt
+	}
+	if strings.HasPrefix(ce.where, "VIETER_") {
+		return math.MaxInt - 1
+	}
+	_, line, ok := strings.Cut(ce.where, ":")
+	if !ok {
+		return math.MaxInt - 2
+	}
+	n, _ := strconv.Atoi(line)
+	return n
 }
 
 func join(path, key string) string {

@@ -217,17 +217,33 @@ func TestConfigErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
+			// The first error, by line, is the one expected.
+			first, _, _ := strings.Cut(err.Error(), "\n")
 			if re, ok := strings.CutPrefix(tt.want, "re:"); ok {
-				if !regexp.MustCompile(re).MatchString(err.Error()) {
+				if !regexp.MustCompile(re).MatchString(first) {
 					t.Errorf("error %q does not match %q", err, re)
 				}
-			} else if err.Error() != tt.want {
+			} else if first != tt.want {
 				t.Errorf("error\n got %q\nwant %q", err, tt.want)
 			}
 			if strings.Contains(err.Error(), testKey) {
 				t.Error("the error shows the api key")
 			}
 		})
+	}
+}
+
+// TestConfigAllErrors: every error is reported at once, in line order,
+// the environment's last.
+func TestConfigAllErrors(t *testing.T) {
+	file := "address: https://x\nfsync: maybe\napi_key: k\nmax_concurrent_builds: 0\nbogus: 1\n"
+	_, err := parseConfig("agent.yaml", []byte(file), envMap(map[string]string{"VIETER_LOG_LEVEL": "LOUD"}))
+	want := `agent.yaml:2: fsync: must be true or false, got "maybe"` + "\n" +
+		"agent.yaml:4: max_concurrent_builds: must be ≥ 1 and ≤ 1024, got 0\n" +
+		"agent.yaml:5: bogus: unknown key\n" +
+		`VIETER_LOG_LEVEL: log_level: must be FATAL, ERROR, WARN, INFO or DEBUG, got "LOUD"`
+	if err == nil || err.Error() != want {
+		t.Errorf("error\n got %v\nwant %s", err, want)
 	}
 }
 
@@ -244,7 +260,7 @@ func TestConfigRequired(t *testing.T) {
 			t.Errorf("address %q: %v", addr, err)
 		}
 	}
-	if _, err := parseConfig("agent.yaml", []byte("- a\n- b\n"), noEnv); err == nil || err.Error() != "agent.yaml:1: must be a mapping" {
+	if _, err := parseConfig("agent.yaml", []byte("- a\n- b\n"), noEnv); err == nil || !strings.HasPrefix(err.Error(), "agent.yaml:1: must be a mapping\n") {
 		t.Errorf("a list: %v", err)
 	}
 	// A file that does not exist.
