@@ -72,7 +72,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
-	if err := os.MkdirAll(a.opts.dataDir, 0o700); err != nil {
+	// 0755: builds resolve mounts below the data dir as other users; the
+	// spool and the lock inside it are private.
+	if err := os.MkdirAll(a.opts.dataDir, 0o755); err != nil {
 		return fmt.Errorf("creating data dir: %w", err)
 	}
 	unlock, err := lockDir(a.opts.dataDir)

@@ -172,7 +172,7 @@ func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
 	if path == "" {
 		return func() {}, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { // the data dir: see poll.Agent.Run
 		return nil, fmt.Errorf("log file: %w", err)
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
