@@ -1,6 +1,7 @@
 package poll
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -272,4 +273,44 @@ func TestParseEntryID(t *testing.T) {
 			t.Errorf("%q parsed", bad)
 		}
 	}
+}
+
+// FuzzSpoolHeader: a damaged spool file never panics the agent, and a
+// header that decodes is one the spool could have written.
+func FuzzSpoolHeader(f *testing.F) {
+	dir := f.TempDir()
+	sp, err := openSpool(dir, testArch, false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	for i, j := range []Job{{TargetID: 1}, {TargetID: 2, Force: true, URL: "https://x/\"\n", Repo: "r"}} {
+		e := &spoolEntry{ID: fmt.Sprintf("seed%d", i), Job: j, Arch: testArch, Start: 1}
+		fl, err := sp.create(e)
+		if err != nil {
+			f.Fatal(err)
+		}
+		_, _ = io.WriteString(fl, "log\n")
+		e.State, e.Size, e.ExitCode = stateFinished, 4, 1
+		if err := sp.update(fl, e); err != nil {
+			f.Fatal(err)
+		}
+		fl.Close()
+		b, err := os.ReadFile(sp.logPath(e))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		f.Add(b[:preambleSize+100])
+	}
+	f.Add([]byte(spoolMagic + "00000512      \n"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := decodeHeader(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return
+		}
+		if e.slot < 512 || e.slot%512 != 0 || e.bodyOffset() > int64(len(b)) {
+			t.Errorf("accepted header size %d for %d bytes", e.slot, len(b))
+		}
+	})
 }
