@@ -346,7 +346,11 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 			return nil, fmt.Errorf("reading configuration: %w", err)
 		}
 	}
-	return parseConfig(filepath.Base(path), data, getenv)
+	name := path // errors name the file as given
+	if path == "" {
+		name = "environment"
+	}
+	return parseConfig(name, data, getenv)
 }
 
 // parseConfig parses data (the contents of file) with the overrides of

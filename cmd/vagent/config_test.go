@@ -263,6 +263,10 @@ func TestConfigRequired(t *testing.T) {
 	if _, err := parseConfig("agent.yaml", []byte("- a\n- b\n"), noEnv); err == nil || !strings.HasPrefix(err.Error(), "agent.yaml:1: must be a mapping\n") {
 		t.Errorf("a list: %v", err)
 	}
+	// Without a file the errors name the environment.
+	if _, err := LoadConfig("", noEnv); err == nil || !strings.HasPrefix(err.Error(), "environment: address: required") {
+		t.Errorf("no file, no environment: %v", err)
+	}
 	// A file that does not exist.
 	if _, err := LoadConfig(filepath.Join(t.TempDir(), "none.yaml"), noEnv); err == nil || !strings.Contains(err.Error(), "reading configuration") {
 		t.Errorf("missing file: %v", err)
