@@ -229,13 +229,20 @@ func (s *spool) create(e *spoolEntry) (f *os.File, retErr error) {
 }
 
 // rewrite replaces the file of an entry whose header was lost with a new
-// header (state running) and an empty log.
+// header (state running) and an empty log; a non-empty old file is moved
+// to logs/rejected.
 func (s *spool) rewrite(e *spoolEntry) error {
 	buf, err := fileHeader(e)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(s.logPath(e), os.O_RDWR|os.O_TRUNC, 0)
+	// What the file held is kept aside for a person to look at.
+	if fi, err := os.Stat(s.logPath(e)); err == nil && fi.Size() > 0 {
+		if err := os.Rename(s.logPath(e), filepath.Join(s.rejected, e.ID+".log")); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(s.logPath(e), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}

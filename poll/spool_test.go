@@ -155,6 +155,14 @@ func TestSpoolTornHeader(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(sp.rejected, "stray.log")); err != nil {
 		t.Errorf("stray file not kept aside: %v", err)
 	}
+	// The damaged file of the rebuilt entry is kept aside too; the empty
+	// one had nothing to keep.
+	if b, err := os.ReadFile(filepath.Join(sp.rejected, e2.ID+".log")); err != nil || !strings.Contains(string(b), "def") {
+		t.Errorf("damaged entry not kept aside: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(sp.rejected, id3+".log")); err == nil {
+		t.Error("an empty file was kept aside")
+	}
 }
 
 // TestSpoolTruncatedLog: a finished header with a log shorter than it
