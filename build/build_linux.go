@@ -110,6 +110,12 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 		return r
 	}
 	defer run.remove()
+	cache, dropCache, err := b.runCache()
+	if err != nil {
+		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "preparing the package cache", err)
+		return r
+	}
+	defer dropCache()
 
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
@@ -131,7 +137,7 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
 		Mounts: []sandbox.Mount{
 			{Source: run.dir, Target: ctlMount, ReadOnly: true},
-			{Source: b.cacheDir(), Target: cacheMount, IDMapped: true},
+			{Source: cache, Target: cacheMount, IDMapped: true},
 		},
 		Limits:    b.opts.limits,
 		KeepUpper: true,
@@ -224,6 +230,27 @@ func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) (
 		fmt.Fprintf(&sb, "\n[%s]\nServer = %s\nSigLevel = %s\n", r.Name, r.Server, r.SigLevel)
 	}
 	return sb.String(), nil
+}
+
+// runCache returns the package cache of one build: the shared one, or a
+// private one removed by drop when the shared cache is off.
+func (b *Builder) runCache() (dir string, drop func(), err error) {
+	if dir = b.cacheDir(); dir != "" {
+		return dir, func() {}, nil
+	}
+	if dir, err = os.MkdirTemp(b.runsDir(), "cache-"); err != nil {
+		return "", nil, err
+	}
+	drop = func() { _ = os.RemoveAll(dir) }
+	if err := os.Chmod(dir, 0o755); err != nil {
+		drop()
+		return "", nil, err
+	}
+	if err := initCache(dir); err != nil {
+		drop()
+		return "", nil, err
+	}
+	return dir, drop, nil
 }
 
 // runDir is the control directory of one build, mounted read-only on

@@ -99,6 +99,9 @@ func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Build
 // crashed agent left behind.
 func (b *Builder) prepareDir() error {
 	for _, d := range []string{b.dir, b.cacheDir(), b.runsDir()} {
+		if d == "" {
+			continue
+		}
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
@@ -106,12 +109,9 @@ func (b *Builder) prepareDir() error {
 			return err
 		}
 	}
-	lock := filepath.Join(b.cacheDir(), ".vagent.lock")
-	f, err := os.OpenFile(lock, os.O_CREATE|os.O_RDONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("creating the cache lock: %w", err)
+	if err := initCache(b.cacheDir()); err != nil {
+		return err
 	}
-	f.Close()
 	entries, err := os.ReadDir(b.runsDir())
 	if err != nil {
 		return err
@@ -125,8 +125,28 @@ func (b *Builder) prepareDir() error {
 	return nil
 }
 
-func (b *Builder) cacheDir() string { return filepath.Join(b.dir, "pacman-cache") }
-func (b *Builder) runsDir() string  { return filepath.Join(b.dir, "runs") }
+// initCache creates the lock file of a package cache directory; the build
+// script's pacman wrapper takes it while pacman may download. An empty dir
+// is no cache.
+func initCache(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	f, err := os.OpenFile(filepath.Join(dir, ".vagent.lock"), os.O_CREATE|os.O_RDONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("creating the cache lock: %w", err)
+	}
+	return f.Close()
+}
+
+// cacheDir is the shared package cache, "" when builds have private ones.
+func (b *Builder) cacheDir() string {
+	if b.opts.cacheSet {
+		return b.opts.cacheDir
+	}
+	return filepath.Join(b.dir, "pacman-cache")
+}
+func (b *Builder) runsDir() string { return filepath.Join(b.dir, "runs") }
 
 // Result is the outcome of one build.
 type Result struct {

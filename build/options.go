@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
@@ -46,6 +47,10 @@ type options struct {
 	attempts       int
 	backoff        time.Duration
 	localImages    bool
+	// cacheDir is the shared package cache; cacheSet tells whether
+	// WithCacheDir chose it ("" then means no shared cache).
+	cacheDir string
+	cacheSet bool
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
 }
@@ -256,6 +261,21 @@ func WithRetry(attempts int, first time.Duration) Option {
 // WithLocalImages lets base_image name local images (oci:DIR,
 // docker-archive:FILE...). Only for a trusted caller such as `vagent
 // build`: a job from a server may name registry images only. Default: off.
+// WithCacheDir sets the host directory of the Pacman package cache that
+// every build shares (mounted on /var/cache/pacman/pkg), so dependencies
+// are downloaded once. An empty dir turns the shared cache off: each build
+// then gets a private cache that is removed with it. Default: DIR/pacman-cache
+// under the Builder's directory.
+func WithCacheDir(dir string) Option {
+	return func(o *options) error {
+		if dir != "" && !filepath.IsAbs(dir) {
+			return fmt.Errorf("cache dir %q: must be an absolute path", dir)
+		}
+		o.cacheDir, o.cacheSet = dir, true
+		return nil
+	}
+}
+
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
