@@ -58,10 +58,19 @@ unit: ## the tests alone, with the race detector
 
 test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race
 
+# Fuzz targets as package:Target; their seed corpora run in every `make test`.
+FUZZ_TARGETS := ./oci:FuzzUnpack ./oci:FuzzUnpackTar ./poll:FuzzClientAnswer ./poll:FuzzSpoolHeader \
+	./build:FuzzParseSrcInfo ./cmd/vagent:FuzzConfig ./internal/vieterserver:FuzzReadPackage \
+	./internal/vieterserver:FuzzVerCmp
+
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
-	$(GO) test -tags '$(TAGS)' -run '^$$' -fuzz FuzzUnpack -fuzztime $${FUZZTIME:-30s} ./oci
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $$t"; \
+		$(GO) test -tags '$(TAGS)' -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $${FUZZTIME:-30s} "$${t%%:*}"; \
+	done
 
 bench: testimages ## benchmarks with peer ratios (see docs/benchmarks.md)
+	VAGENT_BENCH_IDLE=$${VAGENT_BENCH_IDLE:-60s} \
 	$(GO) test -tags '$(TAGS)' -run '^$$' -bench '$(BENCH)' -count $(BENCH_COUNT) -benchtime 1x -timeout 60m ./...
 
 demo: build testimages ## end to end on an embedded default: local registry, test images, test server
