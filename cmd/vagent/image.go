@@ -19,7 +19,7 @@ import (
 )
 
 func init() {
-	register(&command{name: "image", summary: "pull, list and remove builder images (pull, ls, rm, prune)", run: runImage})
+	register(&command{name: "image", summary: "pull, list and remove base images (pull, ls, rm, prune)", run: runImage})
 }
 
 const defaultDataDir = "/var/lib/vagent"
