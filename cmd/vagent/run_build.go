@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/oci"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+// The executor of `vagent run`: builds on builder images in sandboxes.
+// Its state lives under the data dir: images/ (oci), sandbox/, builders/
+// and build/ (see docs/architecture.md).
+func init() { newExecutor = newBuildExecutor }
+
+func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Executor, cleanup func() error, retErr error) {
+	var undo []func() error
+	cleanup = func() error {
+		var errs []error
+		for i := len(undo) - 1; i >= 0; i-- {
+			errs = append(errs, undo[i]())
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = cleanup()
+		}
+	}()
+	ociOpts, err := cfg.OCIOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	ociOpts = append(ociOpts, oci.WithLogger(deps.log), oci.WithProgress(deps.metrics.OCIProgress))
+	store, err := oci.NewStore(filepath.Join(cfg.DataDir, "images"), ociOpts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("image store: %w", err)
+	}
+	sb, err := sandbox.New(filepath.Join(cfg.DataDir, "sandbox"),
+		append(cfg.SandboxOptions(), sandbox.WithLogger(deps.log), sandbox.WithSeccomp(sandbox.SeccompSupported))...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sandbox: %w", err)
+	}
+	undo = append(undo, sb.Close)
+	bm, err := builder.New(store, sb, filepath.Join(cfg.DataDir, "builders"),
+		append(cfg.BuilderOptions(), builder.WithLogger(deps.log))...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("builder images: %w", err)
+	}
+	undo = append(undo, bm.Close)
+	if err := deps.metrics.WatchImages(func() (int, time.Time, error) {
+		infos, err := bm.List()
+		if err != nil {
+			return 0, time.Time{}, err
+		}
+		var oldest time.Time
+		for _, in := range infos {
+			if oldest.IsZero() || in.Created.Before(oldest) {
+				oldest = in.Created
+			}
+		}
+		return len(infos), oldest, nil
+	}); err != nil {
+		return nil, nil, err
+	}
+	var repos []build.Repo
+	for _, r := range cfg.PacmanRepos {
+		for _, s := range r.Servers {
+			repos = append(repos, build.Repo{Name: r.Name, Server: s, SigLevel: r.SigLevel})
+		}
+	}
+	b, err := build.New(sb, build.Builders(bm), filepath.Join(cfg.DataDir, "build"),
+		build.WithServer(cfg.Address, cfg.APIKey.Reveal()),
+		build.WithArch(cfg.Arch),
+		build.WithDefaultTimeout(cfg.BuildTimeout.D()),
+		build.WithLimits(cfg.Limits()),
+		build.WithRepos(repos...),
+		build.WithCacheDir(cfg.PacmanCacheDir()),
+		build.WithLogger(deps.log))
+	if err != nil {
+		return nil, nil, fmt.Errorf("builds: %w", err)
+	}
+	return b, cleanup, nil
+}

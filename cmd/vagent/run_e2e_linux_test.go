@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vieter-v/vagent/internal/testkit"
+)
+
+// lockedBuffer collects a child's output for the failure message.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestRunEndToEnd runs `vagent run` with the real sandbox, builder images
+// and builds against the test stack: two packages build at once on two
+// slots, then a third whose PKGBUILD depends on one of them is built with
+// pacman installing that dependency from the server's repository. Every
+// package is published and every log arrives with exit code 0; SIGTERM
+// stops the agent with exit status 0.
+func TestRunEndToEnd(t *testing.T) {
+	testkit.RequireRoot(t)
+	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
+	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "vagent-run-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
+	defer cancel()
+	st, err := testkit.StartStack(ctx, filepath.Join(dir, "stack"), nil)
+	if err != nil {
+		if testkit.InCI() {
+			t.Fatal(err)
+		}
+		t.Skipf("test stack unavailable: %v", err)
+	}
+	defer st.Close()
+
+	const arch = "x86_64"
+	lib, err := st.AddURLTarget("lib", "e2e", arch, testkit.DemoPKGBUILD("e2e-lib", "1.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tool, err := st.AddURLTarget("tool", "e2e", arch, testkit.DemoPKGBUILD("e2e-tool", "2.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfg, []byte(st.AgentYAML(filepath.Join(dir, "data"), arch, 2, time.Second)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out lockedBuffer
+	cmd := exec.Command(bin, "run", cfg)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	waitLogs := func(n int) {
+		t.Helper()
+		wctx, wcancel := context.WithTimeout(ctx, 20*time.Minute)
+		defer wcancel()
+		done := make(chan error, 1)
+		go func() { _, err := st.WaitLogs(wctx, n); done <- err }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%v\nagent output:\n%s", err, out.String())
+			}
+		case err := <-exited:
+			t.Fatalf("agent exited early: %v\n%s", err, out.String())
+		}
+	}
+	waitLogs(2)
+	app, err := st.AddURLTarget("app", "e2e", arch, testkit.DemoPKGBUILD("e2e-app", "0.1", "e2e-lib"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitLogs(3)
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("agent exit after SIGTERM: %v\n%s", err, out.String())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("agent did not stop within 2 minutes of SIGTERM\n%s", out.String())
+	}
+
+	byTarget := map[int]int{}
+	logs := st.Server.Logs()
+	for _, l := range logs {
+		byTarget[l.TargetID]++
+		if l.ExitCode != 0 || l.Arch != arch {
+			t.Errorf("target %d: exit code %d, arch %q\n%s", l.TargetID, l.ExitCode, l.Arch, l.Content)
+		}
+	}
+	for _, id := range []int{lib, tool, app} {
+		if byTarget[id] != 1 {
+			t.Errorf("target %d: %d logs, want 1", id, byTarget[id])
+		}
+	}
+	// The first two builds ran at the same time on the two slots.
+	var first []int
+	for i, l := range logs {
+		if l.TargetID == lib || l.TargetID == tool {
+			first = append(first, i)
+		}
+	}
+	if len(first) == 2 {
+		a, b := logs[first[0]], logs[first[1]]
+		if !a.StartTime.Before(b.EndTime) || !b.StartTime.Before(a.EndTime) {
+			t.Errorf("builds did not overlap: %v–%v and %v–%v", a.StartTime, a.EndTime, b.StartTime, b.EndTime)
+		}
+	}
+	got := map[string]bool{}
+	for _, p := range st.Server.Packages("e2e", arch) {
+		got[p.Info.Name] = true
+	}
+	for _, name := range []string{"e2e-lib", "e2e-tool", "e2e-app"} {
+		if !got[name] {
+			t.Errorf("package %s not published; repository has %v", name, got)
+		}
+	}
+	for _, l := range logs {
+		if l.TargetID == app && !strings.Contains(string(l.Content), "e2e-lib") {
+			t.Errorf("app's log does not mention installing e2e-lib:\n%s", l.Content)
+		}
+	}
+	if t.Failed() {
+		t.Logf("agent output:\n%s", out.String())
+	}
+}
