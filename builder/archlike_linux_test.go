@@ -2,6 +2,7 @@ package builder_test
 
 import (
 	"archive/tar"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -19,7 +20,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"golang.org/x/sys/unix"
@@ -136,8 +136,8 @@ func archRepo(t testing.TB) builder.Repo {
 // checks the builder, its layer and its image.
 func TestArchLikeBuilder(t *testing.T) {
 	testkit.RequireRoot(t)
-	arch, _ := testkit.ArchLike(t)
-	img := gzipLayers(t, arch)
+	arch, archDir := testkit.ArchLike(t)
+	img := gzipLayers(t, arch, archDir)
 	reg := startRegistry(t)
 	base := reg.Host() + "/test/archlike:" + testkit.ArchLikeTag
 	if err := testkit.Push(t.Context(), img, base); err != nil {
@@ -220,13 +220,16 @@ func TestArchLikeBuilder(t *testing.T) {
 	compareWithUmoci(t, e.m.LayoutDir(), builder.LayoutTag(base), l.Rootfs)
 }
 
-// gzipLayers returns img with every layer gzip-compressed (OCI media
-// types). go-containerregistry's validate.Image reads every layer through
-// gzip, and Debian's umoci 0.4.7 cannot read zstd: the Arch-like image's
-// zstd and uncompressed layers would fail both for reasons that have
-// nothing to do with the builder.
-func gzipLayers(t testing.TB, img v1.Image) v1.Image {
+// gzipLayers returns the Arch-like image (img, from its layout dir) with
+// every layer gzip-compressed (OCI media types). go-containerregistry's
+// validate.Image reads every layer through gzip, and Debian's umoci 0.4.7
+// cannot read zstd: the image's zstd and uncompressed layers would fail
+// both for reasons that have nothing to do with the builder. The layers
+// are recompressed by zstd and pigz (fast, also under the race detector).
+func gzipLayers(t testing.TB, img v1.Image, layoutDir string) v1.Image {
 	t.Helper()
+	zstd := testkit.RequireTool(t, "zstd", "zstd")
+	pigz := testkit.RequireTool(t, "pigz", "pigz")
 	layers, err := img.Layers()
 	if err != nil {
 		t.Fatal(err)
@@ -237,11 +240,46 @@ func gzipLayers(t testing.TB, img v1.Image) v1.Image {
 	}
 	out := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	out = mutate.ConfigMediaType(out, types.OCIConfigJSON)
-	for _, l := range layers {
-		gl, err := tarball.LayerFromOpener(l.Uncompressed, tarball.WithMediaType(types.OCILayer))
+	dir := t.TempDir()
+	for i, l := range layers {
+		digest, err := l.Digest()
 		if err != nil {
 			t.Fatal(err)
 		}
+		diffID, err := l.DiffID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		mt, err := l.MediaType()
+		if err != nil {
+			t.Fatal(err)
+		}
+		src := filepath.Join(layoutDir, "blobs", digest.Algorithm, digest.Hex)
+		dst := filepath.Join(dir, fmt.Sprintf("layer%d.tar.gz", i))
+		var script string
+		switch mt {
+		case types.OCILayer, types.DockerLayer:
+			script = `cp "$3" "$4"`
+		case types.OCILayerZStd:
+			script = `"$1" -dcq "$3" | "$2" -1 -n >"$4"`
+		case types.OCIUncompressedLayer, types.DockerUncompressedLayer:
+			script = `"$2" -1 -n -c "$3" >"$4"`
+		default:
+			t.Fatalf("layer %d: media type %s", i, mt)
+		}
+		if b, err := exec.CommandContext(t.Context(), "/bin/sh", "-c", "set -e; "+script, "sh", zstd, pigz, src, dst).CombinedOutput(); err != nil {
+			t.Fatalf("recompressing layer %d: %v\n%s", i, err, b)
+		}
+		f, err := os.Open(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, size, err := v1.SHA256(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		gl := &gzipFileLayer{path: dst, digest: h, diffID: diffID, size: size}
 		if out, err = mutate.Append(out, mutate.Addendum{Layer: gl, MediaType: types.OCILayer}); err != nil {
 			t.Fatal(err)
 		}
@@ -256,6 +294,34 @@ func gzipLayers(t testing.TB, img v1.Image) v1.Image {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// gzipFileLayer is a gzip layer blob in a file.
+type gzipFileLayer struct {
+	path           string
+	digest, diffID v1.Hash
+	size           int64
+}
+
+func (l *gzipFileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
+func (l *gzipFileLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
+func (l *gzipFileLayer) Size() (int64, error)                { return l.size, nil }
+func (l *gzipFileLayer) MediaType() (types.MediaType, error) { return types.OCILayer, nil }
+func (l *gzipFileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
+func (l *gzipFileLayer) Uncompressed() (io.ReadCloser, error) {
+	f, err := os.Open(l.path)
+	if err != nil {
+		return nil, err
+	}
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{zr, f}, nil
 }
 
 // checkLayerIsDiff checks that layer holds exactly the difference between
