@@ -15,8 +15,6 @@ var (
 	// into the builder (a repository name, server or package with
 	// characters pacman.conf or pacman would misread).
 	ErrBadConfig = errors.New("invalid builder configuration")
-	// ErrNotFound means there is no builder for a base image.
-	ErrNotFound = errors.New("no builder for this base image")
 )
 
 // SetupError is a failed builder setup. errors.Is(err, ErrSetup) holds.
