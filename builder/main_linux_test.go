@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -198,31 +197,11 @@ func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 	return img
 }
 
-// startRegistry starts a test registry from a goroutine that keeps its OS
-// thread until the test ends: the registry process gets a parent-death
-// signal, which Linux sends when the thread that started it exits, and
-// the sandbox retires threads it entered namespaces with.
+// startRegistry starts a local registry for the test (testkit starts it
+// from a thread that outlives the sandbox's retired threads).
 func startRegistry(t testing.TB) *testkit.Registry {
 	t.Helper()
-	got := make(chan *testkit.Registry)
-	release := make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		defer close(got)
-		reg := testkit.StartTestRegistry(t)
-		got <- reg
-		<-release
-	}()
-	reg, ok := <-got
-	if !ok {
-		if t.Skipped() {
-			t.SkipNow()
-		}
-		t.FailNow()
-	}
-	t.Cleanup(func() { close(release) })
-	return reg
+	return testkit.StartTestRegistry(t)
 }
 
 // pushed pushes img to reg as repo:latest and returns the reference.

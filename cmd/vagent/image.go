@@ -181,7 +181,7 @@ func runImagePull(ctx context.Context, env *cliEnv, args []string) error {
 	return nil
 }
 
-func runImageList(_ context.Context, env *cliEnv, args []string) error {
+func runImageList(ctx context.Context, env *cliEnv, args []string) error {
 	fs := newFlagSet(env, "image ls", "image ls [flags]")
 	var sf storeFlags
 	sf.register(fs)
@@ -215,7 +215,12 @@ func runImageList(_ context.Context, env *cliEnv, args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Ref, shortHash(i.Digest), humanBytes(i.Size), i.Pulled.Local().Format("2006-01-02 15:04"), unpacked)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// The builder images made from those bases.
+	fmt.Fprintln(env.stdout)
+	return runBuilderList(ctx, env, []string{"--data-dir", sf.dataDir})
 }
 
 func runImageRemove(_ context.Context, env *cliEnv, args []string) error {
@@ -253,6 +258,10 @@ func runImagePrune(ctx context.Context, env *cliEnv, args []string) error {
 	}
 	if fs.NArg() != 0 {
 		return usageError("image prune takes no arguments")
+	}
+	// Unused builders first: what they alone referenced is then collected.
+	if err := runBuilderPrune(ctx, env, []string{"--data-dir", sf.dataDir}); err != nil {
+		return err
 	}
 	s, err := sf.open(env)
 	if err != nil {

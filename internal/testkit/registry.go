@@ -110,7 +110,7 @@ func startRegistry(ctx context.Context, bin, dir string) (_ *Registry, retErr er
 	cmd := exec.Command(bin, "serve", cfg)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	setRegistrySysProcAttr(cmd)
-	if err := cmd.Start(); err != nil {
+	if err := startProcess(cmd); err != nil {
 		return nil, fmt.Errorf("starting registry: %w", err)
 	}
 	r := &Registry{host: host, dir: dir, cmd: cmd, exited: make(chan struct{})}

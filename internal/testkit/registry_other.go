@@ -10,3 +10,5 @@ import (
 var terminateSignal = os.Kill
 
 func setRegistrySysProcAttr(*exec.Cmd) {}
+
+func startProcess(cmd *exec.Cmd) error { return cmd.Start() }
