@@ -2,7 +2,6 @@ package build_test
 
 import (
 	"bytes"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,5 +136,5 @@ echo "+ MAKEFLAGS=-j$(nproc) makepkg"; MAKEFLAGS=-j$(nproc) setpriv --reuid=buil
 	b.ReportMetric(median(poverheads).Seconds(), "podman-overhead-s")
 	ratio := float64(median(overheads)) / float64(median(poverheads))
 	b.ReportMetric(ratio, "overhead-vs-podman")
-	b.Log(fmt.Sprintf("podman: total %s, overhead %s; vagent/podman overhead ratio %.2f", median(ptotals), median(poverheads), ratio))
+	b.Logf("podman: total %s, overhead %s; vagent/podman overhead ratio %.2f", median(ptotals), median(poverheads), ratio)
 }
