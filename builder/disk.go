@@ -13,6 +13,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // meta is a builder's meta.json. It is written once, before the builder
@@ -162,43 +163,5 @@ func (m *Manager) newTemp(prefix string) (string, *os.File, error) {
 // removeStaleTemps removes the temporaries whose writer is gone: the
 // half-prepared builders of a crashed process.
 func (m *Manager) removeStaleTemps() (int, error) {
-	tmp := filepath.Join(m.dir, tmpDirName)
-	ents, err := os.ReadDir(tmp)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, e := range ents {
-		p := filepath.Join(tmp, e.Name())
-		f, err := os.Open(p)
-		if err != nil {
-			continue
-		}
-		ok, err := flock(f, true, false)
-		if err == nil && ok {
-			if err := removeTree(p); err != nil {
-				f.Close()
-				return n, fmt.Errorf("removing stale %s: %w", p, err)
-			}
-			n++
-		}
-		f.Close()
-	}
-	return n, nil
-}
-
-// removeTree removes a tree even if it has directories without write
-// permission (as a rootfs may).
-func removeTree(p string) error {
-	err := os.RemoveAll(p)
-	if err == nil || !errors.Is(err, fs.ErrPermission) {
-		return err
-	}
-	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(q, 0o700)
-		}
-		return nil
-	})
-	return os.RemoveAll(p)
+	return lockfile.RemoveStale(filepath.Join(m.dir, tmpDirName))
 }

@@ -3,51 +3,17 @@ package builder
 import (
 	"context"
 	"os"
-	"time"
 
+	"github.com/vieter-v/vagent/internal/lockfile"
 	"golang.org/x/sys/unix"
 )
 
 // flock takes a lock on f: exclusive or shared, waiting or not. It
 // reports false when wait is unset and the lock is held elsewhere.
-func flock(f *os.File, exclusive, wait bool) (bool, error) {
-	how := unix.LOCK_SH
-	if exclusive {
-		how = unix.LOCK_EX
-	}
-	if !wait {
-		how |= unix.LOCK_NB
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), how)
-		switch err {
-		case nil:
-			return true, nil
-		case unix.EINTR:
-			continue
-		case unix.EWOULDBLOCK:
-			return false, nil
-		}
-		return false, err
-	}
-}
+func flock(f *os.File, exclusive, wait bool) (bool, error) { return lockfile.Lock(f, exclusive, wait) }
 
 // flockCtx waits for an exclusive lock on f until ctx ends.
-func flockCtx(ctx context.Context, f *os.File) error {
-	delay := 10 * time.Millisecond
-	for {
-		ok, err := flock(f, true, false)
-		if err != nil || ok {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 250*time.Millisecond)
-	}
-}
+func flockCtx(ctx context.Context, f *os.File) error { return lockfile.LockContext(ctx, f, true) }
 
 // sameFile reports whether the open directory f is still the one at path
 // (it was not moved away to be removed).

@@ -15,6 +15,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/lockfile"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -509,13 +510,13 @@ func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurre
 	}
 	defer lock.Close()
 	if err := os.Rename(dir, filepath.Join(tmp, "builder")); err != nil {
-		removeTree(tmp)
+		lockfile.RemoveTree(tmp)
 		return false, 0, 0, err
 	}
 	m.mu.Lock()
 	delete(m.metas, id)
 	m.mu.Unlock()
-	if err := removeTree(tmp); err != nil {
+	if err := lockfile.RemoveTree(tmp); err != nil {
 		return true, 0, 0, err
 	}
 	blobs, size, err = m.removeImage(ctx, id)

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/vieter-v/vagent/internal/lockfile"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -97,7 +98,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	}
 	defer func() {
 		if retErr != nil {
-			removeTree(tmp)
+			lockfile.RemoveTree(tmp)
 		}
 		lock.Close()
 	}()
@@ -180,7 +181,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 			return nil, fmt.Errorf("applying the builder layer: %w", err)
 		}
 	case errors.Is(err, errCrossDevice):
-		if err := removeTree(rootfs); err != nil {
+		if err := lockfile.RemoveTree(rootfs); err != nil {
 			return nil, err
 		}
 		if err := oci.Unpack(ctx, img, rootfs); err != nil {

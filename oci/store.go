@@ -17,6 +17,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/vieter-v/vagent/internal/lockfile"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -238,45 +239,7 @@ func (s *Store) newTemp(prefix string, dir bool) (path string, lock *os.File, er
 
 // removeStaleTemps removes the temporaries whose writer is gone.
 func (s *Store) removeStaleTemps() (int, error) {
-	tmp := filepath.Join(s.dir, "tmp")
-	ents, err := os.ReadDir(tmp)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, e := range ents {
-		p := filepath.Join(tmp, e.Name())
-		f, err := os.Open(p)
-		if err != nil {
-			continue
-		}
-		ok, err := flock(f, true, false)
-		if err == nil && ok {
-			if err := removeTree(p); err != nil {
-				f.Close()
-				return n, fmt.Errorf("removing stale %s: %w", p, err)
-			}
-			n++
-		}
-		f.Close()
-	}
-	return n, nil
-}
-
-// removeTree removes a tree even if it has directories without write
-// permission (as a rootfs may).
-func removeTree(p string) error {
-	err := os.RemoveAll(p)
-	if err == nil || !errors.Is(err, fs.ErrPermission) {
-		return err
-	}
-	filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			os.Chmod(q, 0o700)
-		}
-		return nil
-	})
-	return os.RemoveAll(p)
+	return lockfile.RemoveStale(filepath.Join(s.dir, "tmp"))
 }
 
 // writeBlob copies r into the store as blob h, checking the digest and,
@@ -636,7 +599,7 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 		return err
 	}
 	defer func() {
-		removeTree(tmp)
+		lockfile.RemoveTree(tmp)
 		lock.Close()
 	}()
 	dir := filepath.Join(tmp, "rootfs")
@@ -990,9 +953,9 @@ func (s *Store) removeRootfs(hex string) (bool, error) {
 	}
 	defer lock.Close()
 	if err := os.Rename(p, filepath.Join(tmp, "rootfs")); err != nil {
-		removeTree(tmp)
+		lockfile.RemoveTree(tmp)
 		return false, err
 	}
 	os.Remove(p + markSuffix)
-	return true, removeTree(tmp)
+	return true, lockfile.RemoveTree(tmp)
 }
