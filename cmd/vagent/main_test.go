@@ -16,16 +16,11 @@ func TestMain(m *testing.M) {
 }
 
 // TestScripts runs the CLI end to end from testdata/script/*.txtar.
-// Conditions: [root] is true when the tests run as root (CI does).
+// Conditions and extra commands are in script_cmds_test.go.
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
-		Dir: "testdata/script",
-		Condition: func(cond string) (bool, error) {
-			switch cond {
-			case "root":
-				return os.Geteuid() == 0, nil
-			}
-			return false, nil
-		},
+		Dir:       "testdata/script",
+		Condition: scriptCondition,
+		Cmds:      scriptCmds,
 	})
 }

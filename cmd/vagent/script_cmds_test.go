@@ -1,0 +1,125 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// scriptCmds are the commands testdata/script/*.txtar may use besides
+// testscript's own: they make images and registries without network.
+var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []string){
+	"mkimage":  cmdMkimage,
+	"registry": cmdRegistry,
+}
+
+// scriptImage is a one-layer OCI image for the agent's platform holding
+// /etc/os-release (ID=vagent-test) and /bin/marker.
+func scriptImage() (v1.Image, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mod := time.Unix(1700000000, 0)
+	for _, e := range []struct {
+		name, body string
+		typ        byte
+		mode       int64
+	}{
+		{"etc/", "", tar.TypeDir, 0o755},
+		{"etc/os-release", "ID=vagent-test\n", tar.TypeReg, 0o644},
+		{"bin/", "", tar.TypeDir, 0o755},
+		{"bin/marker", "#!/bin/sh\necho marker\n", tar.TypeReg, 0o755},
+	} {
+		if err := tw.WriteHeader(&tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Size: int64(len(e.body)), ModTime: mod}); err != nil {
+			return nil, err
+		}
+		if _, err := io.WriteString(tw, e.body); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return nil, err
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Created = v1.Time{Time: mod}
+	return mutate.ConfigFile(img, cf)
+}
+
+// cmdMkimage: mkimage LAYOUT TAG [DOCKER-ARCHIVE]
+//
+// writes the test image into the OCI layout directory LAYOUT, tagged TAG,
+// and, when given, as `docker save` output into DOCKER-ARCHIVE.
+func cmdMkimage(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: mkimage LAYOUT TAG [DOCKER-ARCHIVE]")
+	}
+	img, err := scriptImage()
+	ts.Check(err)
+	p, err := layout.Write(ts.MkAbs(args[0]), empty.Index)
+	ts.Check(err)
+	ts.Check(p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": args[1]})))
+	if len(args) == 3 {
+		tag, err := name.NewTag("vagent-test/image:" + args[1])
+		ts.Check(err)
+		ts.Check(tarball.WriteToFile(ts.MkAbs(args[2]), tag, img))
+	}
+}
+
+// cmdRegistry: registry
+//
+// starts an in-memory registry on loopback for the rest of the script and
+// sets $REGISTRY to its host:port.
+func cmdRegistry(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: registry")
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	ts.Defer(srv.Close)
+	ts.Setenv("REGISTRY", strings.TrimPrefix(srv.URL, "http://"))
+}
+
+// scriptCondition evaluates the conditions of testdata/script: root (the
+// tests run as root, as CI does) and ci (CI is set: a missing tool must
+// fail, not skip).
+func scriptCondition(cond string) (bool, error) {
+	switch cond {
+	case "root":
+		return os.Geteuid() == 0, nil
+	case "ci":
+		return os.Getenv("CI") != "", nil
+	}
+	return false, fmt.Errorf("unknown condition %q", cond)
+}
