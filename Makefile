@@ -23,7 +23,7 @@ DEB_PACKAGES := \
 
 export CGO_ENABLED := 1
 
-.PHONY: help deps build install test unit lint fuzz bench demo testimages clean
+.PHONY: help deps build check-static install test unit lint fuzz bench demo testimages clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -41,6 +41,15 @@ build: ## build bin/vagent: static, -trimpath, version stamped, seccomp linked i
 	$(GO) build -trimpath -tags '$(TAGS) netgo osusergo' \
 		-ldflags '$(LDFLAGS) -s -w -extldflags -static' -o bin/vagent ./cmd/vagent
 	@ls -l bin/vagent | awk '{printf "bin/vagent: %.1f MiB\n", $$5/1048576}'
+
+check-static: build ## check that bin/vagent is static, has seccomp and runs; print its size
+	@out=$$(ldd bin/vagent 2>&1); case "$$out" in \
+		*"not a dynamic executable"*|*"statically linked"*) ;; \
+		*) echo "check-static: bin/vagent is dynamically linked:"; echo "$$out"; exit 1 ;; esac
+	@if readelf -lW bin/vagent | grep -q 'INTERP'; then echo "check-static: bin/vagent has a program interpreter"; exit 1; fi
+	@v=$$(bin/vagent version) || { echo "check-static: bin/vagent version failed"; exit 1; }; echo "$$v"; \
+		echo "$$v" | grep -q '^features: .*seccomp' || { echo "check-static: bin/vagent lacks seccomp"; exit 1; }
+	@stat -c %s bin/vagent | awk '{printf "check-static: bin/vagent is static, %d bytes (%.1f MiB)\n", $$1, $$1/1048576}'
 
 install: build ## install bin/vagent into $(PREFIX)/bin
 	install -D -m 0755 bin/vagent $(DESTDIR)$(PREFIX)/bin/vagent
