@@ -19,9 +19,11 @@ import (
 // and build/ (see docs/architecture.md).
 func init() { newExecutor = newBuildExecutor }
 
-func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Executor, cleanup func() error, retErr error) {
+func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Executor, _ func() error, retErr error) {
 	var undo []func() error
-	cleanup = func() error {
+	// Not the named result: an error return sets that to nil before the
+	// deferred undo runs.
+	cleanup := func() error {
 		var errs []error
 		for i := len(undo) - 1; i >= 0; i-- {
 			errs = append(errs, undo[i]())
