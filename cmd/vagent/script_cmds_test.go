@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"runtime"
@@ -21,13 +23,18 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/vieter-v/vagent/internal/vieterserver"
 )
 
 // scriptCmds are the commands testdata/script/*.txtar may use besides
 // testscript's own: they make images and registries without network.
 var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []string){
-	"mkimage":  cmdMkimage,
-	"registry": cmdRegistry,
+	"mkimage":      cmdMkimage,
+	"registry":     cmdRegistry,
+	"vieterserver": cmdVieterServer,
+	"freeport":     cmdFreePort,
+	"waithttp":     cmdWaitHTTP,
 }
 
 // scriptImage is a one-layer OCI image for the agent's platform holding
@@ -109,6 +116,62 @@ func cmdRegistry(ts *testscript.TestScript, neg bool, args []string) {
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 	ts.Defer(srv.Close)
 	ts.Setenv("REGISTRY", strings.TrimPrefix(srv.URL, "http://"))
+}
+
+// cmdVieterServer: vieterserver
+//
+// starts a Vieter test server (no jobs) for the rest of the script and sets
+// $VIETER_ADDRESS to its URL and $VIETER_API_KEY_FILE to a file holding its
+// API key.
+func cmdVieterServer(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: vieterserver")
+	}
+	const key = "script-key-0123456789"
+	srv, err := vieterserver.New(vieterserver.WithAPIKey(key))
+	ts.Check(err)
+	hs := httptest.NewServer(srv)
+	ts.Defer(hs.Close)
+	keyFile := ts.MkAbs("vieter-api-key")
+	ts.Check(os.WriteFile(keyFile, []byte(key+"\n"), 0o600))
+	ts.Setenv("VIETER_ADDRESS", hs.URL)
+	ts.Setenv("VIETER_API_KEY_FILE", keyFile)
+}
+
+// cmdFreePort: freeport VAR
+//
+// sets $VAR to a loopback host:port where nothing listens.
+func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: freeport VAR")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ts.Check(err)
+	ts.Setenv(args[0], l.Addr().String())
+	ts.Check(l.Close())
+}
+
+// cmdWaitHTTP: waithttp URL
+//
+// waits up to 30s for URL to answer 200.
+func cmdWaitHTTP(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: waithttp URL")
+	}
+	var last string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get(args[0])
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return
+		}
+		last = resp.Status
+	}
+	ts.Fatalf("%s did not answer 200 within 30s: %s", args[0], last)
 }
 
 // scriptCondition evaluates the conditions of testdata/script: root (the
