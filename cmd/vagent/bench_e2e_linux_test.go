@@ -16,6 +16,7 @@ import (
 
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 // BenchmarkSlotUtilisation runs `vagent run` with two slots on a queue of
@@ -25,6 +26,9 @@ import (
 // is a poll round trip, not a polling_frequency, which is set to 30 s
 // here), and the slots' utilisation while jobs are queued.
 func BenchmarkSlotUtilisation(b *testing.B) {
+	if !sandbox.SeccompSupported {
+		testkit.Unavailable(b, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
+	}
 	testkit.RequireRoot(b)
 	testkit.RequireTool(b, testkit.RegistryBinary, "docker-registry")
 	bin, err := exec.LookPath("vagent")

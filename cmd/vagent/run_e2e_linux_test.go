@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 // lockedBuffer collects a child's output for the failure message.
@@ -40,6 +41,9 @@ func (l *lockedBuffer) String() string {
 // package is published and every log arrives with exit code 0; SIGTERM
 // stops the agent with exit status 0.
 func TestRunEndToEnd(t *testing.T) {
+	if !sandbox.SeccompSupported {
+		testkit.Unavailable(t, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
+	}
 	testkit.RequireRoot(t)
 	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
 	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main

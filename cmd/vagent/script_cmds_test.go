@@ -25,6 +25,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 // scriptCmds are the commands testdata/script/*.txtar may use besides
@@ -183,6 +184,8 @@ func scriptCondition(cond string) (bool, error) {
 		return os.Geteuid() == 0, nil
 	case "ci":
 		return os.Getenv("CI") != "", nil
+	case "seccomp":
+		return sandbox.SeccompSupported, nil
 	}
 	return false, fmt.Errorf("unknown condition %q", cond)
 }
