@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,8 +39,9 @@ func (l *lockedBuffer) String() string {
 // and builds against the test stack: two packages build at once on two
 // slots, then a third whose PKGBUILD depends on one of them is built with
 // pacman installing that dependency from the server's repository. Every
-// package is published and every log arrives with exit code 0; SIGTERM
-// stops the agent with exit status 0.
+// package is published and every log arrives with exit code 0; /metrics
+// counts the builds as they finish; SIGTERM stops the agent with exit
+// status 0.
 func TestRunEndToEnd(t *testing.T) {
 	if !sandbox.SeccompSupported {
 		testkit.Unavailable(t, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
@@ -78,8 +80,15 @@ func TestRunEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := &runEnv{metrics: ln.Addr().String()}
+	ln.Close()
 	cfg := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(cfg, []byte(st.AgentYAML(filepath.Join(dir, "data"), arch, 2, time.Second)), 0o600); err != nil {
+	yaml := st.AgentYAML(filepath.Join(dir, "data"), arch, 2, time.Second) + "metrics_address: " + metrics.metrics + "\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var out lockedBuffer
@@ -112,11 +121,26 @@ func TestRunEndToEnd(t *testing.T) {
 		}
 	}
 	waitLogs(2)
+	// /metrics counts the builds as they finish (the log is uploaded after
+	// the build is counted).
+	const successes = `vagent_builds_total{result="success"}`
+	if got := metrics.metric(t, successes); got != "2" {
+		t.Errorf("after two builds %s = %q, want 2", successes, got)
+	}
+	if got := metrics.metric(t, "vagent_image_bytes_pulled_total"); got == "" || got == "0" {
+		t.Errorf("vagent_image_bytes_pulled_total = %q after pulling the base image", got)
+	}
 	app, err := st.AddURLTarget("app", "e2e", arch, testkit.DemoPKGBUILD("e2e-app", "0.1", "e2e-lib"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitLogs(3)
+	if got := metrics.metric(t, successes); got != "3" {
+		t.Errorf("after three builds %s = %q, want 3", successes, got)
+	}
+	if got := metrics.metric(t, `vagent_build_duration_seconds_count{result="success"}`); got != "3" {
+		t.Errorf("vagent_build_duration_seconds_count = %q, want 3", got)
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
