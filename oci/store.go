@@ -499,25 +499,39 @@ func (s *Store) lockGC(ctx context.Context, exclusive bool) (*os.File, error) {
 	return f, nil
 }
 
-// Pull resolves ref and fetches every blob of its image into the store.
-// Blobs already in the store are not requested again.
-func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
+// resolveLocked parses and resolves ref while holding a shared lock on
+// gc.lock, so that Prune does not collect the image's blobs before its
+// reference is recorded. done releases the lock and the image source.
+func (s *Store) resolveLocked(ctx context.Context, ref string) (*resolved, func(), error) {
 	r, err := ParseReference(ref)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	gc, err := s.lockGC(ctx, false)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	defer gc.Close()
 	res, err := s.resolve(ctx, r)
+	if err != nil {
+		gc.Close()
+		return nil, nil, err
+	}
+	return res, func() {
+		if res.src != nil {
+			res.src.close()
+		}
+		gc.Close()
+	}, nil
+}
+
+// Pull resolves ref and fetches every blob of its image into the store.
+// Blobs already in the store are not requested again.
+func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
+	res, done, err := s.resolveLocked(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	if res.src != nil {
-		defer res.src.close()
-	}
+	defer done()
 	if err := s.startFetch(ctx, res).wait(); err != nil {
 		return nil, fmt.Errorf("pulling %s: %w", res.img.Ref, err)
 	}
@@ -537,22 +551,11 @@ func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
 // a rename when complete. Layers are downloaded in parallel and applied in
 // order as they arrive. The caller must Release the result.
 func (s *Store) Rootfs(ctx context.Context, ref string) (*Rootfs, error) {
-	r, err := ParseReference(ref)
+	res, done, err := s.resolveLocked(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	gc, err := s.lockGC(ctx, false)
-	if err != nil {
-		return nil, err
-	}
-	defer gc.Close()
-	res, err := s.resolve(ctx, r)
-	if err != nil {
-		return nil, err
-	}
-	if res.src != nil {
-		defer res.src.close()
-	}
+	defer done()
 	img := res.img
 	if _, err, _ := s.flight.Do(img.Digest.Hex, func() (any, error) {
 		return nil, s.unpackRootfs(ctx, res)
