@@ -28,7 +28,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	sandbox.Init()
 	code := m.Run()
 	shared.close()
 	os.Exit(code)

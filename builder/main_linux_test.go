@@ -26,7 +26,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	sandbox.Init()
 	if os.Getenv(crashChildEnv) != "" {
 		crashChild()
 	}

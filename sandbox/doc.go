@@ -54,9 +54,12 @@
 // opts out explicitly with WithSeccomp(false): a sandbox never silently runs
 // with less isolation than asked for. `vagent check` reports it.
 //
-// Binaries using this package must call [Init] first thing (from an init
-// function of package main, and from TestMain in tests): libcontainer starts
-// each container by re-executing the current binary.
+// libcontainer starts each container by re-executing the current binary
+// ("<argv0> init"); this package's own init function recognises that and
+// runs the container's init, so importing the package is all a binary or a
+// test binary needs. The dispatch sits in this package rather than in main
+// so that a container init skips the initialisers of the packages Go
+// initialises after it (see init_linux.go).
 //
 // # Rootless
 //

@@ -7,8 +7,6 @@ var (
 	ErrInvalidSpec = errors.New("invalid sandbox spec")
 	// ErrClosed is returned by Run after Close.
 	ErrClosed = errors.New("sandbox manager closed")
-	// ErrNoInit reports that Init was not called before New.
-	ErrNoInit = errors.New("sandbox.Init was not called from main or TestMain")
 	// ErrNoSeccomp reports that the binary was built without seccomp support
 	// (cgo and the "seccomp" build tag) while seccomp was asked for.
 	ErrNoSeccomp = errors.New("seccomp support not compiled in (build with cgo and -tags seccomp)")

@@ -4,7 +4,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"sync/atomic"
 
 	"github.com/opencontainers/runc/libcontainer"
 	// nsenter's cgo constructor sets up namespaces before the Go runtime
@@ -19,8 +18,17 @@ import (
 // idmapped mounts.
 const usernsHolderArg = "vagent-sandbox-userns-holder"
 
-var initCalled atomic.Bool
+// initArg is the argument libcontainer starts a container's init with (it
+// re-executes the current binary as "<argv0> init"); initPipeEnv is set in
+// that process only, so that a command named "init" of the binary is never
+// taken for one.
+const (
+	initArg     = "init"
+	initPipeEnv = "_LIBCONTAINER_INITPIPE"
+)
 
+// init does two things.
+//
 // The main goroutine keeps the main thread for the life of the process.
 // libcontainer runs a helper goroutine, locked to its thread, that joins a
 // container's mount namespace and exits without unlocking so that the
@@ -29,21 +37,28 @@ var initCalled atomic.Bool
 // in the container's mount namespace and keeping that namespace, with its
 // mounts, alive. A goroutine running on the main thread during package
 // initialisation stays locked to it after this.
-func init() { runtime.LockOSThread() }
-
-// Init must be called first thing from an init function of package main
-// (and from TestMain of tests that start containers). When the process is a
-// re-executed container init or helper it does that job and never returns;
-// otherwise it returns at once.
-func Init() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "init":
-			libcontainer.Init() // never returns
-		case usernsHolderArg:
-			_, _ = io.Copy(io.Discard, os.Stdin)
-			os.Exit(0)
-		}
+//
+// And it turns a re-executed copy of the binary into what it was started as
+// (a container's init, or the user-namespace holder), which never returns.
+// This happens here rather than from package main because Go runs package
+// initialisers in a fixed order and only the ones ordered before this
+// package have run yet: in the agent's binary a container init thereby skips
+// the initialisers of the build, builder, poll and metrics packages and
+// their dependencies (Prometheus among them), about 5 ms of every container
+// start on a small VM (docs/benchmarks.md). Importing this package is all a
+// binary (or a test binary) needs to start containers.
+func init() {
+	runtime.LockOSThread()
+	if len(os.Args) < 2 {
+		return
 	}
-	initCalled.Store(true)
+	switch os.Args[1] {
+	case initArg:
+		if os.Getenv(initPipeEnv) != "" {
+			libcontainer.Init() // never returns
+		}
+	case usernsHolderArg:
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		os.Exit(0)
+	}
 }

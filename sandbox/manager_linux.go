@@ -41,9 +41,6 @@ type Manager struct {
 // Manager on it left behind: running containers are killed and destroyed,
 // their cgroups, mounts, upper and state directories removed.
 func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
-	if !initCalled.Load() {
-		return nil, ErrNoInit
-	}
 	o := defaultOptions()
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {

@@ -10,9 +10,6 @@ import (
 // Manager runs sandboxes; it is only available on Linux.
 type Manager struct{}
 
-// Init does nothing outside Linux.
-func Init() {}
-
 // New returns errors.ErrUnsupported outside Linux.
 func New(dataDir string, opts ...Option) (*Manager, error) { return nil, errors.ErrUnsupported }
 
