@@ -62,7 +62,14 @@ type testEnv struct {
 func newManager(t testing.TB, opts ...sandbox.Option) *testEnv {
 	t.Helper()
 	needRoot(t)
-	e := &testEnv{dir: sandboxtest.Dir(t), parent: fmt.Sprintf("vagent-test-%d-%d", os.Getpid(), parentSeq.Add(1))}
+	return newManagerIn(t, sandboxtest.Dir(t), opts...)
+}
+
+// newManagerIn is newManager on the given data directory.
+func newManagerIn(t testing.TB, dir string, opts ...sandbox.Option) *testEnv {
+	t.Helper()
+	needRoot(t)
+	e := &testEnv{dir: dir, parent: fmt.Sprintf("vagent-test-%d-%d", os.Getpid(), parentSeq.Add(1))}
 	opts = append([]sandbox.Option{sandbox.WithSeccomp(sandbox.SeccompSupported), sandbox.WithCgroupParent(e.parent)}, opts...)
 	m, err := sandbox.New(e.dir, opts...)
 	if err != nil {

@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/opencontainers/cgroups"
@@ -79,6 +81,34 @@ func TestUnescapeMountinfo(t *testing.T) {
 	for in, want := range map[string]string{`/a\040b`: "/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/trail\04`: `/trail\04`} {
 		if got := unescapeMountinfo(in); got != want {
 			t.Errorf("unescape(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestBinaryCopiedPerStart(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"opt/vagent/data/sandbox/state", "usr/local/bin", "var/lib/vagent/sandbox/state"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A symlinked data directory that resolves into the binary's directory.
+	if err := os.Symlink(filepath.Join(root, "opt/vagent/data"), filepath.Join(root, "data-link")); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		exe, state string
+		want       bool
+	}{
+		{"usr/local/bin/vagent", "var/lib/vagent/sandbox/state", false},
+		{"opt/vagent/vagent", "opt/vagent/data/sandbox/state", true},
+		{"opt/vagent/vagent", "data-link/sandbox/state", true},
+		{"opt/vagent/data/sandbox/state/vagent", "opt/vagent/data/sandbox/state", true},
+		{"opt/vagent-bin/vagent", "opt/vagent/data/sandbox/state", false},
+		{"opt/vagent/vagent", "usr/local/bin", false},
+	} {
+		if got := binaryCopiedPerStart(filepath.Join(root, c.exe), filepath.Join(root, c.state)); got != c.want {
+			t.Errorf("binary %s, state %s: %v, want %v", c.exe, c.state, got, c.want)
 		}
 	}
 }
