@@ -288,7 +288,8 @@ func TestBadOptions(t *testing.T) {
 }
 
 func TestSetupFailureCarriesLog(t *testing.T) {
-	e := newEnv(t)
+	var preps prepCounter
+	e := newEnv(t, builder.WithPrepareObserver(preps.observe))
 	reg := startRegistry(t)
 	base := pushed(t, reg, "fail", fakeBase(t, map[string]string{"fail": "no-such-package"}))
 	var log syncBuffer
@@ -313,10 +314,14 @@ func TestSetupFailureCarriesLog(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(e.dir, "builders", "tmp")); len(ents) != 0 {
 		t.Errorf("temporaries left: %v", ents)
 	}
+	if ok, failed := preps.counts(); ok != 0 || failed != 1 {
+		t.Errorf("preparation observer: %d succeeded, %d failed; want 0 and 1", ok, failed)
+	}
 }
 
 func TestConcurrentAcquirePreparesOnce(t *testing.T) {
-	e := newEnv(t)
+	var preps prepCounter
+	e := newEnv(t, builder.WithPrepareObserver(preps.observe))
 	reg := startRegistry(t)
 	slow := pushed(t, reg, "slow", fakeBase(t, map[string]string{"slow": "3"}))
 	fast := pushed(t, reg, "fast", fakeBase(t, nil))
@@ -364,4 +369,47 @@ func TestConcurrentAcquirePreparesOnce(t *testing.T) {
 	if ids := builderIDs(t, e); len(ids) != 2 {
 		t.Errorf("%d builders on disk, want one per base: %v", len(ids), ids)
 	}
+	// Once more, cached: no preparation.
+	lc, err := e.m.Acquire(t.Context(), fast, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc.Release()
+	if ok, failed := preps.counts(); ok != 2 || failed != 0 {
+		t.Errorf("preparation observer: %d succeeded, %d failed; want one success per base", ok, failed)
+	}
+	if took := preps.slowest(); took < 3*time.Second {
+		t.Errorf("slowest preparation reported as %s; the slow base's setup sleeps 3 s", took)
+	}
+}
+
+// prepCounter records what a builder Manager reports to its preparation
+// observer.
+type prepCounter struct {
+	mu         sync.Mutex
+	ok, failed int
+	max        time.Duration
+}
+
+func (c *prepCounter) observe(took time.Duration, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.failed++
+	} else {
+		c.ok++
+	}
+	c.max = max(c.max, took)
+}
+
+func (c *prepCounter) counts() (ok, failed int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ok, c.failed
+}
+
+func (c *prepCounter) slowest() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.max
 }

@@ -38,6 +38,7 @@ type options struct {
 	setupTimeout time.Duration
 	setupLimits  *sandbox.Limits
 	retryAfter   time.Duration
+	prepared     func(took time.Duration, err error)
 	now          func() time.Time
 }
 
@@ -199,6 +200,19 @@ func WithRetryAfter(d time.Duration) Option {
 			return fmt.Errorf("%w: retry delay %s is negative", ErrBadConfig, d)
 		}
 		o.retryAfter = d
+		return nil
+	}
+}
+
+// WithPrepareObserver sets a function called after every preparation of a
+// builder (pulling the base, the setup, the layer and the image), with how
+// long it took and its error (nil when a new builder was made). Finding a
+// builder fresh, or a refresh finding its base unchanged, is not a
+// preparation. The agent's metrics count preparations with it. Default:
+// none.
+func WithPrepareObserver(f func(took time.Duration, err error)) Option {
+	return func(o *options) error {
+		o.prepared = f
 		return nil
 	}
 }

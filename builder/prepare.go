@@ -28,8 +28,9 @@ const (
 
 // prepare makes a builder for base unless mode says the current one will
 // do. It holds the base's lock file, so that one process at a time
-// prepares a base, and reports whether it made a new builder.
-func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, mode prepMode) (*meta, bool, error) {
+// prepares a base, and reports whether it made a new builder. The
+// preparation observer hears of every attempt to make one.
+func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, mode prepMode) (md *meta, rebuilt bool, err error) {
 	if m.store == nil || m.sb == nil {
 		return nil, false, fmt.Errorf("preparing a builder for %s: no image store or sandbox", base)
 	}
@@ -55,6 +56,11 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		return cur, false, nil // another process made it meanwhile
 	}
 	start := m.o.now()
+	defer func() {
+		if m.o.prepared != nil && (rebuilt || err != nil) {
+			m.o.prepared(m.o.now().Sub(start), err)
+		}
+	}()
 	fmt.Fprintf(out, "==> vagent: preparing a builder for %s\n", base)
 	rf, err := m.store.Rootfs(ctx, base)
 	if err != nil {
@@ -66,7 +72,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		fmt.Fprintf(out, "==> vagent: the builder %s is fresh and its base unchanged\n", cur.Digest)
 		return cur, false, nil
 	}
-	md, err := m.build(ctx, out, base, rf)
+	md, err = m.build(ctx, out, base, rf)
 	if err != nil {
 		return nil, false, err
 	}

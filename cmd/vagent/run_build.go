@@ -54,7 +54,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	}
 	undo = append(undo, sb.Close)
 	bm, err := builder.New(store, sb, filepath.Join(cfg.DataDir, "builders"),
-		append(cfg.BuilderOptions(), builder.WithLogger(deps.log))...)
+		append(cfg.BuilderOptions(), builder.WithLogger(deps.log), builder.WithPrepareObserver(deps.metrics.ImagePrepared))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("builder images: %w", err)
 	}

@@ -141,6 +141,13 @@ func TestRunEndToEnd(t *testing.T) {
 	if got := metrics.metric(t, `vagent_build_duration_seconds_count{result="success"}`); got != "3" {
 		t.Errorf("vagent_build_duration_seconds_count = %q, want 3", got)
 	}
+	// One builder, prepared for the first build on the fresh data dir.
+	if got := metrics.metric(t, `vagent_builder_image_preparations_total{result="success"}`); got != "1" {
+		t.Errorf("vagent_builder_image_preparations_total{result=\"success\"} = %q, want 1", got)
+	}
+	if got := metrics.metric(t, `vagent_builder_image_preparation_duration_seconds_count`); got != "1" {
+		t.Errorf("vagent_builder_image_preparation_duration_seconds_count = %q, want 1", got)
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
