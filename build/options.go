@@ -2,6 +2,7 @@ package build
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -95,14 +96,10 @@ func archOf(goarch string) string {
 
 func discardLogger() logrus.FieldLogger {
 	l := logrus.New()
-	l.Out = nopWriter{}
-	l.Level = logrus.PanicLevel
+	l.SetOutput(io.Discard)
+	l.SetLevel(logrus.PanicLevel)
 	return l
 }
-
-type nopWriter struct{}
-
-func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
 
 // WithLogger sets the logger. Default: silent.
 func WithLogger(l logrus.FieldLogger) Option {

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"fmt"
+	"io"
 	"net/url"
 	"regexp"
 	"strings"
@@ -67,14 +68,10 @@ func defaultOptions() *options {
 
 func discardLogger() logrus.FieldLogger {
 	l := logrus.New()
-	l.Out = nopWriter{}
-	l.Level = logrus.PanicLevel
+	l.SetOutput(io.Discard)
+	l.SetLevel(logrus.PanicLevel)
 	return l
 }
-
-type nopWriter struct{}
-
-func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
 
 // WithLogger sets the logger. Default: silent.
 func WithLogger(l logrus.FieldLogger) Option {
