@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -65,9 +67,10 @@ func median(d []time.Duration) time.Duration {
 // publishes) minus the time of the makepkg that builds (from its
 // announcement to "Finished making", timed as the log streams). Medians of
 // VAGENT_BENCH_ROUNDS (default 10) rounds after a warm-up that prepares the
-// builder. When podman is installed the same trivial build runs with
-// `podman run --rm` on the builder image, makechrootpkg-style (copy the
-// PKGBUILD in, makepkg as builder), and the overheads are compared.
+// builder. When podman is installed the same job runs the way the
+// reference Vieter agent runs it, a script in `podman run --rm` on the same
+// builder image (repository and upgrade, download, makepkg --nobuild
+// --syncdeps, makepkg, upload), and the overheads are compared.
 func BenchmarkBuildOverhead(b *testing.B) {
 	e := setup(b)
 	rounds := 10
@@ -104,32 +107,53 @@ func BenchmarkBuildOverhead(b *testing.B) {
 
 	podman, err := exec.LookPath("podman")
 	if err != nil {
-		b.Log("podman not installed: no comparison")
+		b.Log("podman not installed (Debian package podman): no comparison")
 		return
 	}
-	// The builder image, exported from the builder's OCI layout.
+	// The builder image, from the builder's OCI layout, in a podman store
+	// of the benchmark's own (never the machine's), imported by an untimed
+	// first run as vagent's builder was prepared by its warm-up.
 	layout := filepath.Join(e.dir, "builders", "oci")
-	img := "oci:" + layout + ":" + e.base
-	src := filepath.Join(b.TempDir(), "src")
-	if err := os.MkdirAll(src, 0o755); err != nil {
-		b.Fatal(err)
+	img := "oci:" + layout + ":" + builder.LayoutTag(e.base)
+	store := b.TempDir()
+	pm := func(args ...string) *exec.Cmd {
+		return exec.Command(podman, append([]string{"--root", filepath.Join(store, "root"), "--runroot", filepath.Join(store, "run")}, args...)...)
 	}
-	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(pb), 0o644); err != nil {
-		b.Fatal(err)
+	defer pm("rmi", "--all", "--force").Run()
+	run := append(append([]string{"run", "--rm", "--network", "host"}, testkit.PodmanRunLimits()...), img)
+	if out, err := pm(append(run, "true")...).CombinedOutput(); err != nil {
+		b.Fatalf("podman: importing the builder image: %v\n%s", err, out)
 	}
-	script := `set -e; cp -a /src /build/repo; chown -R builder: /build/repo; cd /build/repo
-echo "+ MAKEFLAGS=-j$(nproc) makepkg"; MAKEFLAGS=-j$(nproc) setpriv --reuid=builder --regid=builder --init-groups makepkg --noconfirm`
+	// What the reference agent runs in its container: the job's repository
+	// in pacman.conf and an upgrade, then as builder the PKGBUILD download,
+	// makepkg --nobuild --syncdeps, the build, and the upload of each
+	// package with the API key (force: no existence check).
+	script := `set -e
+printf '\n[%s]\nServer = %s\nSigLevel = Optional\n' "$REPO" "$SERVER/\$repo/\$arch" >>/etc/pacman.conf
+pacman -Syu --needed --noconfirm
+cd /build
+exec setpriv --reuid=builder --regid=builder --init-groups env HOME=/home/builder bash -c '
+set -e
+rm -rf repo; mkdir repo; curl -fsSL -o repo/PKGBUILD "$URL"; cd repo
+makepkg --nobuild --syncdeps --needed --noconfirm
+echo "+ MAKEFLAGS=-j$(nproc) makepkg"
+MAKEFLAGS=-j$(nproc) makepkg --syncdeps --needed --noconfirm --noextract
+for f in *.pkg*; do curl -fsS -H "X-Api-Key: $KEY" --data-binary "@$f" "$SERVER/$REPO/publish"; echo; done'`
 	var ptotals, poverheads []time.Duration
 	for i := 0; i < rounds; i++ {
 		log := newStampLog("+ MAKEFLAGS=", "==> Finished making:")
-		start := time.Now()
-		cmd := exec.Command(podman, "run", "--rm", "--network", "host", "-v", src+":/src:ro", img, "bash", "-c", script)
+		cmd := pm(append(run[:len(run)-1:len(run)-1], "-e", "REPO="+job.Repo, "-e", "SERVER="+e.ts.URL, "-e", "URL="+url, "-e", "KEY="+apiKey,
+			img, "bash", "-c", script)...)
 		cmd.Stdout, cmd.Stderr = log, log
+		start := time.Now()
 		if err := cmd.Run(); err != nil {
 			b.Fatalf("podman round %d: %v\n%s", i, err, log.buf.String())
 		}
 		total := time.Since(start)
-		mk, _ := log.span("+ MAKEFLAGS=", "==> Finished making:")
+		mk, ok := log.span("+ MAKEFLAGS=", "==> Finished making:")
+		if !ok {
+			b.Fatalf("podman round %d: makepkg markers not in the log:\n%s", i, log.buf.String())
+		}
 		ptotals, poverheads = append(ptotals, total), append(poverheads, total-mk)
 	}
 	b.ReportMetric(median(ptotals).Seconds(), "podman-total-s")

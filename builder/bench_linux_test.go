@@ -99,25 +99,39 @@ func BenchmarkBuilderCold(b *testing.B) {
 }
 
 // podmanPrepare does the reference agent's preparation with podman: pull,
-// run the setup, commit. The setup is the equivalent shell command.
+// run the setup, commit. The setup is the equivalent shell command: the
+// extra repository, pacman -Syu of base-devel and git, the builder user
+// (1000:1000) with password-less sudo, /build owned by it. Each call uses
+// a new podman store of its own, so that every preparation is cold (as
+// vagent's, on a new data directory) and the machine's images are never
+// touched.
 func podmanPrepare(b *testing.B, podman, base string, repo builder.Repo) time.Duration {
 	b.Helper()
-	name := "vagent-bench-" + time.Now().Format("150405.000000")
+	store := b.TempDir()
+	pm := func(args ...string) *exec.Cmd {
+		return exec.CommandContext(b.Context(), podman, append([]string{"--root", filepath.Join(store, "root"), "--runroot", filepath.Join(store, "run")}, args...)...)
+	}
+	const name = "vagent-bench-builder"
 	start := time.Now()
+	run := append([]string{"run", "--name", name, "--network", "host"}, testkit.PodmanRunLimits()...)
 	for _, args := range [][]string{
 		{"pull", "--tls-verify=false", "--quiet", base},
-		{"run", "--name", name, "--network", "host", base, "/bin/sh", "-c",
-			"printf '\\n[%s]\\nSigLevel = %s\\nServer = %s\\n' \"$0\" \"$1\" \"$2\" >>/etc/pacman.conf && " +
-				"pacman -Syu --needed --noconfirm base-devel git && mkdir -p /build && chown builder:builder /build",
-			repo.Name, repo.SigLevel, repo.Servers[0]},
+		append(run, base, "/bin/sh", "-c",
+			"printf '\\n[%s]\\nSigLevel = %s\\nServer = %s\\n' \"$0\" \"$1\" \"$2\" >>/etc/pacman.conf && "+
+				"pacman -Syu --needed --noconfirm base-devel git && "+
+				"{ grep -q '^builder:' /etc/group || groupadd -g 1000 builder; } && "+
+				"{ grep -q '^builder:' /etc/passwd || useradd -m -u 1000 -g builder builder; } && "+
+				"echo 'builder ALL=(ALL) NOPASSWD: ALL' >/etc/sudoers.d/builder && "+
+				"mkdir -p /build && chown builder:builder /build",
+			repo.Name, repo.SigLevel, repo.Servers[0]),
 		{"commit", "--quiet", name, name},
 	} {
-		if out, err := exec.CommandContext(b.Context(), podman, args...).CombinedOutput(); err != nil {
+		if out, err := pm(args...).CombinedOutput(); err != nil {
 			b.Fatalf("podman %v: %v\n%s", args, err, out)
 		}
 	}
 	d := time.Since(start)
-	exec.Command(podman, "rm", "-f", name).Run()
-	exec.Command(podman, "rmi", "-f", name, base).Run()
+	pm("rm", "--force", name).Run()
+	pm("rmi", "--all", "--force").Run()
 	return d
 }
