@@ -18,8 +18,9 @@
 //     ("[repo]", "Server = <address>/$repo/$arch", "SigLevel = Optional")
 //     and run pacman -Syu; then, as the builder user, fetch the sources (a
 //     shallow git clone of url, branch and path; or the PKGBUILD downloaded
-//     from url), run makepkg --nobuild --syncdeps and makepkg
-//     --printsrcinfo;
+//     from url), run makepkg --nobuild --syncdeps, and print the fields of
+//     a .SRCINFO the agent needs (the PKGBUILD sourced as makepkg sources
+//     it: makepkg --printsrcinfo takes seconds to load libmakepkg);
 //  3. the agent reads that .SRCINFO, parses it (ParseSrcInfo) and, unless
 //     the job is forced, asks the server whether every package name at
 //     [epoch:]pkgver-pkgrel is already there (HEAD

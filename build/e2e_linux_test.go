@@ -53,6 +53,25 @@ func TestURLSource(t *testing.T) {
 	}
 }
 
+// TestPKGBUILDOutputIsNotSrcInfo: what a PKGBUILD prints while it is read
+// goes to the log and cannot pose as .SRCINFO fields (here a line that
+// would add a package name): the build reads the real fields, builds and
+// publishes the one package.
+func TestPKGBUILDOutputIsNotSrcInfo(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	url := serveFile(t, pkgbuild("chatty", "0.2", "1", `echo "pkgname = impostor"`))
+	repo := newRepo()
+	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 3, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	if !strings.Contains(log, "+ srcinfo\npkgname = impostor\n") {
+		t.Errorf("the PKGBUILD's output is not in the log after + srcinfo:\n%s", log)
+	}
+	if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 1 || pkgs[0].Info.Name != "chatty" || pkgs[0].Info.Version != "0.2-1" {
+		t.Errorf("repository has %+v", pkgs)
+	}
+}
+
 const splitPKGBUILD = `pkgbase=split
 pkgname=(split-a split-b)
 pkgver=3.1

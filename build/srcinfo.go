@@ -9,8 +9,9 @@ import (
 	"strings"
 )
 
-// SrcInfo is what the agent needs from a .SRCINFO (makepkg
-// --printsrcinfo): the package names and the version they are built at.
+// SrcInfo is what the agent needs from a .SRCINFO (the format of makepkg
+// --printsrcinfo; build.sh prints these fields of it): the package names
+// and the version they are built at.
 // It comes from the build and is untrusted: ParseSrcInfo validates every
 // value it keeps.
 type SrcInfo struct {
