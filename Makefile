@@ -15,27 +15,37 @@ BENCH     ?= .
 BENCH_COUNT ?= 1
 
 # Every Debian package the build, the tests, the benchmarks and the demo need.
+# BENCH_PACKAGES are the benchmarks' peers, installed by `make bench` only.
 DEB_PACKAGES := \
 	build-essential pkg-config libseccomp-dev git ca-certificates curl \
 	docker-registry busybox-static debootstrap umoci skopeo runc \
 	pacman-package-manager makepkg fakeroot libarchive-tools zstd pigz xz-utils \
 	uidmap iproute2 procps
+BENCH_PACKAGES := podman
+
+# install-debs installs, idempotently, the Debian packages named in $(1).
+define install-debs
+	@missing=$$(for p in $(1); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "all $(words $(1)) Debian packages present"; fi
+endef
 
 export CGO_ENABLED := 1
 
-.PHONY: help deps build check-static install test unit lint fuzz bench demo testimages clean
+.PHONY: help deps bench-deps build check-static install test unit lint fuzz bench demo testimages clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
 
 deps: ## install, idempotently, every Debian package the tests need
-	@missing=$$(for p in $(DEB_PACKAGES); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	else echo "deps: all Debian packages present"; fi
+	$(call install-debs,$(DEB_PACKAGES))
 	$(GO) mod download
+
+bench-deps: deps ## also install the benchmarks' peers (podman)
+	$(call install-debs,$(BENCH_PACKAGES))
 
 build: ## build bin/vagent: static, -trimpath, version stamped, seccomp linked in
 	$(GO) build -trimpath -tags '$(TAGS) netgo osusergo' \
@@ -78,7 +88,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 		$(GO) test -tags '$(TAGS)' -run '^$$' -fuzz "^$${t#*:}$$" -fuzztime $${FUZZTIME:-30s} "$${t%%:*}"; \
 	done
 
-bench: testimages ## benchmarks with peer ratios (see docs/benchmarks.md)
+bench: bench-deps testimages ## benchmarks with peer ratios (see docs/benchmarks.md)
 	VAGENT_BENCH_IDLE=$${VAGENT_BENCH_IDLE:-60s} \
 	$(GO) test -tags '$(TAGS)' -run '^$$' -bench '$(BENCH)' -count $(BENCH_COUNT) -benchtime 1x -timeout 60m ./...
 
