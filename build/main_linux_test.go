@@ -1,7 +1,6 @@
 package build_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -191,28 +190,10 @@ func newBuilder(t testing.TB, e *env, opts ...build.Option) *build.Builder {
 	return b
 }
 
-// syncBuffer is a log the sandbox's copier and the test may share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // runJob builds job and returns the result and the log.
 func runJob(t testing.TB, b *build.Builder, job poll.Job) (*build.Result, string) {
 	t.Helper()
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	r := b.Build(t.Context(), job, &log)
 	t.Logf("%s: %s (exit %d) in %s", job.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
 	return r, log.String()

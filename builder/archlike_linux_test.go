@@ -27,6 +27,7 @@ import (
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 // node is what the tree comparisons check of one path.
@@ -145,7 +146,7 @@ func TestArchLikeBuilder(t *testing.T) {
 	}
 	e := newEnv(t, builder.WithRepos(archRepo(t)))
 	ctx := t.Context()
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	l, err := e.m.Acquire(ctx, base, &log)
 	if err != nil {
 		t.Fatalf("Acquire: %v\n%s", err, log.String())

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 // layoutImage returns the image tagged ref in the builders' layout.
@@ -74,7 +75,7 @@ func TestAcquirePreparesBuilder(t *testing.T) {
 	e := newEnv(t)
 	reg := startRegistry(t)
 	base := pushed(t, reg, "fake", fakeBase(t, nil))
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	l, err := e.m.Acquire(t.Context(), base, &log)
 	if err != nil {
 		t.Fatalf("Acquire: %v\n%s", err, log.String())
@@ -218,7 +219,7 @@ func TestDisableSandboxDetection(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := pushed(t, reg, tc.name, fakeBase(t, tc.flags))
-			var log syncBuffer
+			var log sandboxtest.Buffer
 			l, err := e.m.Acquire(t.Context(), base, &log)
 			if err != nil {
 				t.Fatalf("Acquire: %v\n%s", err, log.String())
@@ -241,7 +242,7 @@ func TestMirrorListAndRepos(t *testing.T) {
 		builder.WithPackages("base-devel", "git", "extra/vim"))
 	reg := startRegistry(t)
 	base := pushed(t, reg, "fake", fakeBase(t, nil))
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	l, err := e.m.Acquire(t.Context(), base, &log)
 	if err != nil {
 		t.Fatalf("Acquire: %v\n%s", err, log.String())
@@ -292,7 +293,7 @@ func TestSetupFailureCarriesLog(t *testing.T) {
 	e := newEnv(t, builder.WithPrepareObserver(preps.observe))
 	reg := startRegistry(t)
 	base := pushed(t, reg, "fail", fakeBase(t, map[string]string{"fail": "no-such-package"}))
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	l, err := e.m.Acquire(t.Context(), base, &log)
 	if err == nil {
 		l.Release()
@@ -327,7 +328,7 @@ func TestConcurrentAcquirePreparesOnce(t *testing.T) {
 	fast := pushed(t, reg, "fast", fakeBase(t, nil))
 	const n = 5
 	var wg sync.WaitGroup
-	logs := make([]syncBuffer, n)
+	logs := make([]sandboxtest.Buffer, n)
 	leases := make([]*builder.Lease, n)
 	errs := make([]error, n)
 	var slowDone time.Time

@@ -16,6 +16,7 @@ import (
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 func hasBlob(e *env, h v1.Hash) bool {
@@ -40,7 +41,7 @@ func TestExpiryRebuildsAndCollectsAfterLastBuild(t *testing.T) {
 	old := l1.Digest
 	clk.Add(2 * time.Hour)
 
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	start := time.Now()
 	l2, err := e.m.Acquire(ctx, base, &log)
 	if err != nil {
@@ -144,7 +145,7 @@ func TestRefreshResolvesBaseWithoutPulling(t *testing.T) {
 	testkit.RequireRoot(t)
 	clk := &clock{now: time.Now()}
 	dir := t.TempDir()
-	var mu syncBuffer
+	var mu sandboxtest.Buffer
 	progress := func(p oci.Progress) {
 		if p.Phase == oci.PhaseDownload || p.Phase == oci.PhaseVerified {
 			mu.Write([]byte(string(p.Phase) + " " + p.Blob.String() + "\n"))
@@ -170,11 +171,9 @@ func TestRefreshResolvesBaseWithoutPulling(t *testing.T) {
 	if !strings.Contains(mu.String(), "download") {
 		t.Fatalf("the first preparation downloaded nothing? progress:\n%s", mu.String())
 	}
-	mu.mu.Lock()
-	mu.b.Reset()
-	mu.mu.Unlock()
+	mu.Reset()
 
-	var log syncBuffer
+	var log sandboxtest.Buffer
 	again, rebuilt, err := m.Refresh(t.Context(), base, &log)
 	if err != nil || rebuilt || again.Digest != first.Digest {
 		t.Fatalf("Refresh of a fresh builder: rebuilt %v, %s (was %s), %v", rebuilt, again.Digest, first.Digest, err)
@@ -283,7 +282,7 @@ func TestCrashDuringSetupIsCleanedUp(t *testing.T) {
 	}
 	reg := startRegistry(t)
 	base := pushed(t, reg, "slow", fakeBase(t, map[string]string{"slow": "60"}))
-	var out syncBuffer
+	var out sandboxtest.Buffer
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+e.dir+"\n"+base)
 	cmd.Stdout, cmd.Stderr = &out, &out

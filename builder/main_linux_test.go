@@ -213,24 +213,6 @@ func pushed(t testing.TB, reg *testkit.Registry, repo string, img v1.Image) stri
 	return ref
 }
 
-// syncBuffer is a log writer safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // clock is a settable clock for expiry tests.
 type clock struct {
 	mu  sync.Mutex

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )

@@ -1,7 +1,6 @@
 package sandbox_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -137,30 +135,12 @@ func leftovers(dataDir, parent string, closed bool) []string {
 	return l
 }
 
-// syncBuffer is an io.Writer safe for the copier and the test to share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 var pathEnv = []string{"PATH=/bin:/usr/bin", "HOME=/root"}
 
 // sh runs a shell script in rootfs and returns the result and its output.
 func sh(t testing.TB, m *sandbox.Manager, rootfs, script string, mod ...func(*sandbox.Spec)) (*sandbox.Result, string) {
 	t.Helper()
-	var out syncBuffer
+	var out sandboxtest.Buffer
 	spec := sandbox.Spec{Lower: rootfs, Args: []string{"/bin/sh", "-c", script}, Env: pathEnv, Output: &out}
 	for _, f := range mod {
 		f(&spec)

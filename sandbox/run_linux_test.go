@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
@@ -35,7 +36,7 @@ func TestExitCodes(t *testing.T) {
 		{"not executable", []string{"/etc/passwd"}, 126, "passwd"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var out syncBuffer
+			var out sandboxtest.Buffer
 			res, err := e.m.Run(t.Context(), sandbox.Spec{Lower: rootfs, Args: tc.args, Env: pathEnv, Output: &out})
 			if err != nil {
 				t.Fatal(err)
@@ -342,14 +343,14 @@ func TestOutputIsLiveAndOrdered(t *testing.T) {
 }
 
 type firstWriteWriter struct {
-	syncBuffer
+	sandboxtest.Buffer
 	first chan time.Time
 	once  sync.Once
 }
 
 func (w *firstWriteWriter) Write(p []byte) (int, error) {
 	w.once.Do(func() { w.first <- time.Now() })
-	return w.syncBuffer.Write(p)
+	return w.Buffer.Write(p)
 }
 
 // findProcs returns host processes whose command line contains s.
@@ -386,7 +387,7 @@ func TestTimeoutKillsEverything(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := tc.ctx()
 			defer cancel()
-			var out syncBuffer
+			var out sandboxtest.Buffer
 			start := time.Now()
 			res, err := e.m.Run(ctx, sandbox.Spec{
 				Lower: rootfs, Env: pathEnv, Output: &out, Grace: 300 * time.Millisecond,
@@ -458,7 +459,7 @@ func TestPidsLimit(t *testing.T) {
 			hostWorst = max(hostWorst, time.Since(s))
 		}
 	}()
-	var out syncBuffer
+	var out sandboxtest.Buffer
 	res, err := e.m.Run(ctx, sandbox.Spec{
 		Lower: rootfs, Env: pathEnv, Output: &out, Limits: &sandbox.Limits{Pids: limit},
 		Args: []string{"sh", "-c", `bomb() { bomb | bomb & }; bomb; sleep 10`},

@@ -17,6 +17,7 @@ import (
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 // BenchmarkSlotUtilisation runs `vagent run` with two slots on a queue of
@@ -67,7 +68,7 @@ func BenchmarkSlotUtilisation(b *testing.B) {
 	if _, err := st.AddURLTarget("warmup", "bench", arch, testkit.DemoPKGBUILD("bench-warmup", "1")); err != nil {
 		b.Fatal(err)
 	}
-	var out lockedBuffer
+	var out sandboxtest.Buffer
 	cmd := exec.Command(bin, "run", cfg)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

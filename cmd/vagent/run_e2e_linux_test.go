@@ -1,39 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
-
-// lockedBuffer collects a child's output for the failure message.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestRunEndToEnd runs `vagent run` with the real sandbox, builder images
 // and builds against the test stack: two packages build at once on two
@@ -91,7 +72,7 @@ func TestRunEndToEnd(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var out lockedBuffer
+	var out sandboxtest.Buffer
 	cmd := exec.Command(bin, "run", cfg)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
