@@ -95,9 +95,13 @@ func (s *Server) handlePoll(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if !q.Has("target") {
+		writeJSON(w, http.StatusBadRequest, "Missing target query arg.", "")
+		return
+	}
 	id, err := strconv.Atoi(q.Get("target"))
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, "Missing or invalid target query arg.", "")
+		writeJSON(w, http.StatusBadRequest, "Unknown target id.", "")
 		return
 	}
 	arch := q.Get("arch")
@@ -109,10 +113,11 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 	err = s.enqueueLocked(id, arch, q.Has("force"))
 	s.mu.Unlock()
 	if err != nil {
-		writeJSON(w, http.StatusNotFound, "Target not found.", "")
+		writeJSON(w, http.StatusBadRequest, "Unknown target id.", "")
 		return
 	}
-	writeJSON(w, http.StatusOK, "", "")
+	// Vieter answers a bare status: 200 with an empty body.
+	w.WriteHeader(http.StatusOK)
 }
 
 func (s *Server) handleTargets(w http.ResponseWriter, _ *http.Request) {

@@ -61,16 +61,29 @@ func (s *Server) RepoDir(repo, arch string) string {
 	return filepath.Join(s.opts.dataDir, "repos", repo, arch)
 }
 
+// Published is what POST /:repo/publish answers in its envelope's data.
+type Published struct {
+	Name    string   `json:"name"`
+	Version string   `json:"version"`
+	Archs   []string `json:"archs"`
+}
+
 // Publish adds a package file to repo as POST /:repo/publish does. It
 // reports whether the package was added (false when the same or a newer
 // version was already there).
 func (s *Server) Publish(repo string, data []byte) (bool, error) {
+	p, err := s.publish(repo, data)
+	return err == nil && len(p.Archs) > 0, err
+}
+
+// publish adds a package and returns the arch-repos it was added to.
+func (s *Server) publish(repo string, data []byte) (Published, error) {
 	if !validName(repo) {
-		return false, errors.New("invalid repository name")
+		return Published{}, errors.New("invalid repository name")
 	}
 	pf, err := readPackage(data)
 	if err != nil {
-		return false, err
+		return Published{}, err
 	}
 	ext := ".pkg.tar"
 	switch {
@@ -97,7 +110,7 @@ func (s *Server) Publish(repo string, data []byte) (bool, error) {
 			}
 		}
 	}
-	added := false
+	out := Published{Name: pf.info.Name, Version: pf.info.Version, Archs: []string{}}
 	for _, a := range targets {
 		ar := arches[a]
 		if ar == nil {
@@ -110,12 +123,12 @@ func (s *Server) Publish(repo string, data []byte) (bool, error) {
 		}
 		ar.pkgs[pf.info.Name] = &repoPkg{pkgFile: pf, filename: filename, data: data}
 		ar.db, ar.filesDB = nil, nil
-		added = true
+		out.Archs = append(out.Archs, a)
 		if err := s.saveRepoLocked(repo, a, ar, old); err != nil {
 			s.opts.log.WithError(err).Error("saving repository")
 		}
 	}
-	return added, nil
+	return out, nil
 }
 
 func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
@@ -137,16 +150,14 @@ func (s *Server) handlePublish(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, "Incomplete body.", "")
 		return
 	}
-	added, err := s.Publish(repo, data)
+	p, err := s.publish(repo, data)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, "Failed to add package: "+err.Error(), "")
+		// Vieter answers an unreadable archive with a bare 500.
+		s.opts.log.WithError(err).Warn("publish: adding the package")
+		w.WriteHeader(http.StatusInternalServerError)
 		return
 	}
-	if !added {
-		writeJSON(w, http.StatusOK, "File already exists.", "")
-		return
-	}
-	writeJSON(w, http.StatusOK, "Package added successfully.", "")
+	writeJSON(w, http.StatusOK, "", p)
 }
 
 func (s *Server) handleRepoFile(w http.ResponseWriter, r *http.Request) {

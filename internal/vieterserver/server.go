@@ -123,10 +123,19 @@ func New(opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP implements http.Handler. A path no route matches gets the
+// canned 404.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		drain(r)
+		s.send(w, r, canned(http.StatusNotFound), -1)
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
 
-// route wraps a handler with counting, the hook, authentication and faults.
+// route wraps a handler with counting, the hook, authentication, faults
+// and Vieter's framing of the answer (see wire.go).
 func (s *Server) route(name string, auth bool, h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
@@ -135,20 +144,61 @@ func (s *Server) route(name string, auth bool, h http.HandlerFunc) http.Handler 
 		if s.opts.hook != nil {
 			s.opts.hook(name, r)
 		}
-		sw := &statusWriter{ResponseWriter: w}
-		defer func() { s.countStatus(name, sw.status) }()
 		if auth && !s.authorized(r) {
-			// The real server's 401 has no body to rely on.
-			sw.WriteHeader(http.StatusUnauthorized)
+			drain(r)
+			s.countStatus(name, http.StatusUnauthorized)
+			s.send(w, r, canned(http.StatusUnauthorized), -1)
 			return
 		}
+		var f fault
 		if s.faults != nil && s.faults.applies(name) {
-			if s.faults.inject(sw, r) {
+			f = s.faults.pick()
+		}
+		if a, answered := f.before(r); answered {
+			if a == nil { // the connection is closed without an answer
+				s.countStatus(name, StatusDropped)
+				drop(w)
 				return
 			}
+			s.countStatus(name, a.code())
+			s.send(w, r, a, -1)
+			return
 		}
-		h(sw, r)
+		rec := newRecorder()
+		h(rec, r)
+		drain(r)
+		cut := f.after(rec)
+		switch {
+		case cut == dropAll:
+			s.countStatus(name, StatusDropped)
+			drop(w)
+		case cut >= 0:
+			s.countStatus(name, StatusDropped)
+			s.send(w, r, rec, cut)
+		default:
+			s.countStatus(name, rec.code())
+			s.send(w, r, rec, -1)
+		}
 	})
+}
+
+// drop closes the connection without an answer.
+func drop(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler) // HTTP/2: abort the stream
+	}
+	_ = conn.Close()
+}
+
+// send writes a with Vieter's framing, cut after cut body bytes (< 0: whole).
+func (s *Server) send(w http.ResponseWriter, r *http.Request, a *recorder, cut int) {
+	if !writeRaw(w, r, a, cut) {
+		if cut >= 0 {
+			panic(http.ErrAbortHandler)
+		}
+		writeFallback(w, r, a)
+	}
 }
 
 func (s *Server) authorized(r *http.Request) bool {
@@ -174,41 +224,21 @@ func (s *Server) countStatus(route string, status int) {
 	m[status]++
 }
 
-// statusWriter records the status code; it keeps Hijack available.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
 // envelope is the JSON shape of every API answer.
 type envelope struct {
 	Message string `json:"message"`
 	Data    any    `json:"data"`
 }
 
+// writeJSON writes a JSON envelope; route sends it without a
+// Content-Length, as Vieter does.
 func writeJSON(w http.ResponseWriter, status int, message string, data any) {
 	if data == nil {
 		data = ""
 	}
 	b, err := json.Marshal(envelope{Message: message, Data: data})
 	if err != nil {
-		http.Error(w, "", http.StatusInternalServerError)
+		w.WriteHeader(http.StatusInternalServerError) // status only, empty body
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
