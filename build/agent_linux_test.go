@@ -20,6 +20,7 @@ import (
 	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // TestAgentWithBuilder runs the poll loop with the Builder as its
@@ -34,7 +35,7 @@ func TestAgentWithBuilder(t *testing.T) {
 	if err := e.srv.Enqueue(id, "x86_64", false); err != nil {
 		t.Fatal(err)
 	}
-	client, err := poll.NewClient(e.ts.URL, apiKey)
+	client, err := vieter.NewClient(e.ts.URL, apiKey)
 	if err != nil {
 		t.Fatal(err)
 	}

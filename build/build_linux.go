@@ -40,45 +40,43 @@ type decision struct {
 	err    error // the .SRCINFO could not be read
 }
 
-func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (r *Result) {
+// run runs one job and returns what happened. It applies no deadline and
+// writes no summary line: the caller (poll.RunJob) owns the job's deadline,
+// the classification of the outcome and the log's footer. A run stopped by
+// ctx returns ResultCancelled with exit code 0; RunJob then tells a timeout
+// from a cancellation by ctx's cause.
+func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (r *Result) {
 	r = &Result{Start: time.Now()}
 	l := b.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo})
-	timeout := b.opts.defaultTimeout
-	if job.Timeout > 0 {
-		timeout = time.Duration(job.Timeout) * time.Second
-	}
-	ctx, cancel := context.WithTimeoutCause(ctx, timeout, poll.ErrJobTimeout)
-	defer cancel()
 
-	// stopped ends the build for a done context: timeout or cancellation.
-	stopped := func(code int) {
-		if errors.Is(context.Cause(ctx), poll.ErrJobTimeout) || errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			b.finish(r, log, poll.ResultTimeout, poll.ExitTimeout, fmt.Sprintf("timeout after %d s", int(timeout.Round(time.Second)/time.Second)), nil)
-			return
-		}
-		cause := context.Cause(ctx)
-		if cause == nil || errors.Is(cause, context.Canceled) {
-			cause = errCancelled
-		}
-		b.finish(r, log, poll.ResultCancelled, poll.ExitCancelled, "cancelled ("+cause.Error()+")", nil)
-	}
+	// stopped ends the build for a done context.
+	stopped := func(int) { b.finish(r, poll.ResultCancelled, 0, "", nil) }
 	defer func() {
 		if p := recover(); p != nil {
-			b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "", fmt.Errorf("build panicked: %v", p))
+			b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "", fmt.Errorf("build panicked: %v", p))
 		}
 	}()
 
+	if srcDir != "" {
+		if fi, err := os.Stat(srcDir); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = fmt.Errorf("%s is not a directory", srcDir)
+			}
+			b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "", err)
+			return r
+		}
+	}
 	var err error
 	if srcDir == "" {
 		err = ValidateJob(job, b.opts.localImages)
 	} else {
 		err = errors.Join(validatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
 	}
-	if err == nil && b.opts.address != "" {
+	if err == nil && b.opts.server != nil {
 		err = ValidateRepo(job.Repo)
 	}
 	if err != nil {
-		b.finish(r, log, poll.ResultFailure, ExitInvalidJob, "", err)
+		b.finish(r, poll.ResultFailure, ExitInvalidJob, "", err)
 		return r
 	}
 
@@ -89,7 +87,7 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 			stopped(poll.ExitSetupError)
 			return r
 		}
-		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "builder image", err)
+		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "builder image", err)
 		return r
 	}
 	defer release()
@@ -100,19 +98,19 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 			stopped(poll.ExitSetupError)
 			return r
 		}
-		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "checking the repository", err)
+		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "checking the repository", err)
 		return r
 	}
 
 	run, err := b.newRun(repos)
 	if err != nil {
-		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "preparing the build", err)
+		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "preparing the build", err)
 		return r
 	}
 	defer run.remove()
 	cache, dropCache, err := b.runCache()
 	if err != nil {
-		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "preparing the package cache", err)
+		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "preparing the package cache", err)
 		return r
 	}
 	defer dropCache()
@@ -157,7 +155,7 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 			stopped(poll.ExitSetupError)
 			return r
 		}
-		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "starting the build", err)
+		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "starting the build", err)
 		return r
 	}
 	if res.Upper != nil {
@@ -175,17 +173,17 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 		stopped(res.ExitCode)
 		return r
 	case res.ExitCode != 0:
-		reason := "failure"
+		detail := ""
 		if res.OOMKilled {
-			reason = "failure (out of memory)"
+			detail = "out of memory"
 		}
-		b.finish(r, log, poll.ResultFailure, res.ExitCode, reason, nil)
+		b.finish(r, poll.ResultFailure, res.ExitCode, detail, nil)
 		return r
 	case d.skip:
-		b.finish(r, log, poll.ResultSkipped, 0, "skipped ("+d.reason+")", nil)
+		b.finish(r, poll.ResultSkipped, 0, d.reason, nil)
 		return r
 	case !d.build:
-		b.finish(r, log, poll.ResultFailure, ExitPublish, "", errors.New("the build ended without asking whether to build"))
+		b.finish(r, poll.ResultFailure, ExitPublish, "", errors.New("the build ended without asking whether to build"))
 		return r
 	}
 
@@ -196,17 +194,17 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 			stopped(ExitPublish)
 			return r
 		}
-		b.finish(r, log, poll.ResultFailure, ExitPublish, "", err)
+		b.finish(r, poll.ResultFailure, ExitPublish, "", err)
 		return r
 	}
 	what := "built"
 	switch {
-	case b.opts.address != "":
+	case b.opts.server != nil:
 		what = "published"
 	case b.opts.outDir != "":
 		what = "wrote"
 	}
-	b.finish(r, log, poll.ResultSuccess, 0, fmt.Sprintf("success (%s %s)", what, strings.Join(names, ", ")), nil)
+	b.finish(r, poll.ResultSuccess, 0, what+" "+strings.Join(names, ", "), nil)
 	return r
 }
 
@@ -215,13 +213,13 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 // has none and pacman -Sy would fail on its 404), then the extra ones.
 func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) (string, error) {
 	var sb strings.Builder
-	if b.opts.address != "" {
-		ok, err := b.exists(ctx, repo, repo+".db")
+	if b.opts.server != nil {
+		ok, err := b.hasFile(ctx, repo, repo+".db")
 		if err != nil {
-			return "", fmt.Errorf("HEAD %s: %w", b.repoURL(repo, repo+".db"), err)
+			return "", fmt.Errorf("HEAD %s: %w", b.opts.server.RepoURL(repo, b.opts.arch, repo+".db"), err)
 		}
 		if ok {
-			fmt.Fprintf(&sb, "\n[%s]\nServer = %s/$repo/$arch\nSigLevel = Optional\n", repo, b.opts.address)
+			fmt.Fprintf(&sb, "\n[%s]\nServer = %s/$repo/$arch\nSigLevel = Optional\n", repo, b.opts.server.Address())
 		} else {
 			fmt.Fprintf(log, "vagent: repository %s has no database for %s yet; it is not added to pacman.conf\n", repo, b.opts.arch)
 		}
@@ -379,12 +377,12 @@ func (b *Builder) negotiate(ctx context.Context, run *runDir, job poll.Job) deci
 // otherwise unless every package of the PKGBUILD is already in the
 // repository at this version.
 func (b *Builder) decide(ctx context.Context, job poll.Job, info *SrcInfo) (build, skip bool, reason string) {
-	if b.opts.address == "" || job.Force {
+	if b.opts.server == nil || job.Force {
 		return true, false, ""
 	}
 	version := info.FullVersion()
 	for _, name := range info.Names {
-		ok, err := b.exists(ctx, job.Repo, name+"-"+version)
+		ok, err := b.hasVersion(ctx, job.Repo, name, version)
 		if err != nil {
 			// Cannot tell: building again is safe (the server keeps the
 			// newest version).

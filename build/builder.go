@@ -159,29 +159,38 @@ type Result struct {
 	ExitCode int
 	// Start and End bracket the build.
 	Start, End time.Time
-	// Reason is the summary, e.g. "timeout after 3600 s".
+	// Reason is the summary of the log's footer, e.g. "timeout after 3600 s".
 	Reason string
 	// Err is what went wrong, nil for success and skipped.
 	Err error
 	// SrcInfo is what the build's .SRCINFO said, when it got that far.
 	SrcInfo *SrcInfo
-	// Packages are the file names of the packages published (or copied
-	// to the output directory).
+	// Packages are the file names of the packages published (and
+	// confirmed by the server) or copied to the output directory.
 	Packages []string
 	// LogFile is the name of the log when it was written to an *os.File.
 	LogFile string
+
+	detail string // the footer's parenthesis, e.g. "published a, b"
 }
 
-// Execute runs a job from the poll loop: it implements poll.Executor.
-// The whole report is in the log and the Outcome; the error is always nil.
+// outcome is what the run reports to poll.RunJob.
+func (r *Result) outcome() poll.Outcome {
+	return poll.Outcome{ExitCode: r.ExitCode, Result: r.Status, Start: r.Start, End: r.End, Detail: r.detail, Err: r.Err}
+}
+
+// Execute runs a job from the poll loop: it implements poll.Executor. The
+// job's deadline, the classification and the log's footer are the
+// caller's (poll.RunJob); the error is always nil.
 func (b *Builder) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
-	r := b.Build(ctx, job, log)
-	return poll.Outcome{ExitCode: r.ExitCode, Result: r.Status, Start: r.Start, End: r.End}, nil
+	return b.run(ctx, job, "", log).outcome(), nil
 }
 
-// Build runs one job from a server, writing the whole log to log.
+// Build runs one job from a server, writing the whole log to log, with
+// the lifecycle of an agent's slot (poll.RunJob): the job's timeout (or
+// the default), the classification and the footer.
 func (b *Builder) Build(ctx context.Context, job poll.Job, log io.Writer) *Result {
-	return b.build(ctx, job, "", log)
+	return b.lifecycle(ctx, job, "", log)
 }
 
 // BuildDir builds the PKGBUILD in the local directory dir (mounted
@@ -189,36 +198,34 @@ func (b *Builder) Build(ctx context.Context, job poll.Job, log io.Writer) *Resul
 // the base image, path and timeout; its kind, url and branch are ignored.
 func (b *Builder) BuildDir(ctx context.Context, dir string, job poll.Job, log io.Writer) *Result {
 	abs, err := filepath.Abs(dir)
-	if err == nil {
-		var fi os.FileInfo
-		if fi, err = os.Stat(abs); err == nil && !fi.IsDir() {
-			err = fmt.Errorf("%s is not a directory", dir)
-		}
-	}
 	if err != nil {
-		r := &Result{Start: time.Now()}
-		b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "", err)
-		return r
+		abs = dir
 	}
 	job.Kind, job.URL, job.Branch = "dir", "file://"+abs, ""
-	return b.build(ctx, job, abs, log)
+	return b.lifecycle(ctx, job, abs, log)
 }
 
-// finish completes r and writes the summary line.
-func (b *Builder) finish(r *Result, log io.Writer, status poll.Result, code int, reason string, err error) {
-	r.End = time.Now()
-	r.Status, r.ExitCode, r.Err = status, code, err
-	if reason == "" {
-		reason = string(status)
+// lifecycle runs a job through poll.RunJob and returns its Result.
+func (b *Builder) lifecycle(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
+	r := &Result{}
+	rep := poll.RunJob(ctx, poll.ExecutorFunc(func(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
+		r = b.run(ctx, job, srcDir, log)
+		return r.outcome(), nil
+	}), job, b.opts.defaultTimeout, log)
+	r.Status, r.ExitCode, r.Start, r.End, r.Reason = rep.Result, rep.ExitCode, rep.Start, rep.End, rep.Reason
+	if rep.Result == poll.ResultTimeout || rep.Result == poll.ResultCancelled {
+		r.Err = nil
 	}
-	if err != nil {
-		reason += ": " + err.Error()
-	}
-	r.Reason = reason
 	if f, ok := log.(interface{ Name() string }); ok {
 		r.LogFile = f.Name()
 	}
-	fmt.Fprintf(log, "vagent: %s; exit code %d; took %s\n", oneLine(reason), code, r.End.Sub(r.Start).Round(time.Millisecond))
+	return r
+}
+
+// finish completes r: how the run ended, as the run itself saw it.
+func (b *Builder) finish(r *Result, status poll.Result, code int, detail string, err error) {
+	r.End = time.Now()
+	r.Status, r.ExitCode, r.Err, r.detail = status, code, err, detail
 }
 
 // oneLine replaces line breaks and control characters so that a message

@@ -12,8 +12,6 @@ var (
 	ErrNoPackages = errors.New("build produced no packages")
 	// ErrPublish reports a package the server did not accept.
 	ErrPublish = errors.New("publishing failed")
-	// ErrUnauthorized means the server rejected the API key (401 or 403).
-	ErrUnauthorized = errors.New("unauthorized: check the api key")
 	// ErrBadConfig reports an option value that cannot be used.
 	ErrBadConfig = errors.New("invalid build configuration")
 )

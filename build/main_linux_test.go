@@ -24,6 +24,7 @@ import (
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 func TestMain(m *testing.M) {
@@ -182,12 +183,22 @@ func newRepo() string {
 // shared server.
 func newBuilder(t testing.TB, e *env, opts ...build.Option) *build.Builder {
 	t.Helper()
-	opts = append([]build.Option{build.WithServer(e.ts.URL, apiKey), build.WithArch("x86_64"), build.WithRetry(3, 10*time.Millisecond)}, opts...)
+	opts = append([]build.Option{build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"), build.WithRetry(3, 10*time.Millisecond)}, opts...)
 	b, err := build.New(e.sb, e.images, filepath.Join(sandboxtest.Dir(t), "build"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// serverClient returns a client of the test server at address.
+func serverClient(t testing.TB, address string) *vieter.Client {
+	t.Helper()
+	c, err := vieter.NewClient(address, apiKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 // runJob builds job and returns the result and the log.

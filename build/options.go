@@ -3,7 +3,6 @@ package build
 import (
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"path/filepath"
 	"regexp"
@@ -14,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Option configures a Builder.
@@ -35,8 +35,7 @@ type Repo struct {
 
 type options struct {
 	log            logrus.FieldLogger
-	address        string
-	apiKey         string
+	server         *vieter.Client
 	arch           string
 	repos          []Repo
 	outDir         string
@@ -44,10 +43,10 @@ type options struct {
 	defaultTimeout time.Duration
 	jobs           int
 	limits         *sandbox.Limits
-	client         *http.Client
-	attempts       int
-	backoff        time.Duration
+	retry          vieter.Retry
 	localImages    bool
+	// publishObserver is told how each package was confirmed ("" for not).
+	publishObserver func(confirmedBy string)
 	// cacheDir is the shared package cache; cacheSet tells whether
 	// WithCacheDir chose it ("" then means no shared cache).
 	cacheDir string
@@ -71,9 +70,8 @@ func defaultOptions() *options {
 		arch:           archOf(runtime.GOARCH),
 		defaultTimeout: DefaultTimeout,
 		jobs:           runtime.NumCPU(),
-		client:         &http.Client{},
-		attempts:       5,
-		backoff:        500 * time.Millisecond,
+		retry:          vieter.Retry{Attempts: 5, Min: 500 * time.Millisecond, Max: 30 * time.Second},
+		publishObserver: func(string) {},
 		outUID:         -1,
 		outGID:         -1,
 	}
@@ -112,20 +110,33 @@ func WithLogger(l logrus.FieldLogger) Option {
 	}
 }
 
-// WithServer sets the Vieter server (its public URL, as the agent's
-// address) and the API key used to publish. The key is only ever sent by
-// the agent, never given to a build. Default: none, a local build without
-// skip check and publishing.
-func WithServer(address, apiKey string) Option {
+// WithServer sets the Vieter server: the agent's client, which knows its
+// address and API key. The key is only ever sent by the agent, never given
+// to a build. Default: none, a local build without skip check and
+// publishing.
+func WithServer(c *vieter.Client) Option {
 	return func(o *options) error {
-		a, err := checkServerURL(address)
-		if err != nil {
+		if c == nil {
+			return fmt.Errorf("%w: nil server client", ErrBadConfig)
+		}
+		if _, err := checkServerURL(c.Address()); err != nil {
 			return fmt.Errorf("%w: server address: %w", ErrBadConfig, err)
 		}
-		if apiKey == "" || strings.ContainsAny(apiKey, "\r\n") {
-			return fmt.Errorf("%w: api key is empty or has a line break", ErrBadConfig)
+		o.server = c
+		return nil
+	}
+}
+
+// WithPublishObserver sets a function told, for every package a build
+// publishes, how the server confirmed it (vieter.ConfirmedByAnswer or
+// vieter.ConfirmedByCheck), or "" when it could not be confirmed. Default:
+// none.
+func WithPublishObserver(f func(confirmedBy string)) Option {
+	return func(o *options) error {
+		if f == nil {
+			return fmt.Errorf("%w: nil publish observer", ErrBadConfig)
 		}
-		o.address, o.apiKey = a, apiKey
+		o.publishObserver = f
 		return nil
 	}
 }
@@ -229,19 +240,6 @@ func WithLimits(l sandbox.Limits) Option {
 	}
 }
 
-// WithHTTPClient sets the client for the skip check and publishing.
-// Default: a plain http.Client (requests are bounded by the build's
-// context).
-func WithHTTPClient(c *http.Client) Option {
-	return func(o *options) error {
-		if c == nil {
-			return fmt.Errorf("%w: nil http client", ErrBadConfig)
-		}
-		o.client = c
-		return nil
-	}
-}
-
 // WithRetry sets how often a transient failure of a server request is
 // tried in all, and the first backoff (doubled each time, with jitter, at
 // most 30s). Default: 5 attempts, 500ms.
@@ -250,7 +248,7 @@ func WithRetry(attempts int, first time.Duration) Option {
 		if attempts < 1 || first < 0 {
 			return fmt.Errorf("%w: retry %d, %s", ErrBadConfig, attempts, first)
 		}
-		o.attempts, o.backoff = attempts, first
+		o.retry = vieter.Retry{Attempts: attempts, Min: first, Max: 30 * time.Second}
 		return nil
 	}
 }

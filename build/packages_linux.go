@@ -89,9 +89,14 @@ func (b *Builder) deliver(ctx context.Context, upper *sandbox.Upper, repo string
 	var done []string
 	for _, name := range names {
 		open := func() (*os.File, error) { return openIn(dir, name) }
-		if b.opts.address != "" {
-			fmt.Fprintf(log, "+ vagent: publish %s to %s/%s/publish\n", name, b.opts.address, repo)
-			if err := b.publish(ctx, repo, open); err != nil {
+		if b.opts.server != nil {
+			f, err := open()
+			if err != nil {
+				return done, err
+			}
+			err = b.publish(ctx, repo, name, f, log)
+			f.Close()
+			if err != nil {
 				return done, fmt.Errorf("%w: %s: %w", ErrPublish, name, err)
 			}
 		}

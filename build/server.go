@@ -2,163 +2,63 @@ package build
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
-	"strings"
-	"time"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
-// statusError is an answer of the server other than the expected one.
-type statusError struct {
-	code int
-	msg  string
-}
+// The build's calls to the server go through the agent's one
+// vieter.Client (WithServer) with the build's retry policy (WithRetry).
 
-func (e *statusError) Error() string {
-	if e.msg == "" {
-		return fmt.Sprintf("server answered %d", e.code)
-	}
-	return fmt.Sprintf("server answered %d: %s", e.code, e.msg)
-}
-
-func (e *statusError) Unwrap() error {
-	if e.code == http.StatusUnauthorized || e.code == http.StatusForbidden {
-		return ErrUnauthorized
-	}
-	return nil
-}
-
-// transient reports whether retrying err may succeed.
-func transient(err error) bool {
-	var se *statusError
-	if errors.As(err, &se) {
-		return se.code >= 500 || se.code == http.StatusTooManyRequests || se.code == http.StatusRequestTimeout
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false
-	}
-	var ne net.Error
-	var ue *url.Error
-	return errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
-}
-
-// retry calls f until it succeeds, fails for good, or the attempts or ctx
-// run out, sleeping a jittered exponential backoff in between.
-func (b *Builder) retry(ctx context.Context, f func(context.Context) error) error {
-	delay := b.opts.backoff
-	var err error
-	for i := 0; i < b.opts.attempts; i++ {
-		if i > 0 {
-			d := delay/2 + rand.N(delay/2+1)
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return errors.Join(err, context.Cause(ctx))
-			case <-t.C:
-			}
-			delay = min(2*delay, 30*time.Second)
-		}
-		if err = f(ctx); err == nil || !transient(err) || ctx.Err() != nil {
-			return err
-		}
-	}
-	return err
-}
-
-// repoURL is <address>/<repo>/<arch>/<file>, each segment escaped.
-func (b *Builder) repoURL(repo, file string) string {
-	return b.opts.address + "/" + url.PathEscape(repo) + "/" + url.PathEscape(b.opts.arch) + "/" + url.PathEscape(file)
-}
-
-// exists asks the server with HEAD whether a repository file (a database,
-// or <pkgname>-<version>) is there. No API key is sent: the repository is
-// public.
-func (b *Builder) exists(ctx context.Context, repo, file string) (bool, error) {
+// hasFile asks the repository whether file is in the job's arch-repo.
+func (b *Builder) hasFile(ctx context.Context, repo, file string) (bool, error) {
 	var found bool
-	err := b.retry(ctx, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodHead, b.repoURL(repo, file), nil)
-		if err != nil {
-			return err
-		}
-		resp, err := b.opts.client.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		switch resp.StatusCode {
-		case http.StatusOK:
-			found = true
-			return nil
-		case http.StatusNotFound:
-			found = false
-			return nil
-		}
-		return &statusError{code: resp.StatusCode}
+	err := b.opts.retry.Do(ctx, func(ctx context.Context) error {
+		var err error
+		found, err = b.opts.server.HasFile(ctx, repo, b.opts.arch, file)
+		return err
 	})
 	return found, err
 }
 
-// publish uploads one package file to <address>/<repo>/publish with its
-// Content-Length and the API key.
-func (b *Builder) publish(ctx context.Context, repo string, open func() (*os.File, error)) error {
-	return b.retry(ctx, func(ctx context.Context) error {
-		f, err := open()
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		fi, err := f.Stat()
-		if err != nil {
-			return err
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.opts.address+"/"+url.PathEscape(repo)+"/publish", io.NopCloser(f))
-		if err != nil {
-			return err
-		}
-		req.ContentLength = fi.Size()
-		req.Header.Set("X-Api-Key", b.opts.apiKey)
-		req.Header.Set("Content-Type", "application/octet-stream")
-		resp, err := b.opts.client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-			return nil
-		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return &statusError{code: resp.StatusCode, msg: envelopeMessage(body)}
+// hasVersion is the skip check: is version of package name in the
+// job's arch-repo?
+func (b *Builder) hasVersion(ctx context.Context, repo, name, version string) (bool, error) {
+	var found bool
+	err := b.opts.retry.Do(ctx, func(ctx context.Context) error {
+		var err error
+		found, err = b.opts.server.HasVersion(ctx, repo, b.opts.arch, name, version)
+		return err
 	})
+	return found, err
 }
 
-// envelopeMessage returns the message of a {"message": ...} answer, or a
-// clean excerpt of a body that is not one.
-func envelopeMessage(body []byte) string {
-	s := string(body)
-	var env struct {
-		Message string `json:"message"`
+// publish publishes one package file and returns once the server
+// confirmed it (vieter.Client.PublishConfirmed), saying how in the log.
+func (b *Builder) publish(ctx context.Context, repo, name string, f *os.File, log io.Writer) error {
+	pkgName, version, arch, err := vieter.ParsePackageFileName(name)
+	if err != nil {
+		return err
 	}
-	if json.Unmarshal(body, &env) == nil && env.Message != "" {
-		s = env.Message
+	fi, err := f.Stat()
+	if err != nil {
+		return err
 	}
-	s = strings.Map(func(r rune) rune {
-		if isSpaceOrControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
-	s = strings.TrimSpace(s)
-	if len(s) > 200 {
-		s = s[:200] + "..."
+	fmt.Fprintf(log, "+ vagent: publish %s to %s/%s/publish\n", name, b.opts.server.Address(), repo)
+	conf, err := b.opts.server.PublishConfirmed(ctx, repo, b.opts.arch,
+		vieter.Package{Name: pkgName, Version: version, Arch: arch, File: f, Size: fi.Size()}, b.opts.retry)
+	if err != nil {
+		b.opts.publishObserver("")
+		fmt.Fprintf(log, "vagent: %s %s NOT confirmed in %s after %d attempt(s): %s\n", pkgName, version, repo, conf.Attempts, oneLine(err.Error()))
+		return err
 	}
-	return s
+	b.opts.publishObserver(conf.By)
+	how := "by the server's answer"
+	if conf.By == vieter.ConfirmedByCheck {
+		how = "by the repository after an answer that proved nothing"
+	}
+	fmt.Fprintf(log, "vagent: %s %s confirmed in %s (%s; %d attempt(s))\n", pkgName, version, repo, how, conf.Attempts)
+	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Agent keeps build slots busy with jobs from a server. Create it with New
@@ -119,6 +121,7 @@ func (a *Agent) recoverSpool(dctx context.Context) {
 		if e.State == stateRunning {
 			a.markInterrupted(e)
 		}
+		a.settleInterruptedRequeue(e)
 		a.log.WithFields(logrus.Fields{"target": e.Job.TargetID, "repo": e.Job.Repo, "spool": e.ID}).
 			Info("delivering a log left by a previous run")
 		a.pending.Add(1)
@@ -144,7 +147,7 @@ func (a *Agent) markInterrupted(e *spoolEntry) {
 			if e.Size >= 0 {
 				end = min(end, e.bodyOffset()+e.Size) // keep what is known to be complete
 			}
-			note := "\nvagent: the agent stopped during this build; the job was handed back to the server\n"
+			note := "\nvagent: the agent stopped during this build; the job goes back to the server\n"
 			if _, err := f.WriteAt([]byte(note), end); err != nil {
 				return err
 			}
@@ -162,7 +165,7 @@ func (a *Agent) markInterrupted(e *spoolEntry) {
 func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 	timer := time.NewTimer(0) // first poll at once
 	defer timer.Stop()
-	bo := backoff{min: min(a.opts.backoffMin, a.opts.pollInterval), max: a.opts.pollInterval}
+	bo := vieter.Backoff{Min: min(a.opts.backoffMin, a.opts.pollInterval), Max: a.opts.pollInterval}
 	backingOff := false
 	for {
 		select {
@@ -189,7 +192,7 @@ func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			d := bo.next()
+			d := bo.Next()
 			if errors.Is(err, ErrUnauthorized) {
 				d = a.opts.unauthorizedRetry
 				a.log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
@@ -200,7 +203,7 @@ func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 			timer.Reset(d)
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		for _, j := range jobs {
 			a.startBuild(bctx, dctx, j)
 		}
@@ -300,63 +303,19 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 		go func() { defer a.deliveries.Done(); a.requeueNow(dctx, j) }()
 		return
 	}
-	timeout := a.opts.defaultTimeout
-	if j.Timeout > 0 {
-		timeout = time.Duration(j.Timeout) * time.Second
-	}
-	log.WithField("timeout", timeout).Info("build started")
-	jctx, cancel := context.WithTimeoutCause(bctx, timeout, ErrJobTimeout)
-	out, err := a.execute(jctx, j, f)
-	cause := context.Cause(jctx)
-	stopped := jctx.Err() != nil
-	cancel()
-
-	end := time.Now()
-	if !out.Start.IsZero() {
-		e.Start = out.Start.Unix()
-	}
-	if !out.End.IsZero() {
-		end = out.End
-	}
+	log.Info("build started")
+	rep := RunJob(bctx, a.exec, j, a.opts.defaultTimeout, f)
+	end := rep.End
+	e.Start = rep.Start.Unix()
 	e.End = max(end.Unix(), e.Start)
-	e.ExitCode, e.Result = out.ExitCode, out.Result
-	if !knownResult(e.Result) {
-		e.Result = ""
-	}
-	switch {
-	case stopped && errors.Is(cause, ErrJobTimeout):
-		e.Result = ResultTimeout
-		if e.ExitCode == 0 {
-			e.ExitCode = ExitTimeout
-		}
-		fmt.Fprintf(f, "\nvagent: build timed out after %s\n", timeout)
-	case stopped:
-		e.Result, e.Requeue = ResultCancelled, true
-		if e.ExitCode == 0 {
-			e.ExitCode = ExitCancelled
-		}
-		fmt.Fprintf(f, "\nvagent: build cancelled (%v); the job was handed back to the server\n", cause)
-	case err != nil:
-		if e.Result == "" || e.Result == ResultSuccess {
-			e.Result = ResultSetupError
-		}
-		if e.ExitCode == 0 {
-			e.ExitCode = ExitSetupError
-		}
-		fmt.Fprintf(f, "\nvagent: %v\n", err)
-	case e.Result == "":
-		e.Result = ResultSuccess
-		if e.ExitCode != 0 {
-			e.Result = ResultFailure
-		}
-	}
+	e.ExitCode, e.Result, e.Requeue = rep.ExitCode, rep.Result, rep.Requeue
 	e.State = stateFinished
 	if n, err := f.Seek(0, io.SeekCurrent); err == nil {
 		e.Size = n - e.bodyOffset()
 	}
 	a.pending.Add(1)
 	a.opts.obs.BuildFinished(e.Result, end.Sub(start))
-	log.WithFields(logrus.Fields{"result": e.Result, "exit_code": e.ExitCode, "duration": end.Sub(start).Round(time.Millisecond)}).Info("build finished")
+	log.WithFields(logrus.Fields{"result": e.Result, "exit_code": e.ExitCode, "duration": end.Sub(start).Round(time.Millisecond), "reason": rep.Reason}).Info("build finished")
 	// The slot is free once the build ran: recording its end (a file sync
 	// with fsync) and the delivery go on beside the next build. Until the
 	// header says finished, a crash makes the entry an interrupted build.
@@ -369,24 +328,6 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 	}()
 }
 
-func knownResult(r Result) bool {
-	switch r {
-	case "", ResultSuccess, ResultFailure, ResultSkipped, ResultTimeout, ResultCancelled, ResultSetupError, ResultInterrupted:
-		return true
-	}
-	return false
-}
-
-// execute runs the executor, turning a panic into an error.
-func (a *Agent) execute(ctx context.Context, j Job, w io.Writer) (out Outcome, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("executor panicked: %v", r)
-		}
-	}()
-	return a.exec.Execute(ctx, j, w)
-}
-
 // deliver requeues the entry's job if needed, uploads its log and removes
 // it from the spool. It gives up only when ctx is done (the entry stays
 // for the next start) or the server refuses the log for good.
@@ -394,24 +335,9 @@ func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
 	defer a.deliveries.Done()
 	log := a.log.WithFields(logrus.Fields{"slot": e.Slot, "target": e.Job.TargetID, "repo": e.Job.Repo})
 	if e.Requeue && !e.Requeued {
-		err := a.retry(ctx, log, func(ctx context.Context) error {
-			return a.api.Requeue(ctx, e.Job.TargetID, a.opts.arch, e.Job.Force)
-		}, a.opts.requestTimeout)
-		if err != nil && ctx.Err() != nil {
-			log.Warn("requeue not delivered; it stays pending for the next start")
-			return
-		}
-		if err != nil {
-			log.WithError(err).Error("the server refused to requeue the job")
-		} else {
-			log.Info("job handed back to the server")
-		}
-		e.Requeued = true
-		if err := a.spool.save(e); err != nil {
-			log.WithError(err).Warn("updating spool entry")
-		}
+		a.handBackEntry(ctx, e, log)
 	}
-	p := LogParams{TargetID: e.Job.TargetID, Start: time.Unix(e.Start, 0), End: time.Unix(e.End, 0), Arch: e.Arch, ExitCode: e.ExitCode}
+	p := vieter.LogParams{TargetID: e.Job.TargetID, Start: time.Unix(e.Start, 0), End: time.Unix(e.End, 0), Arch: e.Arch, ExitCode: e.ExitCode}
 	var id int
 	err := a.retry(ctx, log, func(ctx context.Context) error {
 		f, body, err := a.spool.body(e)
@@ -420,7 +346,7 @@ func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
 		}
 		defer f.Close()
 		id, err = a.api.UploadLog(ctx, p, body)
-		a.opts.obs.Uploaded(err, err != nil && !IsTransient(err) && !errors.Is(err, ErrUnauthorized) && ctx.Err() == nil)
+		a.opts.obs.Uploaded(err, err != nil && !vieter.IsTransient(err) && !errors.Is(err, ErrUnauthorized) && ctx.Err() == nil)
 		return err
 	}, a.opts.uploadTimeout)
 	switch {
@@ -441,16 +367,16 @@ func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
 	}
 }
 
-// requeueNow hands a job back that never got a spool entry.
+// requeueNow hands a job back that never got a spool entry, with the
+// same bound on possibly delivered requests as a spooled job.
 func (a *Agent) requeueNow(ctx context.Context, j Job) {
 	ctx, cancel := context.WithTimeout(ctx, a.opts.deliverTimeout)
 	defer cancel()
 	log := a.log.WithFields(logrus.Fields{"target": j.TargetID, "repo": j.Repo})
-	err := a.retry(ctx, log, func(ctx context.Context) error {
-		return a.api.Requeue(ctx, j.TargetID, a.opts.arch, j.Force)
-	}, a.opts.requestTimeout)
-	if err != nil {
-		log.WithError(err).Error("could not hand the job back to the server")
+	sent := 0
+	st, err := a.handBack(ctx, j, log, &sent, func() error { return nil })
+	if st != handedBack {
+		log.WithError(err).WithField("outcome", st).Error("could not hand the job back to the server")
 	}
 }
 
@@ -458,32 +384,16 @@ func (a *Agent) requeueNow(ctx context.Context, j Job) {
 // attempt is bounded by timeout; transient errors back off with jitter; a
 // rejected key waits the unauthorized delay.
 func (a *Agent) retry(ctx context.Context, log logrus.FieldLogger, fn func(context.Context) error, timeout time.Duration) error {
-	bo := backoff{min: a.opts.backoffMin, max: a.opts.backoffMax}
-	for {
-		actx, cancel := context.WithTimeout(ctx, timeout)
-		err := fn(actx)
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return err
-		}
-		var d time.Duration
-		switch {
-		case errors.Is(err, ErrUnauthorized):
-			d = a.opts.unauthorizedRetry
-			log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
-		case IsTransient(err):
-			d = bo.next()
+	return vieter.Retry{
+		Min: a.opts.backoffMin, Max: a.opts.backoffMax, Unauthorized: a.opts.unauthorizedRetry, Timeout: timeout,
+		OnRetry: func(err error, d time.Duration) {
+			if errors.Is(err, ErrUnauthorized) {
+				log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
+				return
+			}
 			log.WithError(err).WithField("retry_in", d).Debug("request failed; retrying")
-		default:
-			return err
-		}
-		if sleep(ctx, d) != nil {
-			return err
-		}
-	}
+		},
+	}.Do(ctx, fn)
 }
 
 // shutdown waits for the builds (cancelling them after the grace period or

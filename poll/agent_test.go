@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/internal/vieterserver"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // TestNeverPollsMoreThanFree checks at every poll, from the server's side,
@@ -150,7 +152,7 @@ func (f *fakeAPI) Poll(ctx context.Context, arch string, max int) ([]Job, error)
 	f.times = append(f.times, time.Now())
 	return nil, f.pollErr(len(f.times))
 }
-func (f *fakeAPI) UploadLog(context.Context, LogParams, *io.SectionReader) (int, error) {
+func (f *fakeAPI) UploadLog(context.Context, vieter.LogParams, *io.SectionReader) (int, error) {
 	return 1, nil
 }
 func (f *fakeAPI) Requeue(context.Context, int, string, bool) error { return nil }
@@ -167,7 +169,7 @@ func (f *fakeAPI) intervals() []time.Duration {
 
 func TestPollBackoff(t *testing.T) {
 	// Eight failures (5xx, dropped connection, malformed answer), then success.
-	errs := []error{&StatusError{Op: "poll", Code: 503}, ErrBadResponse, io.ErrUnexpectedEOF}
+	errs := []error{&vieter.Error{Op: "poll", Code: 503}, vieter.ErrMalformed, io.ErrUnexpectedEOF}
 	api := &fakeAPI{pollErr: func(n int) error {
 		if n <= 8 {
 			return errs[n%len(errs)]
@@ -201,7 +203,7 @@ func TestPollBackoff(t *testing.T) {
 
 func TestUnauthorizedRetriedSlowly(t *testing.T) {
 	h := newHarness(t)
-	c, err := NewClient(h.ts.URL, "wrong-"+testKey)
+	c, err := vieter.NewClient(h.ts.URL, "wrong-"+testKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +268,7 @@ func TestBuildTimeout(t *testing.T) {
 	start(t, a)
 	waitFor(t, 10*time.Second, "the log", func() bool { return len(h.srv.Logs()) == 1 })
 	l := h.srv.Logs()[0]
-	if l.ExitCode != ExitTimeout || !strings.Contains(string(l.Content), "timed out after 1s") {
+	if l.ExitCode != ExitTimeout || !strings.HasPrefix(string(l.Content), "\nvagent: timeout after 1 s; exit code 124; took ") {
 		t.Errorf("timeout log: exit %d %q", l.ExitCode, l.Content)
 	}
 	if c, _ := cause.Load().(error); !errors.Is(c, ErrJobTimeout) {

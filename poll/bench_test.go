@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // BenchmarkScheduling pushes 1,000 instant jobs through 4 slots against the
@@ -170,7 +172,7 @@ func rssKiB(pid int) (int64, error) {
 // bareJob uploads the log of job j, from memory or from a durable file.
 func bareJob(h *harness, i int, j Job, t time.Time, durable bool) error {
 	content := "building target " + strconv.Itoa(j.TargetID) + "\n"
-	p := LogParams{TargetID: j.TargetID, Start: t, End: t, Arch: testArch}
+	p := vieter.LogParams{TargetID: j.TargetID, Start: t, End: t, Arch: testArch}
 	if !durable {
 		_, err := h.client.UploadLog(context.Background(), p, io.NewSectionReader(strings.NewReader(content), 0, int64(len(content))))
 		return err

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // The test binary re-executes itself as an agent process for the crash
@@ -37,7 +39,7 @@ func childMain() int {
 	if err != nil {
 		interval = 50 * time.Millisecond
 	}
-	c, err := NewClient(os.Getenv(childAddrEnv), testKey)
+	c, err := vieter.NewClient(os.Getenv(childAddrEnv), testKey)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

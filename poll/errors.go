@@ -1,12 +1,15 @@
 package poll
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/vieter-v/vagent/vieter"
+)
 
 var (
 	// ErrUnauthorized means the server rejected the API key (401 or 403).
-	ErrUnauthorized = errors.New("unauthorized: check api_key")
-	// ErrBadResponse means the server's answer could not be read.
-	ErrBadResponse = errors.New("malformed server response")
+	// It is vieter.ErrUnauthorized.
+	ErrUnauthorized = vieter.ErrUnauthorized
 	// ErrSetup may be wrapped by an Executor's error when the build could
 	// not be set up (for example the builder image could not be prepared).
 	ErrSetup = errors.New("build setup failed")

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 const (
@@ -26,7 +27,7 @@ const (
 type harness struct {
 	srv    *vieterserver.Server
 	ts     *httptest.Server
-	client *Client
+	client *vieter.Client
 	dir    string
 	logBuf *syncBuffer
 	log    *logrus.Logger
@@ -35,7 +36,7 @@ type harness struct {
 func newHarness(t testing.TB, opts ...vieterserver.Option) *harness {
 	t.Helper()
 	srv, ts := vieterserver.NewTest(t, append([]vieterserver.Option{vieterserver.WithAPIKey(testKey)}, opts...)...)
-	c, err := NewClient(ts.URL, testKey, WithHTTPClient(ts.Client()))
+	c, err := vieter.NewClient(ts.URL, testKey, vieter.WithHTTPClient(ts.Client()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,23 +2,16 @@ package poll
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"time"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
-// Job is a build job as the server hands it out. Every string in it comes
-// from the server's users and is untrusted data.
-type Job struct {
-	TargetID  int    `json:"target_id"`
-	Kind      string `json:"kind"` // "git" or "url"
-	URL       string `json:"url"`
-	Branch    string `json:"branch"`
-	Path      string `json:"path"`
-	Repo      string `json:"repo"`
-	BaseImage string `json:"base_image"`
-	Force     bool   `json:"force"`
-	Timeout   int    `json:"timeout"` // seconds
-}
+// Job is a build job as the server hands it out (vieter.Job).
+type Job = vieter.Job
 
 // Result says how a build ended.
 type Result string
@@ -41,20 +34,28 @@ const (
 	ExitInterrupted = 137
 )
 
-// Outcome is what an Executor reports about one build.
+// Outcome is what an Executor reports about one build: what happened, not
+// how to call it — RunJob classifies it.
 type Outcome struct {
 	ExitCode int
-	// Result may be left empty: the agent derives it from ExitCode.
+	// Result may be left empty: it is derived from ExitCode. A build that
+	// stopped because its context ended is classified by RunJob (timeout
+	// or cancelled) whatever the executor says.
 	Result Result
 	// Start and End may be left zero: the agent uses its own clock.
 	Start, End time.Time
+	// Detail is a short summary for the footer, e.g. "published a, b" or
+	// "builder image"; Err what went wrong, if anything.
+	Detail string
+	Err    error
 }
 
 // Executor runs one job, writing the combined build output to log. It must
 // return soon after ctx is done; context.Cause(ctx) tells why (ErrJobTimeout,
 // ErrShutdown). An error means the build could not run (wrap ErrSetup when
 // its environment could not be prepared): the job still gets its log, with
-// the error and a non-zero exit code.
+// the error and a non-zero exit code. The executor writes no summary line:
+// RunJob writes the one footer of the log.
 type Executor interface {
 	Execute(ctx context.Context, job Job, log io.Writer) (Outcome, error)
 }
@@ -65,4 +66,129 @@ type ExecutorFunc func(ctx context.Context, job Job, log io.Writer) (Outcome, er
 // Execute calls f.
 func (f ExecutorFunc) Execute(ctx context.Context, job Job, log io.Writer) (Outcome, error) {
 	return f(ctx, job, log)
+}
+
+// Report is how one job ended, as RunJob classified it.
+type Report struct {
+	Result   Result
+	ExitCode int
+	// Start and End bracket the build.
+	Start, End time.Time
+	// Timeout is the deadline the job ran under.
+	Timeout time.Duration
+	// Reason is the footer's summary, e.g. "timeout after 3600 s" or
+	// "success (published a-1-1-any.pkg.tar.zst)".
+	Reason string
+	// Err is the executor's error or the Outcome's, if any.
+	Err error
+	// Requeue is true when the job did not run to its end and must be
+	// handed back (a shutdown cancelled it).
+	Requeue bool
+}
+
+// RunJob runs job with exec under the job's deadline — its timeout, or
+// defaultTimeout when it has none — and a cause (ErrJobTimeout), recovers
+// a panic, classifies the outcome and writes the log's one footer line
+// ("vagent: <reason>; exit code N; took D"). It is the lifecycle of a job
+// in an agent's slot, and of `vagent build`.
+func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Duration, log io.Writer) Report {
+	start := time.Now()
+	timeout := defaultTimeout
+	if job.Timeout > 0 {
+		timeout = time.Duration(job.Timeout) * time.Second
+	}
+	jctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrJobTimeout)
+	out, err := execute(jctx, exec, job, log)
+	cause := context.Cause(jctx)
+	stopped := jctx.Err() != nil
+	cancel()
+
+	r := Report{Start: start, End: time.Now(), Timeout: timeout, ExitCode: out.ExitCode, Result: out.Result}
+	if !out.Start.IsZero() {
+		r.Start = out.Start
+	}
+	if !out.End.IsZero() {
+		r.End = out.End
+	}
+	r.Err = errors.Join(err, out.Err)
+	if !knownResult(r.Result) {
+		r.Result = ""
+	}
+	reason := ""
+	switch {
+	case stopped && errors.Is(cause, ErrJobTimeout):
+		r.Result, r.Err = ResultTimeout, nil
+		if r.ExitCode == 0 {
+			r.ExitCode = ExitTimeout
+		}
+		reason = fmt.Sprintf("timeout after %d s", int(timeout.Round(time.Second)/time.Second))
+	case stopped:
+		r.Result, r.Requeue, r.Err = ResultCancelled, true, nil
+		if r.ExitCode == 0 {
+			r.ExitCode = ExitCancelled
+		}
+		if cause == nil || errors.Is(cause, context.Canceled) {
+			cause = errors.New("cancelled")
+		}
+		reason = fmt.Sprintf("cancelled (%v); the job goes back to the server", cause)
+	case err != nil:
+		if r.Result == "" || r.Result == ResultSuccess {
+			r.Result = ResultSetupError
+		}
+		if r.ExitCode == 0 {
+			r.ExitCode = ExitSetupError
+		}
+	case r.Result == "":
+		r.Result = ResultSuccess
+		if r.ExitCode != 0 {
+			r.Result = ResultFailure
+		}
+	}
+	if r.Result == ResultSuccess && r.ExitCode != 0 {
+		r.Result = ResultFailure
+	}
+	if reason == "" {
+		reason = string(r.Result)
+		if r.Result == ResultSetupError && out.Detail != "" {
+			reason = out.Detail
+		} else if out.Detail != "" {
+			reason += " (" + out.Detail + ")"
+		}
+		if r.Err != nil {
+			reason += ": " + r.Err.Error()
+		}
+	}
+	r.Reason = oneLine(reason)
+	fmt.Fprintf(log, "\nvagent: %s; exit code %d; took %s\n", r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
+	return r
+}
+
+// execute runs the executor, turning a panic into an error.
+func execute(ctx context.Context, exec Executor, j Job, w io.Writer) (out Outcome, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("executor panicked: %v", r)
+		}
+	}()
+	return exec.Execute(ctx, j, w)
+}
+
+func knownResult(r Result) bool {
+	switch r {
+	case "", ResultSuccess, ResultFailure, ResultSkipped, ResultTimeout, ResultCancelled, ResultSetupError, ResultInterrupted:
+		return true
+	}
+	return false
+}
+
+// oneLine replaces line breaks and control characters so that a message
+// stays one log line.
+func oneLine(s string) string {
+	b := []rune(s)
+	for i, r := range b {
+		if r != '\t' && (r < ' ' || r == 0x7f) {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }

@@ -1,10 +1,9 @@
 package poll
 
 import (
-	"context"
-	"errors"
-	"net"
 	"time"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Observer is told what an agent does, for metrics. Its methods are called
@@ -27,26 +26,5 @@ func (nopObserver) BuildFinished(Result, time.Duration) {}
 func (nopObserver) Uploaded(error, bool)                {}
 
 // ErrorKind classifies an error of a server request for metrics and
-// status: "unauthorized", "http_4xx", "http_5xx", "malformed", "timeout",
-// "network" or "other".
-func ErrorKind(err error) string {
-	var se *StatusError
-	var ne net.Error
-	switch {
-	case err == nil:
-		return ""
-	case errors.Is(err, ErrUnauthorized):
-		return "unauthorized"
-	case errors.As(err, &se) && se.Code >= 500:
-		return "http_5xx"
-	case errors.As(err, &se):
-		return "http_4xx"
-	case errors.Is(err, ErrBadResponse):
-		return "malformed"
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	case errors.As(err, &ne):
-		return "network"
-	}
-	return "other"
-}
+// status (vieter.Kind).
+func ErrorKind(err error) string { return vieter.Kind(err) }

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // TestAPIKeyNeverLogged runs the agent at debug level against a server
@@ -40,7 +42,7 @@ func TestAPIKeyNeverLogged(t *testing.T) {
 	}))
 	defer ts.Close()
 	h := newHarness(t)
-	c, err := NewClient(ts.URL, testKey)
+	c, err := vieter.NewClient(ts.URL, testKey)
 	if err != nil {
 		t.Fatal(err)
 	}

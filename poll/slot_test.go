@@ -76,19 +76,3 @@ func TestSlotConcurrent(t *testing.T) {
 	}
 	t.Logf("%d full cycles", c)
 }
-
-func TestBackoff(t *testing.T) {
-	b := backoff{min: 10 * time.Millisecond, max: 100 * time.Millisecond}
-	wantCaps := []time.Duration{10, 20, 40, 80, 100, 100}
-	for i, c := range wantCaps {
-		c *= time.Millisecond
-		d := b.next()
-		if d < c/2 || d > c {
-			t.Errorf("delay %d = %v, want in [%v, %v]", i, d, c/2, c)
-		}
-	}
-	b.reset()
-	if d := b.next(); d > 10*time.Millisecond {
-		t.Errorf("after reset: %v", d)
-	}
-}

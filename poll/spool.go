@@ -42,7 +42,10 @@ type spoolEntry struct {
 	// runs). A shorter file means its end was lost (power loss).
 	Size     int64 `json:"size"`
 	Requeue  bool  `json:"requeue,omitempty"`  // hand the job back
-	Requeued bool  `json:"requeued,omitempty"` // done
+	Requeued bool  `json:"requeued,omitempty"` // done (or given up)
+	// RequeueSent counts requeue requests that may have reached the
+	// server; it is saved before each request (see maxRequeueSends).
+	RequeueSent int `json:"requeue_sent,omitempty"`
 
 	seq  uint64 // sequence number of the header copy last written
 	slot int64  // size of one header copy, fixed when the entry is created
@@ -139,7 +142,7 @@ func (e *spoolEntry) bodyOffset() int64 { return preambleSize + 2*e.slot }
 func headerSize(e *spoolEntry) (int64, error) {
 	w := *e
 	w.End, w.ExitCode, w.Size = -1<<63, -1<<63, -1<<63
-	w.Result, w.State, w.Requeue, w.Requeued = ResultInterrupted, stateFinished, true, true
+	w.Result, w.State, w.Requeue, w.Requeued, w.RequeueSent = ResultInterrupted, stateFinished, true, true, maxRequeueSends
 	b, err := json.Marshal(&w)
 	if err != nil {
 		return 0, err

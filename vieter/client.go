@@ -387,8 +387,32 @@ func excerpt(b []byte) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
-// redact removes the API key from text that came from the network.
-func (c *Client) redact(s string) string { return strings.ReplaceAll(s, c.key, "[redacted]") }
+// redact removes the API key from text that came from the network: each
+// occurrence that is a whole token (not inside a longer run of letters,
+// digits, '-' or '_'), so that a short key does not mangle other words.
+func (c *Client) redact(s string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, c.key)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		j := i + len(c.key)
+		whole := (i == 0 || !tokenByte(s[i-1])) && (j == len(s) || !tokenByte(s[j]))
+		b.WriteString(s[:i])
+		if whole {
+			b.WriteString("[redacted]")
+		} else {
+			b.WriteString(s[i:j])
+		}
+		s = s[j:]
+	}
+}
+
+func tokenByte(c byte) bool {
+	return c == '-' || c == '_' || c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
 
 type redactedError struct {
 	msg string
@@ -399,7 +423,7 @@ func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
 func (c *Client) redactErr(err error) error {
-	if s := err.Error(); strings.Contains(s, c.key) {
+	if s := err.Error(); c.redact(s) != s {
 		return &redactedError{msg: c.redact(s), err: err}
 	}
 	return err

@@ -25,6 +25,7 @@ import (
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Config is agent.yaml. Every key has a default (see defaultConfig and
@@ -796,9 +797,10 @@ func (c *Config) PollOptions() []poll.Option {
 	}
 }
 
-// Client returns the Vieter client of the configuration.
-func (c *Config) Client(opts ...poll.ClientOption) (*poll.Client, error) {
-	return poll.NewClient(c.Address, c.APIKey.Reveal(), append([]poll.ClientOption{poll.WithUserAgent("vagent/" + version)}, opts...)...)
+// Client returns the Vieter client of the configuration: the agent's one
+// client, shared by the poll loop and the builds.
+func (c *Config) Client(opts ...vieter.Option) (*vieter.Client, error) {
+	return vieter.NewClient(c.Address, c.APIKey.Reveal(), append([]vieter.Option{vieter.WithUserAgent("vagent/" + version)}, opts...)...)
 }
 
 // OCIOptions returns the registry options of the configuration. It reads

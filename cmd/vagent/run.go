@@ -15,6 +15,7 @@ import (
 
 	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 func init() {
@@ -29,6 +30,7 @@ const exitConfig = 78
 type runDeps struct {
 	log     logrus.FieldLogger
 	metrics *metrics.Metrics // its ImageObserver hooks and OCIProgress
+	server  *vieter.Client   // the agent's one client of the server
 }
 
 // newExecutor makes the executor of `vagent run` from the configuration;
@@ -69,7 +71,11 @@ func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
 		return errors.New("this vagent binary has no build executor")
 	}
 	m := metrics.New()
-	exec, cleanup, err := newExecutor(ctx, cfg, runDeps{log: log, metrics: m})
+	client, err := cfg.Client()
+	if err != nil {
+		return err
+	}
+	exec, cleanup, err := newExecutor(ctx, cfg, runDeps{log: log, metrics: m, server: client})
 	if err != nil {
 		return fmt.Errorf("setting up builds: %w", err)
 	}
@@ -80,10 +86,6 @@ func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
 				retErr = errors.Join(retErr, err)
 			}
 		}()
-	}
-	client, err := cfg.Client()
-	if err != nil {
-		return err
 	}
 	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(m))...)
 	if err != nil {

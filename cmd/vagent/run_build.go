@@ -81,7 +81,8 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 		}
 	}
 	b, err := build.New(sb, build.Builders(bm), filepath.Join(cfg.DataDir, "build"),
-		build.WithServer(cfg.Address, cfg.APIKey.Reveal()),
+		build.WithServer(deps.server),
+		build.WithPublishObserver(deps.metrics.PackagePublished),
 		build.WithArch(cfg.Arch),
 		build.WithDefaultTimeout(cfg.BuildTimeout.D()),
 		build.WithLimits(cfg.Limits()),

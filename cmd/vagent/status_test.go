@@ -17,6 +17,7 @@ import (
 	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // statusAgent runs an agent with two slots: target 1 fails at once, target
@@ -32,7 +33,7 @@ func statusAgent(t *testing.T) (dir, metricsAddr string, srv *vieterserver.Serve
 			t.Fatal(err)
 		}
 	}
-	c, err := poll.NewClient(ts.URL, testKey, poll.WithHTTPClient(ts.Client()))
+	c, err := vieter.NewClient(ts.URL, testKey, vieter.WithHTTPClient(ts.Client()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,7 @@ type Metrics struct {
 	prepDuration  prometheus.Histogram
 	pulled        prometheus.Counter
 	unpacked      prometheus.Counter
+	published     *prometheus.CounterVec
 }
 
 var (
@@ -77,8 +78,10 @@ func New() *Metrics {
 		Help: "Duration of builder image preparations.", Buckets: []float64{5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600}})
 	m.pulled = prometheus.NewCounter(prometheus.CounterOpts{Name: "vagent_image_bytes_pulled_total", Help: "Compressed image bytes downloaded."})
 	m.unpacked = prometheus.NewCounter(prometheus.CounterOpts{Name: "vagent_image_bytes_unpacked_total", Help: "Compressed image bytes applied to a rootfs."})
+	m.published = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vagent_packages_published_total",
+		Help: "Packages published, by how the server confirmed them: answer (the publish answer named the package), check (the repository had it after an answer that proved nothing) or failed (not confirmed: the build failed)."}, []string{"confirmed"})
 	m.reg.MustRegister(m.builds, m.buildDuration, m.polls, m.pollErrors, m.jobs, m.uploads, m.preparations, m.prepDuration,
-		m.pulled, m.unpacked, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m.pulled, m.unpacked, m.published, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range results {
 		m.builds.WithLabelValues(string(r))
 	}
@@ -90,6 +93,9 @@ func New() *Metrics {
 	}
 	for _, r := range []string{"success", "failure"} {
 		m.preparations.WithLabelValues(r)
+	}
+	for _, c := range []string{"answer", "check", "failed"} {
+		m.published.WithLabelValues(c)
 	}
 	return m
 }
@@ -123,6 +129,16 @@ func (m *Metrics) Uploaded(err error, final bool) {
 	default:
 		m.uploads.WithLabelValues("failed").Inc()
 	}
+}
+
+// PackagePublished counts one published package by how the server
+// confirmed it: "answer", "check", or "" when it could not be confirmed
+// (build.WithPublishObserver).
+func (m *Metrics) PackagePublished(confirmedBy string) {
+	if confirmedBy == "" {
+		confirmedBy = "failed"
+	}
+	m.published.WithLabelValues(confirmedBy).Inc()
 }
 
 // ImagePrepared implements ImageObserver.

@@ -22,6 +22,7 @@ import (
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/vieter"
 )
 
 const (
@@ -87,7 +88,7 @@ type setup struct {
 func start(t *testing.T, exec poll.Executor, slots int, margin time.Duration, opts ...vieterserver.Option) *setup {
 	t.Helper()
 	srv, ts := vieterserver.NewTest(t, append([]vieterserver.Option{vieterserver.WithAPIKey(testKey)}, opts...)...)
-	c, err := poll.NewClient(ts.URL, testKey, poll.WithHTTPClient(ts.Client()))
+	c, err := vieter.NewClient(ts.URL, testKey, vieter.WithHTTPClient(ts.Client()))
 	if err != nil {
 		t.Fatal(err)
 	}
