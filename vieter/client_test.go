@@ -468,7 +468,7 @@ func TestRedactWholeKey(t *testing.T) {
 		"you sent k3y":           "you sent [redacted]",
 		"k3y":                    "[redacted]",
 		"key=k3y&x":              "key=[redacted]&x",
-		"pac k3yage, k3y.":       "pac k3yage, k3y.",
+		"pac k3yage, k3y.":       "pac k3yage, [redacted].",
 		"a k3y-suffix is no key": "a k3y-suffix is no key",
 		"\"k3y\" twice: (k3y)":   "\"[redacted]\" twice: ([redacted])",
 	} {
