@@ -66,14 +66,14 @@ const (
 
 func defaultOptions() *options {
 	return &options{
-		log:            discardLogger(),
-		arch:           archOf(runtime.GOARCH),
-		defaultTimeout: DefaultTimeout,
-		jobs:           runtime.NumCPU(),
-		retry:          vieter.Retry{Attempts: 5, Min: 500 * time.Millisecond, Max: 30 * time.Second},
+		log:             discardLogger(),
+		arch:            archOf(runtime.GOARCH),
+		defaultTimeout:  DefaultTimeout,
+		jobs:            runtime.NumCPU(),
+		retry:           vieter.Retry{Attempts: 5, Min: 500 * time.Millisecond, Max: 30 * time.Second},
 		publishObserver: func(string) {},
-		outUID:         -1,
-		outGID:         -1,
+		outUID:          -1,
+		outGID:          -1,
 	}
 }
 
