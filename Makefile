@@ -78,7 +78,7 @@ unit: ## the tests alone, with the race detector
 test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race
 
 # Fuzz targets as package:Target; their seed corpora run in every `make test`.
-FUZZ_TARGETS := ./oci:FuzzUnpack ./oci:FuzzUnpackTar ./poll:FuzzClientAnswer ./poll:FuzzSpoolHeader \
+FUZZ_TARGETS := ./oci:FuzzUnpack ./oci:FuzzUnpackTar ./vieter:FuzzClientAnswer ./poll:FuzzSpoolHeader \
 	./build:FuzzParseSrcInfo ./cmd/vagent:FuzzConfig ./internal/vieterserver:FuzzReadPackage \
 	./internal/vieterserver:FuzzVerCmp
 

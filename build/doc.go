@@ -62,9 +62,24 @@
 // Everything goes to the io.Writer the caller passes (poll spools it to a
 // file): the builder setup output, each step announced as "+ command args"
 // (arguments quoted as a shell would read them, so a value with a newline
-// cannot forge a line), the merged stdout and stderr of the build, and one
-// summary line at the end, "vagent: <why it stopped>; exit code N; took D"
-// where why is success, failure, skipped, timeout after N s or cancelled.
+// cannot forge a line), the merged stdout and stderr of the build, and,
+// for each package published, the line that says how the server confirmed
+// it. The build applies no deadline and writes no summary: poll.RunJob owns
+// the job's deadline, classifies the outcome and writes the one footer,
+// "vagent: <why it stopped>; exit code N; took D" where why is success,
+// failure, skipped, timeout after N s or cancelled. Build and BuildDir run
+// a job through poll.RunJob themselves, for `vagent build` and tests.
+//
+// # The server
+//
+// Every request to the server goes through the agent's one vieter.Client
+// (WithServer): the database check and the skip check (HasVersion, which
+// requires the package's desc, not just a 200) without the key, publishing
+// with it. A package counts as published only once the server confirmed it
+// (vieter.Client.PublishConfirmed): by a publish answer naming its name and
+// version, or by the repository after an answer that proved nothing; it is
+// published again while it is absent. A package that could not be
+// confirmed fails the build ("NOT confirmed" in the log).
 //
 // # Package cache
 //

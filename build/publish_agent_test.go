@@ -10,7 +10,6 @@ import (
 
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
-	"github.com/vieter-v/vagent/vieter"
 )
 
 // TestThirtyJobsThroughFaults: 30 jobs on 3 slots against a server where
@@ -23,17 +22,8 @@ func TestThirtyJobsThroughFaults(t *testing.T) {
 	const key = "a-key-of-some-length"
 	srv, ts := vieterserver.NewTest(t, vieterserver.WithAPIKey(key), vieterserver.WithFaults(vieterserver.FaultConfig{
 		Rate: 0.3, Seed: 11, Kinds: []vieterserver.Fault{vieterserver.Fault5xx, vieterserver.Fault5xx, vieterserver.FaultMalformedJSON}}))
-	client, err := vieter.NewClient(ts.URL, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := defaultOptions()
-	for _, opt := range []Option{WithServer(client), WithRetry(12, time.Millisecond), WithArch("x86_64")} {
-		if err := opt(o); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b := &Builder{opts: o}
+	b := testBuilder(t, ts.URL, key, 12)
+	client := b.opts.server
 	files := map[int]string{}
 	var targets []int
 	for i := range 30 {

@@ -15,15 +15,16 @@ import (
 	"github.com/vieter-v/vagent/vieter"
 )
 
-// testBuilder returns a Builder that only talks to a server.
-func testBuilder(t *testing.T, address, key string) *Builder {
+// testBuilder returns a Builder that only talks to a server, trying each
+// request up to attempts times (6 by default).
+func testBuilder(t *testing.T, address, key string, attempts ...int) *Builder {
 	t.Helper()
 	c, err := vieter.NewClient(address, key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	o := defaultOptions()
-	for _, opt := range []Option{WithServer(c), WithRetry(6, time.Millisecond), WithArch("x86_64")} {
+	for _, opt := range []Option{WithServer(c), WithRetry(append(attempts, 6)[0], time.Millisecond), WithArch("x86_64")} {
 		if err := opt(o); err != nil {
 			t.Fatal(err)
 		}

@@ -4,8 +4,16 @@
 //
 // The package defines the small interfaces it depends on: an Executor runs
 // one job (the real one prepares a builder image and runs a sandbox; tests
-// use a fake), and an API talks to the server (Client is the HTTP
-// implementation). Scheduling can therefore be tested without root.
+// use a fake), and an API talks to the server (*vieter.Client, the one
+// client of the server). Scheduling can therefore be tested without root.
+//
+// # A job's lifecycle
+//
+// poll owns it (RunJob): the deadline (the job's timeout, or the default,
+// with the cause ErrJobTimeout), the classification of what the executor
+// reports (success, failure, skipped, setup-error, timeout, cancelled), the
+// log's one footer line, the requeue and the delivery of the log. The
+// executor only runs the build and says what happened.
 //
 // # Slots
 //
@@ -54,5 +62,25 @@
 // When Run's context is cancelled the agent stops polling, lets running
 // builds finish for the grace period, then cancels them (Abort cancels
 // them at once). Every log is uploaded and every job that did not finish is
-// requeued with POST /api/v1/jobs/queue, keeping its force flag.
+// requeued with POST /api/v1/jobs/queue, keeping its force flag; the log is
+// uploaded whatever happens to the requeue, and ends with a line that says
+// what did.
+//
+// # Requeue: at most one extra copy
+//
+// Vieter has no idempotency key: every requeue request that reaches the
+// handler queues the job once more, also when its answer is lost. Its
+// success is a 200 with an empty body. The agent therefore counts the
+// requests that may have reached the handler — sent in full, answer lost
+// (vieter.Sent) — and sends at most two per job: a lost answer is re-sent
+// once, so a job is queued at most twice, never N times; after a second
+// lost answer the log says the job may be queued and it is not sent again.
+// A request that never reached the server (no connection) or was answered
+// with a status (Vieter's queue handler answers only 200 or 400) does not
+// count and is retried with backoff. The count is saved in the job's spool
+// entry before each request, so a restart after a crash mid-request does
+// not send it again: such an entry is taken as handed back. The cost of
+// this choice is that a job whose only request was cut before the handler
+// ran and whose agent then died is not queued again; Vieter schedules the
+// target again on its own.
 package poll

@@ -359,3 +359,31 @@ func TestImageHooks(t *testing.T) {
 type fixed struct{}
 
 func (fixed) Status() poll.Status { return poll.Status{} }
+
+// TestPublishedPackages: the series exist from the start, and each
+// published package moves the one of how it was confirmed.
+func TestPublishedPackages(t *testing.T) {
+	m := New()
+	h, err := Handler(m, fixed{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(h)
+	defer ts.Close()
+	before := scrape(t, ts.URL)
+	for _, c := range []string{"answer", "check", "failed"} {
+		if v, ok := before[`vagent_packages_published_total{confirmed="`+c+`"}`]; !ok || v != 0 {
+			t.Errorf("confirmed=%s: %v, %v before any build; want a 0 series", c, v, ok)
+		}
+	}
+	m.PackagePublished("answer")
+	m.PackagePublished("answer")
+	m.PackagePublished("check")
+	m.PackagePublished("")
+	got := scrape(t, ts.URL)
+	for c, want := range map[string]float64{"answer": 2, "check": 1, "failed": 1} {
+		if v := got[`vagent_packages_published_total{confirmed="`+c+`"}`]; v != want {
+			t.Errorf("confirmed=%s: %v, want %v", c, v, want)
+		}
+	}
+}
