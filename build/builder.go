@@ -211,7 +211,7 @@ func (b *Builder) lifecycle(ctx context.Context, job poll.Job, srcDir string, lo
 	rep := poll.RunJob(ctx, poll.ExecutorFunc(func(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
 		r = b.run(ctx, job, srcDir, log)
 		return r.outcome(), nil
-	}), job, b.opts.defaultTimeout, log)
+	}), job, b.opts.defaultTimeout, 0, log)
 	r.Status, r.ExitCode, r.Start, r.End, r.Reason = rep.Result, rep.ExitCode, rep.Start, rep.End, rep.Reason
 	if rep.Result == poll.ResultTimeout || rep.Result == poll.ResultCancelled {
 		r.Err = nil

@@ -304,7 +304,7 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 		return
 	}
 	log.Info("build started")
-	rep := RunJob(bctx, a.exec, j, a.opts.defaultTimeout, f)
+	rep := RunJob(bctx, a.exec, j, a.opts.defaultTimeout, a.opts.logLimit, f)
 	end := rep.End
 	e.Start = rep.Start.Unix()
 	e.End = max(end.Unix(), e.Start)

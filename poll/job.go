@@ -89,16 +89,26 @@ type Report struct {
 // RunJob runs job with exec under the job's deadline — its timeout, or
 // defaultTimeout when it has none — and a cause (ErrJobTimeout), recovers
 // a panic, classifies the outcome and writes the log's one footer line
-// ("vagent: <reason>; exit code N; took D"). It is the lifecycle of a job
-// in an agent's slot, and of `vagent build`.
-func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Duration, log io.Writer) Report {
+// ("vagent: <reason>; exit code N; took D"). What the executor writes past
+// logLimit bytes (> 0; 0 for no limit) is dropped with a line that says
+// so; the footer is always written. It is the lifecycle of a job in an
+// agent's slot, and of `vagent build`.
+func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Duration, logLimit int64, log io.Writer) Report {
 	start := time.Now()
+	var capped *capWriter
+	if logLimit > 0 {
+		capped = &capWriter{w: log, limit: logLimit}
+	}
 	timeout := defaultTimeout
 	if job.Timeout > 0 {
 		timeout = time.Duration(job.Timeout) * time.Second
 	}
 	jctx, cancel := context.WithTimeoutCause(ctx, timeout, ErrJobTimeout)
-	out, err := execute(jctx, exec, job, log)
+	w := log
+	if capped != nil {
+		w = capped
+	}
+	out, err := execute(jctx, exec, job, w)
 	cause := context.Cause(jctx)
 	stopped := jctx.Err() != nil
 	cancel()
@@ -159,6 +169,11 @@ func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Dur
 		}
 	}
 	r.Reason = oneLine(reason)
+	if capped != nil {
+		if n := capped.note(); n != "" {
+			fmt.Fprintf(log, "\n%s", n)
+		}
+	}
 	fmt.Fprintf(log, "\nvagent: %s; exit code %d; took %s\n", r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
 	return r
 }

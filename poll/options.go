@@ -25,6 +25,7 @@ type options struct {
 	backoffMax        time.Duration
 	unauthorizedRetry time.Duration
 	defaultTimeout    time.Duration
+	logLimit          int64
 	fsync             bool
 	log               logrus.FieldLogger
 	obs               Observer
@@ -44,6 +45,7 @@ func defaultOptions() options {
 		backoffMax:        5 * time.Minute,
 		unauthorizedRetry: 5 * time.Minute,
 		defaultTimeout:    time.Hour,
+		logLimit:          DefaultLogLimit,
 		fsync:             true,
 		log:               l,
 		obs:               nopObserver{},
@@ -150,6 +152,19 @@ func WithUnauthorizedRetry(d time.Duration) Option {
 // WithDefaultTimeout sets the build timeout for jobs without one. Default 1h.
 func WithDefaultTimeout(d time.Duration) Option {
 	return func(o *options) error { return positive("default timeout", d, &o.defaultTimeout) }
+}
+
+// WithLogLimit caps the log of one build at n bytes: the rest of a
+// build's output is dropped, with a line that says so; the footer is kept.
+// Default DefaultLogLimit (64 MiB).
+func WithLogLimit(n int64) Option {
+	return func(o *options) error {
+		if n < 4096 {
+			return fmt.Errorf("log limit must be at least 4096 bytes, got %d", n)
+		}
+		o.logLimit = n
+		return nil
+	}
 }
 
 // WithLogger sets the logger. Default: silent.

@@ -95,6 +95,9 @@ func openSpool(dataDir, arch string, fsync bool) (*spool, error) {
 			return nil, fmt.Errorf("creating spool: %w", err)
 		}
 	}
+	if err := s.pruneRejected(time.Now()); err != nil {
+		return nil, fmt.Errorf("pruning logs/rejected: %w", err)
+	}
 	return s, nil
 }
 
@@ -320,9 +323,60 @@ func (s *spool) remove(e *spoolEntry) error {
 	return nil
 }
 
-// reject moves an entry the server refused for good out of the way.
+// reject moves an entry the server refused for good out of the way, then
+// prunes logs/rejected.
 func (s *spool) reject(e *spoolEntry) error {
-	return os.Rename(s.logPath(e), filepath.Join(s.rejected, e.ID+".log"))
+	if err := os.Rename(s.logPath(e), filepath.Join(s.rejected, e.ID+".log")); err != nil {
+		return err
+	}
+	return s.pruneRejected(time.Now())
+}
+
+// What logs/rejected keeps for a person to look at: files younger than
+// rejectedMaxAge, the newest first, up to rejectedMaxBytes in all.
+const (
+	rejectedMaxAge   = 30 * 24 * time.Hour
+	rejectedMaxBytes = 256 << 20
+)
+
+// pruneRejected removes from logs/rejected what is older than
+// rejectedMaxAge, then the oldest files until the rest fits in
+// rejectedMaxBytes. Only regular files are looked at.
+func (s *spool) pruneRejected(now time.Time) error {
+	des, err := os.ReadDir(s.rejected)
+	if err != nil {
+		return err
+	}
+	type file struct {
+		name string
+		mod  time.Time
+		size int64
+	}
+	var files []file
+	var errs []error
+	for _, de := range des {
+		if !de.Type().IsRegular() {
+			continue
+		}
+		fi, err := de.Info()
+		if err != nil {
+			continue
+		}
+		if now.Sub(fi.ModTime()) > rejectedMaxAge {
+			errs = append(errs, os.Remove(filepath.Join(s.rejected, de.Name())))
+			continue
+		}
+		files = append(files, file{de.Name(), fi.ModTime(), fi.Size()})
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].mod.After(files[j].mod) })
+	var total int64
+	for _, f := range files {
+		total += f.size
+		if total > rejectedMaxBytes {
+			errs = append(errs, os.Remove(filepath.Join(s.rejected, f.name)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // list reads every pending entry. An entry whose header was lost (a power

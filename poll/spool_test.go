@@ -322,3 +322,39 @@ func FuzzSpoolHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestRejectedPruned: logs/rejected keeps recent files up to a total size.
+func TestRejectedPruned(t *testing.T) {
+	sp, err := openSpool(t.TempDir(), testArch, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	write := func(name string, size int, age time.Duration) {
+		p := filepath.Join(sp.rejected, name)
+		if err := os.WriteFile(p, make([]byte, size), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, now.Add(-age), now.Add(-age)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old.log", 10, rejectedMaxAge+time.Hour)
+	write("big-older.log", rejectedMaxBytes/2+1, 2*time.Hour)
+	write("big-newer.log", rejectedMaxBytes/2, time.Hour)
+	write("small-newest.log", 100, time.Minute)
+	if err := os.Mkdir(filepath.Join(sp.rejected, "a-dir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.pruneRejected(now); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	des, _ := os.ReadDir(sp.rejected)
+	for _, de := range des {
+		left = append(left, de.Name())
+	}
+	if strings.Join(left, " ") != "a-dir big-newer.log small-newest.log" {
+		t.Errorf("left %v, want the dir, big-newer and small-newest", left)
+	}
+}

@@ -2,8 +2,10 @@ package poll
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -78,11 +80,30 @@ func (a *Agent) Status() Status {
 		ss := SlotStatus{Slot: s.id, State: s.load().String()}
 		if info := s.info.Load(); info != nil && ss.State != slotEmpty.String() {
 			j := info.job
+			j.URL = RedactURL(j.URL)
 			ss.Job, ss.Since = &j, info.since
 		}
 		st.Slots = append(st.Slots, ss)
 	}
 	return st
+}
+
+// RedactURL returns a job's URL without its userinfo (a token in
+// https://TOKEN@host/… is a secret of the server's user), for status
+// output. A URL that does not parse but holds an '@' is replaced whole.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if strings.Contains(s, "@") {
+			return "[redacted URL]"
+		}
+		return s
+	}
+	if u.User == nil {
+		return s
+	}
+	u.User = url.User("redacted")
+	return u.String()
 }
 
 // PendingLog is a log in a data directory's spool.
@@ -111,7 +132,9 @@ func Pending(dataDir string) ([]PendingLog, error) {
 	entries, err := s.list(true)
 	var out []PendingLog
 	for _, e := range entries {
-		p := PendingLog{ID: e.ID, Job: e.Job, Arch: e.Arch, Slot: e.Slot, Start: time.Unix(e.Start, 0),
+		j := e.Job
+		j.URL = RedactURL(j.URL)
+		p := PendingLog{ID: e.ID, Job: j, Arch: e.Arch, Slot: e.Slot, Start: time.Unix(e.Start, 0),
 			Running: e.State == stateRunning, ExitCode: e.ExitCode, Result: e.Result, Size: e.Size}
 		if fi, err := os.Stat(s.logPath(e)); err == nil && p.Size < 0 {
 			p.Size = max(fi.Size()-e.bodyOffset(), 0)

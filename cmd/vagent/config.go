@@ -51,6 +51,7 @@ type Config struct {
 	RequestTimeout Duration     `yaml:"request_timeout"`
 	UploadTimeout  Duration     `yaml:"upload_timeout"`
 	Fsync          bool         `yaml:"fsync"`
+	MaxLogSize     Size         `yaml:"max_log_size"`
 	IDRange        IDRange      `yaml:"id_range"`
 	BuildLimits    BuildLimits  `yaml:"build_limits"`
 	PacmanCache    PacmanCache  `yaml:"pacman_cache"`
@@ -119,6 +120,7 @@ func defaultConfig() Config {
 		RequestTimeout:        Duration(time.Minute),
 		UploadTimeout:         Duration(10 * time.Minute),
 		Fsync:                 true,
+		MaxLogSize:            64 << 20,
 		IDRange:               IDRange{Base: 100000, Size: 65536},
 		BuildLimits:           BuildLimits{Pids: 4096},
 		PacmanCache:           PacmanCache{Enabled: true},
@@ -697,6 +699,7 @@ func (l *loader) validate(c *Config) {
 		p, perr := strconv.ParseUint(port, 10, 16)
 		check(err == nil && perr == nil && (p > 0 || port == "0"), "metrics_address", "must be host:port (e.g. 127.0.0.1:9100 or :9100), got %q", excerptValue(c.MetricsAddress))
 	}
+	check(c.MaxLogSize >= 64<<10, "max_log_size", "must be at least 64KiB, got %v", c.MaxLogSize)
 	check(c.IDRange.Base >= 1, "id_range.base", "must be ≥ 1 (host id 0 is root), got %d", c.IDRange.Base)
 	check(c.IDRange.Size >= 65536, "id_range.size", "must be ≥ 65536 (a build needs every 16-bit id), got %d", c.IDRange.Size)
 	check(uint64(c.IDRange.Base)+uint64(c.IDRange.Size) <= math.MaxUint32, "id_range.size", "base + size must be < 2^32")
@@ -794,6 +797,7 @@ func (c *Config) PollOptions() []poll.Option {
 		poll.WithUploadTimeout(c.UploadTimeout.D()),
 		poll.WithDefaultTimeout(c.BuildTimeout.D()),
 		poll.WithFsync(c.Fsync),
+		poll.WithLogLimit(int64(c.MaxLogSize)),
 	}
 }
 

@@ -60,6 +60,7 @@ func TestConfigDefaults(t *testing.T) {
 		{"build_timeout", c.BuildTimeout.D(), time.Hour},
 		{"shutdown_grace", c.ShutdownGrace.D(), 5 * time.Minute},
 		{"fsync", c.Fsync, true},
+		{"max_log_size", c.MaxLogSize, Size(64 << 20)},
 		{"id_range", c.IDRange, IDRange{100000, 65536}},
 		{"build_limits", c.BuildLimits, BuildLimits{Pids: 4096}},
 		{"pacman cache", c.PacmanCacheDir(), "/var/lib/vagent/pacman-cache"},
@@ -108,6 +109,7 @@ func TestConfigKeys(t *testing.T) {
 		{"request_timeout: 20s", func(c *Config) any { return c.RequestTimeout.D() }, 20 * time.Second},
 		{"upload_timeout: 1h", func(c *Config) any { return c.UploadTimeout.D() }, time.Hour},
 		{"fsync: false", func(c *Config) any { return c.Fsync }, false},
+		{"max_log_size: 1MiB", func(c *Config) any { return c.MaxLogSize }, Size(1 << 20)},
 		{"id_range: {base: 200000, size: 131072}", func(c *Config) any { return c.IDRange }, IDRange{200000, 131072}},
 		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50",
 			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50}},
@@ -173,6 +175,7 @@ func TestConfigErrors(t *testing.T) {
 		{"metrics_address: localhost", `agent.yaml:3: metrics_address: must be host:port (e.g. 127.0.0.1:9100 or :9100), got "localhost"`},
 		{"metrics_address: ':http'", `agent.yaml:3: metrics_address: must be host:port (e.g. 127.0.0.1:9100 or :9100), got ":http"`},
 		{"fsync: maybe", `agent.yaml:3: fsync: must be true or false, got "maybe"`},
+		{"max_log_size: 1K", "agent.yaml:3: max_log_size: must be at least 64KiB, got 1KiB"},
 		{"id_range: {base: 0}", "agent.yaml:3: id_range.base: must be ≥ 1 (host id 0 is root), got 0"},
 		{"id_range:\n  size: 1000", "agent.yaml:4: id_range.size: must be ≥ 65536 (a build needs every 16-bit id), got 1000"},
 		{"id_range: {base: 4294967000}", "agent.yaml:3: id_range.size: base + size must be < 2^32"},
@@ -299,6 +302,7 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_REQUEST_TIMEOUT":          "15s",
 		"VIETER_UPLOAD_TIMEOUT":           "20m",
 		"VIETER_FSYNC":                    "false",
+		"VIETER_MAX_LOG_SIZE":             "2MiB",
 		"VIETER_ID_RANGE_BASE":            "300000",
 		"VIETER_ID_RANGE_SIZE":            "65536",
 		"VIETER_BUILD_LIMITS_MEMORY":      "8GiB",
@@ -325,7 +329,7 @@ func TestConfigEnv(t *testing.T) {
 		PollingFrequency: Duration(5 * time.Second), ImageRebuildFrequency: Duration(30 * time.Minute), LogLevel: "INFO",
 		LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
-		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{300000, 65536},
+		UploadTimeout: Duration(20 * time.Minute), Fsync: false, MaxLogSize: 2 << 20, IDRange: IDRange{300000, 65536},
 		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200},
 		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc"}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		Mirrors:    []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
@@ -436,7 +440,7 @@ func TestConfigHelpers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(c.PollOptions()); n != 10 {
+	if n := len(c.PollOptions()); n != 11 {
 		t.Errorf("%d poll options", n)
 	}
 	opts, err := c.OCIOptions()
