@@ -46,7 +46,7 @@ func childMain() int {
 	}
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
-	a, err := New(c, exec, WithArch(testArch), WithDataDir(os.Getenv(childDirEnv)), WithSlots(2),
+	a, err := New(c, exec, WithArch(testArch), WithDataDir(os.Getenv(childDirEnv)), WithSlots(3),
 		WithPollInterval(interval), WithBackoff(5*time.Millisecond, 50*time.Millisecond), WithLogger(log))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -334,10 +334,10 @@ func TestCrashMidBuild(t *testing.T) {
 // jobs, uploads their logs and exits 0.
 func TestSigtermChild(t *testing.T) {
 	h := newHarness(t)
-	h.addJobs(t, 2, false)
+	ids := h.addJobs(t, 3, false)
 	child := startChild(t, "block", h.ts.URL, h.dir, 50*time.Millisecond)
-	waitFor(t, 20*time.Second, "two builds", func() bool {
-		return len(h.srv.Queued(testArch)) == 0 && len(spoolFiles(t, h.dir, "pending/*.log")) == 2
+	waitFor(t, 20*time.Second, "three builds", func() bool {
+		return len(h.srv.Queued(testArch)) == 0 && len(spoolFiles(t, h.dir, "pending/*.log")) == 3
 	})
 	time.Sleep(50 * time.Millisecond)
 	if err := child.Process.Signal(syscall.SIGTERM); err != nil {
@@ -351,7 +351,17 @@ func TestSigtermChild(t *testing.T) {
 	if err := child.Wait(); err != nil {
 		t.Fatalf("agent exit: %v", err)
 	}
-	if len(h.srv.Logs()) != 2 || len(h.srv.Queued(testArch)) != 2 {
-		t.Errorf("%d logs, %d queued, want 2 and 2", len(h.srv.Logs()), len(h.srv.Queued(testArch)))
+	// Against Vieter's terse answers: three logs, each job queued once.
+	if len(h.srv.Logs()) != 3 || h.srv.Requests(vieterserver.RouteQueue) != 3 {
+		t.Errorf("%d logs, %d requeue requests, want 3 and 3", len(h.srv.Logs()), h.srv.Requests(vieterserver.RouteQueue))
+	}
+	q := map[int]int{}
+	for _, j := range h.srv.Queued(testArch) {
+		q[j.TargetID]++
+	}
+	for _, id := range ids {
+		if q[id] != 1 {
+			t.Errorf("target %d queued %d times, want 1", id, q[id])
+		}
 	}
 }
