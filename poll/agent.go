@@ -163,7 +163,7 @@ func (a *Agent) markInterrupted(e *spoolEntry) {
 
 // loop polls for jobs and starts builds until ctx is done or Abort.
 func (a *Agent) loop(ctx, bctx, dctx context.Context) {
-	timer := time.NewTimer(0) // first poll at once
+	timer := a.opts.clock.NewTimer(0) // first poll at once
 	defer timer.Stop()
 	bo := vieter.Backoff{Min: min(a.opts.backoffMin, a.opts.pollInterval), Max: a.opts.pollInterval}
 	backingOff := false
@@ -178,7 +178,7 @@ func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 			if backingOff {
 				continue // the backoff timer decides
 			}
-		case <-timer.C:
+		case <-timer.C():
 			a.collect()
 			backingOff = false
 		}
@@ -217,7 +217,7 @@ func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 func (a *Agent) poll(ctx context.Context, free int) ([]Job, error) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.requestTimeout)
 	defer cancel()
-	t := time.Now()
+	t := a.opts.clock.Now()
 	jobs, err := a.api.Poll(pctx, a.opts.arch, free)
 	a.polls.record(t, err)
 	a.opts.obs.Polled(len(jobs), err)

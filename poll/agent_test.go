@@ -82,26 +82,30 @@ func TestFinishedBuildPollsAtOnce(t *testing.T) {
 		return Outcome{}, nil
 	})
 	h.addJobs(t, 1, false)
-	a := h.agent(t, exec, WithSlots(1), WithPollInterval(time.Hour))
+	clock := newFakeClock()
+	a := h.agent(t, exec, WithSlots(1), WithPollInterval(time.Hour), WithClock(clock))
 	start(t, a)
 	waitFor(t, 5*time.Second, "the first build", func() bool { return started.Load() == 1 })
 	h.addJobs(t, 1, false)
-	time.Sleep(100 * time.Millisecond)
+	// The loop polled once, got the job, and waits: its only slot is busy
+	// and the clock does not move, so nothing but a finishing build can
+	// make it poll again.
 	if n := len(h.srv.Polls()); n != 1 {
 		t.Fatalf("%d polls while the only slot was busy, want 1", n)
 	}
-	released := time.Now()
 	close(release)
 	waitFor(t, 5*time.Second, "the second build", func() bool { return started.Load() == 2 })
-	polls := h.srv.Polls()
-	if d := polls[1].Time.Sub(released); d > time.Second {
-		t.Errorf("second poll %v after the build finished, want at once", d)
-	}
 	waitFor(t, 5*time.Second, "the poll after the second build", func() bool { return len(h.srv.Polls()) == 3 })
-	time.Sleep(100 * time.Millisecond)
+	// Then it waits a poll interval: a timer of an hour (armed after each
+	// of the three polls), and no poll.
+	if d := clock.waitArmed(t, 3); d != time.Hour {
+		t.Errorf("idle timer %v, want the poll interval", d)
+	}
 	if n := len(h.srv.Polls()); n != 3 {
 		t.Errorf("%d polls, want 3 (then quiet for an hour)", n)
 	}
+	clock.Advance(time.Hour)
+	waitFor(t, 5*time.Second, "the poll an hour later", func() bool { return len(h.srv.Polls()) == 4 })
 }
 
 func intervals(polls []vieterserver.PollRecord) []time.Duration {
@@ -118,25 +122,29 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// TestIdlePollingFollowsInterval: an idle agent arms its timer with the
+// poll interval after every poll and polls exactly when it fires.
 func TestIdlePollingFollowsInterval(t *testing.T) {
 	h := newHarness(t)
-	const interval = 80 * time.Millisecond
-	a := h.agent(t, instant, WithPollInterval(interval))
+	const interval = 30 * time.Second
+	clock := newFakeClock()
+	a := h.agent(t, instant, WithPollInterval(interval), WithClock(clock))
 	stop := start(t, a)
-	time.Sleep(12 * interval)
-	_ = stop()
-	iv := intervals(h.srv.Polls())
-	if len(iv) < 6 || len(iv) > 13 {
-		t.Fatalf("%d polls in %v at %v", len(iv)+1, 12*interval, interval)
-	}
-	if m := median(iv); m < interval || m > interval*3/2 {
-		t.Errorf("median interval %v, want about %v (all: %v)", m, interval, iv)
-	}
-	for _, d := range iv {
-		if d < interval*9/10 {
-			t.Errorf("interval %v shorter than %v", d, interval)
+	for i := 1; i <= 6; i++ {
+		if d := clock.waitArmed(t, i); d != interval {
+			t.Fatalf("timer %d armed with %v, want %v", i, d, interval)
 		}
+		if n := len(h.srv.Polls()); n != i {
+			t.Fatalf("%d polls before timer %d fired, want %d", n, i, i)
+		}
+		clock.Advance(interval - time.Nanosecond)
+		if n := len(h.srv.Polls()); n != i {
+			t.Fatalf("polled %d times before the interval was over", n)
+		}
+		clock.Advance(time.Nanosecond)
+		waitFor(t, 5*time.Second, "the next poll", func() bool { return len(h.srv.Polls()) == i+1 })
 	}
+	_ = stop()
 }
 
 // fakeAPI fails polls with the errors of pollErr and records poll times.
@@ -167,8 +175,11 @@ func (f *fakeAPI) intervals() []time.Duration {
 	return out
 }
 
+// TestPollBackoff: failed polls (5xx, malformed, cut) back off with
+// jittered exponential delays capped by the poll interval; after a success
+// the regular interval returns. The delays are those the loop armed its
+// timer with.
 func TestPollBackoff(t *testing.T) {
-	// Eight failures (5xx, dropped connection, malformed answer), then success.
 	errs := []error{&vieter.Error{Op: "poll", Code: 503}, vieter.ErrMalformed, io.ErrUnexpectedEOF}
 	api := &fakeAPI{pollErr: func(n int) error {
 		if n <= 8 {
@@ -177,30 +188,35 @@ func TestPollBackoff(t *testing.T) {
 		return nil
 	}}
 	const interval = 300 * time.Millisecond
+	clock := newFakeClock()
 	a, err := New(api, instant, WithArch(testArch), WithDataDir(t.TempDir()), WithPollInterval(interval),
-		WithBackoff(10*time.Millisecond, time.Hour))
+		WithBackoff(10*time.Millisecond, time.Hour), WithClock(clock))
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := start(t, a)
-	waitFor(t, 10*time.Second, "10 polls", func() bool { return len(api.intervals()) >= 10 })
-	_ = stop()
-	iv := api.intervals()
+	defer stop()
 	// Caps: 10, 20, 40, 80, 160, 300, 300, 300ms; each delay in [cap/2, cap].
 	caps := []time.Duration{10, 20, 40, 80, 160, 300, 300, 300}
-	slack := 40 * time.Millisecond
 	for i, c := range caps {
 		c *= time.Millisecond
-		if iv[i] < c/2 || iv[i] > c+slack {
-			t.Errorf("retry %d after %v, want in [%v, %v]", i+1, iv[i], c/2, c)
+		d := clock.waitArmed(t, i+1)
+		if d < c/2 || d > c {
+			t.Errorf("retry %d after %v, want in [%v, %v]", i+1, d, c/2, c)
 		}
+		clock.Advance(d)
 	}
-	// After the success, the regular interval.
-	if iv[8] < interval || iv[8] > interval+slack {
-		t.Errorf("after success: %v, want %v", iv[8], interval)
+	// The ninth poll succeeds: the regular interval.
+	if d := clock.waitArmed(t, 9); d != interval {
+		t.Errorf("after success: %v, want %v", d, interval)
+	}
+	if n := len(api.intervals()) + 1; n != 9 {
+		t.Errorf("%d polls, want 9", n)
 	}
 }
 
+// TestUnauthorizedRetriedSlowly: a rejected key is retried after the
+// unauthorized delay, not the backoff, and reported as a configuration error.
 func TestUnauthorizedRetriedSlowly(t *testing.T) {
 	h := newHarness(t)
 	c, err := vieter.NewClient(h.ts.URL, "wrong-"+testKey)
@@ -208,16 +224,21 @@ func TestUnauthorizedRetriedSlowly(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.client = c
-	a := h.agent(t, instant, WithPollInterval(10*time.Millisecond), WithUnauthorizedRetry(300*time.Millisecond))
+	clock := newFakeClock()
+	a := h.agent(t, instant, WithPollInterval(10*time.Millisecond), WithUnauthorizedRetry(5*time.Minute), WithClock(clock))
 	stop := start(t, a)
-	time.Sleep(700 * time.Millisecond)
-	_ = stop()
-	if n := h.srv.Requests(vieterserver.RoutePoll); n < 2 || n > 4 {
-		t.Errorf("%d polls in 700ms with a 300ms retry after 401, want 3", n)
+	for i := 1; i <= 3; i++ {
+		if d := clock.waitArmed(t, i); d != 5*time.Minute {
+			t.Errorf("after a 401: retry in %v, want 5m", d)
+		}
+		if n := h.srv.Requests(vieterserver.RoutePoll); n != i {
+			t.Errorf("%d polls, want %d", n, i)
+		}
+		clock.Advance(5 * time.Minute)
 	}
-	out := h.logBuf.String()
-	if !strings.Contains(out, "check api_key") || strings.Contains(out, testKey) {
-		t.Errorf("log must say check api_key and never show the key:\n%s", out)
+	_ = stop()
+	if !strings.Contains(h.logBuf.String(), "check api_key") {
+		t.Errorf("the log does not say to check api_key:\n%s", h.logBuf.String())
 	}
 }
 

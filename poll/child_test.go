@@ -24,6 +24,7 @@ const (
 	childAddrEnv     = "VAGENT_POLL_TEST_ADDR"
 	childDirEnv      = "VAGENT_POLL_TEST_DIR"
 	childIntervalEnv = "VAGENT_POLL_TEST_INTERVAL"
+	childGraceEnv    = "VAGENT_POLL_TEST_GRACE" // default 5m
 )
 
 func childMain() int {
@@ -44,10 +45,14 @@ func childMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	grace, err := time.ParseDuration(os.Getenv(childGraceEnv))
+	if err != nil {
+		grace = 5 * time.Minute
+	}
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	a, err := New(c, exec, WithArch(testArch), WithDataDir(os.Getenv(childDirEnv)), WithSlots(3),
-		WithPollInterval(interval), WithBackoff(5*time.Millisecond, 50*time.Millisecond), WithLogger(log))
+		WithPollInterval(interval), WithBackoff(5*time.Millisecond, 50*time.Millisecond), WithLogger(log), WithGracePeriod(grace))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

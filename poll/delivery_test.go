@@ -154,7 +154,7 @@ func TestAbortCancelsAtOnce(t *testing.T) {
 	go func() { errc <- a.Run(ctx) }()
 	<-exec.started
 	cancel() // first signal: graceful, an hour of grace
-	time.Sleep(50 * time.Millisecond)
+	waitFor(t, 5*time.Second, "the shutdown to begin", func() bool { return a.Status().Stopping })
 	t0 := time.Now()
 	a.Abort() // second signal
 	if err := <-errc; err != nil {
@@ -335,18 +335,15 @@ func TestCrashMidBuild(t *testing.T) {
 func TestSigtermChild(t *testing.T) {
 	h := newHarness(t)
 	ids := h.addJobs(t, 3, false)
+	t.Setenv(childGraceEnv, "0s")
 	child := startChild(t, "block", h.ts.URL, h.dir, 50*time.Millisecond)
 	waitFor(t, 20*time.Second, "three builds", func() bool {
 		return len(h.srv.Queued(testArch)) == 0 && len(spoolFiles(t, h.dir, "pending/*.log")) == 3
 	})
-	time.Sleep(50 * time.Millisecond)
+	// The child's grace period is 0: one SIGTERM stops polling and
+	// cancels the builds.
 	if err := child.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
-	}
-	// The child's grace period is the default (5m): a second signal cancels.
-	time.Sleep(100 * time.Millisecond)
-	if err := child.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Log(err)
 	}
 	if err := child.Wait(); err != nil {
 		t.Fatalf("agent exit: %v", err)

@@ -29,6 +29,7 @@ type options struct {
 	fsync             bool
 	log               logrus.FieldLogger
 	obs               Observer
+	clock             Clock
 }
 
 func defaultOptions() options {
@@ -49,6 +50,7 @@ func defaultOptions() options {
 		fsync:             true,
 		log:               l,
 		obs:               nopObserver{},
+		clock:             realClock{},
 	}
 }
 
@@ -185,6 +187,18 @@ func WithLogger(l logrus.FieldLogger) Option {
 func WithFsync(sync bool) Option {
 	return func(o *options) error {
 		o.fsync = sync
+		return nil
+	}
+}
+
+// WithClock sets the clock of the polling loop (its poll interval and
+// poll backoff). Default: the wall clock. For tests.
+func WithClock(c Clock) Option {
+	return func(o *options) error {
+		if c == nil {
+			return errors.New("nil clock")
+		}
+		o.clock = c
 		return nil
 	}
 }

@@ -49,7 +49,7 @@ func TestAPIKeyNeverLogged(t *testing.T) {
 	h.client = c
 	a := h.agent(t, instant, WithPollInterval(5*time.Millisecond), WithUnauthorizedRetry(5*time.Millisecond), WithDeliverTimeout(200*time.Millisecond))
 	stop := start(t, a)
-	time.Sleep(500 * time.Millisecond)
+	waitFor(t, 20*time.Second, "20 requests", func() bool { return n.Load() >= 20 })
 	_ = stop()
 	out := h.logBuf.String()
 	if n.Load() < 20 {
