@@ -72,8 +72,10 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet -tags '$(TAGS)' ./...
 	$(GO) tool staticcheck -tags '$(TAGS)' ./...
 
-unit: ## the tests alone, with the race detector
-	$(GO) test -race -tags '$(TAGS)' -timeout $(TEST_TIMEOUT) ./...
+unit: SHELL := /bin/bash
+unit: ## the tests alone, with the race detector; ends with the ten slowest tests
+	set -o pipefail; $(GO) test -race -json -tags '$(TAGS)' -timeout $(TEST_TIMEOUT) ./... \
+		| $(GO) run ./internal/testkit/cmd/testreport -slowest 10
 
 test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race
 

@@ -1,0 +1,104 @@
+// Command testreport reads the JSON event stream of `go test -json` on its
+// standard input and prints what plain `go test` prints — each package's
+// result line, and the output of failing tests — then the slowest tests.
+// `make unit` pipes the tests through it, so a run ends with the list that
+// says where the suite's time goes.
+//
+//	go test -json ./... | go run ./internal/testkit/cmd/testreport -slowest 10
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+)
+
+// event is one line of `go test -json` (see `go doc test2json`).
+type event struct {
+	Action  string
+	Package string
+	Test    string
+	Elapsed float64
+	Output  string
+}
+
+type result struct {
+	pkg, test string
+	elapsed   time.Duration
+}
+
+func main() {
+	n := flag.Int("slowest", 10, "list the `N` slowest tests at the end")
+	flag.Parse()
+	failed, err := report(os.Stdin, os.Stdout, *n)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testreport:", err)
+		os.Exit(2)
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+// report copies the plain test output of the events in r to w and lists
+// the n slowest tests. It reports whether a test or a package failed.
+func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	pending := map[string][]string{} // package/test → its output so far
+	var results []result
+	for sc.Scan() {
+		line := sc.Bytes()
+		var e event
+		if json.Unmarshal(line, &e) != nil {
+			fmt.Fprintf(w, "%s\n", line) // a build error, printed as is
+			continue
+		}
+		key := e.Package + "/" + e.Test
+		switch {
+		case e.Action == "output" && e.Test == "":
+			// Package lines: "ok  pkg 1.2s", "FAIL pkg", "--- FAIL" of
+			// TestMain, panics. Skip the bare "PASS"/"FAIL" summary.
+			if s := strings.TrimSpace(e.Output); s != "PASS" && s != "FAIL" && !strings.HasPrefix(s, "=== ") {
+				fmt.Fprint(w, e.Output)
+			}
+		case e.Action == "output":
+			pending[key] = append(pending[key], e.Output)
+		case e.Action == "pass" || e.Action == "skip":
+			if e.Test != "" {
+				delete(pending, key)
+				if e.Action == "pass" && !strings.Contains(e.Test, "/") {
+					results = append(results, result{e.Package, e.Test, time.Duration(e.Elapsed * float64(time.Second))})
+				}
+			}
+		case e.Action == "fail":
+			failed = true
+			if e.Test != "" {
+				for _, o := range pending[key] {
+					fmt.Fprint(w, o)
+				}
+				delete(pending, key)
+				if !strings.Contains(e.Test, "/") {
+					results = append(results, result{e.Package, e.Test, time.Duration(e.Elapsed * float64(time.Second))})
+				}
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return failed, err
+	}
+	sort.Slice(results, func(i, j int) bool { return results[i].elapsed > results[j].elapsed })
+	if len(results) > 0 && n > 0 {
+		fmt.Fprintf(w, "\nslowest tests:\n")
+		for _, r := range results[:min(n, len(results))] {
+			fmt.Fprintf(w, "%9s  %s %s\n", r.elapsed.Round(100*time.Millisecond), r.pkg, r.test)
+		}
+	}
+	return failed, nil
+}
