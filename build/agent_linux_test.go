@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
@@ -104,7 +105,7 @@ func TestConcurrentBuildsShareCache(t *testing.T) {
 		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
 	}))
 	defer proxy.Close()
-	b := newBuilder(t, e, build.WithRepos(build.Repo{Name: depRepo, Server: proxy.URL + "/$repo/$arch", SigLevel: "Never"}))
+	b := newBuilder(t, e, build.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{proxy.URL + "/$repo/$arch"}, SigLevel: "Never"}))
 	repo := newRepo()
 	var wg sync.WaitGroup
 	for i := range 2 {

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -208,26 +209,26 @@ func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.W
 	return r
 }
 
-// pacmanRepos returns the pacman.conf sections of a build: the job's
-// repository when it has a database (a Vieter repository without packages
-// has none and pacman -Sy would fail on its 404), then the extra ones.
-func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) (string, error) {
-	var sb strings.Builder
+// pacmanRepos returns the repositories a build adds to its pacman.conf:
+// the job's repository when it has a database (a Vieter repository without
+// packages has none and pacman -Sy would fail on its 404), then the extra
+// ones of WithRepos. The configured repositories of `vagent run` are in the
+// builder image already (package pacman); the script skips a section its
+// pacman.conf has.
+func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([]pacman.Repo, error) {
+	var repos []pacman.Repo
 	if b.opts.server != nil {
 		ok, err := b.hasFile(ctx, repo, repo+".db")
 		if err != nil {
-			return "", fmt.Errorf("HEAD %s: %w", b.opts.server.RepoURL(repo, b.opts.arch, repo+".db"), err)
+			return nil, fmt.Errorf("HEAD %s: %w", b.opts.server.RepoURL(repo, b.opts.arch, repo+".db"), err)
 		}
 		if ok {
-			fmt.Fprintf(&sb, "\n[%s]\nServer = %s/$repo/$arch\nSigLevel = Optional\n", repo, b.opts.server.Address())
+			repos = append(repos, pacman.Repo{Name: repo, Servers: []string{b.opts.server.Address() + "/$repo/$arch"}, SigLevel: "Optional"})
 		} else {
 			fmt.Fprintf(log, "vagent: repository %s has no database for %s yet; it is not added to pacman.conf\n", repo, b.opts.arch)
 		}
 	}
-	for _, r := range b.opts.repos {
-		fmt.Fprintf(&sb, "\n[%s]\nServer = %s\nSigLevel = %s\n", r.Name, r.Server, r.SigLevel)
-	}
-	return sb.String(), nil
+	return append(repos, b.opts.repos...), nil
 }
 
 // runCache returns the package cache of one build: the shared one, or a
@@ -261,7 +262,7 @@ type runDir struct {
 	closeOnce sync.Once
 }
 
-func (b *Builder) newRun(repos string) (_ *runDir, retErr error) {
+func (b *Builder) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 	dir, err := os.MkdirTemp(b.runsDir(), "run-")
 	if err != nil {
 		return nil, err
@@ -284,8 +285,18 @@ func (b *Builder) newRun(repos string) (_ *runDir, retErr error) {
 			return nil, err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "repos.conf"), []byte(repos), 0o644); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, "repos.d"), 0o755); err != nil {
 		return nil, err
+	}
+	seen := map[string]bool{}
+	for i, r := range repos {
+		if seen[r.Name] {
+			continue // each repository once
+		}
+		seen[r.Name] = true
+		if err := os.WriteFile(filepath.Join(dir, "repos.d", fmt.Sprintf("%02d.conf", i)), []byte(r.Section()), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	for _, name := range []string{"srcinfo", "decision"} {
 		p := filepath.Join(dir, name)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
 )
@@ -240,7 +242,7 @@ func TestDependencyFromRepository(t *testing.T) {
 		`build() { cat /usr/share/dep-a/version; pacman -Qi dep-a | grep -E '^(Name|Install Reason)'; }`, 1))
 	r, log = runJob(t, b, poll.Job{TargetID: 8, Kind: "url", URL: urlB, Repo: repo, BaseImage: e.base})
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
-	for _, want := range []string{"[" + repo + "]\nServer = " + e.ts.URL + "/$repo/$arch\nSigLevel = Optional\n", "installing dep-a", "Name            : dep-a"} {
+	for _, want := range []string{"[" + repo + "]\nSigLevel = Optional\nServer = " + e.ts.URL + "/$repo/$arch\n", "installing dep-a", "Name            : dep-a"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
 		}
@@ -251,5 +253,40 @@ func TestDependencyFromRepository(t *testing.T) {
 	}
 	if names != "dep-a dep-b " {
 		t.Errorf("repository has %s", names)
+	}
+}
+
+// TestEachRepositoryOnce: the builder image has the configured repository
+// "deps"; the job's repository is "deps" too, and an extra repository with
+// two servers is added per build. The build's pacman.conf has each
+// repository once (the extra one with both servers in one section), and
+// pacman never says "database already registered".
+func TestEachRepositoryOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	for _, repo := range []string{"deps", "extra"} {
+		data, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: repo + "-marker", Version: "1-1", Arch: "any"}, map[string]string{"usr/share/m": "m\n"}, vieterserver.Zstd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.srv.Publish(repo, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	server := e.ts.URL + "/$repo/$arch"
+	b := newBuilder(t, e, build.WithRepos(
+		pacman.Repo{Name: "extra", Servers: []string{server, server + "/"}, SigLevel: "Optional TrustAll"},
+		pacman.Repo{Name: "deps", Servers: []string{server}}))
+	url := serveFile(t, strings.Replace(pkgbuild("once", "1", "1"), `build() { echo "building $pkgname"; }`,
+		`build() { for r in deps extra; do echo "sections $r: $(grep -cxF "[$r]" /etc/pacman.conf)"; done; echo "servers: $(grep -c '^Server = .*/\$repo/\$arch/\?$' /etc/pacman.conf)"; }`, 1))
+	r, log := runJob(t, b, poll.Job{TargetID: 30, Kind: "url", URL: url, Repo: "deps", BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	for _, want := range []string{"sections deps: 1", "sections extra: 1", "vagent: [deps] is in pacman.conf already; not added again"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	if strings.Contains(log, "already registered") {
+		t.Errorf("pacman registered a database twice:\n%s", log)
 	}
 }

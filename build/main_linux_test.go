@@ -18,6 +18,7 @@ import (
 
 	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/oci"
@@ -145,7 +146,7 @@ func newEnv() (e *env, skip string, err error) {
 		return e, "", err
 	}
 	e.bm, err = builder.New(e.store, e.sb, filepath.Join(e.dir, "builders"),
-		builder.WithRepos(builder.Repo{Name: "deps", Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Optional TrustAll"}))
+		builder.WithRepos(pacman.Repo{Name: "deps", Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Optional TrustAll"}))
 	switch {
 	case errors.Is(err, errors.ErrUnsupported):
 		// The builder package is not there yet: build on the base image

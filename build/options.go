@@ -5,13 +5,13 @@ import (
 	"io"
 	"net/url"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
@@ -19,25 +19,11 @@ import (
 // Option configures a Builder.
 type Option func(*options) error
 
-// Repo is an extra Pacman repository added to the build's pacman.conf,
-// for dependencies.
-type Repo struct {
-	// Name is the repository name ("[Name]").
-	Name string
-	// Server is the Server URL; pacman expands $repo and $arch.
-	Server string
-	// SigLevel is the repository's SigLevel (default "Optional"). Note that
-	// pacman 6.0 downloads a cached package again when its signature is not
-	// cached too, so an unsigned repository only profits from the shared
-	// cache with "Never".
-	SigLevel string
-}
-
 type options struct {
 	log            logrus.FieldLogger
 	server         *vieter.Client
 	arch           string
-	repos          []Repo
+	repos          []pacman.Repo
 	outDir         string
 	outUID, outGID int
 	defaultTimeout time.Duration
@@ -163,7 +149,7 @@ func checkServerURL(s string) (string, error) {
 // of this binary (x86_64 on amd64).
 func WithArch(arch string) Option {
 	return func(o *options) error {
-		if !repoNameRE.MatchString(arch) {
+		if pacman.ValidateName(arch) != nil {
 			return fmt.Errorf("%w: arch %q", ErrBadConfig, arch)
 		}
 		o.arch = arch
@@ -171,30 +157,23 @@ func WithArch(arch string) Option {
 	}
 }
 
-// WithRepos adds Pacman repositories for dependencies to every build's
-// pacman.conf (after the job's repository). Default: none.
-func WithRepos(repos ...Repo) Option {
+// WithRepos adds Pacman repositories to every build's pacman.conf, after
+// the job's repository, each once. `vagent run` puts its configured
+// repositories into the builder image instead (see package pacman); this
+// is for a caller that needs a repository without a new builder image.
+// Default: none.
+func WithRepos(repos ...pacman.Repo) Option {
 	return func(o *options) error {
 		for _, r := range repos {
-			if !repoNameRE.MatchString(r.Name) {
-				return fmt.Errorf("%w: repository name %q", ErrBadConfig, r.Name)
-			}
-			if _, err := checkServerURL(strings.NewReplacer("$repo", "repo", "$arch", "arch").Replace(r.Server)); err != nil {
-				return fmt.Errorf("%w: repository %s: %w", ErrBadConfig, r.Name, err)
-			}
-			if r.SigLevel == "" {
-				r.SigLevel = "Optional"
-			}
-			if !sigLevelRE.MatchString(r.SigLevel) {
-				return fmt.Errorf("%w: repository %s: SigLevel %q", ErrBadConfig, r.Name, r.SigLevel)
+			r, err := r.Validate()
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrBadConfig, err)
 			}
 			o.repos = append(o.repos, r)
 		}
 		return nil
 	}
 }
-
-var sigLevelRE = regexp.MustCompile(`^[A-Za-z]+( [A-Za-z]+)*$`)
 
 // WithOutDir copies the packages a build produced into dir, owned by uid
 // and gid (-1 keeps the agent's). Default: none.

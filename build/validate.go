@@ -8,13 +8,10 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 )
-
-// repoNameRE is what a repository (and arch) name may be: it becomes a
-// pacman.conf section, a URL path segment and a file name.
-var repoNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 
 // transportRE matches git's "<transport>::<address>" remote-helper syntax
 // (ext::, fd::...).
@@ -56,7 +53,7 @@ func ValidateJob(j poll.Job, localImages bool) error {
 
 // ValidateRepo checks a repository name.
 func ValidateRepo(repo string) error {
-	if !repoNameRE.MatchString(repo) {
+	if pacman.ValidateName(repo) != nil {
 		return fmt.Errorf("%w: repository name %q", ErrInvalidJob, repo)
 	}
 	return nil

@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
@@ -110,7 +111,7 @@ func snapshot(t testing.TB, root string) map[string]node {
 // archRepo serves the setup packages from a Vieter test server: meta
 // packages base-devel and git, the latter with an install scriptlet that
 // deletes a file of the base and replaces a directory, as upgrades do.
-func archRepo(t testing.TB) builder.Repo {
+func archRepo(t testing.TB) pacman.Repo {
 	t.Helper()
 	srv, ts := vieterserver.NewTest(t)
 	install := "post_install() {\n\trm -f /etc/issue.net\n\trm -rf /etc/skel\n\tmkdir /etc/skel\n\techo vagent >/etc/skel/.vagent\n}\n"
@@ -129,7 +130,7 @@ func archRepo(t testing.TB) builder.Repo {
 			t.Fatal(err)
 		}
 	}
-	return builder.Repo{Name: "vagent", Servers: []string{ts.URL + "/$repo/$arch"}, SigLevel: "Optional TrustAll"}
+	return pacman.Repo{Name: "vagent", Servers: []string{ts.URL + "/$repo/$arch"}, SigLevel: "Optional TrustAll"}
 }
 
 // TestArchLikeBuilder prepares a builder from the Arch-like image (real

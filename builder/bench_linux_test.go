@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/oci"
 )
@@ -105,7 +106,7 @@ func BenchmarkBuilderCold(b *testing.B) {
 // a new podman store of its own, so that every preparation is cold (as
 // vagent's, on a new data directory) and the machine's images are never
 // touched.
-func podmanPrepare(b *testing.B, podman, base string, repo builder.Repo) time.Duration {
+func podmanPrepare(b *testing.B, podman, base string, repo pacman.Repo) time.Duration {
 	b.Helper()
 	store := b.TempDir()
 	pm := func(args ...string) *exec.Cmd {

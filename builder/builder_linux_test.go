@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
@@ -238,7 +239,7 @@ func TestDisableSandboxDetection(t *testing.T) {
 func TestMirrorListAndRepos(t *testing.T) {
 	e := newEnv(t,
 		builder.WithMirrorList("https://mirror.example/$repo/os/$arch", "http://10.0.0.1/arch/$repo/os/$arch"),
-		builder.WithRepos(builder.Repo{Name: "local", Servers: []string{"http://127.0.0.1:1/$repo/$arch"}, SigLevel: "Optional  TrustAll"}),
+		builder.WithRepos(pacman.Repo{Name: "local", Servers: []string{"http://127.0.0.1:1/$repo/$arch"}, SigLevel: "Optional  TrustAll"}),
 		builder.WithPackages("base-devel", "git", "extra/vim"))
 	reg := startRegistry(t)
 	base := pushed(t, reg, "fake", fakeBase(t, nil))
@@ -268,10 +269,10 @@ func TestBadOptions(t *testing.T) {
 		"package shell":        builder.WithPackages("$(reboot)"),
 		"mirror newline":       builder.WithMirrorList("https://a.example/\n[evil]"),
 		"mirror relative":      builder.WithMirrorList("mirror.example"),
-		"repo name bracket":    builder.WithRepos(builder.Repo{Name: "a]\n[b", Servers: []string{"https://a.example"}}),
-		"repo options":         builder.WithRepos(builder.Repo{Name: "options", Servers: []string{"https://a.example"}}),
-		"repo without server":  builder.WithRepos(builder.Repo{Name: "a"}),
-		"siglevel newline":     builder.WithRepos(builder.Repo{Name: "a", Servers: []string{"https://a.example"}, SigLevel: "Never\nServer = x"}),
+		"repo name bracket":    builder.WithRepos(pacman.Repo{Name: "a]\n[b", Servers: []string{"https://a.example"}}),
+		"repo options":         builder.WithRepos(pacman.Repo{Name: "options", Servers: []string{"https://a.example"}}),
+		"repo without server":  builder.WithRepos(pacman.Repo{Name: "a"}),
+		"siglevel newline":     builder.WithRepos(pacman.Repo{Name: "a", Servers: []string{"https://a.example"}, SigLevel: "Never\nServer = x"}),
 		"max age zero":         builder.WithMaxAge(0),
 		"setup timeout zero":   builder.WithSetupTimeout(0),
 		"retry after negative": builder.WithRetryAfter(-time.Second),

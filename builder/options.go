@@ -3,39 +3,24 @@ package builder
 import (
 	"fmt"
 	"io"
-	"net/url"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
 // Option configures a Manager.
 type Option func(*options) error
 
-// Repo is a Pacman repository written into the builder's /etc/pacman.conf
-// (and so into every build on it), after the repositories the base image
-// already has.
-type Repo struct {
-	// Name is the repository name ("[Name]" in pacman.conf).
-	Name string
-	// Servers are the Server URLs, tried in order; $repo and $arch are
-	// expanded by pacman.
-	Servers []string
-	// SigLevel is the repository's SigLevel (e.g. "Optional TrustAll");
-	// empty keeps pacman's default.
-	SigLevel string
-}
-
 type options struct {
 	log          logrus.FieldLogger
 	maxAge       time.Duration
 	packages     []string
 	mirrors      []string
-	repos        []Repo
+	repos        []pacman.Repo
 	setupTimeout time.Duration
 	setupLimits  *sandbox.Limits
 	retryAfter   time.Duration
@@ -121,8 +106,8 @@ func WithPackages(pkgs ...string) Option {
 func WithMirrorList(servers ...string) Option {
 	return func(o *options) error {
 		for _, s := range servers {
-			if err := checkServer(s); err != nil {
-				return err
+			if err := pacman.ValidateServer(s); err != nil {
+				return fmt.Errorf("%w: mirror: %w", ErrBadConfig, err)
 			}
 		}
 		o.mirrors = append([]string(nil), servers...)
@@ -130,41 +115,21 @@ func WithMirrorList(servers ...string) Option {
 	}
 }
 
-var repoName = regexp.MustCompile(`^[a-zA-Z0-9_][a-zA-Z0-9._-]*$`)
-var sigLevel = regexp.MustCompile(`^[A-Za-z ]*$`)
-
 // WithRepos adds Pacman repositories to the builder's /etc/pacman.conf,
-// after those of the image, in the order given. Default: none.
-func WithRepos(repos ...Repo) Option {
+// after those of the image, in the order given: the setup can install
+// from them and every build on the builder sees them (see package pacman).
+// Default: none.
+func WithRepos(repos ...pacman.Repo) Option {
 	return func(o *options) error {
 		for _, r := range repos {
-			if !repoName.MatchString(r.Name) || r.Name == "options" {
-				return fmt.Errorf("%w: repository name %q", ErrBadConfig, r.Name)
+			r, err := r.Validate()
+			if err != nil {
+				return fmt.Errorf("%w: %w", ErrBadConfig, err)
 			}
-			if len(r.Servers) == 0 {
-				return fmt.Errorf("%w: repository %s has no server", ErrBadConfig, r.Name)
-			}
-			for _, s := range r.Servers {
-				if err := checkServer(s); err != nil {
-					return err
-				}
-			}
-			if !sigLevel.MatchString(r.SigLevel) {
-				return fmt.Errorf("%w: repository %s: SigLevel %q", ErrBadConfig, r.Name, r.SigLevel)
-			}
-			o.repos = append(o.repos, Repo{Name: r.Name, Servers: append([]string(nil), r.Servers...), SigLevel: strings.Join(strings.Fields(r.SigLevel), " ")})
+			o.repos = append(o.repos, r)
 		}
 		return nil
 	}
-}
-
-// checkServer accepts absolute URLs that fit on one pacman.conf line.
-func checkServer(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || u.Scheme == "" || (u.Host == "" && u.Scheme != "file") || strings.ContainsAny(s, "\r\n\t #\x00") {
-		return fmt.Errorf("%w: server %q", ErrBadConfig, s)
-	}
-	return nil
 }
 
 // WithSetupTimeout bounds one setup run (pacman -Syu and the rest).

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"strings"
 )
 
@@ -83,42 +84,13 @@ func (o *options) setupArgs() []string {
 // setupEnv returns the environment of the setup run.
 func (o *options) setupEnv() []string {
 	env := []string{"PATH=" + setupPath, "HOME=/root", "LC_ALL=C", "TERM=dumb"}
-	if s := mirrorList(o.mirrors); s != "" {
+	if s := pacman.MirrorList(o.mirrors); s != "" {
 		env = append(env, "VAGENT_MIRRORLIST="+s)
 	}
-	if s := repoConf(o.repos); s != "" {
+	if s := pacman.Conf(o.repos); s != "" {
 		env = append(env, "VAGENT_REPOS="+s)
 	}
 	return env
-}
-
-// mirrorList is the content of /etc/pacman.d/mirrorlist.
-func mirrorList(servers []string) string {
-	if len(servers) == 0 {
-		return ""
-	}
-	var b strings.Builder
-	b.WriteString("# Written by vagent (mirror list of its configuration).\n")
-	for _, s := range servers {
-		fmt.Fprintf(&b, "Server = %s\n", s)
-	}
-	return b.String()
-}
-
-// repoConf is what is appended to /etc/pacman.conf.
-func repoConf(repos []Repo) string {
-	var b strings.Builder
-	for _, r := range repos {
-		fmt.Fprintf(&b, "[%s]\n", r.Name)
-		if r.SigLevel != "" {
-			fmt.Fprintf(&b, "SigLevel = %s\n", r.SigLevel)
-		}
-		for _, s := range r.Servers {
-			fmt.Fprintf(&b, "Server = %s\n", s)
-		}
-		b.WriteString("\n")
-	}
-	return b.String()
 }
 
 // recipe identifies what a builder is made of besides its base: a builder

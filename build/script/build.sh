@@ -10,8 +10,8 @@
 #   VAGENT_PATH    the directory of the clone holding the PKGBUILD ("" = top)
 #   VAGENT_JOBS    N of MAKEFLAGS=-jN
 #
-# /run/vagent holds repos.conf (pacman.conf sections written by the agent
-# from validated values), pacman (pacman serialised on the shared package
+# /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
+# by the agent from validated values), pacman (pacman serialised on the shared package
 # cache, also makepkg's $PACMAN), this script, and two FIFOs: srcinfo (the
 # .SRCINFO, length-prefixed, to the agent) and decision (one line from the
 # agent: "build", "skip REASON" or "fail REASON").
@@ -57,10 +57,19 @@ srcinfo() (
 
 if [[ ${1-} != --builder ]]; then
 	# Root: the job's repository, an up-to-date system, the build directory.
-	if [[ -s $ctl/repos.conf ]]; then
-		step tee -a /etc/pacman.conf '<' "$ctl/repos.conf"
-		tee -a /etc/pacman.conf <"$ctl/repos.conf" || exit
-	fi
+	# Each repository once: a section the builder's pacman.conf has already
+	# (a configured repository of the same name) is not added again.
+	for f in "$ctl"/repos.d/*.conf; do
+		[[ -e $f ]] || continue
+		IFS= read -r section <"$f"
+		if grep -qxF -- "$section" /etc/pacman.conf; then
+			printf 'vagent: %s is in pacman.conf already; not added again\n' "$section"
+			continue
+		fi
+		echo >>/etc/pacman.conf || exit
+		step tee -a /etc/pacman.conf '<' "$f"
+		tee -a /etc/pacman.conf <"$f" || exit
+	done
 	run "$ctl/pacman" -Syu --needed --noconfirm || exit
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit

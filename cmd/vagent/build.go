@@ -12,6 +12,7 @@ import (
 
 	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -127,8 +128,8 @@ func sourceKind(src string) string {
 }
 
 // parseRepoURLs turns --repo-url values into builder repositories.
-func parseRepoURLs(urls []string) ([]builder.Repo, error) {
-	var repos []builder.Repo
+func parseRepoURLs(urls []string) ([]pacman.Repo, error) {
+	var repos []pacman.Repo
 	for _, s := range urls {
 		u, err := url.Parse(strings.TrimRight(s, "/"))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -138,7 +139,7 @@ func parseRepoURLs(urls []string) ([]builder.Repo, error) {
 		if build.ValidateRepo(name) != nil {
 			return nil, usageError("--repo-url %q: the last path element must be a repository name", s)
 		}
-		repos = append(repos, builder.Repo{Name: name, Servers: []string{u.String() + "/$arch"}, SigLevel: "Optional TrustAll"})
+		repos = append(repos, pacman.Repo{Name: name, Servers: []string{u.String() + "/$arch"}, SigLevel: "Optional TrustAll"})
 	}
 	return repos, nil
 }

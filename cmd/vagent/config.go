@@ -22,6 +22,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
@@ -636,9 +637,8 @@ func (l *loader) env(v reflect.Value, path string, getenv func(string) string) {
 var yamlLineRE = regexp.MustCompile(`^line ([0-9]+): (.*)$`)
 
 var (
-	archRE     = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
-	repoNameRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]+$`)
-	pkgRE      = regexp.MustCompile(`^([a-z0-9@._+-]+/)?[a-z0-9@._+-]+$`)
+	archRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+	pkgRE  = regexp.MustCompile(`^([a-z0-9@._+-]+/)?[a-z0-9@._+-]+$`)
 )
 
 // validate checks the values that decoding could not.
@@ -717,19 +717,20 @@ func (l *loader) validate(c *Config) {
 		check(pkgRE.MatchString(p), fmt.Sprintf("builder_packages[%d]", i), "not a package name: %q", excerptValue(p))
 	}
 	for i, m := range c.Mirrors {
-		check(isHTTPURL(m), fmt.Sprintf("mirrors[%d]", i), "must be an http, https or file URL, got %q", excerptValue(m))
+		check(pacman.ValidateServer(m) == nil, fmt.Sprintf("mirrors[%d]", i), "must be an http, https or file URL, got %q", excerptValue(m))
 	}
 	names := map[string]bool{}
 	for i, r := range c.PacmanRepos {
 		key := fmt.Sprintf("pacman_repos[%d]", i)
-		check(repoNameRE.MatchString(r.Name) && r.Name != "options", key+".name", "must be a repository name, got %q", excerptValue(r.Name))
+		check(pacman.ValidateName(r.Name) == nil, key+".name", "must be a repository name (a letter or digit, then letters, digits and ._+-; not options), got %q", excerptValue(r.Name))
 		check(!names[r.Name], key+".name", "%q is listed twice", excerptValue(r.Name))
 		names[r.Name] = true
 		check(len(r.Servers) > 0, key+".servers", "needs at least one server")
 		for j, s := range r.Servers {
-			check(isHTTPURL(s), fmt.Sprintf("%s.servers[%d]", key, j), "must be an http, https or file URL, got %q", excerptValue(s))
+			check(pacman.ValidateServer(s) == nil, fmt.Sprintf("%s.servers[%d]", key, j), "must be an http, https or file URL, got %q", excerptValue(s))
 		}
-		check(!strings.ContainsAny(r.SigLevel, "\r\n"), key+".sig_level", "must be one line")
+		_, err := pacman.NormalizeSigLevel(r.SigLevel)
+		check(err == nil, key+".sig_level", "must be Pacman SigLevel words (e.g. Optional TrustAll), got %q", excerptValue(r.SigLevel))
 	}
 	rg := c.Registries
 	for host, ms := range rg.Mirrors {
@@ -750,12 +751,6 @@ func (l *loader) validate(c *Config) {
 		check((cr.Password == "") != (cr.PasswordFile == ""), key, "needs password or password_file (one of them)")
 		check(cr.PasswordFile == "" || filepath.IsAbs(cr.PasswordFile), key+".password_file", "must be an absolute path")
 	}
-}
-
-func isHTTPURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && ((u.Scheme == "http" || u.Scheme == "https") && u.Host != "" || u.Scheme == "file" && u.Path != "") &&
-		!strings.ContainsAny(s, " \t\r\n")
 }
 
 func validHost(h string) bool {
@@ -861,10 +856,10 @@ func (c *Config) BuilderOptions() []builder.Option {
 	return opts
 }
 
-func (c *Config) builderRepos() []builder.Repo {
-	var out []builder.Repo
+func (c *Config) builderRepos() []pacman.Repo {
+	var out []pacman.Repo
 	for _, r := range c.PacmanRepos {
-		out = append(out, builder.Repo{Name: r.Name, Servers: r.Servers, SigLevel: r.SigLevel})
+		out = append(out, pacman.Repo{Name: r.Name, Servers: r.Servers, SigLevel: r.SigLevel})
 	}
 	return out
 }

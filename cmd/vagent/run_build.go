@@ -74,19 +74,14 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	}); err != nil {
 		return nil, nil, err
 	}
-	var repos []build.Repo
-	for _, r := range cfg.PacmanRepos {
-		for _, s := range r.Servers {
-			repos = append(repos, build.Repo{Name: r.Name, Server: s, SigLevel: r.SigLevel})
-		}
-	}
+	// The configured pacman_repos are in the builder image (BuilderOptions):
+	// a build adds only its job's repository (package pacman).
 	b, err := build.New(sb, build.Builders(bm), filepath.Join(cfg.DataDir, "build"),
 		build.WithServer(deps.server),
 		build.WithPublishObserver(deps.metrics.PackagePublished),
 		build.WithArch(cfg.Arch),
 		build.WithDefaultTimeout(cfg.BuildTimeout.D()),
 		build.WithLimits(cfg.Limits()),
-		build.WithRepos(repos...),
 		build.WithCacheDir(cfg.PacmanCacheDir()),
 		build.WithLogger(deps.log))
 	if err != nil {

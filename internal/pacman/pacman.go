@@ -1,0 +1,140 @@
+// Package pacman is vagent's one home of a Pacman repository as the agent
+// configures it: the Repo type, the validation of its name, servers and
+// SigLevel, and the text it becomes in pacman.conf and in a mirror list.
+// The configuration (cmd/vagent), builder images (builder) and builds
+// (build) all use it, so a name one of them accepts is accepted by all.
+//
+// Where repositories go: the configured ones (pacman_repos) are written
+// into the builder image's pacman.conf by its setup — the setup may need
+// them (builder packages from a local repository) and the builder's recipe
+// covers them, so a change makes a new builder. A build adds only the
+// job's repository, and no section whose name its pacman.conf has already:
+// each repository appears exactly once in the configuration a build sees.
+package pacman
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// ErrInvalid reports a repository, server or SigLevel that cannot be used.
+var ErrInvalid = errors.New("invalid pacman configuration")
+
+// Repo is a Pacman repository.
+type Repo struct {
+	// Name is the section name, "[Name]"; see ValidateName.
+	Name string
+	// Servers are tried in order; Pacman expands $repo and $arch.
+	Servers []string
+	// SigLevel is the repository's SigLevel, e.g. "Optional TrustAll";
+	// empty keeps Pacman's default (no SigLevel line is written).
+	SigLevel string
+}
+
+// nameRE is what a repository name may be: a pacman.conf section, a URL
+// path segment of a Vieter server and a file name (<name>.db).
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+
+// ValidateName checks a repository name: a letter or digit, then letters,
+// digits and "._+-", at most 128 characters, and not "options" (pacman's
+// own section).
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) || name == "options" {
+		return fmt.Errorf("%w: repository name %q (want a letter or digit, then letters, digits and ._+-; not options)", ErrInvalid, name)
+	}
+	return nil
+}
+
+// sigLevelRE is one or more words of letters: Pacman's SigLevel options
+// (Never, Optional, Required, TrustedOnly, TrustAll, Package…, Database…).
+var sigLevelRE = regexp.MustCompile(`^[A-Za-z]+( [A-Za-z]+)*$`)
+
+// NormalizeSigLevel returns s with its words separated by single spaces,
+// or an error if it is not a SigLevel. "" stays "" (Pacman's default).
+func NormalizeSigLevel(s string) (string, error) {
+	s = strings.Join(strings.Fields(s), " ")
+	if s != "" && !sigLevelRE.MatchString(s) {
+		return "", fmt.Errorf("%w: SigLevel %q", ErrInvalid, s)
+	}
+	return s, nil
+}
+
+// ValidateServer checks a Server URL: http, https or file, absolute, on
+// one line, without spaces or a fragment. $repo and $arch may appear.
+func ValidateServer(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || strings.ContainsAny(s, "\r\n\t #\x00") ||
+		(u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "file") || (u.Host == "" && u.Scheme != "file") {
+		return fmt.Errorf("%w: server %q (want an http, https or file URL)", ErrInvalid, s)
+	}
+	return nil
+}
+
+// Validate checks r and returns it with its SigLevel normalized.
+func (r Repo) Validate() (Repo, error) {
+	if err := ValidateName(r.Name); err != nil {
+		return r, err
+	}
+	if len(r.Servers) == 0 {
+		return r, fmt.Errorf("%w: repository %s has no server", ErrInvalid, r.Name)
+	}
+	for _, s := range r.Servers {
+		if err := ValidateServer(s); err != nil {
+			return r, fmt.Errorf("repository %s: %w", r.Name, err)
+		}
+	}
+	sl, err := NormalizeSigLevel(r.SigLevel)
+	if err != nil {
+		return r, fmt.Errorf("repository %s: %w", r.Name, err)
+	}
+	r.SigLevel = sl
+	r.Servers = append([]string(nil), r.Servers...)
+	return r, nil
+}
+
+// Section is r's section of pacman.conf: "[name]", its SigLevel if any,
+// then one Server line per server, in order.
+func (r Repo) Section() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%s]\n", r.Name)
+	if r.SigLevel != "" {
+		fmt.Fprintf(&b, "SigLevel = %s\n", r.SigLevel)
+	}
+	for _, s := range r.Servers {
+		fmt.Fprintf(&b, "Server = %s\n", s)
+	}
+	return b.String()
+}
+
+// Conf returns the sections of repos, each once: a repository whose name
+// came before is left out (the first one wins).
+func Conf(repos []Repo) string {
+	var b strings.Builder
+	seen := map[string]bool{}
+	for _, r := range repos {
+		if seen[r.Name] {
+			continue
+		}
+		seen[r.Name] = true
+		b.WriteString("\n")
+		b.WriteString(r.Section())
+	}
+	return b.String()
+}
+
+// MirrorList is the content of /etc/pacman.d/mirrorlist for servers, ""
+// for none.
+func MirrorList(servers []string) string {
+	if len(servers) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("# Written by vagent (mirror list of its configuration).\n")
+	for _, s := range servers {
+		fmt.Fprintf(&b, "Server = %s\n", s)
+	}
+	return b.String()
+}

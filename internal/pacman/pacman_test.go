@@ -1,0 +1,64 @@
+package pacman
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestValidateName(t *testing.T) {
+	for _, ok := range []string{"bur", "a+b", "core-testing", "x86_64", "r.1", "A9"} {
+		if err := ValidateName(ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	long := make([]byte, 129)
+	for i := range long {
+		long[i] = 'a'
+	}
+	for _, bad := range []string{"", "_x", ".x", "-x", "options", "a b", "a]\n[b", "a/b", "a$b", string(long)} {
+		if err := ValidateName(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%q accepted (%v)", bad, err)
+		}
+	}
+}
+
+func TestRepoValidateAndSection(t *testing.T) {
+	r, err := Repo{Name: "deps", Servers: []string{"https://a.example/$repo/$arch", "file:///srv/repo"}, SigLevel: " Optional   TrustAll "}.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "[deps]\nSigLevel = Optional TrustAll\nServer = https://a.example/$repo/$arch\nServer = file:///srv/repo\n"
+	if got := r.Section(); got != want {
+		t.Errorf("section:\n%s\nwant:\n%s", got, want)
+	}
+	if got := (Repo{Name: "x", Servers: []string{"https://x"}}).Section(); got != "[x]\nServer = https://x\n" {
+		t.Errorf("empty SigLevel: %q, want no SigLevel line (pacman's default)", got)
+	}
+	for name, bad := range map[string]Repo{
+		"no server":        {Name: "a"},
+		"relative server":  {Name: "a", Servers: []string{"mirror.example"}},
+		"server newline":   {Name: "a", Servers: []string{"https://a\n[evil]"}},
+		"ftp server":       {Name: "a", Servers: []string{"ftp://a/x"}},
+		"siglevel newline": {Name: "a", Servers: []string{"https://a"}, SigLevel: "Never\nServer = x"},
+		"siglevel symbols": {Name: "a", Servers: []string{"https://a"}, SigLevel: "Never=1"},
+	} {
+		if _, err := bad.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s accepted (%v)", name, err)
+		}
+	}
+}
+
+func TestConfWritesEachRepositoryOnce(t *testing.T) {
+	got := Conf([]Repo{
+		{Name: "a", Servers: []string{"https://1", "https://2"}},
+		{Name: "b", Servers: []string{"https://3"}, SigLevel: "Never"},
+		{Name: "a", Servers: []string{"https://4"}},
+	})
+	want := "\n[a]\nServer = https://1\nServer = https://2\n\n[b]\nSigLevel = Never\nServer = https://3\n"
+	if got != want {
+		t.Errorf("Conf:\n%q\nwant\n%q", got, want)
+	}
+	if MirrorList(nil) != "" || MirrorList([]string{"https://m/$repo"}) != "# Written by vagent (mirror list of its configuration).\nServer = https://m/$repo\n" {
+		t.Error("MirrorList")
+	}
+}
