@@ -326,10 +326,7 @@ func TestImageTreesUnreachable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	data := filepath.Join(base, "data")
-	if err := os.Mkdir(data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	data := filepath.Join(base, "data") // created by NewStore
 	reg := newTestRegistry(t)
 	ref := reg.push(t, "suid:1", imageOf(t, layerOf(t, "gzip",
 		dir("usr"), dir("usr/bin"),
@@ -340,6 +337,11 @@ func TestImageTreesUnreachable(t *testing.T) {
 	suid := filepath.Join(rf.Dir, "usr/bin/su")
 	if st := lstat(t, suid); st.Mode&0o7777 != 0o4755 || st.Uid != 0 {
 		t.Fatalf("su: mode %o owner %d, want a setuid-root file in the tree", st.Mode&0o7777, st.Uid)
+	}
+	// The data directory is shared with the sandbox, whose mapped root
+	// must traverse it to reach runs/: NewStore creates it searchable.
+	if m := lstat(t, data).Mode; m&0o001 == 0 {
+		t.Errorf("data dir created with mode %o: the sandbox's mapped root cannot search it", m&0o7777)
 	}
 	for _, d := range []string{"", "rootfs", "tmp", "blobs", "blobs/sha256"} {
 		if m := lstat(t, filepath.Join(s.Dir(), d)).Mode & 0o7777; m != 0o700 {

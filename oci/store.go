@@ -126,13 +126,16 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 	// reach them, so every directory of the store is 0700, whatever the
 	// umask and whatever an earlier version left. The sandbox does not
 	// need the path: the agent opens a tree as root (open_tree, a bind
-	// mount) and gives the container that mount.
-	for _, d := range []string{"blobs/sha256", "rootfs", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
-			return nil, diskFull(fmt.Errorf("creating store: %w", err))
-		}
+	// mount) and gives the container that mount. Missing ancestors (the
+	// data directory) are created searchable as before: the sandbox's
+	// runs/ may share them, and the mapped root must traverse those.
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
+		return nil, diskFull(fmt.Errorf("creating store: %w", err))
 	}
 	for _, d := range []string{"", "blobs", "blobs/sha256", "rootfs", "tmp"} {
+		if err := os.Mkdir(filepath.Join(abs, d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, diskFull(fmt.Errorf("creating store: %w", err))
+		}
 		if err := os.Chmod(filepath.Join(abs, d), 0o700); err != nil {
 			return nil, err
 		}
