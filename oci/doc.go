@@ -33,7 +33,11 @@
 // A Store keeps, under its directory, blobs/sha256/<hex> (every byte
 // checked against its digest while it is written; a bad blob is never
 // renamed into place), refs.json (reference -> manifest digest) and
-// rootfs/<hex> (one flattened tree per manifest digest). Pulling an image
+// rootfs/<hex> (one flattened tree per manifest digest). Every directory of
+// the store is 0700: image trees hold setuid-root and file-capability
+// binaries, extracted as root, that no other host user may reach (the
+// sandbox does not need the path: the agent mounts a tree as root).
+// Pulling an image
 // whose blobs are present asks the registry for the manifest only; a digest
 // reference whose manifest is present does not touch the network; when the
 // registry cannot be reached, a reference pulled before is used as it was.
@@ -89,12 +93,15 @@
 // Symlinks in a parent chain are followed the way the container will see
 // them, inside the root: a layer with "evil -> /" then "evil/etc/x" writes
 // <root>/etc/x, and a symlink pointing into the host's /etc leads to the
-// rootfs's /etc. Entries that cannot be meant for the tree fail the unpack
-// with ErrUnsafeEntry and an error naming the layer and the entry: names
-// or hardlink targets that are absolute or climb out with "..", a hardlink
-// to the root, whiteouts of "." or "..", a non-directory root, and device
-// nodes unless WithDevices(true) (a device node in a build root is a way
-// out of the sandbox; builds get /dev from the sandbox).
+// rootfs's /etc. Absolute names and hardlink targets are read as tar,
+// umoci and go-containerregistry read them, as paths in the image's root:
+// "/tmp/x" is <root>/tmp/x and "/../x" is <root>/x. Entries that cannot be
+// meant for the tree fail the unpack with ErrUnsafeEntry and an error
+// naming the layer and the entry: relative names or hardlink targets that
+// climb out with "..", a hardlink to the root, whiteouts of "." or "..", a
+// non-directory root, and device nodes unless WithDevices(true) (a device
+// node in a build root is a way out of the sandbox; builds get /dev from
+// the sandbox).
 //
 // Whiteouts (".wh.NAME") remove NAME from lower layers; the opaque marker
 // (".wh..wh..opq") removes the lower layers' contents of its directory.
@@ -102,16 +109,31 @@
 // stream: the extractor remembers which paths the current layer created
 // and spares them (and, for an opaque directory, recurses into the
 // directories the layer re-created). Other ".wh..wh." names (aufs
-// metadata) are ignored. Hardlinks may point at files of earlier layers.
-// Regular files are written with one 1 MiB buffer, then owner (as root),
-// mode (after chown, which clears setuid/setgid and capabilities),
-// extended attributes and times are set through the open descriptor.
+// metadata) are ignored. Hardlinks may point at files of earlier layers;
+// one whose target does not exist yet is made at the end of its layer
+// (tar streams may list a link before its target), and fails the unpack
+// only if the target never appears. Regular files are written with one
+// 1 MiB buffer, checking the context before each; aligned 4 KiB blocks of
+// zeros are skipped and the file extended to its size, so holes stay holes
+// (archive/tar reads a sparse entry's holes back as zeros). Then owner
+// (as root), mode (after chown, which clears setuid/setgid and
+// capabilities), extended attributes and times are set through the open
+// descriptor.
 // Extended attributes come from PAX SCHILY.xattr records, security.capability
 // included; trusted.overlay.* and user.overlay.* are dropped (they would
 // steer the sandbox's overlayfs), and attributes the file system refuses
 // are skipped. Directory metadata (owner, mode, xattrs, mtime) is applied
 // at the end of the layer that lists the directory, after its contents.
 // Without root, ownership is not changed.
+//
+// # Budget
+//
+// One unpack may not go over its Budget (WithBudget, WithUnpackBudget):
+// decompressed bytes, declared file sizes (a sparse file's logical size,
+// checked at its header before anything is written), entries and path
+// depth, summed over the image's layers. Going over fails with
+// ErrBudgetExceeded; a Store removes the partial tree as after any failed
+// unpack. The defaults (DefaultBudget) fit real images with a wide margin.
 //
 // # Id shift
 //

@@ -30,6 +30,10 @@ var (
 	// it could write outside the target directory (or creates a device node
 	// when that is not permitted). The error names the layer and the entry.
 	ErrUnsafeEntry = errors.New("unsafe layer entry")
+	// ErrBudgetExceeded is returned when unpacking an image would go over
+	// its Budget (decompressed bytes, declared file sizes, entries, path
+	// depth). The error names the layer and, where there is one, the entry.
+	ErrBudgetExceeded = errors.New("image exceeds the unpack budget")
 	// ErrNotFound means the store has no image for the reference.
 	ErrNotFound = errors.New("image not in store")
 	// ErrUnsupportedMedia is returned for manifests or layers of a media

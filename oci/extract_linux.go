@@ -2,6 +2,7 @@ package oci
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -31,11 +32,16 @@ type extractor struct {
 	opts   *unpackOptions
 	isRoot bool
 	buf    []byte
+	spend  spend // the image's account against opts.budget
 
 	// Per layer.
 	layer   string
 	created map[string]struct{} // entries this layer created or merged
 	dirs    []dirMeta           // directory metadata, applied at layer end
+	// Hardlinks whose target did not exist yet, linked at the layer's
+	// end; pendingIdx maps a link's name to its index in pending.
+	pending    []pendingLink
+	pendingIdx map[string]int
 
 	// The last parent directory resolved, kept open: tar streams list
 	// the entries of a directory together. Invalidated whenever anything
@@ -47,6 +53,12 @@ type extractor struct {
 type dirMeta struct {
 	name string
 	hdr  *tar.Header
+}
+
+type pendingLink struct {
+	name, target string // clean names
+	hdr          *tar.Header
+	dead         bool // a later entry of the layer took the name
 }
 
 func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
@@ -70,6 +82,7 @@ func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
 		opts:    opts,
 		isRoot:  os.Geteuid() == 0,
 		buf:     make([]byte, 1<<20),
+		spend:   spend{limit: opts.budget},
 		cacheFD: -1,
 	}, nil
 }
@@ -99,15 +112,19 @@ func openInRoot(dirfd int, name string, flags int) (int, error) {
 	return -1, unix.EAGAIN
 }
 
-// applyLayer applies one uncompressed layer tar stream.
+// applyLayer applies one uncompressed layer tar stream and reads it to
+// its end, counting it against the image's budget.
 func (x *extractor) applyLayer(ctx context.Context, r io.Reader, layer string) (retErr error) {
 	x.layer = layer
 	x.created = map[string]struct{}{}
 	x.dirs = x.dirs[:0]
+	x.pending, x.pendingIdx = nil, map[string]int{}
 	defer func() {
 		x.created = nil
+		x.pending, x.pendingIdx = nil, nil
 		x.invalidate()
 	}()
+	r = x.spend.reader(r)
 	tr := tar.NewReader(r)
 	for n := 0; ; n++ {
 		if n%256 == 0 {
@@ -122,9 +139,15 @@ func (x *extractor) applyLayer(ctx context.Context, r io.Reader, layer string) (
 		if err != nil {
 			return fmt.Errorf("%s: reading tar: %w", layer, err)
 		}
-		if err := x.entry(hdr, tr); err != nil {
+		if err := x.spend.entry(); err != nil {
+			return fmt.Errorf("%s: entry %q: %w", layer, hdr.Name, err)
+		}
+		if err := x.entry(ctx, hdr, tr); err != nil {
 			return fmt.Errorf("%s: entry %q: %w", layer, hdr.Name, diskFull(err))
 		}
+	}
+	if err := x.linkPending(); err != nil {
+		return fmt.Errorf("%s: %w", layer, diskFull(err))
 	}
 	// Directory metadata last: creating the entries inside a directory
 	// changes its mtime. Changing metadata does not touch the parent's
@@ -134,6 +157,11 @@ func (x *extractor) applyLayer(ctx context.Context, r io.Reader, layer string) (
 			return fmt.Errorf("%s: entry %q: %w", layer, d.hdr.Name, diskFull(err))
 		}
 	}
+	// Read to the end: the digest covers the whole blob, and what follows
+	// the tar's end counts against the budget like the rest.
+	if _, err := io.CopyBuffer(io.Discard, ctxReader{ctx, r}, x.buf); err != nil {
+		return fmt.Errorf("%s: reading: %w", layer, err)
+	}
 	return nil
 }
 
@@ -142,7 +170,10 @@ func unsafeEntry(format string, args ...any) error {
 }
 
 // cleanName validates a tar path and returns it relative to the root
-// ("." for the root itself).
+// ("." for the root itself). An absolute name is a path in the image's
+// root, as tar, umoci and go-containerregistry read it: "/etc/x" is
+// "etc/x", and "/../x" is "x" (the root's ".." is the root). A relative
+// name that climbs out with ".." is refused.
 func cleanName(name string) (string, error) {
 	if name == "" {
 		return "", unsafeEntry("empty name")
@@ -151,7 +182,11 @@ func cleanName(name string) (string, error) {
 		return "", unsafeEntry("NUL in name")
 	}
 	if strings.HasPrefix(name, "/") {
-		return "", unsafeEntry("absolute path")
+		c := strings.TrimLeft(path.Clean(name), "/")
+		if c == "" {
+			return ".", nil
+		}
+		return c, nil
 	}
 	c := path.Clean(name)
 	if c == ".." || strings.HasPrefix(c, "../") {
@@ -160,7 +195,7 @@ func cleanName(name string) (string, error) {
 	return c, nil
 }
 
-func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
+func (x *extractor) entry(ctx context.Context, hdr *tar.Header, r io.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeXGlobalHeader, tar.TypeGNULongName, tar.TypeGNULongLink:
 		return nil // consumed by archive/tar
@@ -168,6 +203,15 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	name, err := cleanName(hdr.Name)
 	if err != nil {
 		return err
+	}
+	if err := x.spend.depth(name); err != nil {
+		return err
+	}
+	if i, ok := x.pendingIdx[name]; ok {
+		// A later entry of the layer takes the name of a link still
+		// waiting for its target: the later one wins, as in tar.
+		x.pending[i].dead = true
+		delete(x.pendingIdx, name)
 	}
 	dir, base := path.Split(name)
 	dir = path.Clean(dir) // "" becomes "."
@@ -191,7 +235,7 @@ func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	x.created[name] = struct{}{}
 	switch hdr.Typeflag {
 	case tar.TypeReg, tar.TypeGNUSparse, tar.TypeCont: // archive/tar reports TypeRegA as TypeReg
-		return x.regular(pfd, base, name, hdr, r)
+		return x.regular(ctx, pfd, base, name, hdr, r)
 	case tar.TypeDir:
 		return x.directory(pfd, base, name, hdr)
 	case tar.TypeSymlink:
@@ -330,7 +374,12 @@ func (x *extractor) clear(pfd int, base, name string, keepDir bool) (bool, error
 	return false, nil
 }
 
-func (x *extractor) regular(pfd int, base, name string, hdr *tar.Header, r io.Reader) error {
+func (x *extractor) regular(ctx context.Context, pfd int, base, name string, hdr *tar.Header, r io.Reader) error {
+	// The declared size (a sparse file's logical size) is reserved before
+	// anything is written.
+	if err := x.spend.file(hdr.Size); err != nil {
+		return err
+	}
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	fd, err := unix.Openat(pfd, base, flags, 0o600)
 	if err == unix.EEXIST {
@@ -348,7 +397,7 @@ func (x *extractor) regular(pfd int, base, name string, hdr *tar.Header, r io.Re
 			unix.Close(fd)
 		}
 	}()
-	if err := x.copyData(fd, r); err != nil {
+	if err := x.copyData(ctx, fd, r); err != nil {
 		return err
 	}
 	if err := x.fileMetadata(fd, hdr); err != nil {
@@ -359,29 +408,86 @@ func (x *extractor) regular(pfd int, base, name string, hdr *tar.Header, r io.Re
 	return err
 }
 
-func (x *extractor) copyData(fd int, r io.Reader) error {
+// holeBlock is the unit of hole detection: a block of this many zero
+// bytes, aligned in the file, is skipped rather than written.
+const holeBlock = 4096
+
+var zeroBlock [holeBlock]byte
+
+// copyData copies an entry's content into fd, checking ctx before each
+// buffer (1 MiB) so that a cancelled unpack stops inside a huge entry.
+// Blocks of zeros are not written but left as holes, and the file is then
+// extended to its size: archive/tar reads a sparse entry's holes as zeros,
+// and this keeps them holes on disk (for any file, so a compressed run of
+// zeros costs no disk either).
+func (x *extractor) copyData(ctx context.Context, fd int, r io.Reader) error {
+	var off, end int64 // bytes read; end of the last byte written
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		n, rerr := io.ReadFull(r, x.buf)
-		for b := x.buf[:n]; len(b) > 0; {
-			w, err := unix.Write(fd, b)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("writing file: %w", err)
-			}
-			b = b[w:]
+		written, err := writeSparse(fd, x.buf[:n], off)
+		if err != nil {
+			return fmt.Errorf("writing file: %w", err)
+		}
+		off += int64(n)
+		if written {
+			end = off
 		}
 		switch rerr {
 		case nil:
 		case io.EOF, io.ErrUnexpectedEOF:
 			// archive/tar reports a short entry itself, as a
 			// non-EOF error.
+			if end < off {
+				if err := unix.Ftruncate(fd, off); err != nil {
+					return fmt.Errorf("writing file: %w", err)
+				}
+			}
 			return nil
 		default:
 			return fmt.Errorf("reading tar: %w", rerr)
 		}
 	}
+}
+
+// writeSparse writes b at offset off of fd, skipping the blocks of zeros.
+// It reports whether b's last block was written.
+func writeSparse(fd int, b []byte, off int64) (lastWritten bool, err error) {
+	start := 0 // b[start:i] is the run of data to write
+	for i := 0; i < len(b); {
+		// Blocks are aligned in the file: off is a multiple of the
+		// buffer's size, except at an entry's end.
+		j := min(i+holeBlock-int((off+int64(i))%holeBlock), len(b))
+		if !bytes.Equal(b[i:j], zeroBlock[:j-i]) {
+			i = j
+			continue
+		}
+		if err := pwriteAll(fd, b[start:i], off+int64(start)); err != nil {
+			return false, err
+		}
+		i = j
+		start = j
+	}
+	if start == len(b) {
+		return false, nil
+	}
+	return true, pwriteAll(fd, b[start:], off+int64(start))
+}
+
+func pwriteAll(fd int, b []byte, off int64) error {
+	for len(b) > 0 {
+		n, err := unix.Pwrite(fd, b, off)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b, off = b[n:], off+int64(n)
+	}
+	return nil
 }
 
 // fileMetadata sets owner, mode, xattrs and times through an open
@@ -516,10 +622,16 @@ func (x *extractor) linkMetadata(pfd int, base string, hdr *tar.Header, chmod bo
 	return nil
 }
 
+// hardlink links name to its target, resolved inside the root. A target
+// that does not exist (yet) defers the link to the end of the layer: tar
+// streams may list a link before its target.
 func (x *extractor) hardlink(pfd int, base, name string, hdr *tar.Header) error {
 	target, err := cleanName(hdr.Linkname)
 	if err != nil {
 		return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
+	}
+	if err := x.spend.depth(target); err != nil {
+		return fmt.Errorf("hardlink target: %w", err)
 	}
 	if target == "." {
 		return unsafeEntry("hardlink to the root")
@@ -527,10 +639,25 @@ func (x *extractor) hardlink(pfd int, base, name string, hdr *tar.Header) error 
 	if target == name {
 		return nil
 	}
+	err = x.link(pfd, base, name, target)
+	if errors.Is(err, unix.ENOENT) {
+		x.pendingIdx[name] = len(x.pending)
+		x.pending = append(x.pending, pendingLink{name: name, target: target, hdr: hdr})
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("hardlink to %q: %w", hdr.Linkname, err)
+	}
+	return nil
+}
+
+// link makes base in pfd (named name) a hardlink of target, replacing what
+// is there.
+func (x *extractor) link(pfd int, base, name, target string) error {
 	tdir, tbase := path.Split(target)
 	tfd, err := openInRoot(x.rootFD, path.Clean(tdir), unix.O_PATH|unix.O_DIRECTORY)
 	if err != nil {
-		return fmt.Errorf("hardlink target %q: %w", hdr.Linkname, err)
+		return err
 	}
 	defer unix.Close(tfd)
 	err = unix.Linkat(tfd, tbase, pfd, base, 0)
@@ -540,8 +667,47 @@ func (x *extractor) hardlink(pfd int, base, name string, hdr *tar.Header) error 
 		}
 		err = unix.Linkat(tfd, tbase, pfd, base, 0)
 	}
+	return err
+}
+
+// linkPending makes the hardlinks deferred in this layer, a link whose
+// target is itself a deferred link after that one. A target that still
+// does not exist fails the unpack.
+func (x *extractor) linkPending() error {
+	done := make([]bool, len(x.pending))
+	var chain []int
+	for i := range x.pending {
+		chain = chain[:0]
+		for j := i; !done[j] && !x.pending[j].dead; {
+			done[j] = true // also ends a cycle
+			chain = append(chain, j)
+			k, ok := x.pendingIdx[x.pending[j].target]
+			if !ok {
+				break
+			}
+			j = k
+		}
+		for c := len(chain) - 1; c >= 0; c-- {
+			if err := x.linkDeferred(x.pending[chain[c]]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (x *extractor) linkDeferred(p pendingLink) error {
+	dir, base := path.Split(p.name)
+	pfd, err := openInRoot(x.rootFD, path.Clean(dir), unix.O_PATH|unix.O_DIRECTORY)
+	if err == nil {
+		err = x.link(pfd, base, p.name, p.target)
+		unix.Close(pfd)
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("entry %q: hardlink target %q is neither in the layer nor below: %w", p.hdr.Name, p.hdr.Linkname, err)
+	}
 	if err != nil {
-		return fmt.Errorf("hardlink to %q: %w", hdr.Linkname, err)
+		return fmt.Errorf("entry %q: hardlink to %q: %w", p.hdr.Name, p.hdr.Linkname, err)
 	}
 	return nil
 }

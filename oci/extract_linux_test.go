@@ -3,6 +3,7 @@ package oci
 import (
 	"archive/tar"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -411,13 +412,8 @@ func TestHostileEntries(t *testing.T) {
 		{"dotdot", func(string) [][]tent { return [][]tent{{file("../escape", "x")}} }, "../escape"},
 		{"dotdot inside", func(string) [][]tent { return [][]tent{{file("a/../../escape", "x")}} }, "a/../../escape"},
 		{"dotdot to outside", func(string) [][]tent { return [][]tent{{file("../outside/canary", "pwned")}} }, "../outside/canary"},
-		{"absolute path", func(o string) [][]tent { return [][]tent{{file(o+"/canary", "pwned")}} }, "/canary"},
-		{"absolute dir", func(string) [][]tent { return [][]tent{{dir("/tmp")}} }, "/tmp"},
 		{"hardlink dotdot", func(string) [][]tent {
 			return [][]tent{{hardlink("stolen", "../outside/canary")}}
-		}, "stolen"},
-		{"hardlink absolute", func(o string) [][]tent {
-			return [][]tent{{hardlink("stolen", o+"/canary")}}
 		}, "stolen"},
 		{"hardlink to the root", func(string) [][]tent { return [][]tent{{hardlink("r", ".")}} }, "\"r\""},
 		{"device node", func(string) [][]tent {
@@ -446,6 +442,115 @@ func TestHostileEntries(t *testing.T) {
 				t.Errorf("error %q does not name the layer and the entry %s", err, tt.entry)
 			}
 			checkOutside(t, root, outside)
+		})
+	}
+}
+
+// TestAbsoluteNamesConfined: an absolute entry name (or hardlink target)
+// is a path in the image's root, as tar, umoci and go-containerregistry
+// read it: it lands inside the root, and nothing outside changes.
+func TestAbsoluteNamesConfined(t *testing.T) {
+	root, outside := sandboxDirs(t)
+	err := unpackTars(t, root, nil,
+		[]tent{file("etc/gone", "lower"), file("keep", "keep")},
+		[]tent{
+			dir("/"),
+			file(outside+"/canary", "pwned"),
+			dir("/tmp"),
+			file("/tmp/x", "x"),
+			file("//usr///bin/../bin/tool", "tool"),
+			file("/../../escape", "up from the root is the root"),
+			hardlink("stolen", outside+"/canary"),
+			hardlink("/tool-link", "/usr/bin/tool"),
+			symlink("/abs-symlink", outside+"/canary"),
+			file("/etc/.wh.gone", ""),
+		},
+	)
+	if err != nil {
+		t.Fatalf("unpack: %v", err)
+	}
+	checkOutside(t, root, outside)
+	for p, want := range map[string]string{
+		outside + "/canary": "pwned", // outside's path, inside the root
+		"tmp/x":             "x",
+		"usr/bin/tool":      "tool",
+		"escape":            "up from the root is the root",
+		"stolen":            "pwned",
+		"tool-link":         "tool",
+		"keep":              "keep",
+	} {
+		if got := readFile(t, filepath.Join(root, p)); got != want {
+			t.Errorf("%s = %q, want %q", p, got, want)
+		}
+	}
+	if a, b := lstat(t, filepath.Join(root, "stolen")).Ino, lstat(t, filepath.Join(root, outside, "canary")).Ino; a != b {
+		t.Errorf("stolen is not a hardlink of the confined canary")
+	}
+	if got, _ := os.Readlink(filepath.Join(root, "abs-symlink")); got != outside+"/canary" {
+		t.Errorf("abs-symlink -> %q (symlink targets are data, kept as they are)", got)
+	}
+	if exists(t, filepath.Join(root, "etc/gone")) {
+		t.Errorf("absolute whiteout did not remove etc/gone")
+	}
+}
+
+// TestHardlinkBeforeTarget: a hardlink listed before its target in the same
+// layer is made at the layer's end; one whose target never appears fails
+// the unpack, naming the entry.
+func TestHardlinkBeforeTarget(t *testing.T) {
+	root := mustUnpack(t, nil,
+		[]tent{file("lower", "lower"), file("replaced", "old")},
+		[]tent{
+			hardlink("hl2/link-first", "hl2/target-later"),
+			dir("hl2"),
+			file("hl2/target-later", "t"),
+			hardlink("chain1", "chain2"), // a link to a link that waits too
+			hardlink("chain2", "/chain3"),
+			file("chain3", "c"),
+			hardlink("superseded", "nowhere"), // a later entry takes the name
+			file("superseded", "own"),
+			hardlink("replaced", "hl2/target-later"), // replaces a lower file
+			hardlink("to-lower", "lower"),
+		},
+	)
+	same := func(a, b string) {
+		t.Helper()
+		if lstat(t, filepath.Join(root, a)).Ino != lstat(t, filepath.Join(root, b)).Ino {
+			t.Errorf("%s is not a hardlink of %s", a, b)
+		}
+	}
+	same("hl2/link-first", "hl2/target-later")
+	same("replaced", "hl2/target-later")
+	same("chain1", "chain3")
+	same("chain2", "chain3")
+	same("to-lower", "lower")
+	if got := readFile(t, filepath.Join(root, "superseded")); got != "own" {
+		t.Errorf("superseded = %q, want the later entry's", got)
+	}
+	if n := lstat(t, filepath.Join(root, "hl2/target-later")).Nlink; n != 3 {
+		t.Errorf("target-later nlink = %d, want 3", n)
+	}
+
+	for _, tt := range []struct {
+		name  string
+		layer []tent
+		entry string
+	}{
+		{"target never appears", []tent{hardlink("l", "never"), file("other", "")}, `"l"`},
+		{"target dir never appears", []tent{hardlink("l", "nodir/never")}, `"l"`},
+		{"cycle", []tent{hardlink("p", "q"), hardlink("q", "p")}, `hardlink target`},
+		{"target whited out below", []tent{file(".wh.lower", ""), hardlink("l", "lower")}, `"l"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root, outside := sandboxDirs(t)
+			err := unpackTars(t, root, nil, []tent{file("lower", "lower")}, tt.layer)
+			checkOutside(t, root, outside)
+			if err == nil {
+				t.Fatal("unpack succeeded")
+			}
+			if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "layer 2 of 2") || !strings.Contains(err.Error(), tt.entry) {
+				t.Errorf("error %q: want a missing target, naming layer 2 and %s", err, tt.entry)
+			}
 		})
 	}
 }

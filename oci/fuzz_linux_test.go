@@ -57,6 +57,9 @@ func scriptLayers(script, outside string) [][]tent {
 // file is ever created or changed outside the target directory.
 func FuzzUnpack(f *testing.F) {
 	f.Add("f a\n---\nf .wh.a")
+	f.Add("f /abs\nd /tmp\nf @OUT@/canary\nh /l @OUT@/canary")   // absolute names, confined
+	f.Add("h a b\nh b c\nf c\nh x nowhere")                      // hardlinks before their target
+	f.Add("l evil @OUT@\nh evil/x later\n---\nh evil/canary /x") // deferred links through a symlink
 	f.Fuzz(func(t *testing.T, script string) {
 		if len(script) > 4096 {
 			return
@@ -93,6 +96,8 @@ func FuzzUnpack(f *testing.F) {
 func FuzzUnpackTar(f *testing.F) {
 	f.Add(tarOf(f, file("a", "x"), symlink("l", "/"), file("l/b", "y")))
 	f.Add(tarOf(f, file("../x", "x")))
+	f.Add(tarOf(f, file("/x", "x"), hardlink("/l", "/x"), hardlink("m", "later"), file("later", "")))
+	f.Add(sparseTar("sparse", 1<<20))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		if len(raw) > 1<<20 {
 			return
@@ -108,6 +113,9 @@ func FuzzUnpackTar(f *testing.F) {
 func applyRaw(t *testing.T, root string, layers [][]byte) {
 	t.Helper()
 	o := defaultUnpackOptions()
+	// A small budget: a mutated sparse entry may declare gigabytes, which
+	// archive/tar would hand over as zeros for seconds per input.
+	o.budget = Budget{Bytes: 64 << 20, Entries: 1 << 16, Depth: 256}
 	if err := mkdir(root); err != nil {
 		t.Fatal(err)
 	}

@@ -205,6 +205,18 @@ func WithSync(sync bool) Option {
 	}
 }
 
+// WithBudget sets the budget of every unpack of the store: the
+// decompressed bytes, declared file sizes, entries and path depth one image
+// may have (see Budget; zero fields keep their default). An image over it
+// fails with ErrBudgetExceeded and leaves no tree behind.
+// Default: DefaultBudget (32 GiB, 1 Mi entries, 256 components).
+func WithBudget(b Budget) Option {
+	return func(o *options) error {
+		o.unpack = append(o.unpack, WithUnpackBudget(b))
+		return nil
+	}
+}
+
 // normalizeHost returns the registry host as go-containerregistry names it
 // ("docker.io" becomes "index.docker.io").
 func normalizeHost(h string) (string, error) {
@@ -248,10 +260,24 @@ type unpackOptions struct {
 	verify   bool
 	progress func(Progress)
 	ref      string
+	budget   Budget
 }
 
 func defaultUnpackOptions() *unpackOptions {
-	return &unpackOptions{log: silentLogger(), verify: true}
+	return &unpackOptions{log: silentLogger(), verify: true, budget: DefaultBudget}
+}
+
+// WithUnpackBudget sets the budget of the unpack (see Budget; zero fields
+// keep their default). Default: DefaultBudget.
+func WithUnpackBudget(b Budget) UnpackOption {
+	return func(o *unpackOptions) error {
+		b, err := b.withDefaults()
+		if err != nil {
+			return err
+		}
+		o.budget = b
+		return nil
+	}
 }
 
 // WithIDShift adds uidOffset and gidOffset to the owner of every entry

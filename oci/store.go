@@ -121,16 +121,22 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Trees under rootfs/ are mounted by sandboxes whose mapped users must
-	// be able to reach them: the path is searchable by all (image content
-	// is no secret; credentials are never stored here).
-	for _, d := range []string{"blobs/sha256", "rootfs", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+	// Image trees hold setuid-root and file-capability binaries, extracted
+	// as real root (right for the container): no other host user may
+	// reach them, so every directory of the store is 0700, whatever the
+	// umask and whatever an earlier version left. The sandbox does not
+	// need the path: the agent opens a tree as root (open_tree, a bind
+	// mount) and gives the container that mount. Missing ancestors (the
+	// data directory) are created searchable as before: the sandbox's
+	// runs/ may share them, and the mapped root must traverse those.
+	if err := os.MkdirAll(filepath.Dir(abs), 0o755); err != nil {
+		return nil, diskFull(fmt.Errorf("creating store: %w", err))
+	}
+	for _, d := range []string{"", "blobs", "blobs/sha256", "rootfs", "tmp"} {
+		if err := os.Mkdir(filepath.Join(abs, d), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, diskFull(fmt.Errorf("creating store: %w", err))
 		}
-	}
-	for d, mode := range map[string]os.FileMode{"": 0o755, "rootfs": 0o755, "tmp": 0o700} {
-		if err := os.Chmod(filepath.Join(abs, d), mode); err != nil { // whatever the umask
+		if err := os.Chmod(filepath.Join(abs, d), 0o700); err != nil {
 			return nil, err
 		}
 	}

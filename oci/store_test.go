@@ -855,20 +855,41 @@ func TestRootfsAfterReboot(t *testing.T) {
 	}
 }
 
-// TestStoreDirsSearchable: sandboxes reach rootfs trees as mapped users,
-// so the path to them is searchable by all.
-func TestStoreDirsSearchable(t *testing.T) {
+// TestStoreDirModes: image trees hold setuid-root files, so every
+// directory of the store is 0700 (even one an earlier version made 0755);
+// the data directory NewStore creates above it stays searchable, because
+// the sandbox's mapped root traverses it to reach runs/. Builds do not
+// need the store's path (the agent mounts a tree as root). See also
+// TestImageTreesUnreachable.
+func TestStoreDirModes(t *testing.T) {
 	base := t.TempDir()
 	os.Chmod(base, 0o755)
 	dir := filepath.Join(base, "data", "images")
 	newStore(t, dir)
-	for _, p := range []string{filepath.Join(base, "data"), dir, filepath.Join(dir, "rootfs")} {
-		fi, err := os.Stat(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm()&0o001 == 0 {
-			t.Errorf("%s: mode %v, not searchable by others", p, fi.Mode())
+	if fi, err := os.Stat(filepath.Join(base, "data")); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm()&0o001 == 0 {
+		t.Errorf("data dir: mode %v, not searchable by others", fi.Mode())
+	}
+	check := func() {
+		t.Helper()
+		for _, d := range []string{"", "blobs", "blobs/sha256", "rootfs", "tmp"} {
+			fi, err := os.Stat(filepath.Join(dir, d))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != 0o700 {
+				t.Errorf("images/%s: mode %v, want 0700", d, fi.Mode())
+			}
 		}
 	}
+	check()
+	// A store left 0755 by an earlier version is closed at the next start.
+	for _, d := range []string{"", "blobs", "blobs/sha256", "rootfs"} {
+		if err := os.Chmod(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newStore(t, dir)
+	check()
 }

@@ -12,8 +12,11 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// applier applies layers to one directory (extract_linux.go).
+// applier applies layers to one directory (extract_linux.go), keeping
+// the account of the image's Budget over all of them.
 type applier interface {
+	// applyLayer applies one uncompressed layer and reads r to its end
+	// (the digest covers the whole blob).
 	applyLayer(ctx context.Context, r io.Reader, layer string) error
 	close()
 }
@@ -120,9 +123,13 @@ func applyBlob(ctx context.Context, a applier, r io.Reader, name string, want *v
 	err := applyStream(ctx, a, br, name)
 	if h != nil {
 		// Hash what is left, so that a corrupt blob is reported as such
-		// rather than as the decompressor's or tar's complaint about it.
-		if _, cerr := io.Copy(io.Discard, br); cerr != nil && err == nil {
+		// rather than as the decompressor's or tar's complaint about it
+		// (unless the unpack was cancelled: then nothing more is read).
+		if _, cerr := io.Copy(io.Discard, ctxReader{ctx, br}); cerr != nil && err == nil {
 			err = fmt.Errorf("%s: reading: %w", name, cerr)
+		}
+		if ctx.Err() != nil {
+			return err
 		}
 		got := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", h.Sum(nil))}
 		if got != *want {
@@ -142,15 +149,7 @@ func applyStream(ctx context.Context, a applier, br *bufio.Reader, name string) 
 	defer free()
 	p := newChunkPipe(dr)
 	defer p.close()
-	if err := a.applyLayer(ctx, p, name); err != nil {
-		return err
-	}
-	// Read to the end: the digest covers the whole blob, and garbage after
-	// the tar's end must not go unnoticed.
-	if _, err := io.Copy(io.Discard, p); err != nil {
-		return fmt.Errorf("%s: reading: %w", name, err)
-	}
-	return nil
+	return a.applyLayer(ctx, p, name)
 }
 
 type countingReader struct {
