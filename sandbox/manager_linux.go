@@ -55,6 +55,15 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(abs, 0o711); err != nil {
+		return nil, err
+	}
+	// libcontainer refuses a rootfs path through a symbolic link: a data
+	// directory reached through one (e.g. /var/lib/vagent -> /srv/vagent)
+	// is used by its real path.
+	if abs, err = filepath.EvalSymlinks(abs); err != nil {
+		return nil, err
+	}
 	if o.cgroupParent == "" {
 		sum := sha256.Sum256([]byte(abs))
 		o.cgroupParent = "vagent-" + hex.EncodeToString(sum[:6])
@@ -70,9 +79,6 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		idSize:   o.idSize,
 	}
 	m.swapAccounting = m.cgroupV2 || fileExists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
-	if err := os.MkdirAll(abs, 0o711); err != nil {
-		return nil, err
-	}
 	lock, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
