@@ -367,6 +367,14 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	if path != "" {
 		c.Warnings = append(c.Warnings, secretModeWarnings(path)...)
 	}
+	if c.Registries.DockerConfig != "" {
+		c.Warnings = append(c.Warnings, secretModeWarnings(c.Registries.DockerConfig)...)
+	}
+	for _, cr := range c.Registries.Credentials {
+		if cr.PasswordFile != "" {
+			c.Warnings = append(c.Warnings, secretModeWarnings(cr.PasswordFile)...)
+		}
+	}
 	return c, nil
 }
 
