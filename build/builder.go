@@ -72,9 +72,10 @@ const (
 
 // New returns a Builder that runs builds with sb on the builders of
 // images, keeping its state (the shared package cache, run control
-// directories) in dir. dir is made private to root (0700): the sandbox
-// opens the sources of a build's mounts as root before the container's user
-// namespace needs them, so no other user has to reach anything below it.
+// directories) in dir. dir is made private to root (0700): when the
+// container's init cannot reach the source of a bind mount, libcontainer
+// opens it on the host side, as root, so no other user (the mapped root
+// included) has to reach anything below dir.
 func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Builder, error) {
 	if sb == nil || images == nil {
 		return nil, fmt.Errorf("%w: nil sandbox or images", ErrBadConfig)
