@@ -136,7 +136,7 @@ func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.W
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
 		Mounts: []sandbox.Mount{
 			{Source: run.dir, Target: ctlMount, ReadOnly: true},
-			{Source: cache, Target: cacheMount, IDMapped: true},
+			{Source: cache, Target: cacheMount}, // owned by the mapped root: no id mapping
 		},
 		Limits:    b.opts.limits,
 		KeepUpper: true,
@@ -231,27 +231,6 @@ func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) (
 	return append(repos, b.opts.repos...), nil
 }
 
-// runCache returns the package cache of one build: the shared one, or a
-// private one removed by drop when the shared cache is off.
-func (b *Builder) runCache() (dir string, drop func(), err error) {
-	if dir = b.cacheDir(); dir != "" {
-		return dir, func() {}, nil
-	}
-	if dir, err = os.MkdirTemp(b.runsDir(), "cache-"); err != nil {
-		return "", nil, err
-	}
-	drop = func() { _ = os.RemoveAll(dir) }
-	if err := os.Chmod(dir, 0o755); err != nil {
-		drop()
-		return "", nil, err
-	}
-	if err := initCache(dir); err != nil {
-		drop()
-		return "", nil, err
-	}
-	return dir, drop, nil
-}
-
 // runDir is the control directory of one build, mounted read-only on
 // /run/vagent. It is owned by host root, which is outside the container's
 // id range: the build cannot change what is in it.
@@ -339,19 +318,28 @@ func (r *runDir) remove() {
 	_ = os.RemoveAll(r.dir)
 }
 
+// maxSrcInfoHeader bounds the length line of the srcinfo FIFO.
+const maxSrcInfoHeader = 64
+
 // negotiate reads the .SRCINFO the script sends, decides whether to
 // build, and answers. It returns when it answered or the FIFOs were closed.
 func (b *Builder) negotiate(ctx context.Context, run *runDir, job poll.Job) decision {
-	br := bufio.NewReaderSize(run.srcinfo, 64)
-	header, err := br.ReadString('\n')
-	if err != nil {
+	// The FIFO is writable by the build at any time: every read from it is
+	// bounded. The header is a decimal length on one line, read within
+	// the reader's buffer (ReadSlice fails with ErrBufferFull past it).
+	br := bufio.NewReaderSize(run.srcinfo, maxSrcInfoHeader)
+	line, err := br.ReadSlice('\n')
+	if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 		return decision{err: err}
 	}
+	header := strings.TrimSpace(string(line))
 	var d decision
-	size, err := strconv.Atoi(strings.TrimSpace(header))
+	size, convErr := strconv.Atoi(header)
 	switch {
-	case err != nil || size < 0:
-		d = decision{err: fmt.Errorf("%w: bad length %q", ErrSrcInfo, strings.TrimSpace(header)), reason: "unreadable .SRCINFO"}
+	case errors.Is(err, bufio.ErrBufferFull):
+		d = decision{err: fmt.Errorf("%w: length line longer than %d bytes", ErrSrcInfo, maxSrcInfoHeader), reason: "unreadable .SRCINFO"}
+	case convErr != nil || size < 0:
+		d = decision{err: fmt.Errorf("%w: bad length %q", ErrSrcInfo, header), reason: "unreadable .SRCINFO"}
 	case size > MaxSrcInfo:
 		d = decision{err: fmt.Errorf("%w: %d bytes", ErrSrcInfo, size), reason: ".SRCINFO too large"}
 	default:
@@ -378,7 +366,8 @@ func (b *Builder) negotiate(ctx context.Context, run *runDir, job poll.Job) deci
 		d.build, d.skip = false, false
 	}
 	if d.err != nil {
-		// Keep draining so that a script writing more cannot block.
+		// Keep draining (through a fixed buffer: bounded) so that a
+		// script writing more cannot block.
 		_, _ = io.Copy(io.Discard, br)
 	}
 	return d

@@ -16,3 +16,5 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 	b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "", errors.ErrUnsupported)
 	return r
 }
+
+func initCache(dir string, uid, gid int) (string, error) { return "", errors.ErrUnsupported }

@@ -54,6 +54,9 @@ type Builder struct {
 	images Images
 	dir    string
 	opts   *options
+	// rootUID and rootGID are the host ids of container root, the owner
+	// of the package cache tree.
+	rootUID, rootGID int
 }
 
 var _ poll.Executor = (*Builder)(nil)
@@ -69,8 +72,10 @@ const (
 
 // New returns a Builder that runs builds with sb on the builders of
 // images, keeping its state (the shared package cache, run control
-// directories) in dir. dir and its parents must be traversable by every
-// user: containers resolve mounts below it.
+// directories) in dir. dir is made private to root (0700): when the
+// container's init cannot reach the source of a bind mount, libcontainer
+// opens it on the host side, as root, so no other user (the mapped root
+// included) has to reach anything below dir.
 func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Builder, error) {
 	if sb == nil || images == nil {
 		return nil, fmt.Errorf("%w: nil sandbox or images", ErrBadConfig)
@@ -88,7 +93,8 @@ func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Build
 	if strings.ContainsAny(dir, ",:\\") {
 		return nil, fmt.Errorf("%w: directory %q has ',', ':' or '\\'", ErrBadConfig, dir)
 	}
-	b := &Builder{sb: sb, images: images, dir: dir, opts: o}
+	uid, gid := sb.RootIDs()
+	b := &Builder{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid)}
 	if err := b.prepareDir(); err != nil {
 		return nil, err
 	}
@@ -98,19 +104,18 @@ func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Build
 // prepareDir creates the cache and run directories and removes runs a
 // crashed agent left behind.
 func (b *Builder) prepareDir() error {
-	for _, d := range []string{b.dir, b.cacheDir(), b.runsDir()} {
-		if d == "" {
-			continue
-		}
-		if err := os.MkdirAll(d, 0o755); err != nil {
+	for _, d := range []string{b.dir, b.runsDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
-		if err := os.Chmod(d, 0o755); err != nil {
+		if err := os.Chmod(d, 0o700); err != nil {
 			return err
 		}
 	}
-	if err := initCache(b.cacheDir()); err != nil {
-		return err
+	if dir := b.cacheDir(); dir != "" {
+		if _, err := initCache(dir, b.rootUID, b.rootGID); err != nil {
+			return err
+		}
 	}
 	entries, err := os.ReadDir(b.runsDir())
 	if err != nil {
@@ -125,20 +130,6 @@ func (b *Builder) prepareDir() error {
 	return nil
 }
 
-// initCache creates the lock file of a package cache directory; the build
-// script's pacman wrapper takes it while pacman may download. An empty dir
-// is no cache.
-func initCache(dir string) error {
-	if dir == "" {
-		return nil
-	}
-	f, err := os.OpenFile(filepath.Join(dir, ".vagent.lock"), os.O_CREATE|os.O_RDONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("creating the cache lock: %w", err)
-	}
-	return f.Close()
-}
-
 // cacheDir is the shared package cache, "" when builds have private ones.
 func (b *Builder) cacheDir() string {
 	if b.opts.cacheSet {
@@ -146,6 +137,7 @@ func (b *Builder) cacheDir() string {
 	}
 	return filepath.Join(b.dir, "pacman-cache")
 }
+
 func (b *Builder) runsDir() string { return filepath.Join(b.dir, "runs") }
 
 // Result is the outcome of one build.

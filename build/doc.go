@@ -49,13 +49,23 @@
 //
 // The API key never enters the sandbox: the agent publishes the packages
 // itself, with their Content-Length, retrying transient failures (network
-// errors, 408, 429, 5xx) with jittered exponential backoff. What the build
-// left in its upper directory is read without following symbolic links.
+// errors, 408, 429, 5xx) with jittered exponential backoff.
+//
+// What the build can reach is read with bounds and without following
+// links: PKGDEST is opened below a descriptor of the upper directory
+// (RESOLVE_BENEATH, no symbolic links, no mount crossing: the upper's own
+// path may cross both, e.g. a data directory on a filesystem of its own);
+// at most 4096 entries are read there and at most 64 packages of at most
+// MaxPackageSize each taken, each opened O_NOFOLLOW|O_NONBLOCK and checked
+// to be a regular file. The cache lock is handled likewise (see below).
 //
 // The script and the agent talk through two FIFOs in the control directory:
 // the script writes the .SRCINFO (length-prefixed) to one and reads the
 // decision ("build" or "skip") from the other. A build that forges either
-// only decides about itself.
+// only decides about itself. The srcinfo FIFO is writable by the PKGBUILD
+// at any time: its length line is read within 64 bytes and the .SRCINFO
+// within MaxSrcInfo; anything else fails the build, and what follows is
+// drained through a fixed buffer.
 //
 // # Log
 //
@@ -83,16 +93,29 @@
 //
 // # Package cache
 //
-// A host directory (<data dir>/pacman-cache) is mounted on
-// /var/cache/pacman/pkg in every build, so packages are downloaded once.
-// pacman 6.0 downloads into "<file>.part" in the cache directory, so two
-// concurrent downloads of one file would interleave: every pacman call that
-// may download runs under flock(1) on a lock file in the cache, through the
-// wrapper /run/vagent/pacman (also given to makepkg as $PACMAN). A build is
-// root in its container and can write into the cache; pacman checks every
-// package against the checksum in the repository database and deletes a
-// corrupted file (with --noconfirm), so a poisoned cache entry fails one
-// build rather than entering another.
+// A host directory (<data dir>/pacman-cache by default) holds the cache
+// shared by every build. Builds see its subdirectory pkg/ on
+// /var/cache/pacman/pkg. The directory itself is 0700 and host root's;
+// pkg/ is owned by the mapped root (sandbox Manager.RootIDs) and
+// bind-mounted without id mapping. So container root writes there as the
+// unprivileged mapped root, never as host root, and nothing a build leaves
+// there (setuid or setgid files, file capabilities) can be reached by a
+// host user: the root-only parent stops them. pacman 6.0 downloads into
+// "<file>.part" in the cache directory, so two concurrent downloads of one
+// file would interleave: every pacman call that may download runs under
+// flock(1) on pkg/.vagent.lock, through the wrapper /run/vagent/pacman
+// (also given to makepkg as $PACMAN). A build can replace that lock by a
+// link or a FIFO: the agent opens it with O_NOFOLLOW|O_NONBLOCK, checks
+// that it is a regular file, and replaces it otherwise. A build is root in
+// its container and can write into the cache; pacman checks every package
+// against the checksum in the repository database and deletes a corrupted
+// file (with --noconfirm), so a poisoned cache entry fails one build
+// rather than entering another.
+//
+// The Builder's own directory (run control directories, private caches) is
+// 0700 and root's: when the container's init (the mapped root) cannot
+// reach the source of a bind mount, libcontainer opens it on the host side,
+// as root, and hands the container the descriptor.
 //
 // # Local builds
 //

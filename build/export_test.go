@@ -1,5 +1,7 @@
 package build
 
+import "path/filepath"
+
 // WithUpperHook makes the Builder call f with the upper directory of every
 // finished run, before it is removed.
 func WithUpperHook(f func(dir string)) Option {
@@ -9,5 +11,6 @@ func WithUpperHook(f func(dir string)) Option {
 	}
 }
 
-// CacheDir returns the shared package cache of b.
-func CacheDir(b *Builder) string { return b.cacheDir() }
+// CacheDir returns the directory of the shared package cache that builds
+// see on /var/cache/pacman/pkg.
+func CacheDir(b *Builder) string { return filepath.Join(b.cacheDir(), cacheTree) }

@@ -22,17 +22,36 @@ func isPackageName(name string) bool {
 		!strings.HasPrefix(name, ".") && !strings.ContainsFunc(name, isSpaceOrControl)
 }
 
+// Bounds of what the agent takes from a build's PKGDEST.
+const (
+	// maxPackages is the most package files one build may publish.
+	maxPackages = 64
+	// maxPackageDirEntries is the most entries the agent reads in PKGDEST.
+	maxPackageDirEntries = 4096
+	// MaxPackageSize is the largest package file the agent publishes or
+	// copies out.
+	MaxPackageSize = 8 << 30
+)
+
 // packageDir opens PKGDEST in the build's upper directory without
 // following symbolic links (the build, root in its container, may have
 // replaced any directory on the way with a link to a host path), and lists
-// the regular package files in it.
+// the regular package files in it. Only the path below the upper is
+// resolved with RESOLVE_*: the upper itself is the sandbox's, reached by
+// its own path, which may cross mount points or symbolic links of the
+// host (a data directory on its own filesystem or behind a link).
 func packageDir(upper *sandbox.Upper) (*os.File, []string, error) {
 	if upper == nil {
 		return nil, nil, ErrNoPackages
 	}
-	fd, err := unix.Openat2(unix.AT_FDCWD, filepath.Join(upper.Path, outDir), &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	root, err := unix.Open(upper.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening the build's upper directory: %w", err)
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, outDir, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	})
 	if errors.Is(err, unix.ENOENT) {
 		return nil, nil, fmt.Errorf("%w: no /%s", ErrNoPackages, outDir)
@@ -41,23 +60,43 @@ func packageDir(upper *sandbox.Upper) (*os.File, []string, error) {
 		return nil, nil, fmt.Errorf("opening /%s of the build: %w", outDir, err)
 	}
 	dir := os.NewFile(uintptr(fd), "/"+outDir)
-	entries, err := dir.ReadDir(-1)
+	names, err := listPackages(dir)
 	if err != nil {
 		dir.Close()
 		return nil, nil, err
 	}
+	return dir, names, nil
+}
+
+// listPackages returns the sorted names of the regular package files in
+// dir, reading at most maxPackageDirEntries entries and accepting at most
+// maxPackages packages.
+func listPackages(dir *os.File) ([]string, error) {
 	var names []string
-	for _, e := range entries {
-		if e.Type().IsRegular() && isPackageName(e.Name()) {
-			names = append(names, e.Name())
+	seen := 0
+	for {
+		entries, err := dir.ReadDir(256)
+		for _, e := range entries {
+			if e.Type().IsRegular() && isPackageName(e.Name()) {
+				names = append(names, e.Name())
+			}
+		}
+		seen += len(entries)
+		switch {
+		case errors.Is(err, io.EOF):
+			sort.Strings(names)
+			if len(names) == 0 {
+				return nil, fmt.Errorf("%w in /%s", ErrNoPackages, outDir)
+			}
+			return names, nil
+		case err != nil:
+			return nil, err
+		case seen > maxPackageDirEntries:
+			return nil, fmt.Errorf("/%s has more than %d entries", outDir, maxPackageDirEntries)
+		case len(names) > maxPackages:
+			return nil, fmt.Errorf("/%s has more than %d packages", outDir, maxPackages)
 		}
 	}
-	sort.Strings(names)
-	if len(names) == 0 {
-		dir.Close()
-		return nil, nil, fmt.Errorf("%w in /%s", ErrNoPackages, outDir)
-	}
-	return dir, names, nil
 }
 
 // openIn opens the regular file name in dir, refusing a link.
@@ -68,8 +107,12 @@ func openIn(dir *os.File, name string) (*os.File, error) {
 	}
 	f := os.NewFile(uintptr(fd), name)
 	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
+	switch {
+	case err != nil:
+	case !fi.Mode().IsRegular():
 		err = fmt.Errorf("%s is not a regular file", name)
+	case fi.Size() > MaxPackageSize:
+		err = fmt.Errorf("%s: %d bytes, more than %d", name, fi.Size(), int64(MaxPackageSize))
 	}
 	if err != nil {
 		f.Close()
@@ -137,7 +180,7 @@ func (b *Builder) copyOut(open func() (*os.File, error), name string) (retErr er
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err := io.Copy(tmp, src); err != nil {
+	if _, err := io.Copy(tmp, io.LimitReader(src, MaxPackageSize)); err != nil {
 		return err
 	}
 	if err := tmp.Chmod(0o644); err != nil {

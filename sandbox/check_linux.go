@@ -184,3 +184,8 @@ func forLines(file string, fn func([]string)) {
 		}
 	}
 }
+
+// IDConflicts lists the host users, groups and /etc/subuid or /etc/subgid
+// entries (other than root's) whose ids fall in [base, base+size): files of
+// such a user would be container files, and a build's files theirs.
+func IDConflicts(base, size uint32) []string { return idConflicts(base, size) }

@@ -5,6 +5,7 @@ import (
 	"path"
 	"path/filepath"
 	"runtime"
+	"strconv"
 
 	"github.com/opencontainers/cgroups"
 	devcfg "github.com/opencontainers/cgroups/devices/config"
@@ -93,7 +94,7 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 			// non-recursive bind that would uncover what its submounts hide).
 			{Source: "/sys", Destination: "/sys", Device: "bind", Flags: unix.MS_BIND | unix.MS_REC | baseMountFlags | unix.MS_RDONLY,
 				RecAttr: &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}},
-			{Source: "tmpfs", Destination: "/tmp", Device: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_NODEV, Data: "mode=1777"},
+			{Source: "tmpfs", Destination: "/tmp", Device: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_NODEV, Data: "mode=1777,size=" + strconv.FormatInt(m.opts.tmpSize, 10)},
 		},
 	}
 	if spec.ReadOnly {

@@ -23,12 +23,17 @@
 //     loopback up ([NetworkNone]).
 //   - /proc (with Docker's masked and read-only paths), a minimal /dev (null,
 //     zero, full, random, urandom, tty, ptmx, pts, shm, mqueue), /sys bound
-//     read-only, a /tmp tmpfs and the caller's extra bind mounts.
+//     read-only, a /tmp tmpfs of a fixed size ([WithTmpSize], default 1 GiB)
+//     and the caller's extra bind mounts. A bind mount is id-mapped only
+//     when asked ([Mount.IDMapped]); a writable host directory shared by
+//     runs should instead be owned by [Manager.RootIDs] and mounted plainly,
+//     so that container root writes there as the unprivileged mapped root.
 //   - Docker's default capability set (effective only for container root; a
 //     non-root user gets it as bounding set so sudo and su work), no
 //     no_new_privs, and a seccomp blocklist of what builds never need
 //     (mount, kexec, modules, bpf, keyrings, ptrace attach, perf, swap,
-//     reboot, setns, new user namespaces, open_by_handle_at, userfaultfd…).
+//     reboot, setns, new user namespaces, open_by_handle_at, userfaultfd,
+//     io_uring…).
 //   - cgroup limits: memory (and memory+swap), pids, CPU weight and quota,
 //     with cgroup v1 (including hybrid hosts) and cgroup v2.
 //
@@ -39,6 +44,14 @@
 // SIGTERM, then after [Spec.Grace] (default 1s, see [WithGrace]) SIGKILL; the
 // container is destroyed and its mounts and directories removed. [Result]
 // tells whether the run timed out (context deadline) or was cancelled.
+//
+// Host side: the uppers hold files owned by container ids, setuid ones
+// included. runs/ (where running uppers live) is mode 0700 and owned by the
+// mapped root, which the container's init needs to resolve its rootfs below
+// it; kept/ is 0700 and root's. No other host user can reach a file of a
+// run. The data directory's ancestors must stay searchable (o+x) by the
+// mapped root, which New checks; a data directory reached through a
+// symbolic link is used by its real path.
 //
 // Cleanup and recovery: every Run removes its container state, cgroups,
 // mounts and directories on every path (success, failure, timeout, a panic

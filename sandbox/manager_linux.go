@@ -55,6 +55,15 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(abs, 0o711); err != nil {
+		return nil, err
+	}
+	// libcontainer refuses a rootfs path through a symbolic link: a data
+	// directory reached through one (e.g. /var/lib/vagent -> /srv/vagent)
+	// is used by its real path.
+	if abs, err = filepath.EvalSymlinks(abs); err != nil {
+		return nil, err
+	}
 	if o.cgroupParent == "" {
 		sum := sha256.Sum256([]byte(abs))
 		o.cgroupParent = "vagent-" + hex.EncodeToString(sum[:6])
@@ -70,9 +79,6 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		idSize:   o.idSize,
 	}
 	m.swapAccounting = m.cgroupV2 || fileExists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
-	if err := os.MkdirAll(abs, 0o711); err != nil {
-		return nil, err
-	}
 	lock, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
@@ -108,15 +114,23 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if err := m.recover(); err != nil {
 		return nil, fmt.Errorf("cleaning up after an earlier run: %w", err)
 	}
-	for _, d := range []string{m.stateDir, m.runsDir, m.keptDir} {
-		if err := os.MkdirAll(d, 0o711); err != nil {
-			return nil, err
-		}
+	if err := os.MkdirAll(m.stateDir, 0o711); err != nil {
+		return nil, err
 	}
-	// A container's init process resolves paths under runs/ as the mapped
-	// root, which needs search permission on every ancestor.
+	// runs/ and kept/ hold the uppers: files owned by container ids, setuid
+	// ones included. Only root and the mapped root may enter runs/ (a
+	// container's init resolves its rootfs below it as the mapped root),
+	// only root kept/: no other host user can reach a file of a build.
+	if err := privateDir(m.runsDir, int(m.rootUID), int(m.rootGID)); err != nil {
+		return nil, err
+	}
+	if err := privateDir(m.keptDir, os.Geteuid(), os.Getegid()); err != nil {
+		return nil, err
+	}
+	// The init process resolves runs/<id>/rootfs as the mapped root, which
+	// needs search permission on every ancestor of runs/.
 	if m.opts.userns && !m.rootless {
-		if err := checkSearchable(m.runsDir); err != nil {
+		if err := checkSearchable(filepath.Dir(m.runsDir)); err != nil {
 			return nil, err
 		}
 	}
@@ -152,6 +166,35 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// privateDir creates dir (and its parents) and makes it mode 0700, owned
+// by uid and gid, without following a symbolic link at dir.
+func privateDir(dir string, uid, gid int) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", dir, err)
+	}
+	defer unix.Close(fd)
+	if os.Geteuid() == 0 {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return fmt.Errorf("chown %s: %w", dir, err)
+		}
+	}
+	if err := unix.Fchmod(fd, 0o700); err != nil {
+		return fmt.Errorf("chmod %s: %w", dir, err)
+	}
+	return nil
+}
+
+// RootIDs returns the host uid and gid of container root: the base of the
+// id range, the agent's own ids in rootless mode, 0 without a user
+// namespace. A host directory that a build shares writably (a cache) is
+// owned by them and bind-mounted without id mapping, so whatever the build
+// writes there is owned by the unprivileged mapped ids on the host.
+func (m *Manager) RootIDs() (uid, gid uint32) { return m.rootUID, m.rootGID }
 
 // checkSearchable verifies that others may traverse every ancestor of dir.
 func checkSearchable(dir string) error {

@@ -20,7 +20,12 @@ type options struct {
 	limits       Limits
 	grace        time.Duration
 	cgroupParent string
+	tmpSize      int64
 }
+
+// DefaultTmpSize is the default size of a run's /tmp tmpfs (see
+// WithTmpSize).
+const DefaultTmpSize = 1 << 30
 
 func defaultOptions() options {
 	l := logrus.New()
@@ -32,6 +37,7 @@ func defaultOptions() options {
 		userns:  true,
 		seccomp: true,
 		grace:   time.Second,
+		tmpSize: DefaultTmpSize,
 	}
 }
 
@@ -93,6 +99,19 @@ func WithGrace(d time.Duration) Option {
 			return fmt.Errorf("negative grace period")
 		}
 		o.grace = d
+		return nil
+	}
+}
+
+// WithTmpSize sets the size in bytes of the tmpfs mounted on /tmp in every
+// run (default DefaultTmpSize, 1 GiB): a run that fills it gets ENOSPC.
+// Its pages are memory, charged to the run's memory limit.
+func WithTmpSize(n int64) Option {
+	return func(o *options) error {
+		if n < 1<<20 {
+			return fmt.Errorf("tmp size %d below 1 MiB", n)
+		}
+		o.tmpSize = n
 		return nil
 	}
 }

@@ -52,7 +52,7 @@ func TestSeccompProfileBlocks(t *testing.T) {
 	}
 	for _, name := range []string{"mount", "umount2", "kexec_load", "init_module", "finit_module", "delete_module",
 		"bpf", "keyctl", "add_key", "request_key", "perf_event_open", "swapon", "swapoff", "reboot", "setns",
-		"open_by_handle_at", "userfaultfd", "clone3"} {
+		"open_by_handle_at", "userfaultfd", "clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"} {
 		if !blocked[name] {
 			t.Errorf("%s not blocked", name)
 		}

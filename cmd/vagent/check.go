@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vieter-v/vagent/sandbox"
@@ -34,7 +36,46 @@ func runCheck(_ context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	return reportCheck(env, reqs)
+	return reportCheck(env, append(reqs, checkDataModes(*dataDir)))
+}
+
+// privateTrees are the directories of the data directory that hold files
+// owned by container ids or extracted from images (setuid binaries and
+// file capabilities included): no host user but root (and, for
+// sandbox/runs, the mapped root) may reach anything in them.
+var privateTrees = []string{
+	"images/rootfs", "images/tmp", "builders/b", "builders/tmp",
+	"sandbox/runs", "sandbox/kept", "build/runs", "pacman-cache",
+}
+
+// checkDataModes reports the private trees of dataDir that exist and that
+// every host user can reach (each directory from / down to them has o+x).
+func checkDataModes(dataDir string) sandbox.Requirement {
+	var open []string
+	for _, rel := range privateTrees {
+		p := filepath.Join(dataDir, rel)
+		if _, err := os.Lstat(p); err == nil && reachableByAll(p) {
+			open = append(open, p)
+		}
+	}
+	if len(open) > 0 {
+		return sandbox.Requirement{Name: "data dir modes", Detail: "reachable by every host user (make them 0700, or restart the agent, which does): " + strings.Join(open, ", ")}
+	}
+	return sandbox.Requirement{Name: "data dir modes", OK: true, Detail: "files of builds and images in " + dataDir + " are out of reach of host users"}
+}
+
+// reachableByAll tells whether others may search every directory from /
+// to p, p included.
+func reachableByAll(p string) bool {
+	for q := p; ; q = filepath.Dir(q) {
+		fi, err := os.Stat(q)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return false
+		}
+		if q == "/" || q == "." {
+			return true
+		}
+	}
 }
 
 // reportCheck prints one line per requirement and fails, naming them, when

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 func TestCheckReportsMissing(t *testing.T) {
@@ -62,5 +65,33 @@ func TestCheckProbeError(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := run1([]string{"check"}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "boom") {
 		t.Errorf("exit %d stderr %q", code, stderr.String())
+	}
+}
+
+// TestCheckDataModes: a tree of the data directory holding files of builds
+// or images is reported when every host user can reach it, and not when a
+// directory on the way is closed to them.
+func TestCheckDataModes(t *testing.T) {
+	base := sandboxtest.Dir(t) // o+x up to /
+	data := filepath.Join(base, "data")
+	for _, d := range []string{"sandbox/runs", "images/rootfs", "pacman-cache/pkg"} {
+		if err := os.MkdirAll(filepath.Join(data, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !reachableByAll(base) {
+		t.Fatalf("%s is not reachable by others", base)
+	}
+	r := checkDataModes(data)
+	if r.OK || !strings.Contains(r.Detail, filepath.Join(data, "sandbox/runs")) || !strings.Contains(r.Detail, filepath.Join(data, "images/rootfs")) {
+		t.Errorf("open trees: %+v", r)
+	}
+	for _, d := range []string{"sandbox/runs", "images", "pacman-cache"} {
+		if err := os.Chmod(filepath.Join(data, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := checkDataModes(data); !r.OK {
+		t.Errorf("closed trees: %+v", r)
 	}
 }

@@ -60,12 +60,19 @@ type Config struct {
 	Mirrors        []string     `yaml:"mirrors"`
 	PacmanRepos    []PacmanRepo `yaml:"pacman_repos"`
 	Registries     Registries   `yaml:"registries"`
+
+	// Warnings are what LoadConfig found suspicious but valid (secrets
+	// readable by other users), for the caller to log.
+	Warnings []string `yaml:"-" json:"-"`
 }
 
 // IDRange is the host id range mapped into build user namespaces.
 type IDRange struct {
 	Base uint32 `yaml:"base"`
 	Size uint32 `yaml:"size"`
+	// AllowConflicts lets `vagent run` start although host users, groups
+	// or subordinate id entries use ids of the range.
+	AllowConflicts bool `yaml:"allow_conflicts"`
 }
 
 // BuildLimits are the cgroup limits of one build.
@@ -75,6 +82,8 @@ type BuildLimits struct {
 	Pids       int64   `yaml:"pids"`
 	CPUs       float64 `yaml:"cpus"`
 	CPUWeight  uint64  `yaml:"cpu_weight"`
+	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
+	Tmp Size `yaml:"tmp"`
 }
 
 // PacmanCache is the package cache shared by builds.
@@ -123,7 +132,7 @@ func defaultConfig() Config {
 		Fsync:                 true,
 		MaxLogSize:            64 << 20,
 		IDRange:               IDRange{Base: 100000, Size: 65536},
-		BuildLimits:           BuildLimits{Pids: 4096},
+		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize},
 		PacmanCache:           PacmanCache{Enabled: true},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
@@ -318,10 +327,11 @@ func (e *configError) Error() string {
 
 // loader decodes a configuration and remembers where each key was set.
 type loader struct {
-	file  string
-	where map[string]string // key path → "file:line" or env var
-	nodes int
-	errs  []error
+	file     string
+	where    map[string]string // key path → "file:line" or env var
+	nodes    int
+	errs     []error
+	warnings []string
 }
 
 // maxErrors bounds the errors reported at once.
@@ -354,7 +364,47 @@ func LoadConfig(path string, getenv func(string) string) (*Config, error) {
 	if path == "" {
 		name = "environment"
 	}
-	return parseConfig(name, data, getenv)
+	c, err := parseConfig(name, data, getenv)
+	if err != nil {
+		return nil, err
+	}
+	if path != "" {
+		c.Warnings = append(c.Warnings, secretModeWarnings(path)...)
+	}
+	if c.Registries.DockerConfig != "" {
+		c.Warnings = append(c.Warnings, secretModeWarnings(c.Registries.DockerConfig)...)
+	}
+	for _, cr := range c.Registries.Credentials {
+		if cr.PasswordFile != "" {
+			c.Warnings = append(c.Warnings, secretModeWarnings(cr.PasswordFile)...)
+		}
+	}
+	return c, nil
+}
+
+// secretModeWarnings warns about files holding secrets (the configuration,
+// *_FILE secrets) that other users may read.
+func secretModeWarnings(paths ...string) []string {
+	var out []string
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err == nil && fi.Mode().Perm()&0o044 != 0 {
+			out = append(out, fmt.Sprintf("%s is readable by group or others (mode %04o): it may hold secrets, make it 0600", p, fi.Mode().Perm()))
+		}
+	}
+	return out
+}
+
+// checkIDRange refuses an id range that host users, groups or subordinate
+// id entries use (conflicts, from sandbox.IDConflicts) unless
+// id_range.allow_conflicts is set.
+func (c *Config) checkIDRange(conflicts []string) error {
+	if len(conflicts) == 0 || c.IDRange.AllowConflicts {
+		return nil
+	}
+	end := uint64(c.IDRange.Base) + uint64(c.IDRange.Size) - 1
+	return &configError{where: "id_range", msg: fmt.Sprintf("host ids %d-%d are in use: %s; choose another id_range.base, or set id_range.allow_conflicts: true to accept it",
+		c.IDRange.Base, end, strings.Join(conflicts, ", "))}
 }
 
 // parseConfig parses data (the contents of file) with the overrides of
@@ -390,6 +440,7 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 		sort.SliceStable(l.errs, func(i, j int) bool { return errLine(l.errs[i]) < errLine(l.errs[j]) })
 		return nil, errors.Join(l.errs...)
 	}
+	c.Warnings = l.warnings
 	return &c, nil
 }
 
@@ -604,6 +655,7 @@ func (l *loader) env(v reflect.Value, path string, getenv func(string) string) {
 				l.fail(ev+"_FILE", "", "%v", err)
 				continue
 			}
+			l.warnings = append(l.warnings, secretModeWarnings(fromFile)...)
 			val, ev = strings.TrimRight(string(b), "\r\n"), ev+"_FILE"
 			if val == "" {
 				l.fail(ev, "", "%s is empty", fromFile)
@@ -712,6 +764,7 @@ func (l *loader) validate(c *Config) {
 	check(bl.Pids >= 0, "build_limits.pids", "must be ≥ 0 (0: no limit), got %d", bl.Pids)
 	check(bl.CPUs >= 0 && !math.IsNaN(bl.CPUs) && !math.IsInf(bl.CPUs, 0) && bl.CPUs <= 1<<16, "build_limits.cpus", "must be a number of CPUs ≥ 0 (0: no limit), got %v", bl.CPUs)
 	check(bl.CPUWeight <= 10000, "build_limits.cpu_weight", "must be 1–10000 or 0 (the default weight), got %d", bl.CPUWeight)
+	check(bl.Tmp >= 1<<20, "build_limits.tmp", "must be a size of at least 1MiB, got %v", bl.Tmp)
 	check(c.PacmanCache.Dir == "" || filepath.IsAbs(c.PacmanCache.Dir), "pacman_cache.dir", "must be an absolute path, got %q", excerptValue(c.PacmanCache.Dir))
 	for i, p := range c.BuilderPkgs {
 		check(pkgRE.MatchString(p), fmt.Sprintf("builder_packages[%d]", i), "not a package name: %q", excerptValue(p))
@@ -841,7 +894,7 @@ func (c *Config) Limits() sandbox.Limits {
 
 // SandboxOptions returns the sandbox options of the configuration.
 func (c *Config) SandboxOptions() []sandbox.Option {
-	return []sandbox.Option{sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size), sandbox.WithDefaultLimits(c.Limits())}
+	return []sandbox.Option{sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size), sandbox.WithDefaultLimits(c.Limits()), sandbox.WithTmpSize(int64(c.BuildLimits.Tmp))}
 }
 
 // BuilderOptions returns the builder-image options of the configuration.

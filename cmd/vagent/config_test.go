@@ -61,8 +61,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"shutdown_grace", c.ShutdownGrace.D(), 5 * time.Minute},
 		{"fsync", c.Fsync, true},
 		{"max_log_size", c.MaxLogSize, Size(64 << 20)},
-		{"id_range", c.IDRange, IDRange{100000, 65536}},
-		{"build_limits", c.BuildLimits, BuildLimits{Pids: 4096}},
+		{"id_range", c.IDRange, IDRange{Base: 100000, Size: 65536}},
+		{"build_limits", c.BuildLimits, BuildLimits{Pids: 4096, Tmp: 1 << 30}},
 		{"pacman cache", c.PacmanCacheDir(), "/var/lib/vagent/pacman-cache"},
 		{"builder_packages", c.BuilderPkgs, []string{"base-devel", "git"}},
 	}
@@ -110,9 +110,9 @@ func TestConfigKeys(t *testing.T) {
 		{"upload_timeout: 1h", func(c *Config) any { return c.UploadTimeout.D() }, time.Hour},
 		{"fsync: false", func(c *Config) any { return c.Fsync }, false},
 		{"max_log_size: 1MiB", func(c *Config) any { return c.MaxLogSize }, Size(1 << 20)},
-		{"id_range: {base: 200000, size: 131072}", func(c *Config) any { return c.IDRange }, IDRange{200000, 131072}},
-		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50",
-			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50}},
+		{"id_range: {base: 200000, size: 131072}", func(c *Config) any { return c.IDRange }, IDRange{Base: 200000, Size: 131072}},
+		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50\n  tmp: 256M",
+			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20}},
 		{"build_limits: {memory: 512M, memory_swap: -1}", func(c *Config) any { return c.Limits().MemorySwap }, int64(-1)},
 		{"build_limits: {memory: 2GB}", func(c *Config) any { return c.Limits().Memory }, int64(2e9)},
 		{"build_limits: {memory: 1.5GiB}", func(c *Config) any { return c.Limits().Memory }, int64(3 << 29)},
@@ -307,11 +307,13 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_MAX_LOG_SIZE":             "2MiB",
 		"VIETER_ID_RANGE_BASE":            "300000",
 		"VIETER_ID_RANGE_SIZE":            "65536",
+		"VIETER_ID_RANGE_ALLOW_CONFLICTS": "true",
 		"VIETER_BUILD_LIMITS_MEMORY":      "8GiB",
 		"VIETER_BUILD_LIMITS_MEMORY_SWAP": "-1",
 		"VIETER_BUILD_LIMITS_PIDS":        "100",
 		"VIETER_BUILD_LIMITS_CPUS":        "2",
 		"VIETER_BUILD_LIMITS_CPU_WEIGHT":  "200",
+		"VIETER_BUILD_LIMITS_TMP":         "64MiB",
 		"VIETER_PACMAN_CACHE_ENABLED":     "true",
 		"VIETER_PACMAN_CACHE_DIR":         "/pc",
 		"VIETER_BUILDER_PACKAGES":         "base-devel, git,cmake",
@@ -331,8 +333,8 @@ func TestConfigEnv(t *testing.T) {
 		PollingFrequency: Duration(5 * time.Second), ImageRebuildFrequency: Duration(30 * time.Minute), LogLevel: "INFO",
 		LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
-		UploadTimeout: Duration(20 * time.Minute), Fsync: false, MaxLogSize: 2 << 20, IDRange: IDRange{300000, 65536},
-		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200},
+		UploadTimeout: Duration(20 * time.Minute), Fsync: false, MaxLogSize: 2 << 20, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
+		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20},
 		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc"}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		Mirrors:    []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
 		Registries: Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
@@ -571,4 +573,64 @@ func FuzzConfig(f *testing.F) {
 			t.Errorf("String shows the key %q", k)
 		}
 	})
+}
+
+// TestIDRangeConflicts: `vagent run` refuses an id range that host users
+// or subordinate id entries use, unless id_range.allow_conflicts says so.
+func TestIDRangeConflicts(t *testing.T) {
+	c, err := parseConfig("agent.yaml", []byte("address: https://vieter.example\napi_key: k\n"), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.checkIDRange(nil); err != nil {
+		t.Errorf("no conflicts: %v", err)
+	}
+	err = c.checkIDRange([]string{"/etc/subuid alice:100000:65536"})
+	if err == nil || !strings.Contains(err.Error(), "alice") || !strings.Contains(err.Error(), "allow_conflicts") {
+		t.Errorf("conflict: %v", err)
+	}
+	c.IDRange.AllowConflicts = true
+	if err := c.checkIDRange([]string{"/etc/subuid alice:100000:65536"}); err != nil {
+		t.Errorf("allowed conflict: %v", err)
+	}
+}
+
+// TestSecretModeWarnings: a configuration file or a *_FILE secret that
+// others may read is warned about; a 0600 one is not.
+func TestSecretModeWarnings(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "agent.yaml")
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(conf, []byte("address: https://vieter.example\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, []byte("k\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	getenv := func(k string) string {
+		if k == "VIETER_API_KEY_FILE" {
+			return key
+		}
+		return ""
+	}
+	for _, p := range []string{conf, key} {
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := LoadConfig(conf, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := strings.Join(c.Warnings, "\n"); !strings.Contains(w, conf+" is readable") || !strings.Contains(w, key+" is readable") {
+		t.Errorf("warnings:\n%s", w)
+	}
+	for _, p := range []string{conf, key} {
+		if err := os.Chmod(p, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c, err = LoadConfig(conf, getenv); err != nil || len(c.Warnings) > 0 {
+		t.Errorf("0600 files: %v %v", c.Warnings, err)
+	}
 }

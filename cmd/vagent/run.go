@@ -60,6 +60,9 @@ func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
 	defer closeLog()
 	log := env.log
 	log.WithField("config", cfg).Debug("configuration loaded")
+	for _, w := range cfg.Warnings {
+		log.Warn(w)
+	}
 
 	// The first signal cancels ctx (a graceful stop), the second cancels
 	// running builds, the third exits at once.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/vieter-v/vagent/build"
@@ -47,6 +49,15 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	// Builds run untrusted PKGBUILDs: a binary without seccomp support
 	// refuses to run them (sandbox.ErrNoSeccomp) rather than run them with
 	// less isolation; `make build` links libseccomp in.
+	if os.Geteuid() == 0 {
+		conflicts := sandbox.IDConflicts(cfg.IDRange.Base, cfg.IDRange.Size)
+		if err := cfg.checkIDRange(conflicts); err != nil {
+			return nil, nil, &exitError{code: exitConfig, err: err}
+		}
+		if len(conflicts) > 0 {
+			deps.log.WithField("conflicts", strings.Join(conflicts, ", ")).Warn("id_range overlaps host ids in use (allowed by id_range.allow_conflicts)")
+		}
+	}
 	sb, err := sandbox.New(filepath.Join(cfg.DataDir, "sandbox"),
 		append(cfg.SandboxOptions(), sandbox.WithLogger(deps.log), sandbox.WithSeccomp(true))...)
 	if err != nil {

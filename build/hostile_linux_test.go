@@ -1,0 +1,526 @@
+package build_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+)
+
+// The hostile-build suite: each subtest is a PKGBUILD that attacks the host
+// through the real agent and sandbox, and asserts what the host looks like
+// afterwards (files, modes, owners, the agent's memory and liveness), not
+// only how the build ended. See docs/security.md.
+
+// hostileScript returns a PKGBUILD whose build() runs script.
+func hostileScript(name, script string, extra ...string) string {
+	return strings.Replace(pkgbuild(name, "1", "1", extra...), `build() { echo "building $pkgname"; }`, "build() {\n"+script+"\n}", 1)
+}
+
+// token returns a random name part, so that a test never finds what an
+// earlier run left.
+func token(t testing.TB) string {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// reachableByNobody tells whether the unprivileged host user 65534 can
+// stat path: it runs stat under setpriv, as that user with no groups.
+func reachableByNobody(t testing.TB, path string) bool {
+	t.Helper()
+	setpriv := testkit.RequireTool(t, "setpriv", "util-linux")
+	out, err := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--", "stat", "--", path).CombinedOutput()
+	if err == nil {
+		return true
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || !strings.Contains(string(out), "Permission denied") {
+		t.Fatalf("stat %s as nobody: %v: %s", path, err, out)
+	}
+	return false
+}
+
+// privileged lists the regular files below root that could give a host
+// user privileges: setuid or setgid, or with a security.capability xattr.
+func privileged(root string) []string {
+	var found []string
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		sz, _ := unix.Lgetxattr(p, "security.capability", nil)
+		if fi.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 || sz > 0 {
+			found = append(found, p)
+		}
+		return nil
+	})
+	return found
+}
+
+// assertNoHostUsable fails t for every privileged file below the roots that
+// host user 65534 can reach; it returns how many privileged files it saw.
+func assertNoHostUsable(t *testing.T, roots ...string) int {
+	t.Helper()
+	n := 0
+	for _, root := range roots {
+		for _, p := range privileged(root) {
+			n++
+			if reachableByNobody(t, p) {
+				fi, _ := os.Lstat(p)
+				st := fi.Sys().(*syscall.Stat_t)
+				t.Errorf("%s (%v, %d:%d) is privileged and reachable by every host user", p, fi.Mode(), st.Uid, st.Gid)
+			}
+		}
+	}
+	return n
+}
+
+// capsTar is a tar of one file carrying a file capability (cap_setuid+ep),
+// which bsdtar restores as root.
+func capsTar(t testing.TB) []byte {
+	t.Helper()
+	var capData [20]byte
+	binary.LittleEndian.PutUint32(capData[0:], 0x02000000|0x1) // VFS_CAP_REVISION_2 | effective
+	binary.LittleEndian.PutUint32(capData[4:], 1<<7)           // CAP_SETUID permitted
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	body := []byte("#!/bin/sh\nid\n")
+	if err := tw.WriteHeader(&tar.Header{
+		Name: "hostile-caps", Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg, Format: tar.FormatPAX,
+		PAXRecords: map[string]string{"SCHILY.xattr.security.capability": string(capData[:])},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// logWatch is a build log that signals when a string appeared in it.
+type logWatch struct {
+	sandboxtest.Buffer
+	mu   sync.Mutex
+	tail string
+	want string
+	seen chan struct{}
+	once sync.Once
+}
+
+func newLogWatch(want string) *logWatch {
+	return &logWatch{want: want, seen: make(chan struct{})}
+}
+
+func (w *logWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	s := w.tail + string(p)
+	if strings.Contains(s, w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	if len(s) > len(w.want) {
+		s = s[len(s)-len(w.want):]
+	}
+	w.tail = s
+	w.mu.Unlock()
+	return w.Buffer.Write(p)
+}
+
+func TestHostileBuilds(t *testing.T) {
+	e := setup(t)
+
+	// Every writable mount of a build holds setuid root, setgid and file
+	// capability binaries afterwards: none is reachable by a host user,
+	// and those in the shared cache are owned by the mapped ids, not root.
+	t.Run("setuid files in every writable mount", func(t *testing.T) {
+		t.Parallel()
+		caps := capsTar(t)
+		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(caps) }))
+		defer ts.Close()
+		script := `	curl -sSf -o /tmp/caps.tar ` + ts.URL + `/caps.tar || return 1
+	for d in /var/cache/pacman/pkg /build /tmp /; do
+		sudo cp /bin/bash "$d/hostile-suid" && sudo chmod 4755 "$d/hostile-suid" || return 1
+		sudo cp /bin/bash "$d/hostile-sgid" && sudo chown 1000:1000 "$d/hostile-sgid" && sudo chmod 6755 "$d/hostile-sgid" || return 1
+		sudo bsdtar -xpf /tmp/caps.tar -C "$d" || return 1
+		echo "planted in $d"
+	done
+	sudo ls -ln /var/cache/pacman/pkg`
+		var upperSeen atomic.Int32
+		var upperErrs []string
+		dir := filepath.Join(sandboxtest.Dir(t), "build")
+		b, err := build.New(e.sb, e.images, dir, build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"),
+			build.WithUpperHook(func(upper string) {
+				for _, p := range privileged(upper) {
+					upperSeen.Add(1)
+					if reachableByNobody(t, p) {
+						upperErrs = append(upperErrs, p)
+					}
+				}
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, log := runJob(t, b, poll.Job{TargetID: 50, Kind: "url", URL: serveFile(t, hostileScript("suid", script)), Repo: newRepo(), BaseImage: e.base})
+		wantStatus(t, r, log, poll.ResultSuccess, 0)
+		if !strings.Contains(log, "planted in /var/cache/pacman/pkg") || !strings.Contains(log, "planted in /\n") {
+			t.Fatalf("the attack did not run:\n%s", log)
+		}
+		if upperSeen.Load() < 6 || len(upperErrs) > 0 {
+			t.Errorf("upper: %d privileged files, reachable by nobody: %v", upperSeen.Load(), upperErrs)
+		}
+		cache := build.CacheDir(b)
+		for _, name := range []string{"hostile-suid", "hostile-sgid", "hostile-caps"} {
+			fi, err := os.Lstat(filepath.Join(cache, name))
+			if err != nil {
+				t.Fatalf("the planted file is not in the cache: %v", err)
+			}
+			st := fi.Sys().(*syscall.Stat_t)
+			if st.Uid < 100000 || st.Uid >= 165536 || st.Gid < 100000 || st.Gid >= 165536 {
+				t.Errorf("cache/%s is owned by %d:%d, outside the mapped range", name, st.Uid, st.Gid)
+			}
+		}
+		// The whole of this build's state and of the sandbox's.
+		if n := assertNoHostUsable(t, dir, filepath.Join(e.dir, "sandbox")); n < 3 {
+			t.Errorf("found %d privileged files in the cache, want the 3 planted: is the walk blind?", n)
+		}
+		// The check itself can see a reachable privileged file.
+		if su, err := exec.LookPath("su"); err == nil && !reachableByNobody(t, su) {
+			t.Errorf("the reachability check cannot reach %s", su)
+		}
+	})
+
+	// The agent opens the cache lock at start. A build replaces it by a
+	// symbolic link to a host path or by a FIFO: the next start neither
+	// creates the link's target as root nor blocks, and restores the lock.
+	for _, plant := range []string{"symlink", "fifo"} {
+		t.Run("cache lock "+plant, func(t *testing.T) {
+			t.Parallel()
+			target := "/etc/vagent-hostile-" + token(t)
+			t.Cleanup(func() { os.Remove(target) })
+			cmd := `sudo ln -s ` + target + ` /var/cache/pacman/pkg/.vagent.lock`
+			if plant == "fifo" {
+				cmd = `sudo mkfifo -m 666 /var/cache/pacman/pkg/.vagent.lock`
+			}
+			script := "\tsudo rm -f /var/cache/pacman/pkg/.vagent.lock || return 1\n\t" + cmd + " || return 1\n\techo planted"
+			dir := filepath.Join(sandboxtest.Dir(t), "build")
+			b, err := build.New(e.sb, e.images, dir, build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, log := runJob(t, b, poll.Job{TargetID: 51, Kind: "url", URL: serveFile(t, hostileScript("lock"+plant, script)), Repo: newRepo(), BaseImage: e.base})
+			wantStatus(t, r, log, poll.ResultSuccess, 0)
+			lock := filepath.Join(build.CacheDir(b), ".vagent.lock")
+			if fi, err := os.Lstat(lock); err != nil || fi.Mode().IsRegular() {
+				t.Fatalf("the build did not replace the lock: %v, %v", fi, err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := build.New(e.sb, e.images, dir)
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("restart: %v", err)
+				}
+			case <-time.After(time.Minute):
+				t.Fatal("restart blocked on the planted lock")
+			}
+			if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("the agent created %s: %v", target, err)
+			}
+			if fi, err := os.Lstat(lock); err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("lock after restart: %v, %v", fi, err)
+			}
+		})
+	}
+
+	// 256 MiB without a line break into the srcinfo FIFO while the
+	// PKGBUILD is read: the build fails, the agent's heap stays bounded.
+	t.Run("srcinfo FIFO flood", func(t *testing.T) {
+		t.Parallel()
+		flood := `if [[ ! -e /tmp/flooded ]]; then : >/tmp/flooded; head -c 268435456 /dev/zero | tr '\0' A >/run/vagent/srcinfo; echo "flood written"; fi`
+		b := newBuilder(t, e)
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		base := ms.HeapInuse
+		var peak atomic.Uint64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > peak.Load() {
+					peak.Store(ms.HeapInuse)
+				}
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+		r, log := runJob(t, b, poll.Job{TargetID: 52, Kind: "url", URL: serveFile(t, pkgbuild("flood", "1", "1", flood)), Repo: newRepo(), BaseImage: e.base})
+		close(stop)
+		<-sampled
+		if !strings.Contains(log, "flood written") {
+			t.Fatalf("the flood was not written:\n%s", log)
+		}
+		if r.Status != poll.ResultFailure || !strings.Contains(log, "unreadable .SRCINFO") {
+			t.Errorf("status %s (%s), want a failure for an unreadable .SRCINFO:\n%s", r.Status, r.Reason, log)
+		}
+		grew := int64(peak.Load()) - int64(base)
+		t.Logf("agent heap in use: %d MiB before, peak %d MiB during a 256 MiB flood", base>>20, peak.Load()>>20)
+		if grew > 64<<20 {
+			t.Errorf("the agent's heap grew by %d MiB during a 256 MiB flood", grew>>20)
+		}
+	})
+
+	// Links and FIFOs among the packages, and PKGDEST itself replaced by
+	// a link to a host directory: the agent publishes the real package
+	// only, or nothing, never a host file, and does not block.
+	t.Run("package file links and FIFOs", func(t *testing.T) {
+		t.Parallel()
+		script := `	ln -s /etc/shadow /build/out/shadow-1-1-any.pkg.tar.zst || return 1
+	mkfifo /build/out/fifo-1-1-any.pkg.tar.zst || return 1
+	mkdir /build/out/dir-1-1-any.pkg.tar.zst || return 1
+	echo planted`
+		repo := newRepo()
+		r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 53, Kind: "url", URL: serveFile(t, hostileScript("links", script)), Repo: repo, BaseImage: e.base})
+		wantStatus(t, r, log, poll.ResultSuccess, 0)
+		if !strings.Contains(log, "planted") {
+			t.Fatalf("the attack did not run:\n%s", log)
+		}
+		if len(r.Packages) != 1 || r.Packages[0] != "links-1-1-any.pkg.tar.zst" {
+			t.Errorf("published %v, want only the real package", r.Packages)
+		}
+		if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 1 || pkgs[0].Info.Name != "links" {
+			t.Errorf("repository has %+v", pkgs)
+		}
+	})
+	t.Run("PKGDEST a link to a host directory", func(t *testing.T) {
+		t.Parallel()
+		hostDir := t.TempDir()
+		script := `	rm -rf /build/out && ln -s ` + hostDir + ` /build/out || return 1
+	mkdir -p ` + hostDir + ` && echo planted`
+		repo := newRepo()
+		r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 54, Kind: "url", URL: serveFile(t, hostileScript("pkgdest", script)), Repo: repo, BaseImage: e.base})
+		if !strings.Contains(log, "planted") {
+			t.Fatalf("the attack did not run:\n%s", log)
+		}
+		wantStatus(t, r, log, poll.ResultFailure, build.ExitPublish)
+		if !strings.Contains(r.Reason, "/build/out") {
+			t.Errorf("reason %q does not name /build/out", r.Reason)
+		}
+		if n := len(e.srv.Packages(repo, "x86_64")); n != 0 {
+			t.Errorf("%d packages published through a link", n)
+		}
+		if ents, _ := os.ReadDir(hostDir); len(ents) > 0 {
+			t.Errorf("the build wrote into the host directory: %v", ents)
+		}
+	})
+
+	// A fork bomb under the pids limit: the host can still start
+	// processes and serve, and the build is stopped.
+	t.Run("fork bomb", func(t *testing.T) {
+		t.Parallel()
+		script := `	echo "bomb armed"
+	bomb() { bomb | bomb & }
+	while :; do bomb; done`
+		b := newBuilder(t, e, build.WithLimits(sandbox.Limits{Pids: 128}))
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		w := newLogWatch("Resource temporarily unavailable")
+		type result struct{ r *build.Result }
+		done := make(chan result, 1)
+		go func() {
+			done <- result{b.Build(ctx, poll.Job{TargetID: 55, Kind: "url", URL: serveFile(t, hostileScript("bomb", script)), Repo: newRepo(), BaseImage: e.base, Timeout: 600}, w)}
+		}()
+		select {
+		case <-w.seen:
+		case res := <-done:
+			t.Fatalf("the build ended before the pids limit was hit: %s\n%s", res.r.Reason, w.String())
+		}
+		start := time.Now()
+		if out, err := exec.Command("sh", "-c", "for i in 1 2 3 4 5 6 7 8; do /bin/true & done; wait; echo ok").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "ok" {
+			t.Errorf("the host cannot start processes during the bomb: %v %s", err, out)
+		}
+		resp, err := http.Get(e.ts.URL + "/health")
+		if err == nil {
+			resp.Body.Close()
+		} else {
+			t.Errorf("the test server does not answer during the bomb: %v", err)
+		}
+		t.Logf("host processes and a request took %s during the bomb", time.Since(start).Round(time.Millisecond))
+		cancel()
+		res := <-done
+		if res.r.Status != poll.ResultCancelled {
+			t.Errorf("status %s (%s), want cancelled", res.r.Status, res.r.Reason)
+		}
+	})
+
+	// Filling /tmp: ENOSPC at the configured size; nothing is left.
+	t.Run("filling /tmp", func(t *testing.T) {
+		t.Parallel()
+		data := sandboxtest.Dir(t)
+		sb, err := sandbox.New(filepath.Join(data, "sandbox"), sandbox.WithSeccomp(sandbox.SeccompSupported), sandbox.WithTmpSize(16<<20))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Close()
+		b, err := build.New(sb, e.images, filepath.Join(data, "build"), build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := `	dd if=/dev/zero of=/tmp/fill bs=1M count=64 2>&1 | grep -o 'No space left on device' | head -1
+	echo "tmp file size $(stat -c %s /tmp/fill)"`
+		r, log := runJob(t, b, poll.Job{TargetID: 56, Kind: "url", URL: serveFile(t, hostileScript("filltmp", script)), Repo: newRepo(), BaseImage: e.base})
+		wantStatus(t, r, log, poll.ResultSuccess, 0)
+		var size int64 = -1
+		if i := strings.Index(log, "tmp file size "); i >= 0 {
+			fmt.Sscan(log[i+len("tmp file size "):], &size)
+		}
+		if !strings.Contains(log, "No space left on device") || size < 0 || size > 16<<20 {
+			t.Errorf("/tmp was not limited to 16 MiB (file of %d bytes):\n%s", size, log)
+		}
+		for _, d := range []string{"runs", "kept"} {
+			if ents, err := os.ReadDir(filepath.Join(data, "sandbox", d)); err != nil || len(ents) > 0 {
+				t.Errorf("sandbox/%s after the build: %v %v", d, ents, err)
+			}
+		}
+	})
+
+	// Two builds at once: the second searches its whole filesystem (and
+	// every /proc/N/root it sees) for what the first one wrote while the
+	// first one is still running.
+	t.Run("another slot's upper", func(t *testing.T) {
+		t.Parallel()
+		mark := "vagent-marker-" + token(t)
+		aReady, bDone := make(chan struct{}), make(chan struct{})
+		var aOnce, bOnce sync.Once
+		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch r.URL.Path {
+			case "/a-ready":
+				aOnce.Do(func() { close(aReady) })
+			case "/b-done":
+				bOnce.Do(func() { close(bDone) })
+			case "/wait-a":
+				<-aReady
+			case "/wait-b":
+				<-bDone
+			}
+		}))
+		defer ts.Close()
+		defer bOnce.Do(func() { close(bDone) })
+		defer aOnce.Do(func() { close(aReady) })
+		scriptA := `	echo secret >/build/` + mark + ` && sudo sh -c 'echo secret >/etc/` + mark + `; echo secret >/tmp/` + mark + `' || return 1
+	curl -sSf ` + ts.URL + `/a-ready && curl -sSf --max-time 300 ` + ts.URL + `/wait-b || return 1`
+		scriptB := `	curl -sSf --max-time 300 ` + ts.URL + `/wait-a || return 1
+	sudo find / -xdev -name '` + mark + `' 2>/dev/null | sed 's/^/FOUND /'
+	sudo find /proc/[0-9]*/root/ -maxdepth 3 -name '` + mark + `' 2>/dev/null | sed 's/^/FOUND /'
+	echo "search done"
+	curl -sSf ` + ts.URL + `/b-done`
+		var inUpper atomic.Int32
+		b := newBuilder(t, e, build.WithUpperHook(func(dir string) {
+			if _, err := os.Lstat(filepath.Join(dir, "build", mark)); err == nil {
+				inUpper.Add(1)
+			}
+		}))
+		var wg sync.WaitGroup
+		logs := make([]string, 2)
+		for i, script := range []string{scriptA, scriptB} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, log := runJob(t, b, poll.Job{TargetID: 57 + i, Kind: "url", URL: serveFile(t, hostileScript("slot"+string(rune('a'+i)), script)), Repo: newRepo(), BaseImage: e.base})
+				logs[i] = log
+				if r.Status != poll.ResultSuccess {
+					t.Errorf("build %d: %s\n%s", i, r.Reason, log)
+				}
+			}()
+		}
+		wg.Wait()
+		if !strings.Contains(logs[1], "search done") {
+			t.Fatalf("the search did not run:\n%s", logs[1])
+		}
+		if strings.Contains(logs[1], "FOUND") {
+			t.Errorf("the second build saw the first one's files:\n%s", logs[1])
+		}
+		if inUpper.Load() != 1 {
+			t.Errorf("the marker was in %d uppers, want the first build's only", inUpper.Load())
+		}
+	})
+
+	// Writes through /proc: read-only /proc/sys, no sysrq; the host's
+	// value is unchanged. io_uring is refused by seccomp.
+	t.Run("proc writes and io_uring", func(t *testing.T) {
+		t.Parallel()
+		before, err := os.ReadFile("/proc/sys/vm/swappiness")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.WriteFile("/proc/sys/vm/swappiness", before, 0o644) })
+		script := `	for f in /proc/sys/vm/swappiness /proc/sysrq-trigger /proc/sys/vm/drop_caches /proc/sys/kernel/core_pattern; do
+		if sudo sh -c "echo 1 >$f" 2>/dev/null; then echo "WROTE $f"; else echo "refused $f"; fi
+	done
+	perl -e 'my $p = "\0" x 120; my $r = syscall(425, 8, $p); print "io_uring_setup: $r ", ($r < 0 ? $! + 0 : 0), "\n"'
+	sudo perl -e 'my $p = "\0" x 120; my $r = syscall(425, 8, $p); print "root io_uring_setup: $r ", ($r < 0 ? $! + 0 : 0), "\n"'`
+		r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 59, Kind: "url", URL: serveFile(t, hostileScript("procw", script)), Repo: newRepo(), BaseImage: e.base})
+		wantStatus(t, r, log, poll.ResultSuccess, 0)
+		if strings.Contains(log, "WROTE") || !strings.Contains(log, "refused /proc/sys/vm/swappiness") {
+			t.Errorf("a /proc write went through:\n%s", log)
+		}
+		if after, _ := os.ReadFile("/proc/sys/vm/swappiness"); !bytes.Equal(before, after) {
+			t.Errorf("host swappiness changed from %s to %s", before, after)
+		}
+		// EPERM (1) from the filter when built with seccomp.
+		for _, who := range []string{"io_uring_setup", "root io_uring_setup"} {
+			want := who + ": -1 1\n"
+			if !sandbox.SeccompSupported {
+				continue
+			}
+			if !strings.Contains(log, want) {
+				t.Errorf("log lacks %q:\n%s", want, log)
+			}
+		}
+	})
+}
