@@ -79,8 +79,8 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		ReadonlyPaths: readonlyPaths,
 		Rlimits:       []configs.Rlimit{nofileRlimit()},
 		Cgroups: &cgroups.Cgroup{
-			Path:      path.Join("/", m.opts.cgroupParent, id),
-			Resources: resources(limits, m.cgroupV2, m.swapAccounting),
+			Path:      path.Join(m.cg.parent, id),
+			Resources: resources(limits, m.cg.v2, m.cg.swap),
 		},
 		Mounts: []*configs.Mount{
 			{Source: "proc", Destination: "/proc", Device: "proc", Flags: baseMountFlags},
