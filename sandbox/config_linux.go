@@ -132,6 +132,9 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 			if spec.ReadOnly && !isRegular(filepath.Join(spec.Lower, f)) {
 				continue // no mount point can be made
 			}
+			if !isRegular(f) {
+				continue // a host without it (a minimal VM or container)
+			}
 			c.Mounts = append(c.Mounts, &configs.Mount{
 				Source: f, Destination: f, Device: "bind",
 				Flags: unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC,

@@ -141,3 +141,70 @@ func fileExistsT(p string) bool {
 	_, err := os.Stat(filepath.Clean(p))
 	return err == nil
 }
+
+// TestLimitUnavailableRefused asks for each limit and expects it applied
+// when its controller is available to the agent (cgroup v2: listed in the
+// agent's cgroup.controllers; v1: its hierarchy mounted) and refused with
+// ErrLimitUnavailable, naming the controller, when not (the VM harness's
+// pids-only placement).
+func TestLimitUnavailableRefused(t *testing.T) {
+	avail := ownControllers(t)
+	e := newManager(t)
+	rootfs := sandboxtest.BusyboxRootfs(t)
+	for _, tt := range []struct {
+		ctrl   string
+		limits sandbox.Limits
+	}{
+		{"memory", sandbox.Limits{Memory: 64 << 20}},
+		{"pids", sandbox.Limits{Pids: 50}},
+		{"cpu", sandbox.Limits{CPUQuota: 0.5}},
+	} {
+		t.Run(tt.ctrl, func(t *testing.T) {
+			var out sandboxtest.Buffer
+			res, err := e.m.Run(t.Context(), sandbox.Spec{Lower: rootfs, Args: []string{"/bin/true"}, Env: pathEnv, Output: &out, Limits: &tt.limits})
+			if avail[tt.ctrl] {
+				if err != nil || res.ExitCode != 0 {
+					t.Fatalf("controller %s available: Run = %+v, %v", tt.ctrl, res, err)
+				}
+				return
+			}
+			if !errors.Is(err, sandbox.ErrLimitUnavailable) || !strings.Contains(err.Error(), `controller "`+tt.ctrl+`"`) {
+				t.Fatalf("controller %s not delegated: Run = %v, want ErrLimitUnavailable naming it", tt.ctrl, err)
+			}
+			t.Logf("refused: %v", err)
+		})
+	}
+}
+
+// ownControllers returns the controllers available in the test process's
+// cgroup v2 (its parent's when a Manager already moved it into its leaf).
+func ownControllers(t *testing.T) map[string]bool {
+	m := map[string]bool{}
+	if !cgroups.IsCgroup2UnifiedMode() {
+		for _, c := range []string{"memory", "pids", "cpu"} {
+			m[c] = fileExistsT(filepath.Join("/sys/fs/cgroup", c))
+		}
+		return m
+	}
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own string
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			own = p
+		}
+	}
+	if filepath.Base(own) == "vagent-agent" {
+		own = filepath.Dir(own)
+	}
+	c, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", own, "cgroup.controllers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(string(c)) {
+		m[f] = true
+	}
+	return m
+}
