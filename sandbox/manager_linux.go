@@ -84,6 +84,9 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	m.lock = lock
 	defer func() {
 		if retErr != nil {
+			if m.cg != nil && !m.rootless {
+				_ = removeCgroupParent(m.cg.parent) // fails while a leftover run is in it
+			}
 			m.release()
 		}
 	}()
