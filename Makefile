@@ -83,6 +83,8 @@ test-vm: build ## boot Debian 12 (cgroup v2) in QEMU: vagent check + sandbox tes
 	$(call install-debs,$(VM_PACKAGES))
 	@mkdir -p bin/vm
 	$(GO) test -c -tags '$(TAGS)' -o bin/vm/sandbox.test ./sandbox
+	$(GO) test -c -tags '$(TAGS)' -o bin/vm/vagent.test ./cmd/vagent
+	$(GO) run ./internal/testkit/cmd/testimages
 	contrib/vm/test-vm.sh
 
 # Fuzz targets as package:Target; their seed corpora run in every `make test`.

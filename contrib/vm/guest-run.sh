@@ -14,9 +14,17 @@ echo "cgroup: $(grep cgroup /proc/self/mountinfo)"
 echo "root controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 : > "$R/summary.txt"
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin CI=true
-VM_SANDBOX_RUN=.
+VM_SANDBOX_RUN=. VM_SANDBOX_SKIP=
 [ -f "$share/run.env" ] && . "$share/run.env"  # written by test-vm.sh
-export VM_SANDBOX_RUN
+export VM_SANDBOX_RUN VM_SANDBOX_SKIP
+
+# The host's test-image cache (the Arch-like image), when shared.
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 testimages /testimages 2>/dev/null; then
+	echo "test images: $(ls /testimages | tr '\n' ' ')"
+else
+	rmdir /testimages 2>/dev/null
+	echo "no test-image share: the real build is skipped"
+fi
 
 # A minbase root has no /etc/hosts; every host the agent runs on has one.
 [ -f /etc/hosts ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' > /etc/hosts
@@ -32,7 +40,7 @@ for p in systemd-delegate private-ns kubernetes-pod pids-only; do
 	Type=oneshot
 	TimeoutStartSec=infinity
 	Delegate=yes
-	Environment=PATH=$PATH CI=true VM_SANDBOX_RUN=$VM_SANDBOX_RUN
+	Environment=PATH=$PATH CI=true "VM_SANDBOX_RUN=$VM_SANDBOX_RUN" "VM_SANDBOX_SKIP=$VM_SANDBOX_SKIP"
 	ExecStart=/bin/sh $share/guest-placement.sh $p
 	StandardOutput=file:$R/$p.log
 	StandardError=inherit
