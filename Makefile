@@ -22,6 +22,8 @@ DEB_PACKAGES := \
 	pacman-package-manager makepkg fakeroot libarchive-tools zstd pigz xz-utils \
 	uidmap iproute2 procps
 BENCH_PACKAGES := podman
+# VM_PACKAGES boot the cgroup v2 VM of `make test-vm` (contrib/vm).
+VM_PACKAGES := qemu-system-x86 mmdebstrap e2fsprogs
 
 # install-debs installs, idempotently, the Debian packages named in $(1).
 define install-debs
@@ -35,7 +37,7 @@ endef
 
 export CGO_ENABLED := 1
 
-.PHONY: help deps bench-deps build check-static install test unit lint fuzz bench demo testimages clean
+.PHONY: help deps bench-deps build check-static install test unit lint fuzz bench demo testimages test-vm clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -78,6 +80,14 @@ unit: ## the tests alone, with the race detector; ends with the ten slowest test
 		| $(GO) run ./internal/testkit/cmd/testreport -slowest 10
 
 test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race
+
+test-vm: build ## boot Debian 12 (cgroup v2) in QEMU: vagent check + sandbox tests per agent placement (contrib/vm)
+	$(call install-debs,$(VM_PACKAGES))
+	@mkdir -p bin/vm
+	$(GO) test -c -tags '$(TAGS)' -o bin/vm/sandbox.test ./sandbox
+	$(GO) test -c -tags '$(TAGS)' -o bin/vm/vagent.test ./cmd/vagent
+	$(GO) run ./internal/testkit/cmd/testimages
+	contrib/vm/test-vm.sh
 
 # Fuzz targets as package:Target; their seed corpora run in every `make test`.
 FUZZ_TARGETS := ./oci:FuzzUnpack ./oci:FuzzUnpackTar ./vieter:FuzzClientAnswer ./poll:FuzzSpoolHeader \

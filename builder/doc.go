@@ -21,7 +21,10 @@
 //     downloaded again when its digest did not change);
 //  2. the setup script runs as root in a sandbox with the host network on
 //     an overlay of the base rootfs, and its output streams to the caller's
-//     log; it writes the configured mirror list and Pacman repositories,
+//     log; it makes the base fit for pacman (/etc/mtab, pacman's
+//     directories, /tmp modes, root's entries, a keyring when none is
+//     initialised: docs/build.md lists them), writes the configured mirror
+//     list and Pacman repositories,
 //     turns on DisableSandbox when the image's pacman knows it (pacman 7
 //     sandboxes its downloads in a way that fails in containers; the script
 //     asks pacman-conf rather than guessing by distribution), runs pacman

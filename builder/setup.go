@@ -45,6 +45,55 @@ else
 	say "pacman has no DisableSandbox option: nothing to turn off"
 fi
 
+# Make the base fit for pacman: images as they come (archlinux,
+# archlinuxarm, manjaro, artix and images trimmed from them) lack some of
+# what pacman and makepkg rely on. docs/build.md lists each item.
+say "checking the root filesystem for pacman"
+# pacman reads /etc/mtab (its disk-space check; without it every
+# transaction fails). Arch ships it as a symlink.
+if [ ! -e /etc/mtab ]; then
+	say "/etc/mtab missing: linking it to ../proc/self/mounts"
+	rm -f /etc/mtab
+	ln -s ../proc/self/mounts /etc/mtab
+fi
+# pacman's database, sync and cache directories (images trimmed with
+# rm -rf /var/lib/pacman/sync or /var/cache/pacman lose them).
+dbpath=$(pacman-conf DBPath 2>/dev/null || true)
+mkdir -p "${dbpath:-/var/lib/pacman/}local" "${dbpath:-/var/lib/pacman/}sync"
+cachedirs=$(pacman-conf CacheDir 2>/dev/null || true)
+for d in ${cachedirs:-/var/cache/pacman/pkg/}; do mkdir -p "$d"; done
+# Scratch directories world-writable and sticky (makepkg and its tools
+# write there as builder).
+for d in /tmp /var/tmp; do
+	mkdir -p "$d"
+	chmod 1777 "$d"
+done
+# root and its group: sudo, su and install scriptlets look them up.
+if ! grep -q '^root:' /etc/passwd 2>/dev/null; then
+	say "adding root to /etc/passwd"
+	printf 'root:x:0:0:root:/root:/bin/sh\n' >>/etc/passwd
+fi
+if ! grep -q '^root:' /etc/group 2>/dev/null; then
+	say "adding root to /etc/group"
+	printf 'root:x:0:root\n' >>/etc/group
+fi
+mkdir -p /root
+# A keyring: archlinuxarm's rootfs, and images that removed theirs, ship
+# the keyring packages' keys but no initialised /etc/pacman.d/gnupg, so
+# every signed package fails with "keyring is not writable". Initialise
+# and populate it from the installed keyrings (archlinux, archlinuxarm,
+# manjaro, artix...). Repositories with SigLevel Never or Optional do not
+# need it.
+if [ ! -s /etc/pacman.d/gnupg/pubring.gpg ] && [ ! -s /etc/pacman.d/gnupg/pubring.kbx ]; then
+	if ls /usr/share/pacman/keyrings/*.gpg >/dev/null 2>&1 && command -v pacman-key >/dev/null 2>&1; then
+		say "no pacman keyring: pacman-key --init; pacman-key --populate"
+		pacman-key --init
+		pacman-key --populate
+	else
+		say "no pacman keyring and no keyring package: only unsigned or SigLevel-Optional repositories work"
+	fi
+fi
+
 say "pacman -Syu --needed --noconfirm $*"
 pacman -Syu --needed --noconfirm --noprogressbar "$@"
 if [ -d /var/cache/pacman/pkg ]; then
@@ -110,7 +159,8 @@ func (o *options) recipe() string {
 
 // setupCommand describes the setup in the image history.
 func (o *options) setupCommand() string {
-	s := "pacman -Syu --needed --noconfirm " + strings.Join(o.packages, " ") +
+	s := "/etc/mtab, pacman directories, /tmp modes, root entries, keyring when missing; " +
+		"pacman -Syu --needed --noconfirm " + strings.Join(o.packages, " ") +
 		"; builder user and group 1000:1000 with password-less sudo; /build owned by builder"
 	if len(o.mirrors) > 0 {
 		s = "mirror list; " + s

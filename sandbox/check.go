@@ -34,6 +34,8 @@ type hostFacts struct {
 	dataDir        string
 	freeBytes      uint64
 	freeErr        error
+	limits         string // what a probe build container saw of its limits
+	limitsErr      error  // why a build with limits could not run
 }
 
 // minFreeBytes is the free space the data directory needs for builds.
@@ -60,7 +62,10 @@ func evaluate(f hostFacts) []Requirement {
 	if f.root {
 		add("privileges", true, "running as root")
 	} else {
-		add("privileges", true, "running as uid %d: rootless mode (one mapped id, no limits, read-only root filesystems only)", f.uid)
+		// What a build needs and rootless mode lacks (see ErrRootless).
+		add("privileges", false, "running as uid %d: builds need root — an overlay root filesystem, "+
+			"an id range for the build user and cgroup limits; as a non-root user only read-only "+
+			"sandboxes run as container root (rootless mode)", f.uid)
 	}
 
 	if f.userns != nil {
@@ -115,6 +120,14 @@ func evaluate(f hostFacts) []Requirement {
 				swap = "no swap accounting: memory limits only"
 			}
 			add("cgroups", true, "cgroup v%d with memory, pids, cpu (%s)", f.cgroupVersion, swap)
+		}
+	}
+
+	if f.root {
+		if f.limitsErr != nil {
+			add("build limits", false, "%v", f.limitsErr)
+		} else {
+			add("build limits", true, "%s", f.limits)
 		}
 	}
 

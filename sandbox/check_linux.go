@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -16,8 +17,12 @@ import (
 // CheckHost probes whether this host can run sandboxes with the given
 // options and data directory, and returns one Requirement per item:
 // kernel, privileges, user namespaces, id range, overlayfs, idmapped
-// lower, cgroups, seccomp and disk space. It mounts and removes a test
-// overlay under dataDir (created if missing). Init must have been called.
+// lower, cgroups, build limits, seccomp and disk space. It mounts and
+// removes a test overlay under dataDir (created if missing) and, as root,
+// runs what a build runs: a Manager on a directory under dataDir creates
+// a build cgroup with the default limits (WithDefaultLimits; a limit on
+// each controller when none are set) and starts a container in it that
+// reads the limits back from inside.
 func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -60,7 +65,25 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	if f.root && f.freeErr == nil {
 		f.overlay, f.idmapped = probeOverlay(dataDir, usernsFD)
 	}
+	if f.root {
+		switch {
+		case f.overlay != nil || f.idmapped != nil || f.freeErr != nil:
+			f.limitsErr = errors.New("not tried: no overlay over an idmapped lower")
+		default:
+			f.limits, f.limitsErr = probeLimits(context.Background(), dataDir, probedLimits(o.limits),
+				append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
+		}
+	}
 	return evaluate(f), nil
+}
+
+// probedLimits are the limits CheckHost's probe build gets: the configured
+// ones, or one limit per controller.
+func probedLimits(l Limits) Limits {
+	if !l.isZero() {
+		return l
+	}
+	return Limits{Memory: 512 << 20, Pids: 1024, CPUWeight: 100, CPUQuota: 1}
 }
 
 func seccompInKernel() bool {
@@ -75,7 +98,18 @@ func seccompInKernel() bool {
 func probeCgroups() (version int, controllers map[string]bool, swap bool) {
 	controllers = map[string]bool{}
 	if cgroups.IsCgroup2UnifiedMode() {
-		data, _ := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+		// The controllers of the agent's own cgroup: what a Manager can
+		// enable for its runs (see cgroup_linux.go).
+		dir := unifiedMountpoint
+		self, err1 := os.ReadFile("/proc/self/cgroup")
+		mi, err2 := readMountinfo()
+		if err1 == nil && err2 == nil {
+			if own, err := ownCgroupV2(self, mi, unifiedMountpoint); err == nil {
+				home, _ := planV2(unifiedMountpoint, own)
+				dir = filepath.Join(unifiedMountpoint, home)
+			}
+		}
+		data, _ := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
 		for _, c := range strings.Fields(string(data)) {
 			controllers[c] = true
 		}

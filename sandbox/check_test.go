@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -12,6 +13,7 @@ func goodFacts() hostFacts {
 		cgroupVersion: 2, controllers: map[string]bool{"memory": true, "pids": true, "cpu": true},
 		swapAccounting: true, seccompBuilt: true, seccompKernel: true,
 		idBase: 100000, idSize: 65536, dataDir: "/var/lib/vagent", freeBytes: 10 << 30,
+		limits: "a build container in /vagent-x saw memory.max=536870912",
 	}
 }
 
@@ -34,7 +36,10 @@ func TestEvaluate(t *testing.T) {
 		{"seccomp not built", func(f *hostFacts) { f.seccompBuilt = false }, map[string]string{"seccomp": "-tags seccomp"}},
 		{"seccomp not in kernel", func(f *hostFacts) { f.seccompKernel = false }, map[string]string{"seccomp": "kernel"}},
 		{"disk full", func(f *hostFacts) { f.freeBytes = 100 << 20 }, map[string]string{"disk space": "100.0 MiB free, need at least 2.0 GiB"}},
-		{"rootless", func(f *hostFacts) { f.root, f.uid = false, 1000 }, nil},
+		{"rootless", func(f *hostFacts) { f.root, f.uid = false, 1000 }, map[string]string{"privileges": "builds need root"}},
+		{"limit not delegated", func(f *hostFacts) {
+			f.limitsErr = fmt.Errorf("%w: memory (controller \"memory\") not available", ErrLimitUnavailable)
+		}, map[string]string{"build limits": `memory (controller "memory")`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := goodFacts()

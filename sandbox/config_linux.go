@@ -80,8 +80,8 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		ReadonlyPaths: readonlyPaths,
 		Rlimits:       []configs.Rlimit{nofileRlimit()},
 		Cgroups: &cgroups.Cgroup{
-			Path:      path.Join("/", m.opts.cgroupParent, id),
-			Resources: resources(limits, m.cgroupV2, m.swapAccounting),
+			Path:      path.Join(m.cg.parent, id),
+			Resources: resources(limits, m.cg.v2, m.cg.swap),
 		},
 		Mounts: []*configs.Mount{
 			{Source: "proc", Destination: "/proc", Device: "proc", Flags: baseMountFlags},
@@ -132,6 +132,9 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
 			if spec.ReadOnly && !isRegular(filepath.Join(spec.Lower, f)) {
 				continue // no mount point can be made
+			}
+			if !isRegular(f) {
+				continue // a host without it (a minimal VM or container)
 			}
 			c.Mounts = append(c.Mounts, &configs.Mount{
 				Source: f, Destination: f, Device: "bind",

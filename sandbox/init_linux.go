@@ -39,7 +39,8 @@ const (
 // initialisation stays locked to it after this.
 //
 // And it turns a re-executed copy of the binary into what it was started as
-// (a container's init, or the user-namespace holder), which never returns.
+// (a container's init, the user-namespace holder, or CheckHost's limits
+// probe inside a build container), which never returns.
 // This happens here rather than from package main because Go runs package
 // initialisers in a fixed order and only the ones ordered before this
 // package have run yet: in the agent's binary a container init thereby skips
@@ -60,5 +61,7 @@ func init() {
 	case usernsHolderArg:
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
+	case limitsProbeArg:
+		limitsProbeMain() // never returns
 	}
 }

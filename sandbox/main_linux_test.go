@@ -104,10 +104,7 @@ func leftovers(dataDir, parent string, closed bool) []string {
 			l = append(l, sub+"/"+e.Name())
 		}
 	}
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
-	roots = append(roots, "/sys/fs/cgroup")
-	for _, r := range roots {
-		p := filepath.Join(r, parent)
+	for _, p := range cgroupParentDirs(parent) {
 		if closed {
 			if _, err := os.Stat(p); err == nil {
 				l = append(l, "cgroup "+p)
@@ -133,6 +130,29 @@ func leftovers(dataDir, parent string, closed bool) []string {
 		}
 	}
 	return l
+}
+
+// cgroupParentDirs returns where a Manager's cgroup parent named name may
+// be: at the root of each hierarchy (cgroup v1, or v2 with the agent in the
+// real root cgroup) and below the agent's own cgroup v2 (whose leaf the
+// Manager moved it into).
+func cgroupParentDirs(name string) []string {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	roots = append(roots, "/sys/fs/cgroup")
+	var dirs []string
+	for _, r := range roots {
+		dirs = append(dirs, filepath.Join(r, name))
+	}
+	data, _ := os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(string(data), "\n") {
+		if own, ok := strings.CutPrefix(line, "0::"); ok && own != "/" {
+			if filepath.Base(own) == "vagent-agent" {
+				own = filepath.Dir(own)
+			}
+			dirs = append(dirs, filepath.Join("/sys/fs/cgroup", own, name))
+		}
+	}
+	return dirs
 }
 
 var pathEnv = []string{"PATH=/bin:/usr/bin", "HOME=/root"}

@@ -25,9 +25,8 @@ type Manager struct {
 	keptDir  string // kept uppers handed to callers
 
 	rootless         bool
-	cgroupV2         bool
-	swapAccounting   bool
-	rootUID, rootGID uint32 // host ids of container root
+	cg               *cgroupSetup // where run cgroups go, what they can limit
+	rootUID, rootGID uint32       // host ids of container root
 	idSize           uint32
 	usernsFD         *os.File // user namespace for idmapped lowers; nil without
 	lock             *os.File
@@ -75,10 +74,8 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		runsDir:  filepath.Join(abs, "runs"),
 		keptDir:  filepath.Join(abs, "kept"),
 		rootless: os.Geteuid() != 0,
-		cgroupV2: cgroups.IsCgroup2UnifiedMode(),
 		idSize:   o.idSize,
 	}
-	m.swapAccounting = m.cgroupV2 || fileExists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
 	lock, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
@@ -93,9 +90,29 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	m.lock = lock
 	defer func() {
 		if retErr != nil {
+			if m.cg != nil && !m.rootless {
+				_ = removeCgroupParent(m.cg.parent) // fails while a leftover run is in it
+			}
 			m.release()
 		}
 	}()
+
+	if m.rootless {
+		// No limits: cgroups are only named (below the agent's own cgroup).
+		m.cg = &cgroupSetup{v2: cgroups.IsCgroup2UnifiedMode(), parent: "/" + o.cgroupParent, controllers: map[string]bool{}}
+	} else {
+		cg, err := setupCgroups(o.cgroupParent)
+		if err != nil {
+			return nil, fmt.Errorf("setting up cgroups: %w", err)
+		}
+		m.cg = cg
+		if err := cg.checkLimits(o.limits); err != nil {
+			return nil, fmt.Errorf("default limits: %w", err)
+		}
+		if cg.moved != "" {
+			o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
+		}
+	}
 
 	switch {
 	case m.rootless:
@@ -139,7 +156,8 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 			"every container start copies the binary (libcontainer cannot seal it with an overlay then), about 10 ms more per start on a small VM; " +
 			"install the binary elsewhere (e.g. /usr/local/bin)")
 	}
-	m.opts.log.WithField("data_dir", abs).WithField("cgroup_parent", o.cgroupParent).Debug("sandbox manager ready")
+	m.opts.log.WithField("data_dir", abs).WithField("cgroup_parent", m.cg.parent).
+		WithField("cgroup_controllers", m.cg.describe()).Debug("sandbox manager ready")
 	return m, nil
 }
 
@@ -225,7 +243,7 @@ func (m *Manager) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	m.active.Wait()
-	err := removeCgroupParent(m.opts.cgroupParent)
+	err := removeCgroupParent(m.cg.parent)
 	m.release()
 	return err
 }

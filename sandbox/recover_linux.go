@@ -31,7 +31,7 @@ func (m *Manager) recover() error {
 		errs = append(errs, err)
 	}
 	if !m.rootless {
-		if err := killCgroupChildren(m.opts.cgroupParent); err != nil {
+		if err := killCgroupChildren(m.cg.parent); err != nil {
 			errs = append(errs, err)
 		}
 	}

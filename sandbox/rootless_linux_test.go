@@ -38,13 +38,27 @@ func TestHelperRootless(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	fmt.Printf("RESULT %d\n%s", res.ExitCode, out.String())
+	// A build's sandbox: an overlay root filesystem, as build runs it.
 	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], Args: []string{"true"}})
 	fmt.Printf("OVERLAY %v\n", err)
+	reqs, err := sandbox.CheckHost(filepath.Join(f[0], "check"))
+	if err != nil {
+		t.Fatalf("CheckHost: %v", err)
+	}
+	var missing []string
+	for _, r := range reqs {
+		if !r.OK {
+			missing = append(missing, r.Name)
+		}
+	}
+	fmt.Printf("CHECK missing: %s\n", strings.Join(missing, ", "))
 }
 
 // TestRootless runs the test binary as nobody and checks that a rootless
 // Manager runs a read-only container as container root mapped to nobody,
-// and refuses what rootless mode cannot do.
+// and refuses what rootless mode cannot do — a build's overlay root
+// filesystem among it — and that CheckHost (`vagent check`) says so: its
+// verdict matches what a build does.
 func TestRootless(t *testing.T) {
 	needRoot(t) // to become nobody
 	setpriv, err := osexec.LookPath("setpriv")
@@ -84,7 +98,8 @@ func TestRootless(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rootless helper: %v\n%s", err, out)
 	}
-	want := "RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n"
+	want := "RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n" +
+		"CHECK missing: privileges\n"
 	if !strings.Contains(string(out), want) {
 		t.Errorf("rootless helper output:\n%s\nwant it to contain:\n%s", out, want)
 	}

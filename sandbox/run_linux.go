@@ -57,6 +57,11 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) 
 			return nil, fmt.Errorf("overlay root filesystem (use Spec.ReadOnly): %w", ErrRootless)
 		}
 	}
+	if !m.rootless {
+		if err := m.cg.checkLimits(limits); err != nil {
+			return nil, err
+		}
+	}
 	if err := m.begin(); err != nil {
 		return nil, err
 	}

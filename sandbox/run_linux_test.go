@@ -444,9 +444,12 @@ func TestPidsLimit(t *testing.T) {
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			files, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/pids", e.parent, "*", "cgroup.procs"))
-			files2, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", e.parent, "*", "cgroup.procs"))
-			for _, f := range append(files, files2...) {
+			var files []string
+			for _, d := range cgroupParentDirs(e.parent) {
+				f, _ := filepath.Glob(filepath.Join(d, "*", "cgroup.procs"))
+				files = append(files, f...)
+			}
+			for _, f := range files {
 				if data, err := os.ReadFile(f); err == nil {
 					maxPids = max(maxPids, len(strings.Fields(string(data))))
 				}

@@ -19,7 +19,8 @@ func init() {
 var checkHost = sandbox.CheckHost
 
 func runCheck(_ context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "check", "check [-data-dir DIR] [-id-base N] [-id-size N]")
+	fs := newFlagSet(env, "check", "check [-config FILE] [-data-dir DIR] [-id-base N] [-id-size N]")
+	config := fs.String("config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the flags are ignored then)")
 	dataDir := fs.String("data-dir", "/var/lib/vagent", "data directory for builds (a test overlay is mounted there)")
 	idBase := fs.Uint("id-base", 100000, "first host id of the containers' id range")
 	idSize := fs.Uint("id-size", 65536, "size of the containers' id range")
@@ -32,7 +33,16 @@ func runCheck(_ context.Context, env *cliEnv, args []string) error {
 	if *idBase > 1<<32-1 || *idSize > 1<<32-1 {
 		return usageError("id range out of bounds")
 	}
-	reqs, err := checkHost(*dataDir, sandbox.WithIDMap(uint32(*idBase), uint32(*idSize)))
+	opts := []sandbox.Option{sandbox.WithIDMap(uint32(*idBase), uint32(*idSize))}
+	dir := *dataDir
+	if *config != "" {
+		cfg, err := LoadConfig(*config, os.Getenv)
+		if err != nil {
+			return err
+		}
+		dir, opts = cfg.DataDir, cfg.SandboxOptions()
+	}
+	reqs, err := checkHost(dir, opts...)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,60 @@
+#!/bin/sh
+# guest-run.sh — runs inside the VM (started by vagent-vm.service from the
+# 9p share mounted at /host): for each placement of the agent, `vagent
+# check` and the sandbox tests; results go to /host/results, one line per
+# step in summary.txt ("PASS|FAIL placement step"), then the VM powers off.
+set -u
+share=/host
+R=$share/results
+mkdir -p "$R"
+date -u +%FT%TZ > "$R/started"          # the host's watchdog waits for this
+exec >"$R/guest.log" 2>&1
+echo "guest: $(uname -r), $(systemctl --version | head -n1)"
+echo "cgroup: $(grep cgroup /proc/self/mountinfo)"
+echo "root controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+: > "$R/summary.txt"
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin CI=true
+VM_SANDBOX_RUN=. VM_SANDBOX_SKIP=
+[ -f "$share/run.env" ] && . "$share/run.env"  # written by test-vm.sh
+export VM_SANDBOX_RUN VM_SANDBOX_SKIP
+
+# The host's test-image cache (the Arch-like image), when shared.
+if mount -t 9p -o trans=virtio,version=9p2000.L,msize=1048576 testimages /testimages 2>/dev/null; then
+	echo "test images: $(ls /testimages | tr '\n' ' ')"
+else
+	rmdir /testimages 2>/dev/null
+	echo "no test-image share: the real build is skipped"
+fi
+
+# A minbase root has no /etc/hosts; every host the agent runs on has one.
+[ -f /etc/hosts ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' > /etc/hosts
+
+# Each placement runs in a systemd service with Delegate=yes: the agent's
+# own unit (contrib/systemd), or the container runtime's (docker, podman
+# and containerd run containers in delegated cgroups) below which
+# guest-placement.sh builds the container's cgroups and moves itself in.
+# (systemctl talks to systemd's private socket: no D-Bus needed.)
+for p in systemd-delegate private-ns kubernetes-pod pids-only; do
+	cat > "/run/systemd/system/vagent-vm-$p.service" <<-UNIT
+	[Service]
+	Type=oneshot
+	TimeoutStartSec=infinity
+	Delegate=yes
+	Environment=PATH=$PATH CI=true "VM_SANDBOX_RUN=$VM_SANDBOX_RUN" "VM_SANDBOX_SKIP=$VM_SANDBOX_SKIP"
+	ExecStart=/bin/sh $share/guest-placement.sh $p
+	StandardOutput=file:$R/$p.log
+	StandardError=inherit
+	UNIT
+	systemctl daemon-reload
+	systemctl start "vagent-vm-$p.service"
+	echo "placement $p: $(systemctl show -p Result --value "vagent-vm-$p.service")"
+	cat "$R/$p.summary" >> "$R/summary.txt"
+done
+
+# Nothing of the agents' is left anywhere but their (empty) leaves.
+left=$(find /sys/fs/cgroup -name 'vagent-*' ! -name vagent-agent -type d)
+echo "leftover cgroups: ${left:-none}"
+if [ -z "$left" ]; then echo "PASS all no-leftover-cgroups" >> "$R/summary.txt"
+else echo "FAIL all no-leftover-cgroups" >> "$R/summary.txt"; fi
+sync
+echo done > "$R/finished"
