@@ -11,6 +11,7 @@ import (
 	neturl "net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -145,3 +146,81 @@ func TestConcurrentBuildsShareCache(t *testing.T) {
 }
 
 func cacheDirOf(t testing.TB, b *build.Builder) string { return build.CacheDir(b) }
+
+// TestAgentLogFlood: a build that writes 300 MiB of output through the
+// real sandbox, run by the agent with a 1 MiB log limit. The host is what
+// is checked: the log the server gets (and the spool file behind it) stays
+// at the limit, with a line that says so and the footer; the agent's heap
+// stays bounded while the flood passes; the package is still published.
+func TestAgentLogFlood(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	repo := newRepo()
+	url := serveFile(t, strings.Replace(pkgbuild("flood", "1", "1"), `build() { echo "building $pkgname"; }`,
+		`build() { head -c 300M /dev/zero | tr '\0' 'x'; echo; echo "flood done"; }`, 1))
+	id := e.srv.AddTarget(vieterserver.Target{Kind: "url", URL: url, Repo: repo, BaseImage: e.base, Arches: []string{"x86_64"}})
+	if err := e.srv.Enqueue(id, "x86_64", false); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 1 << 20
+	a, err := poll.New(serverClient(t, e.ts.URL), newBuilder(t, e), poll.WithArch("x86_64"), poll.WithDataDir(t.TempDir()),
+		poll.WithPollInterval(100*time.Millisecond), poll.WithFsync(false), poll.WithLogLimit(limit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	var peak atomic.Uint64
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for ctx.Err() == nil {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var log vieterserver.Log
+	for log.ID == 0 && ctx.Err() == nil {
+		for _, l := range e.srv.Logs() {
+			if l.TargetID == id {
+				log = l
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	<-sampled
+	if err := <-done; err != nil {
+		t.Errorf("agent: %v", err)
+	}
+	if log.ID == 0 {
+		t.Fatal("no log uploaded")
+	}
+	c := string(log.Content)
+	if len(c) > limit+4096 {
+		t.Errorf("log of %d bytes, want at most the %d byte limit and a few lines", len(c), limit)
+	}
+	for _, want := range []string{"exceeded the log limit of 1048576 bytes", "bytes of output past the log limit", "vagent: success (published flood-1-1-any.pkg.tar.zst); exit code 0"} {
+		if !strings.Contains(c, want) {
+			t.Errorf("log lacks %q; its end:\n%s", want, c[max(0, len(c)-600):])
+		}
+	}
+	if len(e.srv.Packages(repo, "x86_64")) != 1 {
+		t.Error("package not published")
+	}
+	// Other tests run beside this one in the same process: the bound is
+	// loose, far below the 300 MiB a buffering agent would hold.
+	if p := peak.Load(); p > 150<<20 {
+		t.Errorf("peak heap in use %d MiB during the flood", p>>20)
+	}
+	t.Logf("peak heap in use %.1f MiB; log %d bytes", float64(peak.Load())/(1<<20), len(c))
+}
