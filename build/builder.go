@@ -3,7 +3,6 @@ package build
 import (
 	"context"
 	"embed"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -230,6 +229,3 @@ func oneLine(s string) string {
 		return '?'
 	}, s)
 }
-
-// errCancelled is the reason of a build stopped without a cause.
-var errCancelled = errors.New("cancelled")

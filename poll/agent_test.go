@@ -108,20 +108,6 @@ func TestFinishedBuildPollsAtOnce(t *testing.T) {
 	waitFor(t, 5*time.Second, "the poll an hour later", func() bool { return len(h.srv.Polls()) == 4 })
 }
 
-func intervals(polls []vieterserver.PollRecord) []time.Duration {
-	var out []time.Duration
-	for i := 1; i < len(polls); i++ {
-		out = append(out, polls[i].Time.Sub(polls[i-1].Time))
-	}
-	return out
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2]
-}
-
 // TestIdlePollingFollowsInterval: an idle agent arms its timer with the
 // poll interval after every poll and polls exactly when it fires.
 func TestIdlePollingFollowsInterval(t *testing.T) {

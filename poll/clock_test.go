@@ -75,13 +75,6 @@ func (c *fakeClock) waitArmed(t *testing.T, n int) time.Duration {
 	}
 }
 
-// armedCount returns how many times a timer was armed so far.
-func (c *fakeClock) armedCount() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.armed)
-}
-
 type fakeTimer struct {
 	c      *fakeClock
 	ch     chan time.Time

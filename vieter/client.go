@@ -305,9 +305,6 @@ func (c *Client) HasFile(ctx context.Context, repo, arch, file string) (bool, er
 	return false, c.statusError(op, a)
 }
 
-// maxDesc bounds the body of a version check.
-const maxDesc = 1 << 20
-
 // HasVersion reports whether version ([epoch:]pkgver-pkgrel) of package
 // name is in the arch-repo repo/arch: the skip check of a non-forced
 // build, and the confirmation of a publish. It asks with GET
