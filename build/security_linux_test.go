@@ -1,10 +1,17 @@
 package build_test
 
 import (
+	"context"
+	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/vieter-v/vagent/build"
@@ -23,10 +30,15 @@ func findPwned(root string) []string {
 	return found
 }
 
-// TestInjection sends hostile values in every string field of a job. Each
-// build must fail (or treat the value as data), and no "pwned" file may
-// appear in the container (its upper directory is searched before it is
-// removed) or on the host.
+// TestInjection sends hostile values in every string field of a job. Every
+// value first goes through validation alone (a table, no container): each
+// is refused as an invalid job or passes as data. Only the values that pass
+// run as builds, in parallel container subtests; each must fail (or treat
+// the value as data), and no "pwned" file may appear in the container (its
+// upper directory is searched before it is removed) or on the host. A
+// base_image value that passes is a registry reference: it is handed to a
+// builder-image source that records it and pulls nothing, so the test
+// reaches no public registry.
 func TestInjection(t *testing.T) {
 	e := setup(t)
 	g := newGitServer(t)
@@ -50,14 +62,13 @@ func TestInjection(t *testing.T) {
 		}
 		return found
 	}
-	var uppers []string
-	b := newBuilder(t, e, build.WithUpperHook(func(dir string) {
-		if p := findPwned(dir); len(p) > 0 {
-			uppers = append(uppers, p...)
-		}
-	}))
 	base := poll.Job{TargetID: 9, Kind: "git", URL: url, Repo: newRepo(), BaseImage: e.base}
-	ran := 0
+	type hostile struct {
+		field, payload string
+		job            poll.Job
+	}
+	var accepted []hostile
+	refused := 0
 	for _, field := range []string{"url", "urlkind", "branch", "path", "repo", "base_image"} {
 		for _, p := range payloads {
 			job := base
@@ -75,25 +86,81 @@ func TestInjection(t *testing.T) {
 			case "base_image":
 				job.BaseImage = p
 			}
-			r, log := runJob(t, b, job)
-			if r.Status == poll.ResultSuccess && field != "urlkind" {
-				t.Errorf("%s %q: build succeeded:\n%s", field, p, log)
-			}
-			if strings.Contains(log, "+ git clone") || strings.Contains(log, "+ curl") {
-				ran++
-			}
-			if found := hostPwned(); len(found) > 0 {
-				t.Fatalf("%s %q: %v on the host", field, p, found)
-			}
-			if len(uppers) > 0 {
-				t.Fatalf("%s %q: %v in the container", field, p, uppers)
+			err := build.ValidateJob(job, false)
+			switch {
+			case err == nil:
+				accepted = append(accepted, hostile{field, p, job})
+			case errors.Is(err, build.ErrInvalidJob):
+				refused++
+			default:
+				t.Errorf("%s %q: %v is not ErrInvalidJob", field, p, err)
 			}
 		}
 	}
-	if ran == 0 {
+	t.Logf("%d hostile values refused by validation, %d pass as data and run as builds", refused, len(accepted))
+	if len(accepted) == 0 {
+		t.Fatal("no hostile value passes validation: the container side is not tested")
+	}
+
+	var mu sync.Mutex
+	var uppers []string
+	hook := build.WithUpperHook(func(dir string) {
+		if p := findPwned(dir); len(p) > 0 {
+			mu.Lock()
+			uppers = append(uppers, p...)
+			mu.Unlock()
+		}
+	})
+	b := newBuilder(t, e, hook)
+	var asked []string
+	noPull, err := build.New(e.sb, build.ImagesFunc(func(_ context.Context, base string, _ io.Writer) (string, func(), error) {
+		mu.Lock()
+		asked = append(asked, base)
+		mu.Unlock()
+		return "", nil, errors.New("hermetic test: no image is pulled")
+	}), filepath.Join(t.TempDir(), "build"), build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"), hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ran atomic.Int32
+	t.Run("builds", func(t *testing.T) {
+		for _, h := range accepted {
+			t.Run(h.field+"="+strconv.Quote(h.payload), func(t *testing.T) {
+				t.Parallel()
+				if h.field == "base_image" {
+					r, log := runJob(t, noPull, h.job)
+					if r.Status != poll.ResultSetupError || !strings.Contains(log, "hermetic test") {
+						t.Errorf("base_image %q: %s\n%s", h.payload, r.Status, log)
+					}
+					return
+				}
+				r, log := runJob(t, b, h.job)
+				if r.Status == poll.ResultSuccess && h.field != "urlkind" {
+					t.Errorf("%s %q: build succeeded:\n%s", h.field, h.payload, log)
+				}
+				if strings.Contains(log, "+ git clone") || strings.Contains(log, "+ curl") {
+					ran.Add(1)
+				}
+			})
+		}
+	})
+	if found := hostPwned(); len(found) > 0 {
+		t.Errorf("%v on the host", found)
+	}
+	if len(uppers) > 0 {
+		t.Errorf("%v in a container", uppers)
+	}
+	// A base image value that passed reached the image source verbatim,
+	// as one reference.
+	for _, h := range accepted {
+		if h.field == "base_image" && !slices.Contains(asked, h.payload) {
+			t.Errorf("base_image %q never reached the image source as one value (asked: %q)", h.payload, asked)
+		}
+	}
+	if ran.Load() == 0 {
 		t.Error("no hostile value reached a build: the container side was not tested")
 	}
-	t.Logf("%d hostile jobs reached the sandbox", ran)
+	t.Logf("%d hostile jobs reached the sandbox", ran.Load())
 }
 
 // TestAPIKeyNotRevealed runs a PKGBUILD that prints its whole environment

@@ -196,6 +196,10 @@ func (a *Agent) loop(ctx, bctx, dctx context.Context) {
 			if errors.Is(err, ErrUnauthorized) {
 				d = a.opts.unauthorizedRetry
 				a.log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
+			} else if vieter.Sent(err) {
+				// Vieter pops what it answers: jobs in a lost or cut
+				// answer are gone from its queue and never reach us.
+				a.log.WithError(err).WithField("retry_in", d).Warn("a poll answer was lost or cut: jobs the server handed out in it are lost; their targets run again on their schedule")
 			} else {
 				a.log.WithError(err).WithField("retry_in", d).Warn("polling for jobs failed")
 			}
