@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/cgi"
 	"net/http/httptest"
@@ -147,23 +146,10 @@ func newEnv() (e *env, skip string, err error) {
 	}
 	e.bm, err = builder.New(e.store, e.sb, filepath.Join(e.dir, "builders"),
 		builder.WithRepos(pacman.Repo{Name: "deps", Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Optional TrustAll"}))
-	switch {
-	case errors.Is(err, errors.ErrUnsupported):
-		// The builder package is not there yet: build on the base image
-		// itself (it has the builder user and sudo already).
-		e.bm = nil
-		e.images = build.ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
-			rfs, err := e.store.Rootfs(ctx, base)
-			if err != nil {
-				return "", nil, err
-			}
-			return rfs.Dir, func() { rfs.Release() }, nil
-		})
-	case err != nil:
+	if err != nil {
 		return e, "", err
-	default:
-		e.images = build.Builders(e.bm)
 	}
+	e.images = build.Builders(e.bm)
 	return e, "", nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
@@ -39,12 +40,11 @@ func TestContainerInitSkipsLaterInitialisers(t *testing.T) {
 	}
 }
 
-// needRoot skips tests that need host root.
+// needRoot skips tests that need host root, and fails them in CI
+// (testkit.RequireRoot's policy).
 func needRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (user namespaces with an id range, overlayfs, cgroups); CI runs as root")
-	}
+	testkit.RequireRoot(t)
 }
 
 // testEnv is a Manager on a fresh data directory with its own cgroup
