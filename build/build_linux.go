@@ -141,7 +141,7 @@ func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io
 		},
 		Limits:    b.opts.limits,
 		KeepUpper: true,
-		Output:    log,
+		Output:    newCappedWriter(log, b.opts.logLimit),
 	}
 	if srcDir != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})

@@ -315,6 +315,31 @@ func TestHostileBuilds(t *testing.T) {
 		}
 	})
 
+	// 256 MiB into the log: the agent keeps the first MiB (the cap set
+	// here), one truncation line and its own summary.
+	t.Run("log flood", func(t *testing.T) {
+		t.Parallel()
+		script := `	head -c 268435456 /dev/zero | tr '\0' A
+	echo "flood done"`
+		b := newBuilder(t, e, build.WithLogLimit(1<<20))
+		r, log := runJob(t, b, poll.Job{TargetID: 60, Kind: "url", URL: serveFile(t, hostileScript("logflood", script)), Repo: newRepo(), BaseImage: e.base})
+		if r.Status != poll.ResultSuccess {
+			t.Fatalf("status %s (%s), want success; log tail:\n%s", r.Status, r.Reason, log[max(0, len(log)-2000):])
+		}
+		if !strings.Contains(log, "vagent: log truncated: the build wrote more than 1048576 bytes") {
+			t.Errorf("no truncation line in the log's %d bytes", len(log))
+		}
+		if len(log) > 1<<20+64<<10 {
+			t.Errorf("the log has %d bytes, want about 1 MiB", len(log))
+		}
+		if strings.Contains(log, "flood done") {
+			t.Error("output after the cap reached the log")
+		}
+		if got := lastLine(log); !strings.HasPrefix(got, "vagent: success (published logflood-1-1-any.pkg.tar.zst)") {
+			t.Errorf("summary line %q", got)
+		}
+	})
+
 	// Links and FIFOs among the packages, and PKGDEST itself replaced by
 	// a link to a host directory: the agent publishes the real package
 	// only, or nothing, never a host file, and does not block.

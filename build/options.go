@@ -54,6 +54,7 @@ type options struct {
 	cacheSet bool
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
+	logLimit  int64
 }
 
 // Defaults.
@@ -76,6 +77,7 @@ func defaultOptions() *options {
 		backoff:        500 * time.Millisecond,
 		outUID:         -1,
 		outGID:         -1,
+		logLimit:       DefaultLogLimit,
 	}
 }
 
@@ -276,6 +278,20 @@ func WithCacheDir(dir string) Option {
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
+		return nil
+	}
+}
+
+// WithLogLimit caps what a build's processes write to its log at n bytes:
+// past it one line says that the log was truncated and the rest is
+// discarded (the agent's own lines, such as the summary, still follow).
+// Default: DefaultLogLimit (64 MiB).
+func WithLogLimit(n int64) Option {
+	return func(o *options) error {
+		if n < 1<<10 {
+			return fmt.Errorf("%w: log limit %d below 1 KiB", ErrBadConfig, n)
+		}
+		o.logLimit = n
 		return nil
 	}
 }

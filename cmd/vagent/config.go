@@ -21,6 +21,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
@@ -81,6 +82,8 @@ type BuildLimits struct {
 	CPUWeight  uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
 	Tmp Size `yaml:"tmp"`
+	// Log caps what a build's processes write to its log.
+	Log Size `yaml:"log"`
 }
 
 // PacmanCache is the package cache shared by builds.
@@ -128,7 +131,7 @@ func defaultConfig() Config {
 		UploadTimeout:         Duration(10 * time.Minute),
 		Fsync:                 true,
 		IDRange:               IDRange{Base: 100000, Size: 65536},
-		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize},
+		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: build.DefaultLogLimit},
 		PacmanCache:           PacmanCache{Enabled: true},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
@@ -761,6 +764,7 @@ func (l *loader) validate(c *Config) {
 	check(bl.CPUs >= 0 && !math.IsNaN(bl.CPUs) && !math.IsInf(bl.CPUs, 0) && bl.CPUs <= 1<<16, "build_limits.cpus", "must be a number of CPUs ≥ 0 (0: no limit), got %v", bl.CPUs)
 	check(bl.CPUWeight <= 10000, "build_limits.cpu_weight", "must be 1–10000 or 0 (the default weight), got %d", bl.CPUWeight)
 	check(bl.Tmp >= 1<<20, "build_limits.tmp", "must be a size of at least 1MiB, got %v", bl.Tmp)
+	check(bl.Log >= 1<<10, "build_limits.log", "must be a size of at least 1KiB, got %v", bl.Log)
 	check(c.PacmanCache.Dir == "" || filepath.IsAbs(c.PacmanCache.Dir), "pacman_cache.dir", "must be an absolute path, got %q", excerptValue(c.PacmanCache.Dir))
 	for i, p := range c.BuilderPkgs {
 		check(pkgRE.MatchString(p), fmt.Sprintf("builder_packages[%d]", i), "not a package name: %q", excerptValue(p))
