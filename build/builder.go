@@ -130,6 +130,10 @@ func (b *Builder) prepareDir() error {
 	return nil
 }
 
+// cacheTree is the subdirectory of a package cache directory that builds
+// see (see cache_linux.go).
+const cacheTree = "pkg"
+
 // cacheDir is the shared package cache, "" when builds have private ones.
 func (b *Builder) cacheDir() string {
 	if b.opts.cacheSet {
