@@ -181,8 +181,12 @@ func TestHostileBuilds(t *testing.T) {
 	sudo ls -ln /var/cache/pacman/pkg`
 		var upperSeen atomic.Int32
 		var upperErrs []string
-		dir := filepath.Join(sandboxtest.Dir(t), "build")
+		// The agent's layout: the cache beside build/ in a data directory
+		// every user may search, not inside the 0700 build/.
+		data := sandboxtest.Dir(t)
+		dir := filepath.Join(data, "build")
 		b, err := build.New(e.sb, e.images, dir, build.WithServer(e.ts.URL, apiKey), build.WithArch("x86_64"),
+			build.WithCacheDir(filepath.Join(data, "pacman-cache")),
 			build.WithUpperHook(func(upper string) {
 				for _, p := range privileged(upper) {
 					upperSeen.Add(1)
@@ -214,7 +218,7 @@ func TestHostileBuilds(t *testing.T) {
 			}
 		}
 		// The whole of this build's state and of the sandbox's.
-		if n := assertNoHostUsable(t, dir, filepath.Join(e.dir, "sandbox")); n < 3 {
+		if n := assertNoHostUsable(t, data, filepath.Join(e.dir, "sandbox")); n < 3 {
 			t.Errorf("found %d privileged files in the cache, want the 3 planted: is the walk blind?", n)
 		}
 		// The check itself can see a reachable privileged file.
