@@ -129,6 +129,10 @@ func (b *Builder) prepareDir() error {
 	return nil
 }
 
+// cacheTree is the subdirectory of a package cache directory that builds
+// see (see cache_linux.go).
+const cacheTree = "pkg"
+
 // cacheDir is the shared package cache, "" when builds have private ones.
 func (b *Builder) cacheDir() string {
 	if b.opts.cacheSet {
@@ -202,7 +206,7 @@ func (b *Builder) lifecycle(ctx context.Context, job poll.Job, srcDir string, lo
 	rep := poll.RunJob(ctx, poll.ExecutorFunc(func(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
 		r = b.run(ctx, job, srcDir, log)
 		return r.outcome(), nil
-	}), job, b.opts.defaultTimeout, 0, log)
+	}), job, b.opts.defaultTimeout, b.opts.logLimit, log)
 	r.Status, r.ExitCode, r.Start, r.End, r.Reason = rep.Result, rep.ExitCode, rep.Start, rep.End, rep.Reason
 	if rep.Result == poll.ResultTimeout || rep.Result == poll.ResultCancelled {
 		r.Err = nil

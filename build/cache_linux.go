@@ -21,10 +21,7 @@ import (
 // the unprivileged mapped root, never as host root, and whatever a build
 // leaves there (setuid or setgid files, file capabilities, files chowned to
 // any id of the range) lies behind a directory only host root may enter.
-const (
-	cacheTree = "pkg"
-	lockName  = ".vagent.lock"
-)
+const lockName = ".vagent.lock"
 
 // initCache prepares the package cache directory dir for builds whose
 // container root is host uid:gid and returns the directory to mount.

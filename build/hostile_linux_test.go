@@ -181,8 +181,12 @@ func TestHostileBuilds(t *testing.T) {
 	sudo ls -ln /var/cache/pacman/pkg`
 		var upperSeen atomic.Int32
 		var upperErrs []string
-		dir := filepath.Join(sandboxtest.Dir(t), "build")
+		// The agent's layout: the cache beside build/ in a data directory
+		// every user may search, not inside the 0700 build/.
+		data := sandboxtest.Dir(t)
+		dir := filepath.Join(data, "build")
 		b, err := build.New(e.sb, e.images, dir, build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"),
+			build.WithCacheDir(filepath.Join(data, "pacman-cache")),
 			build.WithUpperHook(func(upper string) {
 				for _, p := range privileged(upper) {
 					upperSeen.Add(1)
@@ -214,7 +218,7 @@ func TestHostileBuilds(t *testing.T) {
 			}
 		}
 		// The whole of this build's state and of the sandbox's.
-		if n := assertNoHostUsable(t, dir, filepath.Join(e.dir, "sandbox")); n < 3 {
+		if n := assertNoHostUsable(t, data, filepath.Join(e.dir, "sandbox")); n < 3 {
 			t.Errorf("found %d privileged files in the cache, want the 3 planted: is the walk blind?", n)
 		}
 		// The check itself can see a reachable privileged file.
@@ -312,6 +316,32 @@ func TestHostileBuilds(t *testing.T) {
 		t.Logf("agent heap in use: %d MiB before, peak %d MiB during a 256 MiB flood", base>>20, peak.Load()>>20)
 		if grew > 64<<20 {
 			t.Errorf("the agent's heap grew by %d MiB during a 256 MiB flood", grew>>20)
+		}
+	})
+
+	// 256 MiB into the log: the agent keeps the first MiB (the cap set
+	// here), one truncation line and its own summary.
+	t.Run("log flood", func(t *testing.T) {
+		t.Parallel()
+		script := `	head -c 268435456 /dev/zero | tr '\0' A
+	echo "flood done"`
+		b := newBuilder(t, e, build.WithLogLimit(1<<20))
+		r, log := runJob(t, b, poll.Job{TargetID: 60, Kind: "url", URL: serveFile(t, hostileScript("logflood", script)), Repo: newRepo(), BaseImage: e.base})
+		if r.Status != poll.ResultSuccess {
+			t.Fatalf("status %s (%s), want success; log tail:\n%s", r.Status, r.Reason, log[max(0, len(log)-2000):])
+		}
+		if !strings.Contains(log, "vagent: the build's output exceeded the log limit of 1048576 bytes") {
+			t.Errorf("no truncation line in the log's %d bytes", len(log))
+		}
+		if len(log) > 1<<20+64<<10 {
+			t.Errorf("the log has %d bytes, want about 1 MiB", len(log))
+		}
+		if strings.Contains(log, "flood done") {
+			t.Error("output after the cap reached the log")
+		}
+		// The footer follows the cap and names the published package.
+		if cut, pub := strings.Index(log, "exceeded the log limit"), strings.LastIndex(log, "logflood-1-1-any.pkg.tar.zst"); pub < cut {
+			t.Errorf("the agent's lines about the package are not after the truncation line (%d < %d)", pub, cut)
 		}
 	})
 

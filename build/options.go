@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
@@ -39,6 +40,8 @@ type options struct {
 	cacheSet bool
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
+	// logLimit caps the log of Build and BuildDir (poll.RunJob).
+	logLimit int64
 }
 
 // Defaults.
@@ -58,6 +61,7 @@ func defaultOptions() *options {
 		jobs:            runtime.NumCPU(),
 		retry:           vieter.Retry{Attempts: 5, Min: 500 * time.Millisecond, Max: 30 * time.Second},
 		publishObserver: func(string) {},
+		logLimit:        poll.DefaultLogLimit,
 		outUID:          -1,
 		outGID:          -1,
 	}
@@ -253,6 +257,20 @@ func WithCacheDir(dir string) Option {
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
+		return nil
+	}
+}
+
+// WithLogLimit caps the log of a job that Build or BuildDir runs at n
+// bytes (poll.RunJob drops the rest, with a line that says so; the footer
+// follows). In the agent, poll caps the logs (poll.WithLogLimit): Execute
+// does not. Default: poll.DefaultLogLimit (64 MiB).
+func WithLogLimit(n int64) Option {
+	return func(o *options) error {
+		if n < 4096 {
+			return fmt.Errorf("%w: log limit %d below 4 KiB", ErrBadConfig, n)
+		}
+		o.logLimit = n
 		return nil
 	}
 }

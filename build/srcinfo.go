@@ -35,6 +35,13 @@ func (s *SrcInfo) FullVersion() string {
 // MaxSrcInfo bounds the size of a .SRCINFO the agent reads.
 const MaxSrcInfo = 1 << 20
 
+// maxSrcInfoNames bounds the package names of a .SRCINFO (the skip check
+// asks the server about each), maxSrcInfoArchs its arch entries.
+const (
+	maxSrcInfoNames = 64 // as many as a build may publish
+	maxSrcInfoArchs = 16
+)
+
 var (
 	pkgNameRE = regexp.MustCompile(`^[a-z0-9@_+][a-z0-9@._+-]{0,127}$`)
 	pkgVerRE  = regexp.MustCompile(`^[A-Za-z0-9._+]{1,128}$`)
@@ -91,6 +98,9 @@ func ParseSrcInfo(r io.Reader) (*SrcInfo, error) {
 			if seen[value] {
 				return nil, fmt.Errorf("%w: line %d: pkgname %q twice", ErrSrcInfo, n, value)
 			}
+			if len(s.Names) == maxSrcInfoNames {
+				return nil, fmt.Errorf("%w: line %d: more than %d packages", ErrSrcInfo, n, maxSrcInfoNames)
+			}
 			seen[value] = true
 			section = "pkg"
 			s.Names = append(s.Names, value)
@@ -116,6 +126,9 @@ func ParseSrcInfo(r io.Reader) (*SrcInfo, error) {
 			if section == "base" {
 				if !archRE.MatchString(value) {
 					return nil, fmt.Errorf("%w: line %d: arch %q", ErrSrcInfo, n, value)
+				}
+				if len(s.Arch) == maxSrcInfoArchs {
+					return nil, fmt.Errorf("%w: line %d: more than %d arch entries", ErrSrcInfo, n, maxSrcInfoArchs)
 				}
 				s.Arch = append(s.Arch, value)
 			}

@@ -2,6 +2,7 @@ package build_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -9,6 +10,15 @@ import (
 
 	"github.com/vieter-v/vagent/build"
 )
+
+// manyLines repeats format, numbered from 0, n times.
+func manyLines(format string, n int) string {
+	var sb strings.Builder
+	for i := range n {
+		fmt.Fprintf(&sb, format, i)
+	}
+	return sb.String()
+}
 
 func TestParseSrcInfo(t *testing.T) {
 	for _, tc := range []struct {
@@ -27,6 +37,8 @@ func TestParseSrcInfo(t *testing.T) {
 		{"split", "# comment\npkgbase = s\n\tpkgver = 3.1\n\tpkgrel = 2.1\n\tarch = x86_64\n\tarch = aarch64\n\tdepends_x86_64 = foo\n\npkgname = s-a\n\tarch = any\n\tdepends = bar\n\npkgname = s-b\n",
 			&build.SrcInfo{Base: "s", Names: []string{"s-a", "s-b"}, Version: "3.1", Release: "2.1", Arch: []string{"x86_64", "aarch64"}}, "3.1-2.1", false},
 		{"empty", "", nil, "", true},
+		{"65 packages", "pkgbase = a\npkgver = 1\npkgrel = 1\n" + manyLines("pkgname = p%d\n", 65), nil, "", true},
+		{"17 archs", "pkgbase = a\npkgver = 1\npkgrel = 1\n" + manyLines("arch = a%d\n", 17) + "pkgname = a\n", nil, "", true},
 		{"no pkgname", "pkgbase = a\npkgver = 1\npkgrel = 1\n", nil, "", true},
 		{"no pkgrel", "pkgbase = a\npkgver = 1\npkgname = a\n", nil, "", true},
 		{"name before base", "pkgname = a\npkgbase = a\n", nil, "", true},

@@ -43,11 +43,13 @@ type Mount struct {
 	// ReadOnly makes the mount, and every mount under it, read-only.
 	ReadOnly bool
 	// IDMapped maps the files of Source through the run's id mapping, so
-	// that host uid 0 appears as container root (and container root writes
-	// as host root). Without it host files appear owned by the overflow id
-	// (nobody) and container root can only write what is writable by the
-	// mapped host ids (e.g. a cache directory owned by 100000). Ignored
-	// without a user namespace.
+	// that host uid 0 appears as container root. It needs ReadOnly:
+	// through a writable idmapped mount container root would write as host
+	// root (setuid-root files on the host). Without it host files appear
+	// owned by the overflow id (nobody) and container root can only write
+	// what is writable by the mapped host ids: a writable shared directory
+	// is owned by Manager.RootIDs instead. Ignored without a user
+	// namespace.
 	IDMapped bool
 }
 
@@ -196,6 +198,11 @@ func (s *Spec) validate() error {
 		}
 		if path.Clean(m.Target) == "/" {
 			return fmt.Errorf("%w: mount over /", ErrInvalidSpec)
+		}
+		if m.IDMapped && !m.ReadOnly {
+			// Container root would write there as host root: setuid-root
+			// files on the host.
+			return fmt.Errorf("%w: idmapped mount %q must be read-only", ErrInvalidSpec, m.Source)
 		}
 	}
 	if s.Limits != nil {

@@ -112,3 +112,17 @@ func TestBinaryCopiedPerStart(t *testing.T) {
 		}
 	}
 }
+
+// TestSpecIDMappedReadOnly: a writable idmapped mount would let container
+// root write as host root; it is refused, a read-only one is not.
+func TestSpecIDMappedReadOnly(t *testing.T) {
+	spec := Spec{Lower: "/lower", Args: []string{"true"}}
+	spec.Mounts = []Mount{{Source: "/src", Target: "/dst", IDMapped: true}}
+	if err := spec.validate(); !errors.Is(err, ErrInvalidSpec) {
+		t.Errorf("writable idmapped mount: %v", err)
+	}
+	spec.Mounts[0].ReadOnly = true
+	if err := spec.validate(); err != nil {
+		t.Errorf("read-only idmapped mount: %v", err)
+	}
+}

@@ -52,7 +52,6 @@ type Config struct {
 	RequestTimeout Duration     `yaml:"request_timeout"`
 	UploadTimeout  Duration     `yaml:"upload_timeout"`
 	Fsync          bool         `yaml:"fsync"`
-	MaxLogSize     Size         `yaml:"max_log_size"`
 	IDRange        IDRange      `yaml:"id_range"`
 	BuildLimits    BuildLimits  `yaml:"build_limits"`
 	PacmanCache    PacmanCache  `yaml:"pacman_cache"`
@@ -84,6 +83,8 @@ type BuildLimits struct {
 	CPUWeight  uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
 	Tmp Size `yaml:"tmp"`
+	// Log caps a build's log (poll.WithLogLimit).
+	Log Size `yaml:"log"`
 }
 
 // PacmanCache is the package cache shared by builds.
@@ -130,9 +131,8 @@ func defaultConfig() Config {
 		RequestTimeout:        Duration(time.Minute),
 		UploadTimeout:         Duration(10 * time.Minute),
 		Fsync:                 true,
-		MaxLogSize:            64 << 20,
 		IDRange:               IDRange{Base: 100000, Size: 65536},
-		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize},
+		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: poll.DefaultLogLimit},
 		PacmanCache:           PacmanCache{Enabled: true},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
@@ -751,7 +751,6 @@ func (l *loader) validate(c *Config) {
 		p, perr := strconv.ParseUint(port, 10, 16)
 		check(err == nil && perr == nil && (p > 0 || port == "0"), "metrics_address", "must be host:port (e.g. 127.0.0.1:9100 or :9100), got %q", excerptValue(c.MetricsAddress))
 	}
-	check(c.MaxLogSize >= 64<<10, "max_log_size", "must be at least 64KiB, got %v", c.MaxLogSize)
 	check(c.IDRange.Base >= 1, "id_range.base", "must be ≥ 1 (host id 0 is root), got %d", c.IDRange.Base)
 	check(c.IDRange.Size >= 65536, "id_range.size", "must be ≥ 65536 (a build needs every 16-bit id), got %d", c.IDRange.Size)
 	check(uint64(c.IDRange.Base)+uint64(c.IDRange.Size) <= math.MaxUint32, "id_range.size", "base + size must be < 2^32")
@@ -765,6 +764,7 @@ func (l *loader) validate(c *Config) {
 	check(bl.CPUs >= 0 && !math.IsNaN(bl.CPUs) && !math.IsInf(bl.CPUs, 0) && bl.CPUs <= 1<<16, "build_limits.cpus", "must be a number of CPUs ≥ 0 (0: no limit), got %v", bl.CPUs)
 	check(bl.CPUWeight <= 10000, "build_limits.cpu_weight", "must be 1–10000 or 0 (the default weight), got %d", bl.CPUWeight)
 	check(bl.Tmp >= 1<<20, "build_limits.tmp", "must be a size of at least 1MiB, got %v", bl.Tmp)
+	check(bl.Log >= 4<<10, "build_limits.log", "must be a size of at least 4KiB, got %v", bl.Log)
 	check(c.PacmanCache.Dir == "" || filepath.IsAbs(c.PacmanCache.Dir), "pacman_cache.dir", "must be an absolute path, got %q", excerptValue(c.PacmanCache.Dir))
 	for i, p := range c.BuilderPkgs {
 		check(pkgRE.MatchString(p), fmt.Sprintf("builder_packages[%d]", i), "not a package name: %q", excerptValue(p))
@@ -845,7 +845,7 @@ func (c *Config) PollOptions() []poll.Option {
 		poll.WithUploadTimeout(c.UploadTimeout.D()),
 		poll.WithDefaultTimeout(c.BuildTimeout.D()),
 		poll.WithFsync(c.Fsync),
-		poll.WithLogLimit(int64(c.MaxLogSize)),
+		poll.WithLogLimit(int64(c.BuildLimits.Log)),
 	}
 }
 

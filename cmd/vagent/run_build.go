@@ -93,6 +93,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 		build.WithArch(cfg.Arch),
 		build.WithDefaultTimeout(cfg.BuildTimeout.D()),
 		build.WithLimits(cfg.Limits()),
+		build.WithLogLimit(int64(cfg.BuildLimits.Log)),
 		build.WithCacheDir(cfg.PacmanCacheDir()),
 		build.WithLogger(deps.log))
 	if err != nil {
