@@ -236,9 +236,6 @@ func WithRetry(attempts int, first time.Duration) Option {
 	}
 }
 
-// WithLocalImages lets base_image name local images (oci:DIR,
-// docker-archive:FILE...). Only for a trusted caller such as `vagent
-// build`: a job from a server may name registry images only. Default: off.
 // WithCacheDir sets the host directory of the Pacman package cache that
 // every build shares (mounted on /var/cache/pacman/pkg), so dependencies
 // are downloaded once. An empty dir turns the shared cache off: each build
@@ -254,6 +251,9 @@ func WithCacheDir(dir string) Option {
 	}
 }
 
+// WithLocalImages lets base_image name local images (oci:DIR,
+// docker-archive:FILE...). Only for a trusted caller such as `vagent
+// build`: a job from a server may name registry images only. Default: off.
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
