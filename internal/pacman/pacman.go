@@ -109,8 +109,9 @@ func (r Repo) Section() string {
 	return b.String()
 }
 
-// Conf returns the sections of repos, each once: a repository whose name
-// came before is left out (the first one wins).
+// Conf returns the sections of repos, each once and followed by a blank
+// line: a repository whose name came before is left out (the first one
+// wins).
 func Conf(repos []Repo) string {
 	var b strings.Builder
 	seen := map[string]bool{}
@@ -119,8 +120,8 @@ func Conf(repos []Repo) string {
 			continue
 		}
 		seen[r.Name] = true
-		b.WriteString("\n")
 		b.WriteString(r.Section())
+		b.WriteString("\n")
 	}
 	return b.String()
 }

@@ -54,7 +54,7 @@ func TestConfWritesEachRepositoryOnce(t *testing.T) {
 		{Name: "b", Servers: []string{"https://3"}, SigLevel: "Never"},
 		{Name: "a", Servers: []string{"https://4"}},
 	})
-	want := "\n[a]\nServer = https://1\nServer = https://2\n\n[b]\nSigLevel = Never\nServer = https://3\n"
+	want := "[a]\nServer = https://1\nServer = https://2\n\n[b]\nSigLevel = Never\nServer = https://3\n\n"
 	if got != want {
 		t.Errorf("Conf:\n%q\nwant\n%q", got, want)
 	}
