@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -58,17 +59,21 @@ func runBuild(ctx context.Context, env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	job := poll.Job{Branch: *branch, Path: *subdir, BaseImage: *base}
+	// A local build publishes nothing: the job's repository only names
+	// the build in logs, but the job must be as valid as a server's.
+	job := poll.Job{Branch: *branch, Path: *subdir, BaseImage: *base, Repo: localRepo}
 	src := fs.Arg(0)
-	var localDir string
-	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
-		localDir = src
+	localDir, err := localSource(src)
+	if err != nil {
+		return err
+	}
+	if localDir != "" {
 		if *branch != "" {
 			return usageError("--branch is for git sources")
 		}
 	} else {
 		job.Kind, job.URL = sourceKind(src), src
-		if err := build.ValidateJob(poll.Job{Kind: job.Kind, URL: job.URL, Branch: job.Branch, Path: job.Path, Repo: "local", BaseImage: job.BaseImage}, true); err != nil {
+		if err := build.ValidateJob(job, true); err != nil {
 			return usageError("%v", err)
 		}
 	}
@@ -115,6 +120,40 @@ func runBuild(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	return &exitError{code: max(r.ExitCode, 1), err: fmt.Errorf("%s", r.Reason)}
+}
+
+// localRepo is the repository name of a local build's job.
+const localRepo = "local"
+
+// localSource returns src when it names a local directory, "" when it is a
+// URL (scheme://…, scp-like [user@]host:path, or a transport::address that
+// validation refuses), and an error when it looks like a local path but
+// names no directory: a mistyped directory is not taken for a git URL.
+func localSource(src string) (string, error) {
+	if isRemoteSource(src) {
+		return "", nil
+	}
+	fi, err := os.Stat(src)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("source %s: no such directory (want a directory holding a PKGBUILD, a git URL or a PKGBUILD URL)", src)
+	case err != nil:
+		return "", fmt.Errorf("source: %w", err)
+	case !fi.IsDir():
+		return "", fmt.Errorf("source %s: not a directory (want the directory holding the PKGBUILD)", src)
+	}
+	return src, nil
+}
+
+// isRemoteSource tells a URL from a local path as git does: a path has no
+// "://" and no ':' before its first '/'. Sources starting with '-' are
+// never local (validation refuses them as URLs).
+func isRemoteSource(src string) bool {
+	if strings.HasPrefix(src, "-") || strings.Contains(src, "://") {
+		return true
+	}
+	colon, slash := strings.IndexByte(src, ':'), strings.IndexByte(src, '/')
+	return colon > 0 && (slash < 0 || colon < slash)
 }
 
 // sourceKind tells a PKGBUILD URL (http(s), last path element PKGBUILD)
