@@ -10,6 +10,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
@@ -17,58 +20,72 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() {
-	register(&command{name: "build", summary: "build a PKGBUILD locally in a sandbox, like makechrootpkg", run: runBuild})
-}
+func init() { register(newBuildCmd) }
 
-const buildSynopsis = `build [flags] SOURCE
+const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 
 SOURCE is a git repository URL, the URL of a PKGBUILD (http(s)://.../PKGBUILD)
 or a local directory holding a PKGBUILD (copied into the sandbox; it is not
 changed). The build runs as on an agent, in a fresh sandbox on the builder
 image of --base-image, without a server: no skip check, nothing published.
 The packages are written to --out, owned by the invoking user (SUDO_UID under
-sudo); the log streams to standard output.`
+sudo); the log streams to standard output. The exit status is the build's.`
 
-func runBuild(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "build", buildSynopsis)
-	var sf storeFlags
-	var rf registryFlags
-	sf.register(fs)
-	rf.register(fs)
-	base := fs.String("base-image", "archlinux:base-devel", "base image `REF` of the builder image")
-	branch := fs.String("branch", "", "git `BRANCH` to build (default: the repository's default branch)")
-	subdir := fs.String("path", "", "`DIR` of the source holding the PKGBUILD")
-	out := fs.String("out", "out", "write the packages to `DIR`")
-	timeout := fs.Duration("timeout", build.DefaultTimeout, "kill the build after `D`")
-	var repoURLs listFlag
-	fs.Var(&repoURLs, "repo-url", "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
+// buildFlags are the flags of `vagent build`.
+type buildFlags struct {
+	sf       storeFlags
+	rf       registryFlags
+	base     string
+	branch   string
+	subdir   string
+	out      string
+	timeout  time.Duration
+	repoURLs []string
+	seccomp  bool
+}
+
+func newBuildCmd(env *cliEnv) *cobra.Command {
+	var f buildFlags
+	c := &cobra.Command{
+		Use:   "build [flags] SOURCE",
+		Short: "build a PKGBUILD locally in a sandbox, like makechrootpkg",
+		Long:  buildLong,
+		Args:  exactArgs(1, "one SOURCE"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return runBuild(c.Context(), env, &f, args[0])
+		},
+	}
+	fs := c.Flags()
+	f.sf.register(fs)
+	f.rf.register(fs)
+	fs.StringVar(&f.base, "base-image", "archlinux:base-devel", "base image `REF` of the builder image")
+	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
+	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
+	fs.StringVar(&f.out, "out", "out", "write the packages to `DIR`")
+	fs.DurationVar(&f.timeout, "timeout", build.DefaultTimeout, "kill the build after `D`")
+	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
-	seccomp := fs.Bool("seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return usageError("build takes one SOURCE")
-	}
-	if *timeout <= 0 {
+	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
+	return c
+}
+
+func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error {
+	if f.timeout <= 0 {
 		return usageError("--timeout must be positive")
 	}
-	repos, err := parseRepoURLs(repoURLs)
+	repos, err := parseRepoURLs(f.repoURLs)
 	if err != nil {
 		return err
 	}
 	// A local build publishes nothing: the job's repository only names
 	// the build in logs, but the job must be as valid as a server's.
-	job := poll.Job{Branch: *branch, Path: *subdir, BaseImage: *base, Repo: localRepo}
-	src := fs.Arg(0)
+	job := poll.Job{Branch: f.branch, Path: f.subdir, BaseImage: f.base, Repo: localRepo}
 	localDir, err := localSource(src)
 	if err != nil {
 		return err
 	}
 	if localDir != "" {
-		if *branch != "" {
+		if f.branch != "" {
 			return usageError("--branch is for git sources")
 		}
 	} else {
@@ -77,21 +94,21 @@ func runBuild(ctx context.Context, env *cliEnv, args []string) error {
 			return usageError("%v", err)
 		}
 	}
-	outDir, err := filepath.Abs(*out)
+	outDir, err := filepath.Abs(f.out)
 	if err != nil {
 		return err
 	}
 	uid, gid := invokingUser()
 
-	ropts, err := rf.options()
+	ropts, err := f.rf.options(env)
 	if err != nil {
 		return err
 	}
-	store, err := sf.open(env, ropts...)
+	store, err := f.sf.open(env, ropts...)
 	if err != nil {
 		return err
 	}
-	sb, err := sandbox.New(filepath.Join(sf.dataDir, "sandbox"), sandbox.WithLogger(env.log), sandbox.WithSeccomp(*seccomp))
+	sb, err := sandbox.New(filepath.Join(f.sf.dataDir, "sandbox"), sandbox.WithLogger(env.log), sandbox.WithSeccomp(f.seccomp))
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
@@ -100,13 +117,13 @@ func runBuild(ctx context.Context, env *cliEnv, args []string) error {
 	if len(repos) > 0 {
 		bopts = append(bopts, builder.WithRepos(repos...))
 	}
-	bm, err := builder.New(store, sb, filepath.Join(sf.dataDir, "builders"), bopts...)
+	bm, err := builder.New(store, sb, filepath.Join(f.sf.dataDir, "builders"), bopts...)
 	if err != nil {
 		return fmt.Errorf("builder images: %w", err)
 	}
 	defer bm.Close()
-	b, err := build.New(sb, build.Builders(bm), filepath.Join(sf.dataDir, "build"),
-		build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(*timeout), build.WithLocalImages(true))
+	b, err := build.New(sb, build.Builders(bm), filepath.Join(f.sf.dataDir, "build"),
+		build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(f.timeout), build.WithLocalImages(true))
 	if err != nil {
 		return err
 	}

@@ -12,19 +12,14 @@ import (
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
 
 	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
 )
 
-func init() {
-	register(&command{name: "run", summary: "run the agent: poll the Vieter server and build its jobs", run: runRun})
-}
-
-// exitConfig is the exit status for an invalid configuration (EX_CONFIG):
-// systemd's RestartPreventExitStatus=78 keeps such an agent stopped.
-const exitConfig = 78
+func init() { register(newRunCmd) }
 
 // runDeps is what `vagent run` hands the executor factory.
 type runDeps struct {
@@ -41,17 +36,38 @@ var newExecutor func(ctx context.Context, cfg *Config, deps runDeps) (exec poll.
 // exitNow ends the process at the third signal (tests replace it).
 var exitNow = os.Exit
 
-func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
-	fs := newFlagSet(env, "run", "run [agent.yaml]\n\nWithout a file, the configuration comes from VIETER_* variables alone.")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newRunCmd(env *cliEnv) *cobra.Command {
+	var config string
+	c := &cobra.Command{
+		Use:   "run [agent.yaml]",
+		Short: "run the agent: poll the Vieter server and build its jobs",
+		Long: "Run the agent: poll the Vieter server and build its jobs until SIGINT or SIGTERM.\n" +
+			"The configuration is agent.yaml (or --config FILE) with the VIETER_* variables over it;\n" +
+			"without a file it comes from VIETER_* variables alone (see docs/configuration.md).\n\n" +
+			"Signals: the first SIGINT/SIGTERM stops polling and lets running builds finish within\n" +
+			"shutdown_grace, the second cancels them, the third exits at once (status 130). SIGHUP\n" +
+			"is ignored: restart the agent to apply a changed configuration.",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) > 1 || (len(args) == 1 && config != "") {
+				return usageError("run takes one configuration file")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				config = args[0]
+			}
+			return runAgent(c.Context(), env, config)
+		},
 	}
-	if fs.NArg() > 1 {
-		return usageError("run takes one configuration file")
-	}
-	cfg, err := LoadConfig(fs.Arg(0), os.Getenv)
+	c.Flags().StringVar(&config, "config", "", "read the configuration `FILE` (the same as the argument)")
+	return c
+}
+
+func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
+	cfg, err := loadAgentConfig(config)
 	if err != nil {
-		return &exitError{code: exitConfig, err: err}
+		return err
 	}
 	closeLog, err := setupLogging(env, cfg)
 	if err != nil {
@@ -114,7 +130,7 @@ func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
 					agent.Abort()
 				default:
 					log.WithField("signal", sig).Error("exiting at once: pending logs and jobs are handled at the next start")
-					exitNow(130)
+					exitNow(exitSignalled)
 				}
 			}
 		}

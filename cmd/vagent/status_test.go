@@ -120,7 +120,7 @@ func TestStatus(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{`data dir .*: 2 log\(s\) in the spool`, `(?m)^\d +1 +bur +finished, failure +4 +11 +`,
+	for _, want := range []string{`data dir .*: 2 log\(s\) in the spool`, `(?m)^\d +1 +bur +finished, failure +4 +\d+ +`,
 		`(?m)^\d +2 +core\?\[31m +building \(or interrupted\) +- +`} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("output lacks %s:\n%s", want, out)
@@ -143,11 +143,11 @@ func TestStatusErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"status", "-address", "a:1", "-data-dir", "/x"}, 2, "use one of -address, -data-dir and -config"},
+		{[]string{"status", "-address", "a:1", "-data-dir", "/x"}, 2, "use one of --address, --data-dir and --config"},
 		{[]string{"status", "extra"}, 2, "status takes no arguments"},
-		{[]string{"status", "-data-dir", filepath.Join(t.TempDir(), "none")}, 1, "reading spool"},
+		{[]string{"status", "-data-dir", filepath.Join(t.TempDir(), "none")}, 1, "no such data dir"},
 		{[]string{"status", "-address", "127.0.0.1:1"}, 1, "is metrics_address set and the agent running?"},
-		{[]string{"status", "-config", filepath.Join(t.TempDir(), "none.yaml")}, 1, "reading configuration"},
+		{[]string{"status", "-config", filepath.Join(t.TempDir(), "none.yaml")}, exitConfig, "reading configuration"},
 	}
 	for _, tt := range tests {
 		code, _, errOut := runCLI(tt.args...)
