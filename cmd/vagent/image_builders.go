@@ -44,11 +44,11 @@ func (f *agentFlags) register(c *cobra.Command, what string) {
 
 // load reads --config, if given; its data_dir applies unless --data-dir
 // was given. An invalid configuration exits with status 78.
-func (f *agentFlags) load(c *cobra.Command) error {
+func (f *agentFlags) load(env *cliEnv, c *cobra.Command) error {
 	if f.config == "" {
 		return nil
 	}
-	cfg, err := loadAgentConfig(f.config)
+	cfg, err := loadAgentConfig(env, f.config)
 	if err != nil {
 		return err
 	}
@@ -63,13 +63,21 @@ func (f *agentFlags) load(c *cobra.Command) error {
 // (or `vagent run`'s argument; "" for VIETER_* variables alone). An
 // invalid configuration exits with status 78 (exitConfig) in every
 // command.
-func loadAgentConfig(path string) (*Config, error) {
+// Unknown VIETER_* variables are configuration errors too. A short API
+// key is warned about.
+func loadAgentConfig(env *cliEnv, path string) (*Config, error) {
 	cfg, err := LoadConfig(path, os.Getenv)
-	if err != nil {
+	if err = errors.Join(err, checkEnviron(os.Environ())); err != nil {
 		return nil, &exitError{code: exitConfig, err: err}
+	}
+	if n := len(cfg.APIKey.Reveal()); n < minAPIKeyLen {
+		env.log.Warnf("api_key has %d characters: a key shorter than %d is easy to guess, and its redaction in logs may hide ordinary text", n, minAPIKeyLen)
 	}
 	return cfg, nil
 }
+
+// minAPIKeyLen is the shortest API key accepted without a warning.
+const minAPIKeyLen = 16
 
 // builderOptions are the builder options of the configuration, if any.
 func (f *agentFlags) builderOptions(env *cliEnv) []builder.Option {
@@ -108,7 +116,7 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 		Args:  exactArgs(1, "one base image reference"),
 		RunE: func(c *cobra.Command, args []string) error {
 			base := args[0]
-			if err := af.load(c); err != nil {
+			if err := af.load(env, c); err != nil {
 				return err
 			}
 			ropts, err := af.ociOptions(env, &rf)
@@ -191,7 +199,7 @@ func newBuilderListCmd(env *cliEnv) *cobra.Command {
 		Short:   "list the builders: base, digest, age, size, state",
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := af.load(c); err != nil {
+			if err := af.load(env, c); err != nil {
 				return err
 			}
 			return listBuilders(env, af.dataDir, af.builderOptions(env))
@@ -248,7 +256,7 @@ func newBuilderRemoveCmd(env *cliEnv) *cobra.Command {
 			return nil
 		},
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := af.load(c); err != nil {
+			if err := af.load(env, c); err != nil {
 				return err
 			}
 			m, err := openBuilders(af.dataDir, af.builderOptions(env), false)
@@ -290,7 +298,7 @@ func newBuilderPruneCmd(env *cliEnv) *cobra.Command {
 		Short: "remove builders that are superseded or stale (unless in use), and image blobs no builder uses",
 		Args:  noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := af.load(c); err != nil {
+			if err := af.load(env, c); err != nil {
 				return err
 			}
 			m, err := openBuilders(af.dataDir, af.builderOptions(env), false)

@@ -65,7 +65,7 @@ func newRunCmd(env *cliEnv) *cobra.Command {
 }
 
 func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
-	cfg, err := loadAgentConfig(config)
+	cfg, err := loadAgentConfig(env, config)
 	if err != nil {
 		return err
 	}

@@ -40,7 +40,7 @@ func newStatusCmd(env *cliEnv) *cobra.Command {
 				return usageError("use one of --address, --data-dir and --config")
 			}
 			if config != "" {
-				cfg, err := loadAgentConfig(config)
+				cfg, err := loadAgentConfig(env, config)
 				if err != nil {
 					return err
 				}
