@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -82,6 +83,17 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	sigs := make(chan os.Signal, 3)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	// SIGHUP (a closed terminal, `systemctl reload`) must not end the
+	// agent without draining: it is ignored; a changed configuration
+	// needs a restart.
+	signal.Ignore(syscall.SIGHUP)
+	defer signal.Reset(syscall.SIGHUP)
+	notifyStopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.WithError(err).Warn("telling the service manager")
+		}
+	})
+	defer notifyStopping()
 
 	if newExecutor == nil {
 		return errors.New("this vagent binary has no build executor")
@@ -124,7 +136,9 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			case sig := <-sigs:
 				switch n {
 				case 1:
-					log.WithField("signal", sig).Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
+					notifyStopping()
+					log.WithFields(logrus.Fields{"signal": sig, "grace": cfg.ShutdownGrace.D()}).
+						Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
 				case 2:
 					log.WithField("signal", sig).Warn("cancelling running builds; signal again to exit at once")
 					agent.Abort()
@@ -135,12 +149,16 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			}
 		}
 	}()
-	log.WithFields(logrus.Fields{"server": cfg.Address, "arch": cfg.Arch, "slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}).
-		Info("vagent running")
+	logLifecycle(env.log, logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
+		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}, "vagent running")
+	if err := sdNotify("READY=1"); err != nil {
+		log.WithError(err).Warn("telling the service manager")
+	}
 	if err := agent.Run(ctx); err != nil {
 		return err
 	}
-	log.Info("vagent stopped")
+	notifyStopping()
+	logLifecycle(env.log, nil, "vagent stopped")
 	return nil
 }
 
@@ -182,11 +200,14 @@ func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
 		"INFO": logrus.InfoLevel, "DEBUG": logrus.DebugLevel}[lvl]
 	env.log.SetLevel(level)
 	if cfg.LogFormat == "json" {
-		env.log.SetFormatter(&logrus.JSONFormatter{})
+		env.log.SetFormatter(durationFormatter{&logrus.JSONFormatter{}})
 	} else {
-		env.log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		env.log.SetFormatter(durationFormatter{&logrus.TextFormatter{FullTimestamp: true}})
 	}
 	path := cfg.LogFilePath()
+	if cfg.LogFile == "" && stderrIsJournal(env.stderr) {
+		path = "" // the journal has every line; no default file besides it
+	}
 	if path == "" {
 		return func() {}, nil
 	}

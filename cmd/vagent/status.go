@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -52,7 +53,7 @@ func newStatusCmd(env *cliEnv) *cobra.Command {
 					return err
 				}
 				if asJSON {
-					return printJSON(env.stdout, st)
+					return printJSON(env.stdout, metrics.NewStatusJSON(*st))
 				}
 				printAgentStatus(env.stdout, st, time.Now())
 				return nil
@@ -119,8 +120,12 @@ func fetchStatus(ctx context.Context, addr string) (*poll.Status, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("asking the agent: %s", resp.Status)
 	}
-	var st poll.Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+	var body metrics.StatusJSON
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+		return nil, fmt.Errorf("reading the agent's status: %w", err)
+	}
+	st, err := body.Decode()
+	if err != nil {
 		return nil, fmt.Errorf("reading the agent's status: %w", err)
 	}
 	return &st, nil

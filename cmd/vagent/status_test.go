@@ -110,9 +110,13 @@ func TestStatus(t *testing.T) {
 		t.Error("a terminal escape from the server reached the output")
 	}
 	code, out, _ = runCLI("status", "-address", "http://"+addr+"/", "-json")
-	var st poll.Status
-	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Slots) != 2 {
-		t.Errorf("-json: exit %d, %v: %s", code, err, out)
+	var body metrics.StatusJSON
+	err := json.Unmarshal([]byte(out), &body)
+	if st, derr := body.Decode(); code != 0 || err != nil || derr != nil || len(st.Slots) != 2 || st.PollInterval != 50*time.Millisecond {
+		t.Errorf("-json: exit %d, %v, %v: %s", code, err, derr, out)
+	}
+	if !strings.Contains(out, `"poll_interval": "50ms"`) {
+		t.Errorf("-json: durations are not strings:\n%s", out)
 	}
 
 	// From the data dir's spool: the running build and the pending log.

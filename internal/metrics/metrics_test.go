@@ -208,10 +208,18 @@ func TestCountersMoveAsBuildsFinish(t *testing.T) {
 	// A running build shows in the slots gauge and in /status.
 	s.addJobs(t, 1)
 	waitFor(t, "a running slot", func() bool { return scrape(t, s.metrics.URL)[`vagent_slots{state="running"}`] == 1 })
-	var st poll.Status
-	if code := getJSON(t, s.metrics.URL+"/status", &st); code != 200 || len(st.Slots) != 1 || st.Slots[0].State != "running" ||
+	var body StatusJSON
+	code := getJSON(t, s.metrics.URL+"/status", &body)
+	st, err := body.Decode()
+	if err != nil || code != 200 || len(st.Slots) != 1 || st.Slots[0].State != "running" ||
 		st.Slots[0].Job == nil || st.Slots[0].Job.TargetID != 5 || st.Slots[0].Since.IsZero() || st.Arch != testArch {
-		t.Errorf("/status %d: %+v", code, st)
+		t.Errorf("/status %d, %v: %+v", code, err, st)
+	}
+	// Durations are strings, as in the configuration.
+	var raw map[string]any
+	getJSON(t, s.metrics.URL+"/status", &raw)
+	if raw["poll_interval"] != "50ms" || st.PollInterval != 50*time.Millisecond {
+		t.Errorf("/status poll_interval %#v, decoded %v; want \"50ms\"", raw["poll_interval"], st.PollInterval)
 	}
 	close(release)
 	waitFor(t, "the fifth build", func() bool { return scrape(t, s.metrics.URL)[`vagent_builds_total{result="success"}`] == 2 })
