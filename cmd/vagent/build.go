@@ -33,8 +33,9 @@ sudo); the log streams to standard output. The exit status is the build's.`
 
 // buildFlags are the flags of `vagent build`.
 type buildFlags struct {
-	sf       storeFlags
+	af       agentFlags
 	rf       registryFlags
+	mirrors  []string // --pacman-mirror
 	base     string
 	branch   string
 	subdir   string
@@ -52,12 +53,21 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 		Long:  buildLong,
 		Args:  exactArgs(1, "one SOURCE"),
 		RunE: func(c *cobra.Command, args []string) error {
+			if err := f.af.load(env, c); err != nil {
+				return err
+			}
+			if f.af.cfg != nil && !c.Flags().Changed("timeout") {
+				f.timeout = f.af.cfg.BuildTimeout.D()
+			}
 			return runBuild(c.Context(), env, &f, args[0])
 		},
 	}
 	fs := c.Flags()
-	f.sf.register(fs)
+	f.af.register(c, "its data_dir, registries, builder_packages, pacman_mirrors, pacman_repos, build_limits, "+
+		"build_timeout, id_range and pacman_cache, as the agent builds (flags given win)")
 	f.rf.register(fs)
+	fs.StringArrayVar(&f.mirrors, "pacman-mirror", nil, "use the Pacman mirror `URL` (https://HOST/archlinux/$repo/os/$arch) in the builder image "+
+		"instead of the base image's (repeatable, in order; default: the configuration's pacman_mirrors)")
 	fs.StringVar(&f.base, "base-image", "archlinux:base-devel", "base image `REF` of the builder image")
 	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
 	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
@@ -100,30 +110,44 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	}
 	uid, gid := invokingUser()
 
-	ropts, err := f.rf.options(env)
+	ropts, err := f.af.ociOptions(env, &f.rf)
 	if err != nil {
 		return err
 	}
-	store, err := f.sf.open(env, ropts...)
+	dataDir, cfg := f.af.dataDir, f.af.cfg
+	store, err := f.af.open(env, ropts...)
 	if err != nil {
 		return err
 	}
-	sb, err := sandbox.New(filepath.Join(f.sf.dataDir, "sandbox"), sandbox.WithLogger(env.log), sandbox.WithSeccomp(f.seccomp))
+	sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(f.seccomp)}
+	if cfg != nil {
+		sopts = append(sopts, cfg.SandboxOptions()...)
+	}
+	sb, err := sandbox.New(filepath.Join(dataDir, "sandbox"), sopts...)
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	defer sb.Close()
-	bopts := []builder.Option{builder.WithLogger(env.log)}
+	bopts := f.af.builderOptions(env)
+	if len(f.mirrors) > 0 {
+		bopts = append(bopts, builder.WithMirrorList(f.mirrors...))
+	}
 	if len(repos) > 0 {
 		bopts = append(bopts, builder.WithRepos(repos...))
 	}
-	bm, err := builder.New(store, sb, filepath.Join(f.sf.dataDir, "builders"), bopts...)
+	bm, err := builder.New(store, sb, filepath.Join(dataDir, "builders"), bopts...)
 	if err != nil {
 		return fmt.Errorf("builder images: %w", err)
 	}
 	defer bm.Close()
-	b, err := build.New(sb, build.Builders(bm), filepath.Join(f.sf.dataDir, "build"),
-		build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(f.timeout), build.WithLocalImages(true))
+	// The one Pacman cache of the data dir, shared with `vagent run`.
+	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
+	opts := []build.Option{build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(f.timeout), build.WithLocalImages(true)}
+	if cfg != nil {
+		cacheDir = cfg.PacmanCacheDir()
+		opts = append(opts, build.WithArch(cfg.Arch), build.WithLimits(cfg.Limits()), build.WithRepos(cfg.buildRepos()...))
+	}
+	b, err := build.New(sb, build.Builders(bm), filepath.Join(dataDir, "build"), append(opts, build.WithCacheDir(cacheDir))...)
 	if err != nil {
 		return err
 	}

@@ -82,6 +82,7 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 // sources and output that mapped users can reach.
 type localBuildEnv struct {
 	dir, base, deps string
+	registry        string // host:port of the registry holding base
 }
 
 func newLocalBuildEnv(t *testing.T) *localBuildEnv {
@@ -103,7 +104,7 @@ func newLocalBuildEnv(t *testing.T) *localBuildEnv {
 			t.Fatal(err)
 		}
 	}
-	return &localBuildEnv{dir: sandboxtest.Dir(t), base: base, deps: ts.URL + "/deps"}
+	return &localBuildEnv{dir: sandboxtest.Dir(t), base: base, deps: ts.URL + "/deps", registry: reg.Host()}
 }
 
 // args are the arguments of `vagent build` up to the source's flags.
@@ -158,6 +159,38 @@ func TestBuildRemoteSources(t *testing.T) {
 				t.Errorf("package not in --out: %v", err)
 			}
 		})
+	}
+
+	// With --config and nothing else: the agent's data_dir, its registry
+	// mirror (the base's registry does not exist), its pacman_repos (the
+	// builder's base-devel and git) and its build_timeout.
+	t.Run("agent configuration", func(t *testing.T) {
+		cfg := filepath.Join(e.dir, "agent.yaml")
+		yaml := "address: http://127.0.0.1:1\napi_key: " + testKey + "\ndata_dir: " + filepath.Join(e.dir, "data") + "\n" +
+			"build_timeout: 10m\n" +
+			"pacman_repos:\n  - name: deps\n    servers: [" + e.deps + "/$arch]\n    sig_level: Optional TrustAll\n" +
+			"registries:\n  mirrors:\n    registry.invalid:5000: [http://" + e.registry + "]\n"
+		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(e.dir, "out-config")
+		var stdout, stderr bytes.Buffer
+		code := run1([]string{"build", "--config", cfg, "--base-image", "registry.invalid:5000/test/archlike:latest",
+			"--seccomp=" + strconv.FormatBool(sandbox.SeccompSupported), "--out", out, pkgURL}, &stdout, &stderr)
+		if code != 0 {
+			t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+		}
+		if _, err := os.Stat(filepath.Join(out, "fromurl-0.1-1-any.pkg.tar.zst")); err != nil {
+			t.Errorf("package not in --out: %v", err)
+		}
+	})
+
+	// One Pacman cache per data dir, the one `vagent run` uses.
+	if _, err := os.Stat(filepath.Join(e.dir, "data", "pacman-cache")); err != nil {
+		t.Errorf("the data dir's pacman cache: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "data", "build", "pacman-cache")); err == nil {
+		t.Error("vagent build made a second pacman cache, build/pacman-cache")
 	}
 }
 

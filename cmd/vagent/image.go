@@ -140,7 +140,7 @@ func (f *registryFlags) options(env *cliEnv) ([]oci.Option, error) {
 var errNotChecked = errors.New("could not check the registry for a newer image")
 
 func newImagePullCmd(env *cliEnv) *cobra.Command {
-	var sf storeFlags
+	var af agentFlags
 	var rf registryFlags
 	var unpack, preferCache bool
 	c := &cobra.Command{
@@ -151,7 +151,11 @@ func newImagePullCmd(env *cliEnv) *cobra.Command {
 			"says that copy will do.",
 		Args: exactArgs(1, "one image reference"),
 		RunE: func(c *cobra.Command, args []string) error {
-			opts, err := rf.options(env)
+			if err := af.load(env, c); err != nil {
+				return err
+			}
+			sf := &af.storeFlags
+			opts, err := af.ociOptions(env, &rf)
 			if err != nil {
 				return err
 			}
@@ -191,7 +195,7 @@ func newImagePullCmd(env *cliEnv) *cobra.Command {
 		},
 	}
 	fs := c.Flags()
-	sf.register(fs)
+	af.register(c, "its data_dir and registries")
 	rf.register(fs)
 	fs.BoolVar(&unpack, "unpack", true, "also unpack the image's rootfs (false: fetch blobs only)")
 	fs.BoolVar(&preferCache, "prefer-cache", false, "succeed with the copy in the store when the registry cannot be reached")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -48,7 +49,7 @@ func (f *agentFlags) load(env *cliEnv, c *cobra.Command) error {
 	if f.config == "" {
 		return nil
 	}
-	cfg, err := loadAgentConfig(env, f.config)
+	cfg, err := loadAgentConfig(env, f.config, false)
 	if err != nil {
 		return err
 	}
@@ -65,15 +66,49 @@ func (f *agentFlags) load(env *cliEnv, c *cobra.Command) error {
 // command.
 // Unknown VIETER_* variables are configuration errors too. A short API
 // key is warned about.
-func loadAgentConfig(env *cliEnv, path string) (*Config, error) {
+//
+// Only `vagent run` talks to the server: the other commands accept a
+// configuration without address and api_key (a packager's copy of the
+// agent's file, or one whose key comes from VIETER_API_KEY_FILE under the
+// service only).
+func loadAgentConfig(env *cliEnv, path string, needServer bool) (*Config, error) {
 	cfg, err := LoadConfig(path, os.Getenv)
+	if missing := missingServerKeys(err); err != nil && !needServer && len(missing) > 0 {
+		placeholder := map[string]string{"VIETER_ADDRESS": "http://server.invalid", "VIETER_API_KEY": "unused-by-this-command"}
+		cfg, err = LoadConfig(path, func(k string) string {
+			if v, ok := placeholder[k]; ok && missing[k] {
+				return v
+			}
+			return os.Getenv(k)
+		})
+	}
 	if err = errors.Join(err, checkEnviron(os.Environ())); err != nil {
 		return nil, &exitError{code: exitConfig, err: err}
+	}
+	if len(cfg.Mirrors) > 0 {
+		env.log.Warn("configuration key mirrors (VIETER_MIRRORS) is deprecated: it is pacman_mirrors (VIETER_PACMAN_MIRRORS); registry mirrors are registries.mirrors")
 	}
 	if n := len(cfg.APIKey.Reveal()); n < minAPIKeyLen {
 		env.log.Warnf("api_key has %d characters: a key shorter than %d is easy to guess, and its redaction in logs may hide ordinary text", n, minAPIKeyLen)
 	}
 	return cfg, nil
+}
+
+// missingServerKeys returns the variables of the server's keys (address,
+// api_key) that err reports as required.
+func missingServerKeys(err error) map[string]bool {
+	missing := map[string]bool{}
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		var ce *configError
+		if errors.As(e, &ce) && (ce.key == "address" || ce.key == "api_key") && strings.HasPrefix(ce.msg, "required") {
+			missing[envName(ce.key)] = true
+		}
+	}
+	return missing
 }
 
 // minAPIKeyLen is the shortest API key accepted without a warning.

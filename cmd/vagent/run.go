@@ -66,7 +66,7 @@ func newRunCmd(env *cliEnv) *cobra.Command {
 }
 
 func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
-	cfg, err := loadAgentConfig(env, config)
+	cfg, err := loadAgentConfig(env, config, true)
 	if err != nil {
 		return err
 	}

@@ -74,23 +74,28 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	}); err != nil {
 		return nil, nil, err
 	}
-	var repos []build.Repo
-	for _, r := range cfg.PacmanRepos {
-		for _, s := range r.Servers {
-			repos = append(repos, build.Repo{Name: r.Name, Server: s, SigLevel: r.SigLevel})
-		}
-	}
 	b, err := build.New(sb, build.Builders(bm), filepath.Join(cfg.DataDir, "build"),
 		build.WithServer(deps.server),
 		build.WithPublishObserver(deps.metrics.PackagePublished),
 		build.WithArch(cfg.Arch),
 		build.WithDefaultTimeout(cfg.BuildTimeout.D()),
 		build.WithLimits(cfg.Limits()),
-		build.WithRepos(repos...),
+		build.WithRepos(cfg.buildRepos()...),
 		build.WithCacheDir(cfg.PacmanCacheDir()),
 		build.WithLogger(deps.log))
 	if err != nil {
 		return nil, nil, fmt.Errorf("builds: %w", err)
 	}
 	return b, cleanup, nil
+}
+
+// buildRepos are the configuration's pacman_repos as build repositories.
+func (c *Config) buildRepos() []build.Repo {
+	var repos []build.Repo
+	for _, r := range c.PacmanRepos {
+		for _, s := range r.Servers {
+			repos = append(repos, build.Repo{Name: r.Name, Server: s, SigLevel: r.SigLevel})
+		}
+	}
+	return repos
 }

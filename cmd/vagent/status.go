@@ -41,7 +41,7 @@ func newStatusCmd(env *cliEnv) *cobra.Command {
 				return usageError("use one of --address, --data-dir and --config")
 			}
 			if config != "" {
-				cfg, err := loadAgentConfig(env, config)
+				cfg, err := loadAgentConfig(env, config, false)
 				if err != nil {
 					return err
 				}
