@@ -99,6 +99,9 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		return errors.New("this vagent binary has no build executor")
 	}
 	m := metrics.New()
+	if err := m.SetBuildInfo(version, commit); err != nil {
+		return err
+	}
 	client, err := cfg.Client()
 	if err != nil {
 		return err
