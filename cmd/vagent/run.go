@@ -217,7 +217,7 @@ func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { // the data dir: see poll.Agent.Run
 		return nil, fmt.Errorf("log file: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	f, err := openRotatingFile(path, logFileMaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("log file: %w", err)
 	}
