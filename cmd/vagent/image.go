@@ -3,11 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -161,6 +159,7 @@ func newImagePullCmd(env *cliEnv) *cobra.Command {
 			}
 			ref := args[0]
 			prog := newPullProgress(env)
+			defer prog.finish()
 			opts = append(opts, oci.WithProgress(prog.update))
 			s, err := sf.open(env, opts...)
 			if err != nil {
@@ -362,102 +361,4 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
-}
-
-// pullProgress shows progress: a line redrawn in place on a terminal, log
-// lines otherwise.
-type pullProgress struct {
-	env  *cliEnv
-	tty  bool
-	mu   sync.Mutex
-	last time.Time
-	// per blob: bytes done and total
-	done  map[v1.Hash]int64
-	total map[v1.Hash]int64
-	count int
-	ext   map[int]bool // layers applied
-	drawn bool
-	// resolved: the registry answered (the reference was resolved).
-	resolved bool
-}
-
-// checked tells whether the pull of ref asked its source: a registry
-// answered, or ref cannot change (a digest, a local layout or archive).
-func (p *pullProgress) checked(ref string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	r, err := oci.ParseReference(ref)
-	if err != nil || r.Transport != oci.TransportRegistry {
-		return true
-	}
-	if _, ok := r.Name.(interface{ DigestStr() string }); ok {
-		return true
-	}
-	return p.resolved
-}
-
-func newPullProgress(env *cliEnv) *pullProgress {
-	return &pullProgress{env: env, tty: isTerminal(env.stderr), done: map[v1.Hash]int64{}, total: map[v1.Hash]int64{}, ext: map[int]bool{}}
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
-}
-
-func (p *pullProgress) update(u oci.Progress) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if u.Count > 0 {
-		p.count = u.Count
-	}
-	switch u.Phase {
-	case oci.PhaseDownload, oci.PhaseCached, oci.PhaseVerified:
-		if u.Index >= 0 {
-			p.done[u.Blob], p.total[u.Blob] = u.Done, u.Total
-		}
-	case oci.PhaseApplied:
-		p.ext[u.Index] = true
-	case oci.PhaseResolve:
-		p.resolved = true
-	}
-	if !p.tty {
-		log := p.env.log.WithField("image", u.Ref)
-		switch u.Phase {
-		case oci.PhaseResolve:
-			log.WithField("digest", u.Blob.String()).Info("resolved")
-		case oci.PhaseCached:
-			log.Infof("layer %d/%d %s: cached", u.Index+1, u.Count, shortHash(u.Blob))
-		case oci.PhaseVerified:
-			log.Infof("layer %d/%d %s: downloaded %s", u.Index+1, u.Count, shortHash(u.Blob), humanBytes(u.Total))
-		case oci.PhaseApplied:
-			log.Infof("layer %d/%d %s: unpacked", u.Index+1, u.Count, shortHash(u.Blob))
-		case oci.PhaseDone:
-			log.Info("rootfs ready")
-		}
-		return
-	}
-	if u.Phase != oci.PhaseDone && time.Since(p.last) < 100*time.Millisecond {
-		return
-	}
-	p.last = time.Now()
-	var done, total int64
-	for h, t := range p.total {
-		done += p.done[h]
-		total += t
-	}
-	fmt.Fprintf(p.env.stderr, "\r\033[Kdownloaded %s of %s, unpacked %d of %d layers", humanBytes(done), humanBytes(total), len(p.ext), p.count)
-	p.drawn = true
-}
-
-func (p *pullProgress) finish() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.tty && p.drawn {
-		fmt.Fprintln(p.env.stderr)
-	}
 }
