@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -9,6 +10,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
@@ -17,92 +21,134 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() {
-	register(&command{name: "build", summary: "build a PKGBUILD locally in a sandbox, like makechrootpkg", run: runBuild})
-}
+func init() { register(newBuildCmd) }
 
-const buildSynopsis = `build [flags] SOURCE
+const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 
 SOURCE is a git repository URL, the URL of a PKGBUILD (http(s)://.../PKGBUILD)
 or a local directory holding a PKGBUILD (copied into the sandbox; it is not
 changed). The build runs as on an agent, in a fresh sandbox on the builder
 image of --base-image, without a server: no skip check, nothing published.
 The packages are written to --out, owned by the invoking user (SUDO_UID under
-sudo); the log streams to standard output.`
+sudo); the log streams to standard output. The exit status is the build's.`
 
-func runBuild(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "build", buildSynopsis)
-	var sf storeFlags
-	var rf registryFlags
-	sf.register(fs)
-	rf.register(fs)
-	base := fs.String("base-image", "archlinux:base-devel", "base image `REF` of the builder image")
-	branch := fs.String("branch", "", "git `BRANCH` to build (default: the repository's default branch)")
-	subdir := fs.String("path", "", "`DIR` of the source holding the PKGBUILD")
-	out := fs.String("out", "out", "write the packages to `DIR`")
-	timeout := fs.Duration("timeout", build.DefaultTimeout, "kill the build after `D`")
-	var repoURLs listFlag
-	fs.Var(&repoURLs, "repo-url", "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
+// buildFlags are the flags of `vagent build`.
+type buildFlags struct {
+	af       agentFlags
+	rf       registryFlags
+	mirrors  []string // --pacman-mirror
+	base     string
+	branch   string
+	subdir   string
+	out      string
+	timeout  time.Duration
+	repoURLs []string
+	seccomp  bool
+}
+
+func newBuildCmd(env *cliEnv) *cobra.Command {
+	var f buildFlags
+	c := &cobra.Command{
+		Use:   "build [flags] SOURCE",
+		Short: "build a PKGBUILD locally in a sandbox, like makechrootpkg",
+		Long:  buildLong,
+		Args:  exactArgs(1, "one SOURCE"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := f.af.load(env, c); err != nil {
+				return err
+			}
+			if f.af.cfg != nil && !c.Flags().Changed("timeout") {
+				f.timeout = f.af.cfg.BuildTimeout.D()
+			}
+			return runBuild(c.Context(), env, &f, args[0])
+		},
+	}
+	fs := c.Flags()
+	f.af.register(c, "its data_dir, registries, builder_packages, pacman_mirrors, pacman_repos, build_limits, "+
+		"build_timeout, id_range and pacman_cache, as the agent builds (flags given win)")
+	f.rf.register(fs)
+	fs.StringArrayVar(&f.mirrors, "pacman-mirror", nil, "use the Pacman mirror `URL` (https://HOST/archlinux/$repo/os/$arch) in the builder image "+
+		"instead of the base image's (repeatable, in order; default: the configuration's pacman_mirrors)")
+	fs.StringVar(&f.base, "base-image", "archlinux:base-devel", "base image `REF` of the builder image")
+	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
+	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
+	fs.StringVar(&f.out, "out", "out", "write the packages to `DIR`")
+	fs.DurationVar(&f.timeout, "timeout", build.DefaultTimeout, "kill the build after `D`")
+	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
-	seccomp := fs.Bool("seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return usageError("build takes one SOURCE")
-	}
-	if *timeout <= 0 {
+	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
+	return c
+}
+
+func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error {
+	if f.timeout <= 0 {
 		return usageError("--timeout must be positive")
 	}
-	repos, err := parseRepoURLs(repoURLs)
+	repos, err := parseRepoURLs(f.repoURLs)
 	if err != nil {
 		return err
 	}
-	job := poll.Job{Branch: *branch, Path: *subdir, BaseImage: *base}
-	src := fs.Arg(0)
-	var localDir string
-	if fi, err := os.Stat(src); err == nil && fi.IsDir() {
-		localDir = src
-		if *branch != "" {
+	// A local build publishes nothing: the job's repository only names
+	// the build in logs, but the job must be as valid as a server's.
+	job := poll.Job{Branch: f.branch, Path: f.subdir, BaseImage: f.base, Repo: localRepo}
+	localDir, err := localSource(src)
+	if err != nil {
+		return err
+	}
+	if localDir != "" {
+		if f.branch != "" {
 			return usageError("--branch is for git sources")
 		}
 	} else {
 		job.Kind, job.URL = sourceKind(src), src
-		if err := build.ValidateJob(poll.Job{Kind: job.Kind, URL: job.URL, Branch: job.Branch, Path: job.Path, Repo: "local", BaseImage: job.BaseImage}, true); err != nil {
+		if err := build.ValidateJob(job, true); err != nil {
 			return usageError("%v", err)
 		}
 	}
-	outDir, err := filepath.Abs(*out)
+	outDir, err := filepath.Abs(f.out)
 	if err != nil {
 		return err
 	}
 	uid, gid := invokingUser()
 
-	ropts, err := rf.options()
+	ropts, err := f.af.ociOptions(env, &f.rf)
 	if err != nil {
 		return err
 	}
-	store, err := sf.open(env, ropts...)
+	dataDir, cfg := f.af.dataDir, f.af.cfg
+	store, err := f.af.open(env, ropts...)
 	if err != nil {
 		return err
 	}
-	sb, err := sandbox.New(filepath.Join(sf.dataDir, "sandbox"), sandbox.WithLogger(env.log), sandbox.WithSeccomp(*seccomp))
+	sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(f.seccomp)}
+	if cfg != nil {
+		sopts = append(sopts, cfg.SandboxOptions()...)
+	}
+	sb, err := sandbox.New(filepath.Join(dataDir, "sandbox"), sopts...)
 	if err != nil {
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	defer sb.Close()
-	bopts := []builder.Option{builder.WithLogger(env.log)}
+	bopts := f.af.builderOptions(env)
+	if len(f.mirrors) > 0 {
+		bopts = append(bopts, builder.WithMirrorList(f.mirrors...))
+	}
 	if len(repos) > 0 {
 		bopts = append(bopts, builder.WithRepos(repos...))
 	}
-	bm, err := builder.New(store, sb, filepath.Join(sf.dataDir, "builders"), bopts...)
+	bm, err := builder.New(store, sb, filepath.Join(dataDir, "builders"), bopts...)
 	if err != nil {
 		return fmt.Errorf("builder images: %w", err)
 	}
 	defer bm.Close()
-	b, err := build.New(sb, build.Builders(bm), filepath.Join(sf.dataDir, "build"),
-		build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(*timeout), build.WithLocalImages(true))
+	// The one Pacman cache of the data dir, shared with `vagent run`.
+	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
+	opts := []build.Option{build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(f.timeout), build.WithLocalImages(true)}
+	if cfg != nil {
+		cacheDir = cfg.PacmanCacheDir()
+		opts = append(opts, build.WithArch(cfg.Arch), build.WithLimits(cfg.Limits()), build.WithLogLimit(int64(cfg.BuildLimits.Log)))
+	}
+	b, err := build.New(sb, build.Builders(bm), filepath.Join(dataDir, "build"), append(opts, build.WithCacheDir(cacheDir))...)
 	if err != nil {
 		return err
 	}
@@ -116,6 +162,40 @@ func runBuild(ctx context.Context, env *cliEnv, args []string) error {
 		return nil
 	}
 	return &exitError{code: max(r.ExitCode, 1), err: fmt.Errorf("%s", r.Reason)}
+}
+
+// localRepo is the repository name of a local build's job.
+const localRepo = "local"
+
+// localSource returns src when it names a local directory, "" when it is a
+// URL (scheme://…, scp-like [user@]host:path, or a transport::address that
+// validation refuses), and an error when it looks like a local path but
+// names no directory: a mistyped directory is not taken for a git URL.
+func localSource(src string) (string, error) {
+	if isRemoteSource(src) {
+		return "", nil
+	}
+	fi, err := os.Stat(src)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "", fmt.Errorf("source %s: no such directory (want a directory holding a PKGBUILD, a git URL or a PKGBUILD URL)", src)
+	case err != nil:
+		return "", fmt.Errorf("source: %w", err)
+	case !fi.IsDir():
+		return "", fmt.Errorf("source %s: not a directory (want the directory holding the PKGBUILD)", src)
+	}
+	return src, nil
+}
+
+// isRemoteSource tells a URL from a local path as git does: a path has no
+// "://" and no ':' before its first '/'. Sources starting with '-' are
+// never local (validation refuses them as URLs).
+func isRemoteSource(src string) bool {
+	if strings.HasPrefix(src, "-") || strings.Contains(src, "://") {
+		return true
+	}
+	colon, slash := strings.IndexByte(src, ':'), strings.IndexByte(src, '/')
+	return colon > 0 && (slash < 0 || colon < slash)
 }
 
 // sourceKind tells a PKGBUILD URL (http(s), last path element PKGBUILD)

@@ -21,24 +21,8 @@ import (
 // --repo-url repository. The package lands in --out owned by SUDO_UID,
 // the log streams to stdout, and the source directory is not changed.
 func TestBuildLocalDir(t *testing.T) {
-	testkit.RequireRoot(t)
-	img, _ := testkit.ArchLike(t)
-	reg := testkit.StartTestRegistry(t)
-	base := reg.Host() + "/test/archlike:latest"
-	if err := testkit.Push(t.Context(), img, base); err != nil {
-		t.Fatal(err)
-	}
-	srv, ts := vieterserver.NewTest(t)
-	for _, name := range []string{"base-devel", "git"} {
-		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any"}, nil, vieterserver.Zstd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := srv.Publish("deps", pkg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dir := sandboxtest.Dir(t)
+	e := newLocalBuildEnv(t)
+	dir := e.dir
 	src := filepath.Join(dir, "src")
 	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o700); err != nil {
 		t.Fatal(err)
@@ -66,9 +50,7 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 	t.Setenv("SUDO_UID", "4242")
 	t.Setenv("SUDO_GID", "4343")
 	var stdout, stderr bytes.Buffer
-	code := run1([]string{"build", "--data-dir", filepath.Join(dir, "data"), "--base-image", base,
-		"--repo-url", ts.URL + "/deps", "--seccomp=" + strconv.FormatBool(sandbox.SeccompSupported),
-		"--path", "sub", "--out", out, "--timeout", "10m", src}, &stdout, &stderr)
+	code := run1(append(e.args(), "--path", "sub", "--out", out, src), &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
@@ -91,6 +73,161 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 	}
 	if after := treeState(t, src); after != before {
 		t.Errorf("source directory changed:\n%s\n---\n%s", before, after)
+	}
+}
+
+// localBuildEnv is what `vagent build` tests share: an Arch-like base
+// image in a local registry, a Vieter test server's repository "deps"
+// holding base-devel and git for the builder, and a directory for data,
+// sources and output that mapped users can reach.
+type localBuildEnv struct {
+	dir, base, deps string
+	registry        string // host:port of the registry holding base
+}
+
+func newLocalBuildEnv(t *testing.T) *localBuildEnv {
+	t.Helper()
+	testkit.RequireRoot(t)
+	img, _ := testkit.ArchLike(t)
+	reg := testkit.StartTestRegistry(t)
+	base := reg.Host() + "/test/archlike:latest"
+	if err := testkit.Push(t.Context(), img, base); err != nil {
+		t.Fatal(err)
+	}
+	srv, ts := vieterserver.NewTest(t)
+	for _, name := range []string{"base-devel", "git"} {
+		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any"}, nil, vieterserver.Zstd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := srv.Publish("deps", pkg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return &localBuildEnv{dir: sandboxtest.Dir(t), base: base, deps: ts.URL + "/deps", registry: reg.Host()}
+}
+
+// args are the arguments of `vagent build` up to the source's flags.
+func (e *localBuildEnv) args() []string {
+	return []string{"build", "--data-dir", filepath.Join(e.dir, "data"), "--base-image", e.base,
+		"--repo-url", e.deps, "--seccomp=" + strconv.FormatBool(sandbox.SeccompSupported), "--timeout", "10m"}
+}
+
+// testPKGBUILD is a PKGBUILD without sources that installs one file.
+func testPKGBUILD(name, ver string) string {
+	return "pkgname=" + name + "\npkgver=" + ver + "\npkgrel=1\npkgdesc=\"vagent build test\"\narch=(any)\nlicense=(MIT)\n" +
+		"package() { mkdir -p \"$pkgdir/usr/share/$pkgname\"; echo \"$pkgver\" >\"$pkgdir/usr/share/$pkgname/version\"; }\n"
+}
+
+// TestBuildRemoteSources runs `vagent build` on the two remote kinds of
+// source a job can have, each served on 127.0.0.1: a git repository (a
+// branch other than the default, the PKGBUILD in a subdirectory) and a
+// PKGBUILD URL. Each writes its package into --out. Until the job carried
+// a repository name, both failed with `invalid job: repository name ""`.
+func TestBuildRemoteSources(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	g := testkit.NewGitServer(t)
+	g.Commit(t, "pkgs", "", map[string]string{"README": "main branch: no PKGBUILD here\n"})
+	gitURL := g.Commit(t, "pkgs", "release", map[string]string{"pkgs/fromgit/PKGBUILD": testPKGBUILD("fromgit", "1.2")})
+	pkgURL := testkit.ServeFile(t, "PKGBUILD", testPKGBUILD("fromurl", "0.1"))
+	for _, tc := range []struct {
+		name string
+		args []string
+		pkg  string
+		log  []string
+	}{
+		{"git branch and path", []string{"--branch", "release", "--path", "pkgs/fromgit", gitURL}, "fromgit-1.2-1-any.pkg.tar.zst",
+			[]string{"+ git clone --single-branch --depth 1 --branch=release -- " + gitURL + " repo", "+ cd -- /build/repo/pkgs/fromgit"}},
+		{"PKGBUILD URL", []string{pkgURL}, "fromurl-0.1-1-any.pkg.tar.zst",
+			[]string{"--output repo/PKGBUILD --url " + pkgURL}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name, _, _ := strings.Cut(tc.pkg, "-")
+			out := filepath.Join(e.dir, "out-"+name)
+			var stdout, stderr bytes.Buffer
+			code := run1(append(append(e.args(), "--out", out), tc.args...), &stdout, &stderr)
+			log := stdout.String()
+			if code != 0 {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, log, stderr.String())
+			}
+			for _, want := range append(tc.log, "vagent: success (wrote "+tc.pkg+"); exit code 0") {
+				if !strings.Contains(log, want) {
+					t.Errorf("log lacks %q:\n%s", want, log)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(out, tc.pkg)); err != nil {
+				t.Errorf("package not in --out: %v", err)
+			}
+		})
+	}
+
+	// With --config and nothing else: the agent's data_dir, its registry
+	// mirror (the base's registry does not exist), its pacman_repos (the
+	// builder's base-devel and git) and its build_timeout.
+	t.Run("agent configuration", func(t *testing.T) {
+		cfg := filepath.Join(e.dir, "agent.yaml")
+		yaml := "address: http://127.0.0.1:1\napi_key: " + testKey + "\ndata_dir: " + filepath.Join(e.dir, "data") + "\n" +
+			"build_timeout: 10m\n" +
+			"pacman_repos:\n  - name: deps\n    servers: [" + e.deps + "/$arch]\n    sig_level: Optional TrustAll\n" +
+			"registries:\n  mirrors:\n    registry.invalid:5000: [http://" + e.registry + "]\n"
+		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(e.dir, "out-config")
+		var stdout, stderr bytes.Buffer
+		code := run1([]string{"build", "--config", cfg, "--base-image", "registry.invalid:5000/test/archlike:latest",
+			"--seccomp=" + strconv.FormatBool(sandbox.SeccompSupported), "--out", out, pkgURL}, &stdout, &stderr)
+		if code != 0 {
+			t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
+		}
+		if _, err := os.Stat(filepath.Join(out, "fromurl-0.1-1-any.pkg.tar.zst")); err != nil {
+			t.Errorf("package not in --out: %v", err)
+		}
+	})
+
+	// One Pacman cache per data dir, the one `vagent run` uses.
+	if _, err := os.Stat(filepath.Join(e.dir, "data", "pacman-cache")); err != nil {
+		t.Errorf("the data dir's pacman cache: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "data", "build", "pacman-cache")); err == nil {
+		t.Error("vagent build made a second pacman cache, build/pacman-cache")
+	}
+}
+
+// TestBuildSourceErrors: sources that cannot be built are refused before
+// anything is set up, with a message about the source; a mistyped local
+// directory is not taken for a git URL.
+func TestBuildSourceErrors(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "PKGBUILD")
+	if err := os.WriteFile(file, []byte("pkgname=x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		src  string
+		code int
+		want string
+	}{
+		{filepath.Join(dir, "typo"), 1, "no such directory"},
+		{"typo", 1, "no such directory"},
+		{"./sub/typo", 1, "no such directory"},
+		{file, 1, "not a directory"},
+		{"ftp://example.org/x.git", 2, `scheme "ftp" not allowed`},
+		{"ext::sh", 2, "git remote helper"},
+	} {
+		t.Run(tc.src, func(t *testing.T) {
+			data := filepath.Join(t.TempDir(), "data")
+			code, _, stderr := vagent(t, "build", "--data-dir", data, tc.src)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, want %d; stderr %q, want %q", code, tc.code, stderr, tc.want)
+			}
+			if tc.code == 1 && strings.Contains(stderr, "invalid job") {
+				t.Errorf("stderr %q: a local path was taken for a URL", stderr)
+			}
+			if _, err := os.Stat(data); err == nil {
+				t.Errorf("a refused build created its data dir")
+			}
+		})
 	}
 }
 

@@ -1,52 +1,58 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() {
-	register(&command{name: "check", summary: "report whether this host can run builds, and why not", run: runCheck})
-}
+func init() { register(newCheckCmd) }
 
 // checkHost probes the host; tests replace it.
 var checkHost = sandbox.CheckHost
 
-func runCheck(_ context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "check", "check [-config FILE] [-data-dir DIR] [-id-base N] [-id-size N]")
-	config := fs.String("config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the flags are ignored then)")
-	dataDir := fs.String("data-dir", "/var/lib/vagent", "data directory for builds (a test overlay is mounted there)")
-	idBase := fs.Uint("id-base", 100000, "first host id of the containers' id range")
-	idSize := fs.Uint("id-size", 65536, "size of the containers' id range")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newCheckCmd(env *cliEnv) *cobra.Command {
+	var dataDir, config string
+	var idBase, idSize uint
+	c := &cobra.Command{
+		Use:   "check",
+		Short: "report whether this host can run builds, and why not",
+		Long: "Probe the host for what builds need (kernel, user namespaces, overlayfs, idmapped mounts,\n" +
+			"cgroups and each configured limit, seccomp, disk space, private data-dir trees) by running\n" +
+			"what a build runs, and print one line per requirement. Exit status 1 when one is missing.",
+		Args: noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			if idBase > 1<<32-1 || idSize > 1<<32-1 {
+				return usageError("id range out of bounds")
+			}
+			opts := []sandbox.Option{sandbox.WithIDMap(uint32(idBase), uint32(idSize))}
+			dir := dataDir
+			if config != "" {
+				cfg, err := loadAgentConfig(env, config, false)
+				if err != nil {
+					return err
+				}
+				dir, opts = cfg.DataDir, cfg.SandboxOptions()
+			}
+			reqs, err := checkHost(dir, opts...)
+			if err != nil {
+				return err
+			}
+			return reportCheck(env, append(reqs, checkDataModes(dir)))
+		},
 	}
-	if fs.NArg() > 0 {
-		return usageError("check takes no arguments")
-	}
-	if *idBase > 1<<32-1 || *idSize > 1<<32-1 {
-		return usageError("id range out of bounds")
-	}
-	opts := []sandbox.Option{sandbox.WithIDMap(uint32(*idBase), uint32(*idSize))}
-	dir := *dataDir
-	if *config != "" {
-		cfg, err := LoadConfig(*config, os.Getenv)
-		if err != nil {
-			return err
-		}
-		dir, opts = cfg.DataDir, cfg.SandboxOptions()
-	}
-	reqs, err := checkHost(dir, opts...)
-	if err != nil {
-		return err
-	}
-	return reportCheck(env, append(reqs, checkDataModes(*dataDir)))
+	fs := c.Flags()
+	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then)")
+	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory for builds (a test overlay is mounted there)")
+	fs.UintVar(&idBase, "id-base", 100000, "first host id of the containers' id range")
+	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
+	return c
 }
 
 // privateTrees are the directories of the data directory that hold files
@@ -101,7 +107,7 @@ func reportCheck(env *cliEnv, reqs []sandbox.Requirement) error {
 		fmt.Fprintf(env.stdout, "%-8s %-16s %s\n", status, r.Name, r.Detail)
 	}
 	if len(missing) > 0 {
-		return &exitError{code: 1, err: errors.New("host cannot run builds, missing: " + strings.Join(missing, ", "))}
+		return &exitError{code: exitFailure, err: errors.New("host cannot run builds, missing: " + strings.Join(missing, ", "))}
 	}
 	fmt.Fprintln(env.stdout, "this host can run vagent builds")
 	return nil

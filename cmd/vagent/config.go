@@ -56,7 +56,8 @@ type Config struct {
 	BuildLimits    BuildLimits  `yaml:"build_limits"`
 	PacmanCache    PacmanCache  `yaml:"pacman_cache"`
 	BuilderPkgs    []string     `yaml:"builder_packages"`
-	Mirrors        []string     `yaml:"mirrors"`
+	PacmanMirrors  []string     `yaml:"pacman_mirrors"`
+	Mirrors        []string     `yaml:"mirrors"` // deprecated name of pacman_mirrors
 	PacmanRepos    []PacmanRepo `yaml:"pacman_repos"`
 	Registries     Registries   `yaml:"registries"`
 
@@ -772,6 +773,10 @@ func (l *loader) validate(c *Config) {
 	for i, m := range c.Mirrors {
 		check(pacman.ValidateServer(m) == nil, fmt.Sprintf("mirrors[%d]", i), "must be an http, https or file URL, got %q", excerptValue(m))
 	}
+	check(len(c.Mirrors) == 0 || len(c.PacmanMirrors) == 0, "mirrors", "is the deprecated name of pacman_mirrors: set only pacman_mirrors")
+	for i, m := range c.PacmanMirrors {
+		check(pacman.ValidateServer(m) == nil, fmt.Sprintf("pacman_mirrors[%d]", i), "must be an http, https or file URL, got %q", excerptValue(m))
+	}
 	names := map[string]bool{}
 	for i, r := range c.PacmanRepos {
 		key := fmt.Sprintf("pacman_repos[%d]", i)
@@ -900,13 +905,21 @@ func (c *Config) SandboxOptions() []sandbox.Option {
 // BuilderOptions returns the builder-image options of the configuration.
 func (c *Config) BuilderOptions() []builder.Option {
 	opts := []builder.Option{builder.WithMaxAge(c.ImageRebuildFrequency.D()), builder.WithPackages(c.BuilderPkgs...)}
-	if len(c.Mirrors) > 0 {
-		opts = append(opts, builder.WithMirrorList(c.Mirrors...))
+	if ms := c.pacmanMirrors(); len(ms) > 0 {
+		opts = append(opts, builder.WithMirrorList(ms...))
 	}
 	if repos := c.builderRepos(); len(repos) > 0 {
 		opts = append(opts, builder.WithRepos(repos...))
 	}
 	return opts
+}
+
+// pacmanMirrors is pacman_mirrors, or its deprecated name mirrors.
+func (c *Config) pacmanMirrors() []string {
+	if len(c.PacmanMirrors) > 0 {
+		return c.PacmanMirrors
+	}
+	return c.Mirrors
 }
 
 func (c *Config) builderRepos() []pacman.Repo {
@@ -926,8 +939,12 @@ func (c *Config) PacmanCacheDir() string {
 	case c.PacmanCache.Dir != "":
 		return c.PacmanCache.Dir
 	}
-	return filepath.Join(c.DataDir, "pacman-cache")
+	return filepath.Join(c.DataDir, pacmanCacheDir)
 }
+
+// pacmanCacheDir is the data dir's one Pacman package cache, of `vagent
+// run` and `vagent build` alike.
+const pacmanCacheDir = "pacman-cache"
 
 // LogFilePath is where the agent writes its log besides stderr, "" for
 // nowhere (log_file: -).

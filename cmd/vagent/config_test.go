@@ -314,7 +314,7 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_PACMAN_CACHE_ENABLED":     "true",
 		"VIETER_PACMAN_CACHE_DIR":         "/pc",
 		"VIETER_BUILDER_PACKAGES":         "base-devel, git,cmake",
-		"VIETER_MIRRORS":                  "https://m1/$repo/os/$arch,https://m2/$repo/os/$arch",
+		"VIETER_PACMAN_MIRRORS":           "https://m1/$repo/os/$arch,https://m2/$repo/os/$arch",
 		"VIETER_REGISTRIES_INSECURE":      "r1:5000,r2",
 		"VIETER_REGISTRIES_CA_FILE":       "/ca.pem",
 		"VIETER_REGISTRIES_DOCKER_CONFIG": "/dc.json",
@@ -333,8 +333,8 @@ func TestConfigEnv(t *testing.T) {
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
 		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20},
 		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc"}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
-		Mirrors:    []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
-		Registries: Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
+		PacmanMirrors: []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
+		Registries:    Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
 	}
 	if diff := cmp.Diff(&want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
@@ -343,7 +343,9 @@ func TestConfigEnv(t *testing.T) {
 	// above sets them all.
 	for _, k := range configKeys(reflect.TypeFor[Config](), "") {
 		if k.envOK {
-			if _, ok := env[envName(k.path)]; !ok && k.path != "api_key" {
+			// api_key comes from its _FILE; mirrors is a deprecated alias
+			// (TestConfigDeprecatedMirrors).
+			if _, ok := env[envName(k.path)]; !ok && k.path != "api_key" && k.path != "mirrors" {
 				t.Errorf("%s is not covered by this test", envName(k.path))
 			}
 		}
@@ -629,5 +631,35 @@ func TestSecretModeWarnings(t *testing.T) {
 	}
 	if c, err = LoadConfig(conf, getenv); err != nil || len(c.Warnings) > 0 {
 		t.Errorf("0600 files: %v %v", c.Warnings, err)
+	}
+}
+
+// TestConfigDeprecatedMirrors: mirrors, the old name of pacman_mirrors, is
+// still read (with a warning from the commands), but not together with
+// pacman_mirrors.
+func TestConfigDeprecatedMirrors(t *testing.T) {
+	const m = "https://m1/$repo/os/$arch"
+	c, err := parseConfig("agent.yaml", []byte(minimal+"mirrors: ["+m+"]\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.pacmanMirrors(); len(got) != 1 || got[0] != m {
+		t.Errorf("pacman mirrors %v", got)
+	}
+	c, err = parseConfig("agent.yaml", []byte(minimal), envMap(map[string]string{"VIETER_MIRRORS": m}))
+	if err != nil || len(c.pacmanMirrors()) != 1 {
+		t.Errorf("VIETER_MIRRORS: %v, %v", err, c)
+	}
+	_, err = parseConfig("agent.yaml", []byte(minimal+"mirrors: ["+m+"]\npacman_mirrors: ["+m+"]\n"), noEnv)
+	if err == nil || !strings.Contains(err.Error(), "mirrors: is the deprecated name of pacman_mirrors") {
+		t.Errorf("both set: %v", err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(cfg, []byte(minimal+"data_dir: "+dir+"\nmirrors: ["+m+"]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := runCLI("status", "--config", cfg); code != 0 || !strings.Contains(errOut, "mirrors (VIETER_MIRRORS) is deprecated: it is pacman_mirrors") {
+		t.Errorf("status --config: exit %d, stderr %q", code, errOut)
 	}
 }

@@ -1,137 +1,223 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() {
-	register(&command{name: "builder", summary: "prepare, list and prune builder images (build, ls, prune)", run: runBuilder})
+func init() { register(newBuilderCmd) }
+
+func newBuilderCmd(env *cliEnv) *cobra.Command {
+	return newGroup("builder", "prepare, list and remove builder images (build, ls, rm, prune)",
+		"A builder is BASE plus pacman -Syu --needed --noconfirm base-devel git (builder_packages),\n"+
+			"a builder user (1000:1000) with password-less sudo and /build. Builders are an OCI\n"+
+			"image layout in DATA_DIR/builders/oci, tagged with the base reference (':' and '@' as\n"+
+			"'-'): skopeo, umoci and crane read it.\n\n"+
+			"With --config agent.yaml, the commands use the agent's data_dir, registries,\n"+
+			"builder_packages, pacman_mirrors, pacman_repos, image_rebuild_frequency and sandbox\n"+
+			"settings; flags given on the command line win.",
+		newBuilderBuildCmd(env), newBuilderListCmd(env), newBuilderRemoveCmd(env), newBuilderPruneCmd(env))
 }
 
-const builderUsage = `usage: vagent builder <command> [flags] [arguments]
+// agentFlags are --config and --data-dir of the commands that can follow
+// an agent's configuration.
+type agentFlags struct {
+	storeFlags
+	config string
+	cfg    *Config // loaded by load
+}
 
-commands:
-  build BASE   prepare (or refresh) the builder of base image BASE now,
-               showing the setup output
-  ls           list the builders: base, digest, age, size, state
-  prune        remove builders that are superseded or stale (unless in
-               use), and image blobs no builder uses
+func (f *agentFlags) register(c *cobra.Command, what string) {
+	f.storeFlags.register(c.Flags())
+	c.Flags().StringVar(&f.config, "config", "", "use the agent configuration `FILE` (agent.yaml): "+what)
+}
 
-A builder is BASE plus pacman -Syu --needed --noconfirm base-devel git, a
-builder user (1000:1000) with password-less sudo and /build. Builders are
-an OCI image layout in DATA_DIR/builders/oci, tagged with the base
-reference (':' and '@' as '-'): skopeo, umoci and crane read it.
-Run 'vagent builder <command> -h' for its flags.
-`
-
-func runBuilder(ctx context.Context, env *cliEnv, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(env.stderr, builderUsage)
-		return &exitError{code: 2}
-	}
-	switch args[0] {
-	case "build":
-		return runBuilderBuild(ctx, env, args[1:])
-	case "ls", "list":
-		return runBuilderList(ctx, env, args[1:])
-	case "prune":
-		return runBuilderPrune(ctx, env, args[1:])
-	case "help", "-h", "--help":
-		fmt.Fprint(env.stdout, builderUsage)
+// load reads --config, if given; its data_dir applies unless --data-dir
+// was given. An invalid configuration exits with status 78.
+func (f *agentFlags) load(env *cliEnv, c *cobra.Command) error {
+	if f.config == "" {
 		return nil
 	}
-	fmt.Fprint(env.stderr, builderUsage)
-	return usageError("unknown builder command %q", args[0])
-}
-
-// builderOptions reads the builder settings of a configuration file, if
-// one is given.
-func builderOptions(env *cliEnv, configPath string) ([]builder.Option, []sandbox.Option, error) {
-	bopts := []builder.Option{builder.WithLogger(env.log)}
-	if configPath == "" {
-		return bopts, nil, nil
-	}
-	c, err := LoadConfig(configPath, os.Getenv)
-	if err != nil {
-		return nil, nil, err
-	}
-	return append(bopts, c.BuilderOptions()...), c.SandboxOptions(), nil
-}
-
-func runBuilderBuild(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "builder build", "builder build [flags] BASE")
-	var sf storeFlags
-	var rf registryFlags
-	sf.register(fs)
-	rf.register(fs)
-	config := fs.String("config", "", "read builder_packages, mirrors, pacman_repos, image_rebuild_frequency and the sandbox settings from this agent configuration `FILE`")
-	force := fs.Bool("force", false, "prepare a new builder even if the current one is fresh and its base unchanged")
-	seccomp := fs.Bool("seccomp", true, "filter the setup's system calls (false for a binary built without seccomp support)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return usageError("builder build takes one base image reference")
-	}
-	base := fs.Arg(0)
-	bopts, sopts, err := builderOptions(env, *config)
+	cfg, err := loadAgentConfig(env, f.config, false)
 	if err != nil {
 		return err
 	}
-	ropts, err := rf.options()
-	if err != nil {
-		return err
+	f.cfg = cfg
+	if !c.Flags().Changed("data-dir") {
+		f.dataDir = cfg.DataDir
 	}
-	store, err := sf.open(env, ropts...)
-	if err != nil {
-		return err
-	}
-	sopts = append([]sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(*seccomp)}, sopts...)
-	sb, err := sandbox.New(filepath.Join(sf.dataDir, "sandbox"), sopts...)
-	if errors.Is(err, sandbox.ErrLocked) {
-		return fmt.Errorf("sandbox: %w (stop the agent, or let it refresh its builders itself)", err)
-	}
-	if err != nil {
-		return fmt.Errorf("sandbox: %w", err)
-	}
-	defer sb.Close()
-	m, err := builder.New(store, sb, filepath.Join(sf.dataDir, "builders"), bopts...)
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	var info builder.Info
-	rebuilt := true
-	if *force {
-		info, err = m.Build(ctx, base, env.stdout)
-	} else {
-		info, rebuilt, err = m.Refresh(ctx, base, env.stdout)
-	}
-	if err != nil {
-		return explain(err, sf.dataDir)
-	}
-	state := "prepared"
-	if !rebuilt {
-		state = "up to date"
-	}
-	fmt.Fprintf(env.stdout, "builder %s for %s %s (oci:%s:%s)\n", info.Digest, info.Base, state, m.LayoutDir(), builder.LayoutTag(info.Base))
 	return nil
 }
 
+// loadAgentConfig loads the agent configuration of a command's --config
+// (or `vagent run`'s argument; "" for VIETER_* variables alone). An
+// invalid configuration exits with status 78 (exitConfig) in every
+// command.
+// Unknown VIETER_* variables are configuration errors too. A short API
+// key is warned about.
+//
+// Only `vagent run` talks to the server: the other commands accept a
+// configuration without address and api_key (a packager's copy of the
+// agent's file, or one whose key comes from VIETER_API_KEY_FILE under the
+// service only).
+func loadAgentConfig(env *cliEnv, path string, needServer bool) (*Config, error) {
+	cfg, err := LoadConfig(path, os.Getenv)
+	if missing := missingServerKeys(err); err != nil && !needServer && len(missing) > 0 {
+		placeholder := map[string]string{"VIETER_ADDRESS": "http://server.invalid", "VIETER_API_KEY": "unused-by-this-command"}
+		cfg, err = LoadConfig(path, func(k string) string {
+			if v, ok := placeholder[k]; ok && missing[k] {
+				return v
+			}
+			return os.Getenv(k)
+		})
+	}
+	if err = errors.Join(err, checkEnviron(os.Environ())); err != nil {
+		return nil, &exitError{code: exitConfig, err: err}
+	}
+	if len(cfg.Mirrors) > 0 {
+		env.log.Warn("configuration key mirrors (VIETER_MIRRORS) is deprecated: it is pacman_mirrors (VIETER_PACMAN_MIRRORS); registry mirrors are registries.mirrors")
+	}
+	if n := len(cfg.APIKey.Reveal()); n < minAPIKeyLen {
+		env.log.Warnf("api_key has %d characters: a key shorter than %d is easy to guess, and its redaction in logs may hide ordinary text", n, minAPIKeyLen)
+	}
+	return cfg, nil
+}
+
+// missingServerKeys returns the variables of the server's keys (address,
+// api_key) that err reports as required.
+func missingServerKeys(err error) map[string]bool {
+	missing := map[string]bool{}
+	var errs []error
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		var ce *configError
+		if errors.As(e, &ce) && (ce.key == "address" || ce.key == "api_key") && strings.HasPrefix(ce.msg, "required") {
+			missing[envName(ce.key)] = true
+		}
+	}
+	return missing
+}
+
+// minAPIKeyLen is the shortest API key accepted without a warning.
+const minAPIKeyLen = 16
+
+// builderOptions are the builder options of the configuration, if any.
+func (f *agentFlags) builderOptions(env *cliEnv) []builder.Option {
+	bopts := []builder.Option{builder.WithLogger(env.log)}
+	if f.cfg != nil {
+		bopts = append(bopts, f.cfg.BuilderOptions()...)
+	}
+	return bopts
+}
+
+// ociOptions are the registry options of the configuration, if any, then
+// those of the flags.
+func (f *agentFlags) ociOptions(env *cliEnv, rf *registryFlags) ([]oci.Option, error) {
+	var opts []oci.Option
+	if f.cfg != nil {
+		o, err := f.cfg.OCIOptions()
+		if err != nil {
+			return nil, err
+		}
+		opts = o
+	}
+	o, err := rf.options(env)
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, o...), nil
+}
+
+func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
+	var af agentFlags
+	var rf registryFlags
+	var force, seccomp bool
+	c := &cobra.Command{
+		Use:   "build [flags] BASE",
+		Short: "prepare (or refresh) the builder of base image BASE now, showing the setup output",
+		Args:  exactArgs(1, "one base image reference"),
+		RunE: func(c *cobra.Command, args []string) error {
+			base := args[0]
+			if err := af.load(env, c); err != nil {
+				return err
+			}
+			ropts, err := af.ociOptions(env, &rf)
+			if err != nil {
+				return err
+			}
+			store, err := af.open(env, ropts...)
+			if err != nil {
+				return err
+			}
+			sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(seccomp)}
+			if af.cfg != nil {
+				sopts = append(sopts, af.cfg.SandboxOptions()...)
+			}
+			sb, err := sandbox.New(filepath.Join(af.dataDir, "sandbox"), sopts...)
+			if errors.Is(err, sandbox.ErrLocked) {
+				return fmt.Errorf("sandbox: %w (stop the agent, or let it refresh its builders itself)", err)
+			}
+			if err != nil {
+				return fmt.Errorf("sandbox: %w", err)
+			}
+			defer sb.Close()
+			m, err := builder.New(store, sb, filepath.Join(af.dataDir, "builders"), af.builderOptions(env)...)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			var info builder.Info
+			rebuilt := true
+			if force {
+				info, err = m.Build(c.Context(), base, env.stdout)
+			} else {
+				info, rebuilt, err = m.Refresh(c.Context(), base, env.stdout)
+			}
+			if err != nil {
+				return explain(err, af.dataDir)
+			}
+			state := "prepared"
+			if !rebuilt {
+				state = "up to date"
+			}
+			fmt.Fprintf(env.stdout, "builder %s for %s %s (oci:%s:%s)\n", info.Digest, info.Base, state, m.LayoutDir(), builder.LayoutTag(info.Base))
+			return nil
+		},
+	}
+	af.register(c, "its data_dir, registries, builder_packages, pacman_mirrors, pacman_repos, image_rebuild_frequency and sandbox settings")
+	rf.register(c.Flags())
+	c.Flags().BoolVar(&force, "force", false, "prepare a new builder even if the current one is fresh and its base unchanged")
+	c.Flags().BoolVar(&seccomp, "seccomp", true, "filter the setup's system calls (false for a binary built without seccomp support)")
+	return c
+}
+
 // openBuilders opens the builder directory of dataDir for listing and
-// pruning (nil when there is none).
-func openBuilders(dataDir string, opts []builder.Option) (*builder.Manager, error) {
+// removing: nil when there is none, or (for listing) when it is not
+// complete, since opening it would complete it. It never creates the
+// data dir.
+func openBuilders(dataDir string, opts []builder.Option, readOnly bool) (*builder.Manager, error) {
+	if err := requireDataDir(dataDir); err != nil {
+		return nil, err
+	}
 	dir := filepath.Join(dataDir, "builders")
-	if _, err := os.Stat(dir); err != nil {
+	probe := dir
+	if readOnly {
+		probe = filepath.Join(dir, "oci", "index.json")
+	}
+	if _, err := os.Stat(probe); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, nil
 		}
@@ -140,35 +226,39 @@ func openBuilders(dataDir string, opts []builder.Option) (*builder.Manager, erro
 	return builder.New(nil, nil, dir, opts...)
 }
 
-func runBuilderList(_ context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "builder ls", "builder ls [flags]")
-	var sf storeFlags
-	sf.register(fs)
-	config := fs.String("config", "", "take image_rebuild_frequency (what is stale) from this agent configuration `FILE`")
-	if err := parseFlags(fs, args); err != nil {
+func newBuilderListCmd(env *cliEnv) *cobra.Command {
+	var af agentFlags
+	c := &cobra.Command{
+		Use:     "ls [flags]",
+		Aliases: []string{"list"},
+		Short:   "list the builders: base, digest, age, size, state",
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := af.load(env, c); err != nil {
+				return err
+			}
+			return listBuilders(env, af.dataDir, af.builderOptions(env))
+		},
+	}
+	af.register(c, "its data_dir and image_rebuild_frequency (what is stale)")
+	return c
+}
+
+// listBuilders prints the builder table of dataDir.
+func listBuilders(env *cliEnv, dataDir string, bopts []builder.Option) error {
+	m, err := openBuilders(dataDir, bopts, true)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() != 0 {
-		return usageError("builder ls takes no arguments")
+	var infos []builder.Info
+	if m != nil {
+		defer m.Close()
+		if infos, err = m.List(); err != nil {
+			return err
+		}
 	}
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "BASE\tBUILDER\tBASE DIGEST\tAGE\tSIZE\tSTATE")
-	bopts, _, err := builderOptions(env, *config)
-	if err != nil {
-		return err
-	}
-	m, err := openBuilders(sf.dataDir, bopts)
-	if err != nil {
-		return err
-	}
-	if m == nil {
-		return tw.Flush()
-	}
-	defer m.Close()
-	infos, err := m.List()
-	if err != nil {
-		return err
-	}
 	for _, in := range infos {
 		var state []string
 		if in.Current {
@@ -188,34 +278,81 @@ func runBuilderList(_ context.Context, env *cliEnv, args []string) error {
 	return tw.Flush()
 }
 
-func runBuilderPrune(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "builder prune", "builder prune [flags]")
-	var sf storeFlags
-	sf.register(fs)
-	config := fs.String("config", "", "take image_rebuild_frequency (what is stale) from this agent configuration `FILE`")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newBuilderRemoveCmd(env *cliEnv) *cobra.Command {
+	var af agentFlags
+	c := &cobra.Command{
+		Use:     "rm [flags] BASE...",
+		Aliases: []string{"remove"},
+		Short:   "remove the builders of base images BASE (as builder ls shows them), unless in use",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageError("builder rm takes at least one base image reference")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := af.load(env, c); err != nil {
+				return err
+			}
+			m, err := openBuilders(af.dataDir, af.builderOptions(env), false)
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				defer m.Close()
+			}
+			var errs []error
+			for _, base := range args {
+				var rep builder.RemoveReport
+				if m != nil {
+					if rep, err = m.Remove(c.Context(), base); err != nil {
+						errs = append(errs, fmt.Errorf("%s: %w", base, err))
+						continue
+					}
+				}
+				switch {
+				case rep.Builders == 0 && rep.InUse == 0:
+					errs = append(errs, fmt.Errorf("no builder of %s (vagent builder ls lists them)", base))
+				case rep.InUse > 0:
+					errs = append(errs, fmt.Errorf("%s: %d builder(s) in use kept (removed %d)", base, rep.InUse, rep.Builders))
+				default:
+					fmt.Fprintf(env.stdout, "removed %d builder(s) of %s, %d blobs (%s)\n", rep.Builders, base, rep.Blobs, humanBytes(rep.Bytes))
+				}
+			}
+			return errors.Join(errs...)
+		},
 	}
-	if fs.NArg() != 0 {
-		return usageError("builder prune takes no arguments")
+	af.register(c, "its data_dir")
+	return c
+}
+
+func newBuilderPruneCmd(env *cliEnv) *cobra.Command {
+	var af agentFlags
+	c := &cobra.Command{
+		Use:   "prune [flags]",
+		Short: "remove builders that are superseded or stale (unless in use), and image blobs no builder uses",
+		Args:  noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if err := af.load(env, c); err != nil {
+				return err
+			}
+			m, err := openBuilders(af.dataDir, af.builderOptions(env), false)
+			if err != nil {
+				return err
+			}
+			var rep builder.PruneReport
+			if m != nil {
+				defer m.Close()
+				if rep, err = m.Prune(c.Context()); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(env.stdout, "removed %d builders (%d in use kept), %d blobs (%s)\n", rep.Builders, rep.InUse, rep.Blobs, humanBytes(rep.Bytes))
+			return nil
+		},
 	}
-	bopts, _, err := builderOptions(env, *config)
-	if err != nil {
-		return err
-	}
-	m, err := openBuilders(sf.dataDir, bopts)
-	if err != nil {
-		return err
-	}
-	var rep builder.PruneReport
-	if m != nil {
-		defer m.Close()
-		if rep, err = m.Prune(ctx); err != nil {
-			return err
-		}
-	}
-	fmt.Fprintf(env.stdout, "removed %d builders (%d in use kept), %d blobs (%s)\n", rep.Builders, rep.InUse, rep.Blobs, humanBytes(rep.Bytes))
-	return nil
+	af.register(c, "its data_dir and image_rebuild_frequency (what is stale)")
+	return c
 }
 
 func shortHex(h string) string {

@@ -89,13 +89,14 @@ func TestImageErrors(t *testing.T) {
 		want []string
 	}{
 		{"unknown image", []string{"pull", host + "/nothing:1"}, 1, []string{"unknown image", "hint:"}},
-		{"unreachable names the mirrors", []string{"pull", "--mirror", dead + "=http://" + deadMirror, dead + "/x:1"}, 1, []string{"registry unreachable", "mirror " + deadMirror, "--mirror"}},
-		{"bad mirror flag", []string{"pull", "--mirror", "nohost", "x:1"}, 2, []string{"HOST=URL"}},
+		{"unreachable names the mirrors", []string{"pull", "--registry-mirror", dead + "=http://" + deadMirror, dead + "/x:1"}, 1, []string{"registry unreachable", "mirror " + deadMirror, "--registry-mirror"}},
+		{"bad mirror flag", []string{"pull", "--registry-mirror", "nohost", "x:1"}, 2, []string{"HOST=URL"}},
+		{"deprecated --mirror", []string{"pull", "--mirror", "nohost", "x:1"}, 2, []string{"--mirror is deprecated: use --registry-mirror", "HOST=URL"}},
 		{"bad platform", []string{"pull", "--platform", "linux", "x:1"}, 2, []string{"OS/ARCH"}},
 		{"bad reference", []string{"pull", "Bad Ref"}, 1, []string{"invalid image reference"}},
 		{"missing layout", []string{"pull", "oci:" + data + "/none:v1"}, 1, []string{"unknown image"}},
 		{"rm unknown", []string{"rm", "alpine:3"}, 1, []string{"image not in store", "docker.io/library/alpine:3"}},
-		{"no subcommand", nil, 2, []string{"usage: vagent image"}},
+		{"no subcommand", nil, 2, []string{"Usage:", "vagent image [command]"}},
 		{"unknown subcommand", []string{"frob"}, 2, []string{"unknown image command"}},
 		{"pull without ref", []string{"pull"}, 2, []string{"one image reference"}},
 	}
@@ -113,6 +114,48 @@ func TestImageErrors(t *testing.T) {
 				if !strings.Contains(errOut, w) {
 					t.Errorf("stderr does not say %q:\n%s", w, errOut)
 				}
+			}
+		})
+	}
+}
+
+// TestImagePullUnreachable: with the registry gone, a pull that only finds
+// the store's copy fails unless --prefer-cache accepts that copy; a digest
+// reference cannot change and needs no registry.
+func TestImagePullUnreachable(t *testing.T) {
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/builder/arch:base-devel"
+	r, _ := name.ParseReference(ref)
+	img, err := random.Image(1024, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := img.Digest()
+	data := t.TempDir()
+	if code, _, errOut := vagent(t, "image", "pull", ref, "--data-dir", data); code != 0 {
+		t.Fatalf("pull: exit %d: %s", code, errOut)
+	}
+	srv.Close()
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"cached copy refused", []string{ref}, 1, "could not check the registry for a newer image"},
+		{"cached copy accepted", []string{ref, "--prefer-cache"}, 0, ""},
+		{"digest", []string{strings.TrimSuffix(ref, ":base-devel") + "@" + d.String()}, 0, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := vagent(t, append([]string{"image", "pull", "--data-dir", data}, tc.args...)...)
+			if code != tc.code || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d, want %d; stderr %q lacks %q", code, tc.code, errOut, tc.want)
+			}
+			if !strings.Contains(out, "digest: "+d.String()) {
+				t.Errorf("stdout does not show the store's copy:\n%s", out)
 			}
 		})
 	}

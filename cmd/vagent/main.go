@@ -3,32 +3,27 @@
 // The command is a thin layer: it parses flags and configuration, sets up
 // logging and a signal context, and wires the oci, sandbox and poll packages
 // together. It also holds the libcontainer init re-exec hook (see init.go).
+//
+// The command line follows the conventions of cobra-based tools (crane,
+// podman, kubectl): flags anywhere, `vagent help CMD`, `--version`, help
+// on standard output, shell completion, and the exit statuses of
+// exitStatuses (documented in docs/cli.md).
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
-
-// command is one `vagent` subcommand. Subcommands with their own
-// subcommands (such as `vagent image`) dispatch further in run.
-type command struct {
-	name    string
-	summary string
-	// run executes the command with the arguments after its name. It
-	// returns an exit code through exitError, or a plain error (exit 1).
-	run func(ctx context.Context, env *cliEnv, args []string) error
-}
 
 // cliEnv carries what every command needs from the process.
 type cliEnv struct {
@@ -37,11 +32,41 @@ type cliEnv struct {
 	log    *logrus.Logger
 }
 
-var commands = map[string]*command{}
+// commands are the constructors of vagent's subcommands. They are
+// registered from init functions, which also run in every container
+// start: keep registering to a slice append. run1 builds a fresh command
+// tree on each call.
+var commands []func(env *cliEnv) *cobra.Command
 
-// register adds a subcommand. It is called from init functions, which also
-// run in every container start: keep it to a map insert.
-func register(c *command) { commands[c.name] = c }
+func register(newCmd func(env *cliEnv) *cobra.Command) { commands = append(commands, newCmd) }
+
+// Exit statuses. A build's own status passes through `vagent build`.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+	// exitConfig is the exit status for an invalid configuration
+	// (EX_CONFIG): systemd's RestartPreventExitStatus=78 keeps such an
+	// agent stopped.
+	exitConfig = 78
+	// exitSignalled: `vagent run` got a third signal and exited without
+	// draining.
+	exitSignalled = 130
+)
+
+// exitStatuses documents every exit status; docs/cli.md has the same
+// table (TestExitStatusesDocumented).
+var exitStatuses = []struct {
+	code    string
+	meaning string
+}{
+	{"0", "success"},
+	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a failed probe)"},
+	{"2", "usage error: unknown command or flag, wrong arguments, invalid flag value"},
+	{"78", "invalid configuration (agent.yaml or VIETER_* variables; EX_CONFIG, for RestartPreventExitStatus=78)"},
+	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},
+	{"other", "`vagent build`: the exit status of makepkg"},
+	{"130", "`vagent run`: a third SIGINT/SIGTERM ended it at once, without draining"},
+}
 
 // exitError makes a command exit with a given status.
 type exitError struct {
@@ -57,9 +82,10 @@ func (e *exitError) Error() string {
 }
 func (e *exitError) Unwrap() error { return e.err }
 
-// usageError reports bad command-line input (exit status 2).
+// usageError reports bad command-line input (exit status 2); the
+// command's usage is printed with it.
 func usageError(format string, args ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
 }
 
 func main() { os.Exit(run1(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -75,79 +101,132 @@ func run1(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	env := &cliEnv{stdout: stdout, stderr: stderr, log: log}
+	root := newRootCmd(env)
+	root.SetArgs(singleDashLongFlags(root, args))
 
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
-		return 0
-	}
-	c, ok := commands[args[0]]
-	if !ok {
-		fmt.Fprintf(stderr, "vagent: unknown command %q\n", args[0])
-		usage(stderr)
-		return 2
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := c.run(ctx, env, args[1:])
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
 	}
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	code := 1
+	code := exitFailure
 	var ee *exitError
-	if errors.As(err, &ee) {
+	switch {
+	case errors.As(err, &ee):
 		code = ee.code
+	case strings.HasPrefix(err.Error(), "unknown command "):
+		code = exitUsage
+	}
+	if cmd == nil {
+		cmd = root
+	}
+	if code == exitUsage {
+		fmt.Fprint(stderr, cmd.UsageString())
 	}
 	if ee == nil || ee.err != nil {
-		fmt.Fprintf(stderr, "vagent %s: %v\n", c.name, err)
+		fmt.Fprintf(stderr, "%s: %v\n", cmd.CommandPath(), err)
 	}
 	return code
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: vagent <command> [arguments]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "commands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+// newRootCmd returns the command tree of vagent.
+func newRootCmd(env *cliEnv) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "vagent",
+		Short: "a daemonless build agent for Vieter",
+		Long: "vagent polls a Vieter server for build jobs and builds each in a fresh sandbox on a builder\n" +
+			"image; `vagent build` builds a PKGBUILD locally the same way, like makechrootpkg.\n\n" +
+			exitStatusHelp(),
+		Version:       version,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// No command: the usage on stderr, exit status 2.
+		RunE: func(c *cobra.Command, args []string) error { return &exitError{code: exitUsage} },
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
+	root.SetOut(env.stdout)
+	root.SetErr(env.stderr)
+	root.SetVersionTemplate(versionText())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: exitUsage, err: err} })
+	for _, newCmd := range commands {
+		root.AddCommand(newCmd(env))
 	}
+	return root
 }
 
-// newFlagSet returns a flag set for a subcommand that reports errors
-// instead of exiting, and prints its usage to the command's stderr.
-func newFlagSet(env *cliEnv, name, synopsis string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(env.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(env.stderr, "usage: vagent %s\n", synopsis)
-		var b strings.Builder
-		fs.SetOutput(&b)
-		fs.PrintDefaults()
-		fs.SetOutput(env.stderr)
-		if b.Len() > 0 {
-			fmt.Fprint(env.stderr, b.String())
-		}
+func exitStatusHelp() string {
+	var b strings.Builder
+	b.WriteString("Exit status:\n")
+	for _, s := range exitStatuses {
+		fmt.Fprintf(&b, "  %-18s %s\n", s.code, s.meaning)
 	}
-	return fs
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
-// parseFlags parses args, turning flag errors into usage errors (exit 2).
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return &exitError{code: 2}
+// newGroup returns a command that only holds subcommands: without one it
+// prints its usage (exit status 2), an unknown one is a usage error.
+func newGroup(use, short, long string, subs ...*cobra.Command) *cobra.Command {
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return &exitError{code: exitUsage}
+			}
+			return usageError("unknown %s command %q", c.Name(), args[0])
+		},
+	}
+	c.AddCommand(subs...)
+	return c
+}
+
+// cmdName is the command's path without "vagent ": "image pull".
+func cmdName(c *cobra.Command) string { return strings.TrimPrefix(c.CommandPath(), "vagent ") }
+
+// noArgs refuses arguments.
+func noArgs(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError("%s takes no arguments", cmdName(c))
 	}
 	return nil
+}
+
+// exactArgs wants n arguments, described by what ("one SOURCE").
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError("%s takes %s", cmdName(c), what)
+		}
+		return nil
+	}
+}
+
+// singleDashLongFlags rewrites -name and -name=value to --name for the
+// long flags of the command tree: vagent's flags were Go-style, and
+// scripts and units written for them keep working. Arguments after "--"
+// are left alone.
+func singleDashLongFlags(root *cobra.Command, args []string) []string {
+	long := map[string]bool{"help": true, "version": true}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, fs := range []*pflag.FlagSet{c.Flags(), c.PersistentFlags()} {
+			fs.VisitAll(func(f *pflag.Flag) { long[f.Name] = len(f.Name) > 1 })
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(root)
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if n, _, _ := strings.Cut(strings.TrimPrefix(a, "-"), "="); strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && long[n] {
+			a = "-" + a
+		}
+		out = append(out, a)
+	}
+	return out
 }

@@ -9,22 +9,18 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
 
 	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
 )
 
-func init() {
-	register(&command{name: "run", summary: "run the agent: poll the Vieter server and build its jobs", run: runRun})
-}
-
-// exitConfig is the exit status for an invalid configuration (EX_CONFIG):
-// systemd's RestartPreventExitStatus=78 keeps such an agent stopped.
-const exitConfig = 78
+func init() { register(newRunCmd) }
 
 // runDeps is what `vagent run` hands the executor factory.
 type runDeps struct {
@@ -41,17 +37,38 @@ var newExecutor func(ctx context.Context, cfg *Config, deps runDeps) (exec poll.
 // exitNow ends the process at the third signal (tests replace it).
 var exitNow = os.Exit
 
-func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
-	fs := newFlagSet(env, "run", "run [agent.yaml]\n\nWithout a file, the configuration comes from VIETER_* variables alone.")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newRunCmd(env *cliEnv) *cobra.Command {
+	var config string
+	c := &cobra.Command{
+		Use:   "run [agent.yaml]",
+		Short: "run the agent: poll the Vieter server and build its jobs",
+		Long: "Run the agent: poll the Vieter server and build its jobs until SIGINT or SIGTERM.\n" +
+			"The configuration is agent.yaml (or --config FILE) with the VIETER_* variables over it;\n" +
+			"without a file it comes from VIETER_* variables alone (see docs/configuration.md).\n\n" +
+			"Signals: the first SIGINT/SIGTERM stops polling and lets running builds finish within\n" +
+			"shutdown_grace, the second cancels them, the third exits at once (status 130). SIGHUP\n" +
+			"is ignored: restart the agent to apply a changed configuration.",
+		Args: func(c *cobra.Command, args []string) error {
+			if len(args) > 1 || (len(args) == 1 && config != "") {
+				return usageError("run takes one configuration file")
+			}
+			return nil
+		},
+		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				config = args[0]
+			}
+			return runAgent(c.Context(), env, config)
+		},
 	}
-	if fs.NArg() > 1 {
-		return usageError("run takes one configuration file")
-	}
-	cfg, err := LoadConfig(fs.Arg(0), os.Getenv)
+	c.Flags().StringVar(&config, "config", "", "read the configuration `FILE` (the same as the argument)")
+	return c
+}
+
+func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
+	cfg, err := loadAgentConfig(env, config, true)
 	if err != nil {
-		return &exitError{code: exitConfig, err: err}
+		return err
 	}
 	closeLog, err := setupLogging(env, cfg)
 	if err != nil {
@@ -69,11 +86,25 @@ func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
 	sigs := make(chan os.Signal, 3)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	// SIGHUP (a closed terminal, `systemctl reload`) must not end the
+	// agent without draining: it is ignored; a changed configuration
+	// needs a restart.
+	signal.Ignore(syscall.SIGHUP)
+	defer signal.Reset(syscall.SIGHUP)
+	notifyStopping := sync.OnceFunc(func() {
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.WithError(err).Warn("telling the service manager")
+		}
+	})
+	defer notifyStopping()
 
 	if newExecutor == nil {
 		return errors.New("this vagent binary has no build executor")
 	}
 	m := metrics.New()
+	if err := m.SetBuildInfo(version, commit); err != nil {
+		return err
+	}
 	client, err := cfg.Client()
 	if err != nil {
 		return err
@@ -111,23 +142,29 @@ func runRun(ctx context.Context, env *cliEnv, args []string) (retErr error) {
 			case sig := <-sigs:
 				switch n {
 				case 1:
-					log.WithField("signal", sig).Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
+					notifyStopping()
+					log.WithFields(logrus.Fields{"signal": sig, "grace": cfg.ShutdownGrace.D()}).
+						Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
 				case 2:
 					log.WithField("signal", sig).Warn("cancelling running builds; signal again to exit at once")
 					agent.Abort()
 				default:
 					log.WithField("signal", sig).Error("exiting at once: pending logs and jobs are handled at the next start")
-					exitNow(130)
+					exitNow(exitSignalled)
 				}
 			}
 		}
 	}()
-	log.WithFields(logrus.Fields{"server": cfg.Address, "arch": cfg.Arch, "slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}).
-		Info("vagent running")
+	logLifecycle(env.log, logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
+		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}, "vagent running")
+	if err := sdNotify("READY=1"); err != nil {
+		log.WithError(err).Warn("telling the service manager")
+	}
 	if err := agent.Run(ctx); err != nil {
 		return err
 	}
-	log.Info("vagent stopped")
+	notifyStopping()
+	logLifecycle(env.log, nil, "vagent stopped")
 	return nil
 }
 
@@ -169,18 +206,21 @@ func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
 		"INFO": logrus.InfoLevel, "DEBUG": logrus.DebugLevel}[lvl]
 	env.log.SetLevel(level)
 	if cfg.LogFormat == "json" {
-		env.log.SetFormatter(&logrus.JSONFormatter{})
+		env.log.SetFormatter(durationFormatter{&logrus.JSONFormatter{}})
 	} else {
-		env.log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		env.log.SetFormatter(durationFormatter{&logrus.TextFormatter{FullTimestamp: true}})
 	}
 	path := cfg.LogFilePath()
+	if cfg.LogFile == "" && stderrIsJournal(env.stderr) {
+		path = "" // the journal has every line; no default file besides it
+	}
 	if path == "" {
 		return func() {}, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil { // the data dir: see poll.Agent.Run
 		return nil, fmt.Errorf("log file: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	f, err := openRotatingFile(path, logFileMaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("log file: %w", err)
 	}

@@ -108,8 +108,8 @@ func TestRunEndToEnd(t *testing.T) {
 	if got := metrics.metric(t, successes); got != "2" {
 		t.Errorf("after two builds %s = %q, want 2", successes, got)
 	}
-	if got := metrics.metric(t, "vagent_image_bytes_pulled_total"); got == "" || got == "0" {
-		t.Errorf("vagent_image_bytes_pulled_total = %q after pulling the base image", got)
+	if got := metrics.metric(t, "vagent_image_pulled_bytes_total"); got == "" || got == "0" {
+		t.Errorf("vagent_image_pulled_bytes_total = %q after pulling the base image", got)
 	}
 	app, err := st.AddURLTarget("app", "e2e", arch, testkit.DemoPKGBUILD("e2e-app", "0.1", "e2e-lib"))
 	if err != nil {

@@ -61,6 +61,10 @@ type runEnv struct {
 	metrics    string
 	stderr     *os.File
 	stderrPath string
+	env        []string // more environment for the agent
+	// stderrAsJournal: JOURNAL_STREAM names the agent's stderr, as
+	// under systemd.
+	stderrAsJournal bool
 }
 
 func newRunEnv(t *testing.T, extra string) *runEnv {
@@ -93,10 +97,17 @@ func (e *runEnv) add(t *testing.T, repo string) int {
 func (e *runEnv) start(t *testing.T) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "run", e.cfg)
-	cmd.Env = append(os.Environ(), runChildEnv+"=1")
+	cmd.Env = append(append(os.Environ(), runChildEnv+"=1"), e.env...)
 	f, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if e.stderrAsJournal {
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Env = append(cmd.Env, fmt.Sprintf("JOURNAL_STREAM=%d:%d", st.Dev, st.Ino))
 	}
 	e.stderr, e.stderrPath = f, f.Name()
 	cmd.Stderr = f

@@ -3,77 +3,94 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
+	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/poll"
 )
 
-func init() {
-	register(&command{name: "status", summary: "show a running agent's slots, or the pending logs of a data dir", run: runStatus})
-}
+func init() { register(newStatusCmd) }
 
-const statusSynopsis = "status [-address HOST:PORT | -data-dir DIR | -config FILE] [-json]"
-
-func runStatus(ctx context.Context, env *cliEnv, args []string) error {
-	fs := newFlagSet(env, "status", statusSynopsis)
-	address := fs.String("address", "", "the agent's metrics_address: ask its /status endpoint")
-	dataDir := fs.String("data-dir", "", "read the log spool of this data dir (default "+defaultDataDir+")")
-	config := fs.String("config", "", "agent.yaml: use its metrics_address if set, else its data_dir")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
-		return err
+func newStatusCmd(env *cliEnv) *cobra.Command {
+	var address, dataDir, config string
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status [--address HOST:PORT | --data-dir DIR | --config FILE] [--json]",
+		Short: "show a running agent's slots, or the pending logs of a data dir",
+		Long: "Show a running agent's slots (from its /status endpoint at metrics_address), or the\n" +
+			"logs waiting for upload in a data dir's spool. It changes nothing.",
+		Args: noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			set := 0
+			for _, s := range []string{address, dataDir, config} {
+				if s != "" {
+					set++
+				}
+			}
+			if set > 1 {
+				return usageError("use one of --address, --data-dir and --config")
+			}
+			if config != "" {
+				cfg, err := loadAgentConfig(env, config, false)
+				if err != nil {
+					return err
+				}
+				address, dataDir = cfg.MetricsAddress, cfg.DataDir
+			}
+			if address != "" {
+				st, err := fetchStatus(c.Context(), address)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(env.stdout, metrics.NewStatusJSON(*st))
+				}
+				printAgentStatus(env.stdout, st, time.Now())
+				return nil
+			}
+			if dataDir == "" {
+				dataDir = defaultDataDir
+			}
+			if err := requireDataDir(dataDir); err != nil {
+				return err
+			}
+			var logs []poll.PendingLog
+			var err error
+			if _, serr := os.Stat(filepath.Join(dataDir, "logs", "pending")); !errors.Is(serr, os.ErrNotExist) {
+				// Without a spool (no agent ran here yet) there is nothing pending.
+				if logs, err = poll.Pending(dataDir); logs == nil && err != nil {
+					return err
+				}
+			}
+			if err != nil {
+				fmt.Fprintf(env.stderr, "vagent status: %v\n", err) // damaged entries; the rest is shown
+			}
+			if asJSON {
+				if logs == nil {
+					logs = []poll.PendingLog{} // [], not null
+				}
+				return printJSON(env.stdout, logs)
+			}
+			printSpool(env.stdout, dataDir, logs, time.Now())
+			return nil
+		},
 	}
-	if fs.NArg() > 0 {
-		return usageError("status takes no arguments")
-	}
-	set := 0
-	for _, s := range []string{*address, *dataDir, *config} {
-		if s != "" {
-			set++
-		}
-	}
-	if set > 1 {
-		return usageError("use one of -address, -data-dir and -config")
-	}
-	if *config != "" {
-		c, err := LoadConfig(*config, os.Getenv)
-		if err != nil {
-			return err
-		}
-		*address, *dataDir = c.MetricsAddress, c.DataDir
-	}
-	if *address != "" {
-		st, err := fetchStatus(ctx, *address)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return printJSON(env.stdout, st)
-		}
-		printAgentStatus(env.stdout, st, time.Now())
-		return nil
-	}
-	if *dataDir == "" {
-		*dataDir = defaultDataDir
-	}
-	logs, err := poll.Pending(*dataDir)
-	if logs == nil && err != nil {
-		return err
-	}
-	if err != nil {
-		fmt.Fprintf(env.stderr, "vagent status: %v\n", err) // damaged entries; the rest is shown
-	}
-	if *asJSON {
-		return printJSON(env.stdout, logs)
-	}
-	printSpool(env.stdout, *dataDir, logs, time.Now())
-	return nil
+	fs := c.Flags()
+	fs.StringVar(&address, "address", "", "the agent's metrics_address: ask its /status endpoint")
+	fs.StringVar(&dataDir, "data-dir", "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
+	fs.StringVar(&config, "config", "", "agent.yaml: use its metrics_address if set, else its data_dir")
+	fs.BoolVar(&asJSON, "json", false, "print JSON")
+	return c
 }
 
 // statusURL turns a listen address (":9100", "host:9100") or a URL into
@@ -103,8 +120,12 @@ func fetchStatus(ctx context.Context, addr string) (*poll.Status, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("asking the agent: %s", resp.Status)
 	}
-	var st poll.Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+	var body metrics.StatusJSON
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
+		return nil, fmt.Errorf("reading the agent's status: %w", err)
+	}
+	st, err := body.Decode()
+	if err != nil {
 		return nil, fmt.Errorf("reading the agent's status: %w", err)
 	}
 	return &st, nil

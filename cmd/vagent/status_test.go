@@ -110,9 +110,13 @@ func TestStatus(t *testing.T) {
 		t.Error("a terminal escape from the server reached the output")
 	}
 	code, out, _ = runCLI("status", "-address", "http://"+addr+"/", "-json")
-	var st poll.Status
-	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || len(st.Slots) != 2 {
-		t.Errorf("-json: exit %d, %v: %s", code, err, out)
+	var body metrics.StatusJSON
+	err := json.Unmarshal([]byte(out), &body)
+	if st, derr := body.Decode(); code != 0 || err != nil || derr != nil || len(st.Slots) != 2 || st.PollInterval != 50*time.Millisecond {
+		t.Errorf("-json: exit %d, %v, %v: %s", code, err, derr, out)
+	}
+	if !strings.Contains(out, `"poll_interval": "50ms"`) {
+		t.Errorf("-json: durations are not strings:\n%s", out)
 	}
 
 	// From the data dir's spool: the running build and the pending log.
@@ -143,11 +147,11 @@ func TestStatusErrors(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"status", "-address", "a:1", "-data-dir", "/x"}, 2, "use one of -address, -data-dir and -config"},
+		{[]string{"status", "-address", "a:1", "-data-dir", "/x"}, 2, "use one of --address, --data-dir and --config"},
 		{[]string{"status", "extra"}, 2, "status takes no arguments"},
-		{[]string{"status", "-data-dir", filepath.Join(t.TempDir(), "none")}, 1, "reading spool"},
+		{[]string{"status", "-data-dir", filepath.Join(t.TempDir(), "none")}, 1, "no such data dir"},
 		{[]string{"status", "-address", "127.0.0.1:1"}, 1, "is metrics_address set and the agent running?"},
-		{[]string{"status", "-config", filepath.Join(t.TempDir(), "none.yaml")}, 1, "reading configuration"},
+		{[]string{"status", "-config", filepath.Join(t.TempDir(), "none.yaml")}, exitConfig, "reading configuration"},
 	}
 	for _, tt := range tests {
 		code, _, errOut := runCLI(tt.args...)

@@ -1,10 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/spf13/cobra"
 )
 
 // Stamped at build time with -ldflags "-X main.version=… -X main.commit=…".
@@ -13,14 +14,23 @@ var (
 	commit  = "unknown"
 )
 
-func init() {
-	register(&command{name: "version", summary: "print version, commit, Go version and build features", run: runVersion})
+func init() { register(newVersionCmd) }
+
+func newVersionCmd(env *cliEnv) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "print version, commit, Go version and build features",
+		Long:  "Print version, commit, Go version and build features (as `vagent --version` does).",
+		Args:  noArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprint(env.stdout, versionText())
+			return nil
+		},
+	}
 }
 
-func runVersion(_ context.Context, env *cliEnv, args []string) error {
-	if len(args) > 0 {
-		return usageError("version takes no arguments")
-	}
+// features are the build's tags, or whether cgo is on.
+func features() string {
 	features := "nocgo"
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, s := range bi.Settings {
@@ -32,7 +42,10 @@ func runVersion(_ context.Context, env *cliEnv, args []string) error {
 			}
 		}
 	}
-	fmt.Fprintf(env.stdout, "vagent %s\ncommit: %s\ngo: %s %s/%s\nfeatures: %s\n",
-		version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH, features)
-	return nil
+	return features
+}
+
+func versionText() string {
+	return fmt.Sprintf("vagent %s\ncommit: %s\ngo: %s %s/%s\nfeatures: %s\n",
+		version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH, features())
 }

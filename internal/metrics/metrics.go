@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"errors"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,14 +77,15 @@ func New() *Metrics {
 		Help: "Builder image preparations, by result."}, []string{"result"})
 	m.prepDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "vagent_builder_image_preparation_duration_seconds",
 		Help: "Duration of builder image preparations.", Buckets: []float64{5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600}})
-	m.pulled = prometheus.NewCounter(prometheus.CounterOpts{Name: "vagent_image_bytes_pulled_total", Help: "Compressed image bytes downloaded."})
-	m.unpacked = prometheus.NewCounter(prometheus.CounterOpts{Name: "vagent_image_bytes_unpacked_total", Help: "Compressed image bytes applied to a rootfs."})
+	m.pulled = prometheus.NewCounter(prometheus.CounterOpts{Name: "vagent_image_pulled_bytes_total", Help: "Compressed image bytes downloaded."})
+	m.unpacked = prometheus.NewCounter(prometheus.CounterOpts{Name: "vagent_image_unpacked_bytes_total", Help: "Compressed image bytes applied to a rootfs."})
 	m.published = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vagent_packages_published_total",
 		Help: "Packages published, by how the server confirmed them: answer (the publish answer named the package), check (the repository had it after an answer that proved nothing) or failed (not confirmed: the build failed)."}, []string{"confirmed"})
 	m.reg.MustRegister(m.builds, m.buildDuration, m.polls, m.pollErrors, m.jobs, m.uploads, m.preparations, m.prepDuration,
 		m.pulled, m.unpacked, m.published, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, r := range results {
 		m.builds.WithLabelValues(string(r))
+		m.buildDuration.WithLabelValues(string(r))
 	}
 	for _, k := range errorKinds {
 		m.pollErrors.WithLabelValues(k)
@@ -98,6 +100,15 @@ func New() *Metrics {
 		m.published.WithLabelValues(c)
 	}
 	return m
+}
+
+// SetBuildInfo exports vagent_build_info{version,commit,go} = 1, the
+// build's version and commit and the Go version it was built with.
+func (m *Metrics) SetBuildInfo(version, commit string) error {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "vagent_build_info",
+		Help: "The running vagent: always 1, with its version, commit and Go version as labels."}, []string{"version", "commit", "go"})
+	g.WithLabelValues(version, commit, runtime.Version()).Set(1)
+	return m.reg.Register(g)
 }
 
 // Registry returns the private registry, to register more collectors.

@@ -208,10 +208,18 @@ func TestCountersMoveAsBuildsFinish(t *testing.T) {
 	// A running build shows in the slots gauge and in /status.
 	s.addJobs(t, 1)
 	waitFor(t, "a running slot", func() bool { return scrape(t, s.metrics.URL)[`vagent_slots{state="running"}`] == 1 })
-	var st poll.Status
-	if code := getJSON(t, s.metrics.URL+"/status", &st); code != 200 || len(st.Slots) != 1 || st.Slots[0].State != "running" ||
+	var body StatusJSON
+	code := getJSON(t, s.metrics.URL+"/status", &body)
+	st, err := body.Decode()
+	if err != nil || code != 200 || len(st.Slots) != 1 || st.Slots[0].State != "running" ||
 		st.Slots[0].Job == nil || st.Slots[0].Job.TargetID != 5 || st.Slots[0].Since.IsZero() || st.Arch != testArch {
-		t.Errorf("/status %d: %+v", code, st)
+		t.Errorf("/status %d, %v: %+v", code, err, st)
+	}
+	// Durations are strings, as in the configuration.
+	var raw map[string]any
+	getJSON(t, s.metrics.URL+"/status", &raw)
+	if raw["poll_interval"] != "50ms" || st.PollInterval != 50*time.Millisecond {
+		t.Errorf("/status poll_interval %#v, decoded %v; want \"50ms\"", raw["poll_interval"], st.PollInterval)
 	}
 	close(release)
 	waitFor(t, "the fifth build", func() bool { return scrape(t, s.metrics.URL)[`vagent_builds_total{result="success"}`] == 2 })
@@ -335,8 +343,8 @@ func TestImageHooks(t *testing.T) {
 		`vagent_builder_image_preparations_total{result="failure"}`: 1,
 		"vagent_builder_image_preparation_duration_seconds_count":   2,
 		"vagent_builder_image_preparation_duration_seconds_sum":     91,
-		"vagent_image_bytes_pulled_total":                           100,
-		"vagent_image_bytes_unpacked_total":                         150,
+		"vagent_image_pulled_bytes_total":                           100,
+		"vagent_image_unpacked_bytes_total":                         150,
 	} {
 		if got[name] != want {
 			t.Errorf("%s = %v, want %v", name, got[name], want)
@@ -384,6 +392,61 @@ func TestPublishedPackages(t *testing.T) {
 	for c, want := range map[string]float64{"answer": 2, "check": 1, "failed": 1} {
 		if v := got[`vagent_packages_published_total{confirmed="`+c+`"}`]; v != want {
 			t.Errorf("confirmed=%s: %v, want %v", c, v, want)
+		}
+	}
+}
+
+// TestDocumentedMetricsExist: every metric docs/configuration.md lists is
+// exported from the start, before any build, poll or image, and no
+// vagent_ metric is undocumented.
+func TestDocumentedMetricsExist(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		if rest, ok := strings.CutPrefix(line, "| `vagent_"); ok {
+			name, _, _ := strings.Cut(rest, "`")
+			documented["vagent_"+name] = true
+		}
+	}
+	if len(documented) < 10 {
+		t.Fatalf("found %d metrics in docs/configuration.md: the table changed", len(documented))
+	}
+	m := New()
+	if err := m.SetBuildInfo("1.2.3", "abc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WatchAgent(fixed{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WatchImages(func() (int, time.Time, error) { return 0, time.Time{}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	families, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "vagent_") && len(f.GetMetric()) > 0 {
+			exported[f.GetName()] = true
+		}
+		if f.GetName() == "vagent_build_info" {
+			if l := f.GetMetric()[0].GetLabel(); len(l) != 3 || f.GetMetric()[0].GetGauge().GetValue() != 1 {
+				t.Errorf("vagent_build_info %v", f.GetMetric()[0])
+			}
+		}
+	}
+	for name := range documented {
+		if !exported[name] {
+			t.Errorf("%s is documented but not exported at start", name)
+		}
+	}
+	for name := range exported {
+		if !documented[name] {
+			t.Errorf("%s is exported but not documented in docs/configuration.md", name)
 		}
 	}
 }

@@ -90,7 +90,7 @@ func Handler(m *Metrics, src StatusSource, opts ...Option) (http.Handler, error)
 		writeJSON(w, code, rep)
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, src.Status())
+		writeJSON(w, http.StatusOK, NewStatusJSON(src.Status()))
 	})
 	return mux, nil
 }
@@ -104,6 +104,32 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// StatusJSON is the body of /status: the agent's status with durations
+// written as Go duration strings ("30s"), not nanoseconds. `vagent
+// status` reads it back with Decode.
+type StatusJSON struct {
+	poll.Status
+	PollInterval string `json:"poll_interval"` // shadows Status.PollInterval
+}
+
+// NewStatusJSON returns the /status body of st.
+func NewStatusJSON(st poll.Status) StatusJSON {
+	return StatusJSON{Status: st, PollInterval: st.PollInterval.String()}
+}
+
+// Decode returns the status the body describes.
+func (s StatusJSON) Decode() (poll.Status, error) {
+	st := s.Status
+	if s.PollInterval != "" {
+		d, err := time.ParseDuration(s.PollInterval)
+		if err != nil {
+			return st, fmt.Errorf("poll_interval: %w", err)
+		}
+		st.PollInterval = d
+	}
+	return st, nil
 }
 
 // Readiness is the body of /readyz.

@@ -1,0 +1,48 @@
+package builder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+)
+
+// RemoveReport says what Remove removed.
+type RemoveReport struct {
+	Builders int   // builders removed
+	InUse    int   // builders of the base kept because a build uses them
+	Blobs    int   // layout blobs removed
+	Bytes    int64 // bytes of blobs removed
+}
+
+// Remove removes every builder of base (as Info.Base names it), the
+// current one included, except those in use: the next build of base
+// prepares a new builder. A base without builders removes nothing.
+func (m *Manager) Remove(ctx context.Context, base string) (RemoveReport, error) {
+	var rep RemoveReport
+	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
+	if err != nil {
+		return rep, err
+	}
+	for _, e := range ents {
+		id := e.Name()
+		if !validID(id) {
+			continue
+		}
+		md, err := readMeta(m.builderDir(id))
+		if err != nil || md.Base != base {
+			continue
+		}
+		ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
+		rep.Blobs += blobs
+		rep.Bytes += size
+		if err != nil {
+			return rep, err
+		}
+		if ok {
+			rep.Builders++
+		} else {
+			rep.InUse++
+		}
+	}
+	return rep, nil
+}
