@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -53,20 +54,32 @@ func TestRunEndToEnd(t *testing.T) {
 	defer st.Close()
 
 	const arch = "x86_64"
-	lib, err := st.AddURLTarget("lib", "e2e", arch, testkit.DemoPKGBUILD("e2e-lib", "1.0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tool, err := st.AddURLTarget("tool", "e2e", arch, testkit.DemoPKGBUILD("e2e-tool", "2.0"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	metrics := &runEnv{metrics: ln.Addr().String()}
 	ln.Close()
+	lib, err := st.AddURLTarget("lib", "e2e", arch, testkit.DemoPKGBUILD("e2e-lib", "1.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A build on the host network reaches the agent's own endpoints: it
+	// reads /status and /metrics and tries to write to them. The agent must
+	// show it nothing secret and go on serving.
+	probe := strings.Replace(testkit.DemoPKGBUILD("e2e-tool", "2.0"), "package() {", `build() {
+  for p in status metrics; do
+    curl -s --max-time 10 -o "$p.out" "http://`+metrics.metrics+`/$p" || true
+    echo "probe $p: $(wc -c <"$p.out") bytes"
+    curl -s --max-time 10 -o /dev/null -w "post $p: %{http_code}\n" -X POST --data x "http://`+metrics.metrics+`/$p" || true
+  done
+  cat status.out; echo
+}
+package() {`, 1)
+	tool, err := st.AddURLTarget("tool", "e2e", arch, probe)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := filepath.Join(dir, "agent.yaml")
 	yaml := st.AgentYAML(filepath.Join(dir, "data"), arch, 2, time.Second) + "metrics_address: " + metrics.metrics + "\n"
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
@@ -180,6 +193,20 @@ func TestRunEndToEnd(t *testing.T) {
 	for _, l := range logs {
 		if l.TargetID == app && !strings.Contains(string(l.Content), "e2e-lib") {
 			t.Errorf("app's log does not mention installing e2e-lib:\n%s", l.Content)
+		}
+		if l.TargetID != tool {
+			continue
+		}
+		// The build read the agent's endpoints (it could: host network),
+		// writing to them was refused, and nothing secret was there.
+		c := string(l.Content)
+		for _, re := range []string{`probe status: [1-9][0-9]* bytes`, `probe metrics: [1-9][0-9]* bytes`, `post status: 405`, `post metrics: 405`} {
+			if !regexp.MustCompile(re).MatchString(c) {
+				t.Errorf("tool's log lacks %s:\n%s", re, c)
+			}
+		}
+		if strings.Contains(c, testkit.StackAPIKey) {
+			t.Errorf("the API key reached a build through the agent's endpoints:\n%s", c)
 		}
 	}
 	if t.Failed() {
