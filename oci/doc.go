@@ -59,6 +59,17 @@
 // shared lock on gc.lock, Remove and Prune an exclusive one, so a pull's
 // blobs are not collected before its reference is recorded.
 //
+// # Images and layouts for other packages
+//
+// Store.Image returns a pulled image as a v1.Image over the store's blobs,
+// for packages that build on it (builder); Layout (OpenLayout) is an OCI
+// image layout written by this package, read by skopeo, umoci and
+// go-containerregistry's pkg/v1/layout. Layout writes through
+// internal/lockfile's atomic writer rather than pkg/v1/layout's, which
+// replaces index.json in place and writes blobs unchecked under their final
+// names (see Layout). No other package builds paths under a store or a
+// layout.
+//
 // # Streaming and parallelism
 //
 // Layers are downloaded at most WithJobs at a time, in layer order, while

@@ -169,6 +169,18 @@ func checkSearchable(dir string) error {
 	}
 }
 
+// IDRange returns the host ids container ids map to: container uid c is
+// host uid uid+c and container gid c host gid gid+c, for c < size. What a
+// sandbox leaves in an upper directory is owned by ids in this range.
+// Without a user namespace it is 0, 0 and the whole id space; rootless,
+// the agent's own ids and size 1.
+func (m *Manager) IDRange() (uid, gid, size uint32) {
+	if !m.opts.userns && !m.rootless {
+		return 0, 0, ^uint32(0)
+	}
+	return m.rootUID, m.rootGID, m.idSize
+}
+
 // Close removes the Manager's cgroup parents and releases the data
 // directory. Call it after every Run has returned; later Runs fail with
 // ErrClosed. Kept uppers that were not released are removed by the next

@@ -20,3 +20,6 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (*Result, error) {
 
 // Close returns errors.ErrUnsupported outside Linux.
 func (m *Manager) Close() error { return errors.ErrUnsupported }
+
+// IDRange returns zeros outside Linux.
+func (m *Manager) IDRange() (uid, gid, size uint32) { return 0, 0, 0 }
