@@ -82,10 +82,11 @@
 // the calling goroutine, so inflating and writing files use two cores.
 // Memory does not depend on the layer size (see TestMemoryBounded). Cached
 // blobs are checked again while they are unpacked (sha256 with CPU support
-// costs little next to inflating): a blob corrupted on disk fails the
-// unpack with ErrDigestMismatch and is dropped; a cached blob of the wrong
-// size (cut short by a power loss) is fetched again. Nothing is fsynced
-// per file.
+// costs little next to inflating; a blob the same pull downloaded was
+// checked as it was written and is not hashed twice): a blob corrupted on
+// disk fails the unpack with ErrDigestMismatch and is dropped; a cached
+// blob of the wrong size (cut short by a power loss) is fetched again.
+// Nothing is fsynced per file.
 //
 // # Flattening
 //

@@ -405,14 +405,15 @@ func (s *Store) loadImage(ref string, h v1.Hash) (*Image, error) {
 // in layer order. ready[i] is closed when layer i is in the store (or
 // failed: see errs[i]).
 type fetch struct {
-	ready []chan struct{}
-	errs  []error
-	done  chan struct{}
+	ready   []chan struct{}
+	errs    []error
+	fetched []bool // layer i was downloaded (and checked) by this fetch
+	done    chan struct{}
 }
 
 func (s *Store) startFetch(ctx context.Context, res *resolved) *fetch {
 	layers := res.img.Manifest.Layers
-	f := &fetch{ready: make([]chan struct{}, len(layers)), errs: make([]error, len(layers)), done: make(chan struct{})}
+	f := &fetch{ready: make([]chan struct{}, len(layers)), errs: make([]error, len(layers)), fetched: make([]bool, len(layers)), done: make(chan struct{})}
 	todo := make(chan int, len(layers))
 	for i, l := range layers {
 		f.ready[i] = make(chan struct{})
@@ -436,6 +437,7 @@ func (s *Store) startFetch(ctx context.Context, res *resolved) *fetch {
 			defer wg.Done()
 			for i := range todo {
 				f.errs[i] = s.fetchLayer(ctx, res, i)
+				f.fetched[i] = f.errs[i] == nil
 				close(f.ready[i])
 			}
 		}()
@@ -597,20 +599,23 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 		}
 	}
 	layers := img.Manifest.Layers
-	open := func(ctx context.Context, i int) (io.ReadCloser, error) {
+	// A blob this fetch downloaded was checked as it was written; a
+	// cached one is checked again while it is unpacked.
+	open := func(ctx context.Context, i int) (io.ReadCloser, bool, error) {
 		select {
 		case <-f.ready[i]:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 		if f.errs[i] != nil {
-			return nil, f.errs[i]
+			return nil, false, f.errs[i]
 		}
 		p, err := s.blobPath(layers[i].Digest)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return os.Open(p)
+		rc, err := os.Open(p)
+		return rc, f.fetched[i], err
 	}
 	if err := unpackLayers(ctx, dir, layers, open, o); err != nil {
 		if errors.Is(err, ErrDigestMismatch) {
