@@ -130,7 +130,10 @@
 // (archive/tar reads a sparse entry's holes back as zeros). Then owner
 // (as root), mode (after chown, which clears setuid/setgid and
 // capabilities), extended attributes and times are set through the open
-// descriptor.
+// descriptor. A file is created with its permission bits, so the fchown
+// and fchmod that would change nothing are skipped (a root-owned file
+// whose parent is not setgid, a mode the umask left whole): most files
+// cost openat, pwrite, utimensat and close.
 // Extended attributes come from PAX SCHILY.xattr records, security.capability
 // included; trusted.overlay.* and user.overlay.* are dropped (they would
 // steer the sandbox's overlayfs), and attributes the file system refuses
