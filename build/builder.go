@@ -92,7 +92,7 @@ func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Build
 	if strings.ContainsAny(dir, ",:\\") {
 		return nil, fmt.Errorf("%w: directory %q has ',', ':' or '\\'", ErrBadConfig, dir)
 	}
-	uid, gid := sb.RootIDs()
+	uid, gid, _ := sb.IDRange()
 	b := &Builder{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid)}
 	if err := b.prepareDir(); err != nil {
 		return nil, err

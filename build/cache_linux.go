@@ -13,7 +13,7 @@ import (
 // builds see on /var/cache/pacman/pkg:
 //
 //	<cache dir>/       0700, host root: no host user can enter
-//	  pkg/             0755, owned by the mapped root (sandbox RootIDs)
+//	  pkg/             0755, owned by the mapped root (sandbox IDRange)
 //	    .vagent.lock   the flock of the pacman wrapper
 //	    *.pkg.tar*     what pacman downloaded
 //

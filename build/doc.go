@@ -96,7 +96,7 @@
 // A host directory (<data dir>/pacman-cache by default) holds the cache
 // shared by every build. Builds see its subdirectory pkg/ on
 // /var/cache/pacman/pkg. The directory itself is 0700 and host root's;
-// pkg/ is owned by the mapped root (sandbox Manager.RootIDs) and
+// pkg/ is owned by the mapped root (sandbox Manager.IDRange) and
 // bind-mounted without id mapping. So container root writes there as the
 // unprivileged mapped root, never as host root, and nothing a build leaves
 // there (setuid or setgid files, file capabilities) can be reached by a

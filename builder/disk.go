@@ -81,34 +81,6 @@ func readMeta(dir string) (*meta, error) {
 	return &md, nil
 }
 
-// writeFileAtomic writes b to path through a temporary file and a rename,
-// synced, so that a crash leaves the old or the new content.
-func writeFileAtomic(path string, b []byte, perm fs.FileMode) (retErr error) {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		f.Close()
-		if retErr != nil {
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
-}
-
 // setCurrent points the base's current link at builder id, atomically.
 func (m *Manager) setCurrent(key, id string) error {
 	link := m.currentLink(key)

@@ -27,6 +27,7 @@ import (
 type Manager struct {
 	store  *oci.Store
 	sb     *sandbox.Manager
+	layout *oci.Layout // the builders' images, DIR/oci
 	dir    string
 	o      *options
 	recipe string
@@ -112,10 +113,6 @@ type PruneReport struct {
 // errGone means a builder was removed between finding and leasing it.
 var errGone = errors.New("builder removed")
 
-// idSize is the size of the sandbox's id range that upper directories are
-// shifted by (sandbox.WithIDMap's default).
-const idSize = 65536
-
 // New opens (creating it if needed) the builder directory dir, typically
 // <data_dir>/builders, and removes what a crashed process left behind:
 // half-prepared builders and, when store and sb are given (an agent
@@ -148,7 +145,7 @@ func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Ma
 		metas:   map[string]*meta{},
 		leases:  map[string]int{},
 	}
-	if err := m.initLayout(); err != nil {
+	if m.layout, err = oci.OpenLayout(filepath.Join(abs, layoutDirName), store); err != nil {
 		return nil, fmt.Errorf("creating the builders' image layout: %w", err)
 	}
 	if n, err := m.removeStaleTemps(); err != nil {
@@ -173,7 +170,7 @@ func (m *Manager) Dir() string { return m.dir }
 // LayoutDir returns the OCI image layout that holds the builder images,
 // each tagged (annotation org.opencontainers.image.ref.name) with its base
 // reference: `skopeo copy oci:LAYOUT:BASE ...`.
-func (m *Manager) LayoutDir() string { return m.layoutDir() }
+func (m *Manager) LayoutDir() string { return m.layout.Dir() }
 
 // Acquire returns a lease on a ready builder for baseImage. When the
 // base has a fresh builder, that is all (no network access). When its
@@ -644,27 +641,15 @@ func (m *Manager) Prune(ctx context.Context) (PruneReport, error) {
 			os.Remove(p)
 		}
 	}
-	lock, err := m.lockLayout(ctx)
-	if err != nil {
-		return rep, err
-	}
-	defer lock.Close()
-	idx, err := m.readIndex()
-	if err != nil {
-		return rep, err
-	}
-	keep := idx.Manifests[:0]
-	for _, d := range idx.Manifests {
+	blobs, size, err := m.layout.Retain(ctx, func(d v1.Descriptor) bool {
 		id := d.Annotations[annotationBuilder]
-		if _, err := os.Stat(m.builderDir(id)); (id != "" && err == nil) || m.preparing(d.Annotations[annotationBase]) {
-			keep = append(keep, d)
+		if id != "" && validID(id) {
+			if _, err := os.Stat(m.builderDir(id)); err == nil {
+				return true
+			}
 		}
-	}
-	idx.Manifests = keep
-	if err := m.writeIndex(idx); err != nil {
-		return rep, err
-	}
-	blobs, size, err := m.collectBlobs(idx)
+		return m.preparing(d.Annotations[annotationBase])
+	})
 	rep.Blobs += blobs
 	rep.Bytes += size
 	return rep, err

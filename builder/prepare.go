@@ -108,9 +108,9 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 		}
 		lock.Close()
 	}()
-	baseImg, si, err := newStoreImage(m.store.Dir(), rf.Digest)
+	baseImg, err := m.store.Image(rf.Digest)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the base image: %w", err)
 	}
 
 	// 1. The setup, on an overlay of the base.
@@ -122,10 +122,11 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 
 	// 2. What it changed, as a layer.
 	mt := types.OCILayer
-	if bmt, _ := si.MediaType(); bmt == types.DockerManifestSchema2 {
+	if bmt, _ := baseImg.MediaType(); bmt == types.DockerManifestSchema2 {
 		mt = types.DockerLayer
 	}
 	fmt.Fprintf(out, "==> vagent: writing the builder layer\n")
+	_, _, idSize := m.sb.IDRange() // the upper is owned by the sandbox's host ids
 	layer, err := writeGzipLayer(filepath.Join(tmp, "layer.tar.gz"), mt, func(w io.Writer) error {
 		return upperTar(w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize)
 	})
@@ -198,13 +199,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	}
 
 	// 5. The image in the layout.
-	err = m.addImage(ctx, img, base, id, func(h v1.Hash) (string, error) {
-		if h == layer.digest {
-			return layer.path, nil
-		}
-		return si.blobPath(h), nil
-	})
-	if err != nil {
+	if err := m.addImage(ctx, img, base, id); err != nil {
 		return nil, fmt.Errorf("recording the builder image: %w", err)
 	}
 	if err := os.Remove(layer.path); err != nil {
@@ -221,7 +216,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(tmp, metaFile), b, 0o644); err != nil {
+	if err := lockfile.WriteFile(filepath.Join(tmp, metaFile), b, lockfile.WriteOptions{Sync: true}); err != nil {
 		return nil, err
 	}
 	if err := syncDir(tmp); err != nil && !errors.Is(err, errors.ErrUnsupported) {

@@ -59,6 +59,17 @@
 // shared lock on gc.lock, Remove and Prune an exclusive one, so a pull's
 // blobs are not collected before its reference is recorded.
 //
+// # Images and layouts for other packages
+//
+// Store.Image returns a pulled image as a v1.Image over the store's blobs,
+// for packages that build on it (builder); Layout (OpenLayout) is an OCI
+// image layout written by this package, read by skopeo, umoci and
+// go-containerregistry's pkg/v1/layout. Layout writes through
+// internal/lockfile's atomic writer rather than pkg/v1/layout's, which
+// replaces index.json in place and writes blobs unchecked under their final
+// names (see Layout). No other package builds paths under a store or a
+// layout.
+//
 // # Streaming and parallelism
 //
 // Layers are downloaded at most WithJobs at a time, in layer order, while
@@ -71,10 +82,11 @@
 // the calling goroutine, so inflating and writing files use two cores.
 // Memory does not depend on the layer size (see TestMemoryBounded). Cached
 // blobs are checked again while they are unpacked (sha256 with CPU support
-// costs little next to inflating): a blob corrupted on disk fails the
-// unpack with ErrDigestMismatch and is dropped; a cached blob of the wrong
-// size (cut short by a power loss) is fetched again. Nothing is fsynced
-// per file.
+// costs little next to inflating; a blob the same pull downloaded was
+// checked as it was written and is not hashed twice): a blob corrupted on
+// disk fails the unpack with ErrDigestMismatch and is dropped; a cached
+// blob of the wrong size (cut short by a power loss) is fetched again.
+// Nothing is fsynced per file.
 //
 // # Flattening
 //
@@ -118,7 +130,10 @@
 // (archive/tar reads a sparse entry's holes back as zeros). Then owner
 // (as root), mode (after chown, which clears setuid/setgid and
 // capabilities), extended attributes and times are set through the open
-// descriptor.
+// descriptor. A file is created with its permission bits, so the fchown
+// and fchmod that would change nothing are skipped (a root-owned file
+// whose parent is not setgid, a mode the umask left whole): most files
+// cost openat, pwrite, utimensat and close.
 // Extended attributes come from PAX SCHILY.xattr records, security.capability
 // included; trusted.overlay.* and user.overlay.* are dropped (they would
 // steer the sandbox's overlayfs), and attributes the file system refuses

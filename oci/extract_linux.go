@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -32,7 +33,14 @@ type extractor struct {
 	opts   *unpackOptions
 	isRoot bool
 	buf    []byte
-	spend  spend // the image's account against opts.budget
+	// What a file this process creates gets without being told: the
+	// process's gid (unless the parent directory is setgid) and the
+	// mode asked for less the umask (noUmask if it is unknown). The
+	// extractor skips the fchown and fchmod that would change nothing.
+	egid     int
+	umask    uint32
+	rootSgid bool  // the root directory is setgid
+	spend    spend // the image's account against opts.budget
 
 	// Per layer.
 	layer   string
@@ -46,9 +54,13 @@ type extractor struct {
 	// The last parent directory resolved, kept open: tar streams list
 	// the entries of a directory together. Invalidated whenever anything
 	// is removed.
-	cacheDir string
-	cacheFD  int
+	cacheDir  string
+	cacheFD   int
+	cacheSgid bool // cacheDir is setgid
 }
+
+// noUmask means the umask is not known: every file gets its fchmod.
+const noUmask = 0o777
 
 type dirMeta struct {
 	name string
@@ -77,14 +89,42 @@ func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
 		}
 		return nil, fmt.Errorf("opening %s: %w", dir, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("opening %s: %w", dir, err)
+	}
 	return &extractor{
-		rootFD:  fd,
-		opts:    opts,
-		isRoot:  os.Geteuid() == 0,
-		buf:     make([]byte, 1<<20),
-		spend:   spend{limit: opts.budget},
-		cacheFD: -1,
+		rootFD:   fd,
+		opts:     opts,
+		isRoot:   os.Geteuid() == 0,
+		egid:     os.Getegid(),
+		umask:    processUmask(),
+		rootSgid: st.Mode&unix.S_ISGID != 0,
+		buf:      make([]byte, 1<<20),
+		spend:    spend{limit: opts.budget},
+		cacheFD:  -1,
 	}, nil
+}
+
+// processUmask reads the umask from /proc/self/status (reading it with
+// umask(2) would change it for a moment, under other goroutines' feet).
+// It returns noUmask when it cannot tell.
+func processUmask() uint32 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return noUmask
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			u, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil {
+				return noUmask
+			}
+			return uint32(u) & 0o777
+		}
+	}
+	return noUmask
 }
 
 func (x *extractor) close() {
@@ -304,9 +344,23 @@ func (x *extractor) parent(dir string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("opening parent %s: %w", dir, err)
+	}
 	x.invalidate()
-	x.cacheFD, x.cacheDir = fd, dir
+	x.cacheFD, x.cacheDir, x.cacheSgid = fd, dir, st.Mode&unix.S_ISGID != 0
 	return fd, nil
+}
+
+// parentSetgid tells whether dir, just resolved with parent, is setgid:
+// then files made in it take its group.
+func (x *extractor) parentSetgid(dir string) bool {
+	if dir == "." {
+		return x.rootSgid
+	}
+	return x.cacheDir != dir || x.cacheSgid // not cached: assume it is
 }
 
 // mkdirAll opens dir inside the root, creating it and its missing parents
@@ -380,14 +434,19 @@ func (x *extractor) regular(ctx context.Context, pfd int, base, name string, hdr
 	if err := x.spend.file(hdr.Size); err != nil {
 		return err
 	}
+	// The file is made with its permission bits (the tree is not
+	// reachable by other users while it is unpacked: see Store), so that
+	// most files need no fchmod; owner, setuid/setgid bits and what the
+	// umask took are set in fileMetadata.
 	const flags = unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := unix.Openat(pfd, base, flags, 0o600)
+	perm := uint32(hdr.Mode) & 0o777
+	fd, err := unix.Openat(pfd, base, flags, perm)
 	if err == unix.EEXIST {
 		// clear removes below pfd only, so pfd stays valid.
 		if _, err := x.clear(pfd, base, name, false); err != nil {
 			return err
 		}
-		fd, err = unix.Openat(pfd, base, flags, 0o600)
+		fd, err = unix.Openat(pfd, base, flags, perm)
 	}
 	if err != nil {
 		return fmt.Errorf("creating file: %w", err)
@@ -400,7 +459,8 @@ func (x *extractor) regular(ctx context.Context, pfd int, base, name string, hdr
 	if err := x.copyData(ctx, fd, r); err != nil {
 		return err
 	}
-	if err := x.fileMetadata(fd, hdr); err != nil {
+	created := newFile{mode: perm &^ x.umask, ownedByUs: true, setgidParent: x.parentSetgid(path.Clean(path.Dir(name)))}
+	if err := x.fileMetadata(fd, hdr, created); err != nil {
 		return err
 	}
 	err = unix.Close(fd)
@@ -490,21 +550,33 @@ func pwriteAll(fd int, b []byte, off int64) error {
 	return nil
 }
 
+// newFile is what a file just created by this process has without
+// being told; the zero value (unknown) means owner and mode are set.
+type newFile struct {
+	ownedByUs    bool   // created by this process, this moment
+	mode         uint32 // its mode (0 and not ownedByUs: unknown)
+	setgidParent bool   // its parent is setgid: its group is the parent's
+}
+
 // fileMetadata sets owner, mode, xattrs and times through an open
 // descriptor, in that order: chown clears setuid/setgid bits and file
-// capabilities.
-func (x *extractor) fileMetadata(fd int, hdr *tar.Header) error {
+// capabilities. An owner or mode the file has from its creation is not
+// set again.
+func (x *extractor) fileMetadata(fd int, hdr *tar.Header, created newFile) error {
 	uid, gid, err := x.owner(hdr)
 	if err != nil {
 		return err
 	}
-	if x.isRoot {
+	sameOwner := created.ownedByUs && !created.setgidParent && uid == 0 && gid == x.egid
+	if x.isRoot && !sameOwner {
 		if err := unix.Fchown(fd, uid, gid); err != nil {
 			return fmt.Errorf("chown: %w", err)
 		}
 	}
-	if err := unix.Fchmod(fd, uint32(hdr.Mode)&0o7777); err != nil {
-		return fmt.Errorf("chmod: %w", err)
+	if mode := uint32(hdr.Mode) & 0o7777; !created.ownedByUs || mode != created.mode || x.umask == noUmask {
+		if err := unix.Fchmod(fd, mode); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
 	}
 	if err := x.xattrs(fd, hdr); err != nil {
 		return err
@@ -579,7 +651,7 @@ func (x *extractor) dirMetadata(d dirMeta) error {
 		return fmt.Errorf("opening directory: %w", err)
 	}
 	defer unix.Close(fd)
-	return x.fileMetadata(fd, d.hdr)
+	return x.fileMetadata(fd, d.hdr, newFile{})
 }
 
 func (x *extractor) symlink(pfd int, base, name string, hdr *tar.Header) error {

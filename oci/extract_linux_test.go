@@ -270,6 +270,11 @@ func TestModesOwnersTimes(t *testing.T) {
 	dirTime := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
 	fileTime := time.Date(2011, 2, 3, 4, 5, 6, 700, time.UTC)
 	linkTime := time.Date(2015, 1, 1, 0, 0, 0, 0, time.UTC)
+	// Files are created with their mode less the umask, and owned by
+	// root: the extractor skips the fchmod and fchown that would change
+	// nothing, so these cases check it does not skip one that would.
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
 	root := mustUnpack(t, nil, []tent{
 		{name: "d", typ: tar.TypeDir, mode: 0o1777, uid: 0, gid: 0, mtime: dirTime},
 		{name: "d/suid", typ: tar.TypeReg, mode: 0o4755, uid: 0, gid: 0, body: "x", mtime: fileTime},
@@ -281,6 +286,17 @@ func TestModesOwnersTimes(t *testing.T) {
 		{name: "d/fifo", typ: tar.TypeFifo, mode: 0o640, uid: 5, gid: 6, mtime: fileTime},
 		{name: "ro", typ: tar.TypeDir, mode: 0o555, mtime: dirTime},
 		{name: "ro/f", typ: tar.TypeReg, mode: 0o444, body: "z"},
+	}, []tent{
+		// The same directories again (so that their times are set
+		// after this layer's files).
+		{name: "d", typ: tar.TypeDir, mode: 0o1777, uid: 0, gid: 0, mtime: dirTime},
+		{name: "d/sgiddir", typ: tar.TypeDir, mode: 0o2775, uid: 7, gid: 8, mtime: dirTime},
+		// Made in a setgid directory, which gives them its group.
+		{name: "d/sgiddir/g", typ: tar.TypeReg, mode: 0o644, body: "g", mtime: fileTime},
+		{name: "d/sgiddir/h", typ: tar.TypeReg, mode: 0o664, gid: 8, body: "h", mtime: fileTime},
+		// Bits the umask takes.
+		{name: "ww", typ: tar.TypeReg, mode: 0o666, body: "w", mtime: fileTime},
+		{name: "d/gx", typ: tar.TypeReg, mode: 0o2070, gid: 9, body: "w", mtime: fileTime},
 	})
 	for _, c := range []struct {
 		p        string
@@ -297,6 +313,10 @@ func TestModesOwnersTimes(t *testing.T) {
 		{"d/fifo", syscall.S_IFIFO | 0o640, 5, 6, fileTime},
 		{"ro", syscall.S_IFDIR | 0o555, 0, 0, dirTime},
 		{"ro/f", syscall.S_IFREG | 0o444, 0, 0, testTime},
+		{"d/sgiddir/g", syscall.S_IFREG | 0o644, 0, 0, fileTime},
+		{"d/sgiddir/h", syscall.S_IFREG | 0o664, 0, 8, fileTime},
+		{"ww", syscall.S_IFREG | 0o666, 0, 0, fileTime},
+		{"d/gx", syscall.S_IFREG | 0o2070, 0, 9, fileTime},
 	} {
 		st := lstat(t, filepath.Join(root, c.p))
 		if st.Mode != c.mode || st.Uid != c.uid || st.Gid != c.gid {

@@ -27,3 +27,17 @@ func flockCtx(ctx context.Context, f *os.File, exclusive bool) error {
 	}
 	return err
 }
+
+// lockFile opens (creating it) the lock file p and locks it, waiting
+// until ctx ends. Closing the file drops the lock.
+func lockFile(ctx context.Context, p string, exclusive bool) (*os.File, error) {
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := flockCtx(ctx, f, exclusive); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}

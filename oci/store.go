@@ -216,24 +216,15 @@ func (s *Store) readBlob(h v1.Hash) ([]byte, error) {
 	return b, nil
 }
 
-// newTemp creates a locked temporary under tmp/: a file, or a directory if
-// dir is set. The lock goes when the returned file is closed (or the
-// process dies).
-func (s *Store) newTemp(prefix string, dir bool) (path string, lock *os.File, err error) {
-	tmp := filepath.Join(s.dir, "tmp")
-	if dir {
-		if path, err = os.MkdirTemp(tmp, prefix); err != nil {
-			return "", nil, diskFull(err)
-		}
-		if lock, err = os.Open(path); err != nil {
-			os.Remove(path)
-			return "", nil, err
-		}
-	} else {
-		if lock, err = os.CreateTemp(tmp, prefix); err != nil {
-			return "", nil, diskFull(err)
-		}
-		path = lock.Name()
+// newTemp creates a directory under tmp/, locked until the returned file
+// is closed (or the process dies).
+func (s *Store) newTemp(prefix string) (path string, lock *os.File, err error) {
+	if path, err = os.MkdirTemp(filepath.Join(s.dir, "tmp"), prefix); err != nil {
+		return "", nil, diskFull(err)
+	}
+	if lock, err = os.Open(path); err != nil {
+		os.Remove(path)
+		return "", nil, err
 	}
 	if _, err := flock(lock, true, true); err != nil {
 		lock.Close()
@@ -255,24 +246,22 @@ func (s *Store) writeBlob(ctx context.Context, h v1.Hash, size int64, r io.Reade
 	if err != nil {
 		return err
 	}
-	p, f, err := s.newTemp("blob-", false)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		f.Close()
-		os.Remove(p)
-	}()
+	return diskFull(lockfile.Write(dst, lockfile.WriteOptions{TmpDir: filepath.Join(s.dir, "tmp"), Perm: 0o444}, func(f *os.File) error {
+		return copyVerified(ctx, f, h, size, &countingReader{r: r, report: progress})
+	}))
+}
+
+// copyVerified copies r to w, checking that it is the blob h (of size
+// bytes, if size >= 0).
+func copyVerified(ctx context.Context, w io.Writer, h v1.Hash, size int64, r io.Reader) error {
 	hh := sha256.New()
-	cr := &countingReader{r: r, report: progress}
-	var src io.Reader = cr
 	if size >= 0 {
-		src = io.LimitReader(cr, size+1)
+		r = io.LimitReader(r, size+1)
 	}
 	buf := make([]byte, 1<<20)
-	n, err := io.CopyBuffer(io.MultiWriter(f, hh), ctxReader{ctx, src}, buf)
+	n, err := io.CopyBuffer(io.MultiWriter(w, hh), ctxReader{ctx, r}, buf)
 	if err != nil {
-		return diskFull(fmt.Errorf("blob %s: %w", shortDigest(h), err))
+		return fmt.Errorf("blob %s: %w", shortDigest(h), err)
 	}
 	if size >= 0 && n != size {
 		return fmt.Errorf("blob %s: %w: %d bytes, want %d", shortDigest(h), ErrDigestMismatch, n, size)
@@ -280,12 +269,6 @@ func (s *Store) writeBlob(ctx context.Context, h v1.Hash, size int64, r io.Reade
 	got := v1.Hash{Algorithm: "sha256", Hex: fmt.Sprintf("%x", hh.Sum(nil))}
 	if got != h {
 		return fmt.Errorf("blob %s: %w: got %s", shortDigest(h), ErrDigestMismatch, got)
-	}
-	if err := f.Chmod(0o444); err != nil {
-		return err
-	}
-	if err := os.Rename(p, dst); err != nil {
-		return diskFull(err)
 	}
 	return nil
 }
@@ -422,14 +405,15 @@ func (s *Store) loadImage(ref string, h v1.Hash) (*Image, error) {
 // in layer order. ready[i] is closed when layer i is in the store (or
 // failed: see errs[i]).
 type fetch struct {
-	ready []chan struct{}
-	errs  []error
-	done  chan struct{}
+	ready   []chan struct{}
+	errs    []error
+	fetched []bool // layer i was downloaded (and checked) by this fetch
+	done    chan struct{}
 }
 
 func (s *Store) startFetch(ctx context.Context, res *resolved) *fetch {
 	layers := res.img.Manifest.Layers
-	f := &fetch{ready: make([]chan struct{}, len(layers)), errs: make([]error, len(layers)), done: make(chan struct{})}
+	f := &fetch{ready: make([]chan struct{}, len(layers)), errs: make([]error, len(layers)), fetched: make([]bool, len(layers)), done: make(chan struct{})}
 	todo := make(chan int, len(layers))
 	for i, l := range layers {
 		f.ready[i] = make(chan struct{})
@@ -453,6 +437,7 @@ func (s *Store) startFetch(ctx context.Context, res *resolved) *fetch {
 			defer wg.Done()
 			for i := range todo {
 				f.errs[i] = s.fetchLayer(ctx, res, i)
+				f.fetched[i] = f.errs[i] == nil
 				close(f.ready[i])
 			}
 		}()
@@ -494,15 +479,7 @@ func (f *fetch) wait() error {
 // lockGC takes the store's collection lock: shared for pulls (their blobs
 // are not referenced until they finish), exclusive for Remove and Prune.
 func (s *Store) lockGC(ctx context.Context, exclusive bool) (*os.File, error) {
-	f, err := os.OpenFile(filepath.Join(s.dir, "gc.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := flockCtx(ctx, f, exclusive); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return lockFile(ctx, filepath.Join(s.dir, "gc.lock"), exclusive)
 }
 
 // resolveLocked parses and resolves ref while holding a shared lock on
@@ -603,7 +580,7 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 		cancel()
 		<-f.done
 	}()
-	tmp, lock, err := s.newTemp("rootfs-", true)
+	tmp, lock, err := s.newTemp("rootfs-")
 	if err != nil {
 		return err
 	}
@@ -622,20 +599,23 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 		}
 	}
 	layers := img.Manifest.Layers
-	open := func(ctx context.Context, i int) (io.ReadCloser, error) {
+	// A blob this fetch downloaded was checked as it was written; a
+	// cached one is checked again while it is unpacked.
+	open := func(ctx context.Context, i int) (io.ReadCloser, bool, error) {
 		select {
 		case <-f.ready[i]:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 		if f.errs[i] != nil {
-			return nil, f.errs[i]
+			return nil, false, f.errs[i]
 		}
 		p, err := s.blobPath(layers[i].Digest)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return os.Open(p)
+		rc, err := os.Open(p)
+		return rc, f.fetched[i], err
 	}
 	if err := unpackLayers(ctx, dir, layers, open, o); err != nil {
 		if errors.Is(err, ErrDigestMismatch) {
@@ -698,21 +678,7 @@ func (s *Store) validRootfs(final string) bool {
 
 // writeFile replaces the file at p atomically.
 func (s *Store) writeFile(p string, b []byte) error {
-	tmp, f, err := s.newTemp("file-", false)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		f.Close()
-		os.Remove(tmp)
-	}()
-	if _, err := f.Write(b); err != nil {
-		return diskFull(err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	return diskFull(os.Rename(tmp, p))
+	return diskFull(lockfile.WriteFile(p, b, lockfile.WriteOptions{TmpDir: filepath.Join(s.dir, "tmp")}))
 }
 
 // readIndex reads refs.json (an empty index if there is none).
@@ -755,21 +721,7 @@ func (s *Store) updateIndex(change func(*refIndex) error) error {
 	if err != nil {
 		return err
 	}
-	p, f, err := s.newTemp("refs-", false)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		f.Close()
-		os.Remove(p)
-	}()
-	if _, err := f.Write(b); err != nil {
-		return diskFull(err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	return diskFull(os.Rename(p, filepath.Join(s.dir, "refs.json")))
+	return s.writeFile(filepath.Join(s.dir, "refs.json"), b)
 }
 
 func (s *Store) recordRef(ref string, h v1.Hash) error {
@@ -956,7 +908,7 @@ func (s *Store) removeRootfs(hex string) (bool, error) {
 	if err != nil || !ok {
 		return false, err
 	}
-	tmp, lock, err := s.newTemp("rm-", true)
+	tmp, lock, err := s.newTemp("rm-")
 	if err != nil {
 		return false, err
 	}

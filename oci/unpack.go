@@ -51,14 +51,17 @@ func Unpack(ctx context.Context, img v1.Image, dir string, opts ...UnpackOption)
 			descs[i].Size = -1
 		}
 	}
-	open := func(_ context.Context, i int) (io.ReadCloser, error) {
-		return layers[i].Compressed()
+	open := func(_ context.Context, i int) (io.ReadCloser, bool, error) {
+		rc, err := layers[i].Compressed()
+		return rc, false, err
 	}
 	return unpackLayers(ctx, dir, descs, open, o)
 }
 
-// unpackLayers applies layers, opened in order with open, into dir.
-func unpackLayers(ctx context.Context, dir string, layers []v1.Descriptor, open func(context.Context, int) (io.ReadCloser, error), o *unpackOptions) error {
+// unpackLayers applies layers, opened in order with open, into dir. open
+// reports whether the blob was checked against its digest already (then
+// it is not hashed again).
+func unpackLayers(ctx context.Context, dir string, layers []v1.Descriptor, open func(context.Context, int) (rc io.ReadCloser, checked bool, err error), o *unpackOptions) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return diskFull(fmt.Errorf("creating %s: %w", dir, err))
 	}
@@ -74,12 +77,12 @@ func unpackLayers(ctx context.Context, dir string, layers []v1.Descriptor, open 
 				o.progress(Progress{Ref: o.ref, Phase: PhaseExtract, Blob: l.Digest, Index: i, Count: len(layers), Done: done, Total: l.Size})
 			}
 		}
-		rc, err := open(ctx, i)
+		rc, checked, err := open(ctx, i)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		var want *v1.Hash
-		if o.verify {
+		if o.verify && !checked {
 			want = &l.Digest
 		}
 		err = applyBlob(ctx, a, rc, name, want, report)

@@ -26,7 +26,7 @@
 //     read-only, a /tmp tmpfs of a fixed size ([WithTmpSize], default 1 GiB)
 //     and the caller's extra bind mounts. A bind mount is id-mapped only
 //     when asked ([Mount.IDMapped]); a writable host directory shared by
-//     runs should instead be owned by [Manager.RootIDs] and mounted plainly,
+//     runs should instead be owned by [Manager.IDRange] and mounted plainly,
 //     so that container root writes there as the unprivileged mapped root.
 //   - Docker's default capability set (effective only for container root; a
 //     non-root user gets it as bounding set so sudo and su work), no

@@ -207,13 +207,6 @@ func privateDir(dir string, uid, gid int) error {
 	return nil
 }
 
-// RootIDs returns the host uid and gid of container root: the base of the
-// id range, the agent's own ids in rootless mode, 0 without a user
-// namespace. A host directory that a build shares writably (a cache) is
-// owned by them and bind-mounted without id mapping, so whatever the build
-// writes there is owned by the unprivileged mapped ids on the host.
-func (m *Manager) RootIDs() (uid, gid uint32) { return m.rootUID, m.rootGID }
-
 // checkSearchable verifies that others may traverse every ancestor of dir.
 func checkSearchable(dir string) error {
 	for p := dir; ; p = filepath.Dir(p) {
@@ -228,6 +221,21 @@ func checkSearchable(dir string) error {
 			return nil
 		}
 	}
+}
+
+// IDRange returns the host ids container ids map to: container uid c is
+// host uid uid+c and container gid c host gid gid+c, for c < size. What a
+// sandbox leaves in an upper directory is owned by ids in this range.
+// Without a user namespace it is 0, 0 and the whole id space; rootless,
+// the agent's own ids and size 1. uid, gid are container root's: a host
+// directory a build shares writably (a cache) is owned by them and
+// bind-mounted without id mapping, so whatever the build writes there is
+// owned by the unprivileged mapped ids on the host.
+func (m *Manager) IDRange() (uid, gid, size uint32) {
+	if !m.opts.userns && !m.rootless {
+		return 0, 0, ^uint32(0)
+	}
+	return m.rootUID, m.rootGID, m.idSize
 }
 
 // Close removes the Manager's cgroup parents and releases the data

@@ -28,7 +28,7 @@ func TestPrivateHostPaths(t *testing.T) {
 	if err := os.Rename(sandboxtest.BusyboxRootfs(t), lower); err != nil {
 		t.Fatal(err)
 	}
-	uid, gid := e.m.RootIDs()
+	uid, gid, _ := e.m.IDRange()
 	shared, ctl := filepath.Join(private, "shared"), filepath.Join(private, "ctl")
 	for _, d := range []string{shared, ctl} {
 		if err := os.Mkdir(d, 0o755); err != nil {

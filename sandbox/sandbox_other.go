@@ -21,5 +21,5 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (*Result, error) {
 // Close returns errors.ErrUnsupported outside Linux.
 func (m *Manager) Close() error { return errors.ErrUnsupported }
 
-// RootIDs returns 0, 0 outside Linux.
-func (m *Manager) RootIDs() (uid, gid uint32) { return 0, 0 }
+// IDRange returns zeros outside Linux.
+func (m *Manager) IDRange() (uid, gid, size uint32) { return 0, 0, 0 }

@@ -48,7 +48,7 @@ type Mount struct {
 	// root (setuid-root files on the host). Without it host files appear
 	// owned by the overflow id (nobody) and container root can only write
 	// what is writable by the mapped host ids: a writable shared directory
-	// is owned by Manager.RootIDs instead. Ignored without a user
+	// is owned by Manager.IDRange instead. Ignored without a user
 	// namespace.
 	IDMapped bool
 }
