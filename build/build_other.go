@@ -11,9 +11,9 @@ import (
 	"github.com/vieter-v/vagent/poll"
 )
 
-func (b *Builder) build(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
+func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
 	r := &Result{Start: time.Now()}
-	b.finish(r, log, poll.ResultSetupError, poll.ExitSetupError, "", errors.ErrUnsupported)
+	b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "", errors.ErrUnsupported)
 	return r
 }
 
