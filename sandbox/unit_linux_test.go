@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
 )
 
 func TestWeightToShares(t *testing.T) {
@@ -109,6 +110,17 @@ func TestBinaryCopiedPerStart(t *testing.T) {
 	} {
 		if got := binaryCopiedPerStart(filepath.Join(root, c.exe), filepath.Join(root, c.state)); got != c.want {
 			t.Errorf("binary %s, state %s: %v, want %v", c.exe, c.state, got, c.want)
+		}
+	}
+}
+
+// TestPidnsMembersNeverTheAgentsNamespace: a pid that is in the agent's
+// own pid namespace (a reaped container init's pid reused by a host
+// process or thread) yields no processes to signal.
+func TestPidnsMembersNeverTheAgentsNamespace(t *testing.T) {
+	for _, pid := range []int{os.Getpid(), 1, unix.Gettid()} {
+		if got := pidnsMembers(pid); len(got) > 0 {
+			t.Errorf("pidnsMembers(%d) = %d host processes, want none", pid, len(got))
 		}
 	}
 }
