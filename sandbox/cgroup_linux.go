@@ -65,10 +65,6 @@ type cgroupSetup struct {
 	enableErr error
 }
 
-// ErrLimitUnavailable reports a limit whose cgroup controller is not
-// available to the agent (not mounted, or not delegated to its cgroup).
-var ErrLimitUnavailable = errors.New("limit cannot be applied on this host")
-
 // checkLimits refuses limits the setup cannot apply, naming the controller.
 func (s *cgroupSetup) checkLimits(l Limits) error {
 	var missing []string

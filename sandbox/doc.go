@@ -35,7 +35,13 @@
 //     reboot, setns, new user namespaces, open_by_handle_at, userfaultfd,
 //     io_uring…).
 //   - cgroup limits: memory (and memory+swap), pids, CPU weight and quota,
-//     with cgroup v1 (including hybrid hosts) and cgroup v2.
+//     with cgroup v1 (including hybrid hosts) and cgroup v2. On cgroup v2
+//     the runs' cgroups go below the agent's own cgroup, into which New
+//     first moves the agent's processes out of the way (a "vagent-agent"
+//     leaf): this works in a systemd unit with Delegate=yes, at the root of
+//     a private cgroup namespace and inside a Kubernetes pod's cgroup. A
+//     limit whose controller is not available is refused with
+//     [ErrLimitUnavailable] (docs/sandbox.md, "cgroups").
 //
 // Output: the process's stdout and stderr are one pipe copied live, in
 // order, to [Spec.Output]; nothing is buffered whole.
@@ -87,5 +93,6 @@
 // Linux ≥ 5.19 (overlayfs over idmapped lower layers), user namespaces,
 // overlayfs, cgroup v1 or v2 with the memory, pids and cpu controllers, and
 // a data directory on a filesystem that supports idmapped mounts (ext4, xfs,
-// btrfs, tmpfs…). [CheckHost] reports each requirement.
+// btrfs, tmpfs…). [CheckHost] reports each requirement, and runs a
+// container with limits to read them back from inside.
 package sandbox

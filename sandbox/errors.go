@@ -14,6 +14,9 @@ var (
 	ErrLocked = errors.New("data directory in use by another sandbox manager")
 	// ErrRootless reports a feature that rootless mode does not provide.
 	ErrRootless = errors.New("not supported when running as a non-root user")
+	// ErrLimitUnavailable reports a limit whose cgroup controller is not
+	// available to the agent (not mounted, or not delegated to its cgroup).
+	ErrLimitUnavailable = errors.New("limit cannot be applied on this host")
 	// ErrReleased is returned by Upper.Release when called more than once.
 	ErrReleased = errors.New("upper already released")
 )

@@ -116,10 +116,11 @@ func WithTmpSize(n int64) Option {
 	}
 }
 
-// WithCgroupParent sets the name of the cgroup directory, at the root of
-// every hierarchy, that holds the runs' cgroups (default "vagent-" followed
-// by a hash of the data directory). The Manager owns it exclusively: New
-// kills and removes whatever it finds in it.
+// WithCgroupParent sets the name of the cgroup directory that holds the
+// runs' cgroups (default "vagent-" followed by a hash of the data
+// directory): at the root of every cgroup v1 hierarchy, below the agent's
+// own cgroup on cgroup v2 (see cgroup_linux.go). The Manager owns it
+// exclusively: New kills and removes whatever it finds in it.
 func WithCgroupParent(name string) Option {
 	return func(o *options) error {
 		if name == "" || name == "." || name == ".." || containsSlash(name) {

@@ -58,6 +58,13 @@ func pidnsMembers(init int) []int {
 	if err != nil {
 		return nil
 	}
+	// A reaped init's pid can be reused by any host process or thread (pid
+	// numbers wrap at pid_max, 32768 on small machines): its namespace is
+	// then the agent's own, whose members must never be signalled. The VM
+	// harness caught this killing the agent's systemd unit.
+	if self, err := os.Readlink("/proc/self/ns/pid"); err != nil || self == ns {
+		return nil
+	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil

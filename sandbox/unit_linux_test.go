@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer/configs"
+	"golang.org/x/sys/unix"
 )
 
 func TestWeightToShares(t *testing.T) {
@@ -124,5 +125,16 @@ func TestSpecIDMappedReadOnly(t *testing.T) {
 	spec.Mounts[0].ReadOnly = true
 	if err := spec.validate(); err != nil {
 		t.Errorf("read-only idmapped mount: %v", err)
+	}
+}
+
+// TestPidnsMembersNeverTheAgentsNamespace: a pid that is in the agent's
+// own pid namespace (a reaped container init's pid reused by a host
+// process or thread) yields no processes to signal.
+func TestPidnsMembersNeverTheAgentsNamespace(t *testing.T) {
+	for _, pid := range []int{os.Getpid(), 1, unix.Gettid()} {
+		if got := pidnsMembers(pid); len(got) > 0 {
+			t.Errorf("pidnsMembers(%d) = %d host processes, want none", pid, len(got))
+		}
 	}
 }

@@ -78,7 +78,7 @@ pids-only)
 *)
 	step check sh -c "$share/bin/vagent check -data-dir /var/lib/vagent-check-$p > $R/$p-check.log 2>&1; rc=\$?; cat $R/$p-check.log; exit \$rc"
 	run=${VM_SANDBOX_RUN:-.}
-	[ "$p" = kubernetes-pod ] && run='TestLimitsObservedInside|TestPidsLimit|TestMemoryLimit|TestManyRunsLeaveNothing|TestCrashRecovery'
+	[ "$p" = kubernetes-pod ] && run='TestLimitsObservedInside|TestPidsLimit|TestMemoryLimit|TestCrashRecovery|TestLimitUnavailableRefused'
 	step sandbox-tests sh -c "$share/bin/sandbox.test -test.v -test.timeout 25m -test.run '$run' \
 		-test.skip '$VM_SANDBOX_SKIP' > $tests_log 2>&1"
 	# One real build with build_limits (vagent run against the test stack),

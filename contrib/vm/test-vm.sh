@@ -20,6 +20,8 @@ VM_START_TIMEOUT=${VM_START_TIMEOUT:-240}
 VM_KVM_START_TIMEOUT=${VM_KVM_START_TIMEOUT:-60}
 VM_TIMEOUT=${VM_TIMEOUT:-3600} # the whole run
 VM_SANDBOX_RUN=${VM_SANDBOX_RUN:-.}
+# The agent binary to check (e.g. another revision's, to compare).
+VM_VAGENT=${VM_VAGENT:-$top/bin/vagent}
 # Tests with wall-clock bounds written for a real host (output latency,
 # stop within deadline + grace): under TCG, 4-5x slower and on a loaded
 # machine, they fail on timing, not on cgroups. The host runs them.
@@ -32,7 +34,8 @@ echo "guest image: $guest ($(( $(date +%s) - t0 )) s)"
 share=$VM_OUT/share
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/results"
-cp "$top/bin/vagent" "$VM_OUT/sandbox.test" "$share/bin/"
+cp "$VM_VAGENT" "$share/bin/vagent"
+cp "$VM_OUT/sandbox.test" "$share/bin/"
 # The real build (cmd/vagent's TestRunBuildLimits) needs the test images.
 testimages=
 if [ -f "$VM_OUT/vagent.test" ]; then
