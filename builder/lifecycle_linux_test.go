@@ -190,7 +190,7 @@ func TestRefreshResolvesBaseWithoutPulling(t *testing.T) {
 		t.Errorf("base blobs downloaded again although its digest did not change:\n%s", s)
 	}
 	// Build always prepares.
-	forced, err := m.Build(t.Context(), base, nil)
+	forced, err := m.Prepare(t.Context(), base, nil)
 	if err != nil || forced.Digest == newer.Digest {
 		t.Fatalf("Build: %+v, %v", forced, err)
 	}

@@ -237,9 +237,9 @@ func (m *Manager) Refresh(ctx context.Context, baseImage string, log io.Writer) 
 	return m.prepareNow(ctx, baseImage, prepRefresh, log)
 }
 
-// Build prepares a new builder for baseImage even if the current one is
+// Prepare prepares a new builder for baseImage even if the current one is
 // fresh. Setup output goes to log.
-func (m *Manager) Build(ctx context.Context, baseImage string, log io.Writer) (Info, error) {
+func (m *Manager) Prepare(ctx context.Context, baseImage string, log io.Writer) (Info, error) {
 	info, _, err := m.prepareNow(ctx, baseImage, prepForce, log)
 	return info, err
 }

@@ -14,9 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -73,7 +73,7 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
 	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
 	fs.StringVar(&f.out, "out", "out", "write the packages to `DIR`")
-	fs.DurationVar(&f.timeout, "timeout", build.DefaultTimeout, "kill the build after `D`")
+	fs.DurationVar(&f.timeout, "timeout", job.DefaultTimeout, "kill the build after `D`")
 	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
@@ -90,7 +90,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	}
 	// A local build publishes nothing: the job's repository only names
 	// the build in logs, but the job must be as valid as a server's.
-	job := poll.Job{Branch: f.branch, Path: f.subdir, BaseImage: f.base, Repo: localRepo}
+	j := poll.Job{Branch: f.branch, Path: f.subdir, BaseImage: f.base, Repo: localRepo}
 	localDir, err := localSource(src)
 	if err != nil {
 		return err
@@ -100,8 +100,8 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 			return usageError("--branch is for git sources")
 		}
 	} else {
-		job.Kind, job.URL = sourceKind(src), src
-		if err := build.ValidateJob(job, true); err != nil {
+		j.Kind, j.URL = sourceKind(src), src
+		if err := job.ValidateJob(j, true); err != nil {
 			return usageError("%v", err)
 		}
 	}
@@ -143,20 +143,20 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	defer bm.Close()
 	// The one Pacman cache of the data dir, shared with `vagent run`.
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
-	opts := []build.Option{build.WithLogger(env.log), build.WithOutDir(outDir, uid, gid), build.WithDefaultTimeout(f.timeout), build.WithLocalImages(true)}
+	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithDefaultTimeout(f.timeout), job.WithLocalImages(true)}
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()
-		opts = append(opts, build.WithArch(cfg.Arch), build.WithLimits(cfg.Limits()), build.WithLogLimit(int64(cfg.BuildLimits.Log)))
+		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(cfg.Limits()), job.WithLogLimit(int64(cfg.BuildLimits.Log)))
 	}
-	b, err := build.New(sb, build.Builders(bm), filepath.Join(dataDir, "build"), append(opts, build.WithCacheDir(cacheDir))...)
+	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(dataDir, "build"), append(opts, job.WithCacheDir(cacheDir))...)
 	if err != nil {
 		return err
 	}
-	var r *build.Result
+	var r *job.Result
 	if localDir != "" {
-		r = b.BuildDir(ctx, localDir, job, env.stdout)
+		r = b.BuildDir(ctx, localDir, j, env.stdout)
 	} else {
-		r = b.Build(ctx, job, env.stdout)
+		r = b.Build(ctx, j, env.stdout)
 	}
 	if r.Status == poll.ResultSuccess {
 		return nil
@@ -216,7 +216,7 @@ func parseRepoURLs(urls []string) ([]pacman.Repo, error) {
 			return nil, usageError("--repo-url %q: want http(s)://HOST/.../REPO", s)
 		}
 		name := path.Base(u.Path)
-		if build.ValidateRepo(name) != nil {
+		if job.ValidateRepo(name) != nil {
 			return nil, usageError("--repo-url %q: the last path element must be a repository name", s)
 		}
 		repos = append(repos, pacman.Repo{Name: name, Servers: []string{u.String() + "/$arch"}, SigLevel: "Optional TrustAll"})

@@ -182,7 +182,7 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 			var info builder.Info
 			rebuilt := true
 			if force {
-				info, err = m.Build(c.Context(), base, env.stdout)
+				info, err = m.Prepare(c.Context(), base, env.stdout)
 			} else {
 				info, rebuilt, err = m.Refresh(c.Context(), base, env.stdout)
 			}

@@ -1,8 +1,9 @@
 // Command vagent is a daemonless, rootless build agent for Vieter.
 //
 // The command is a thin layer: it parses flags and configuration, sets up
-// logging and a signal context, and wires the oci, sandbox and poll packages
-// together. It also holds the libcontainer init re-exec hook (see init.go).
+// logging and a signal context, and wires the vieter, poll, job, builder,
+// oci and sandbox packages together. The libcontainer init re-exec hook is
+// package sandbox's own init function: importing sandbox is all it takes.
 //
 // The command line follows the conventions of cobra-based tools (crane,
 // podman, kubectl): flags anywhere, `vagent help CMD`, `--version`, help

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
@@ -87,15 +87,15 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	}
 	// The configured pacman_repos are in the builder image (BuilderOptions):
 	// a build adds only its job's repository (package pacman).
-	b, err := build.New(sb, build.Builders(bm), filepath.Join(cfg.DataDir, "build"),
-		build.WithServer(deps.server),
-		build.WithPublishObserver(deps.metrics.PackagePublished),
-		build.WithArch(cfg.Arch),
-		build.WithDefaultTimeout(cfg.BuildTimeout.D()),
-		build.WithLimits(cfg.Limits()),
-		build.WithLogLimit(int64(cfg.BuildLimits.Log)),
-		build.WithCacheDir(cfg.PacmanCacheDir()),
-		build.WithLogger(deps.log))
+	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(cfg.DataDir, "build"),
+		job.WithServer(deps.server),
+		job.WithPublishObserver(deps.metrics.PackagePublished),
+		job.WithArch(cfg.Arch),
+		job.WithDefaultTimeout(cfg.BuildTimeout.D()),
+		job.WithLimits(cfg.Limits()),
+		job.WithLogLimit(int64(cfg.BuildLimits.Log)),
+		job.WithCacheDir(cfg.PacmanCacheDir()),
+		job.WithLogger(deps.log))
 	if err != nil {
 		return nil, nil, fmt.Errorf("builds: %w", err)
 	}

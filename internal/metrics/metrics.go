@@ -144,7 +144,7 @@ func (m *Metrics) Uploaded(err error, final bool) {
 
 // PackagePublished counts one published package by how the server
 // confirmed it: "answer", "check", or "" when it could not be confirmed
-// (build.WithPublishObserver).
+// (job.WithPublishObserver).
 func (m *Metrics) PackagePublished(confirmedBy string) {
 	if confirmedBy == "" {
 		confirmedBy = "failed"

@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"errors"
@@ -116,7 +116,7 @@ func ensureLock(tree int, path string) error {
 // runCache returns the package cache tree of one build (the directory to
 // mount): the shared one, or a private one removed by drop when the
 // shared cache is off.
-func (b *Builder) runCache() (tree string, drop func(), err error) {
+func (b *Runner) runCache() (tree string, drop func(), err error) {
 	if dir := b.cacheDir(); dir != "" {
 		tree, err := initCache(dir, b.rootUID, b.rootGID)
 		return tree, func() {}, err

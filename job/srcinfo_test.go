@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"errors"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/job"
 )
 
 // manyLines repeats format, numbered from 0, n times.
@@ -24,18 +24,18 @@ func TestParseSrcInfo(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		in      string
-		want    *build.SrcInfo
+		want    *job.SrcInfo
 		version string
 		err     bool
 	}{
 		{"simple", "pkgbase = hello\n\tpkgdesc = x = y\n\tpkgver = 1.2\n\tpkgrel = 3\n\tarch = any\n\npkgname = hello\n",
-			&build.SrcInfo{Base: "hello", Names: []string{"hello"}, Version: "1.2", Release: "3", Arch: []string{"any"}}, "1.2-3", false},
+			&job.SrcInfo{Base: "hello", Names: []string{"hello"}, Version: "1.2", Release: "3", Arch: []string{"any"}}, "1.2-3", false},
 		{"epoch", "pkgbase = e\n\tpkgver = 1.0\n\tpkgrel = 1\n\tepoch = 2\npkgname = e\n",
-			&build.SrcInfo{Base: "e", Names: []string{"e"}, Epoch: "2", Version: "1.0", Release: "1"}, "2:1.0-1", false},
+			&job.SrcInfo{Base: "e", Names: []string{"e"}, Epoch: "2", Version: "1.0", Release: "1"}, "2:1.0-1", false},
 		{"epoch 0", "pkgbase = e\npkgver = 1\npkgrel = 1\nepoch = 0\npkgname = e\n",
-			&build.SrcInfo{Base: "e", Names: []string{"e"}, Epoch: "0", Version: "1", Release: "1"}, "1-1", false},
+			&job.SrcInfo{Base: "e", Names: []string{"e"}, Epoch: "0", Version: "1", Release: "1"}, "1-1", false},
 		{"split", "# comment\npkgbase = s\n\tpkgver = 3.1\n\tpkgrel = 2.1\n\tarch = x86_64\n\tarch = aarch64\n\tdepends_x86_64 = foo\n\npkgname = s-a\n\tarch = any\n\tdepends = bar\n\npkgname = s-b\n",
-			&build.SrcInfo{Base: "s", Names: []string{"s-a", "s-b"}, Version: "3.1", Release: "2.1", Arch: []string{"x86_64", "aarch64"}}, "3.1-2.1", false},
+			&job.SrcInfo{Base: "s", Names: []string{"s-a", "s-b"}, Version: "3.1", Release: "2.1", Arch: []string{"x86_64", "aarch64"}}, "3.1-2.1", false},
 		{"empty", "", nil, "", true},
 		{"65 packages", "pkgbase = a\npkgver = 1\npkgrel = 1\n" + manyLines("pkgname = p%d\n", 65), nil, "", true},
 		{"17 archs", "pkgbase = a\npkgver = 1\npkgrel = 1\n" + manyLines("arch = a%d\n", 17) + "pkgname = a\n", nil, "", true},
@@ -55,12 +55,12 @@ func TestParseSrcInfo(t *testing.T) {
 		{"letters in pkgrel", "pkgbase = a\npkgver = 1\npkgrel = 1a\npkgname = a\n", nil, "", true},
 		{"negative epoch", "pkgbase = a\npkgver = 1\npkgrel = 1\nepoch = -1\npkgname = a\n", nil, "", true},
 		{"leading dash name", "pkgbase = -a\npkgver = 1\npkgrel = 1\npkgname = a\n", nil, "", true},
-		{"too large", "pkgbase = a\n" + strings.Repeat("#\n", build.MaxSrcInfo/2+1), nil, "", true},
+		{"too large", "pkgbase = a\n" + strings.Repeat("#\n", job.MaxSrcInfo/2+1), nil, "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := build.ParseSrcInfo(strings.NewReader(tc.in))
+			got, err := job.ParseSrcInfo(strings.NewReader(tc.in))
 			if tc.err {
-				if err == nil || !errors.Is(err, build.ErrSrcInfo) {
+				if err == nil || !errors.Is(err, job.ErrSrcInfo) {
 					t.Fatalf("got %+v, %v; want an ErrSrcInfo", got, err)
 				}
 				return
@@ -92,9 +92,9 @@ func FuzzParseSrcInfo(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {
-		s, err := build.ParseSrcInfo(strings.NewReader(in))
+		s, err := job.ParseSrcInfo(strings.NewReader(in))
 		if err != nil {
-			if !errors.Is(err, build.ErrSrcInfo) {
+			if !errors.Is(err, job.ErrSrcInfo) {
 				t.Fatalf("error %v is not an ErrSrcInfo", err)
 			}
 			return

@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 // vieter.Client (WithServer) with the build's retry policy (WithRetry).
 
 // hasFile asks the repository whether file is in the job's arch-repo.
-func (b *Builder) hasFile(ctx context.Context, repo, file string) (bool, error) {
+func (b *Runner) hasFile(ctx context.Context, repo, file string) (bool, error) {
 	var found bool
 	err := b.opts.retry.Do(ctx, func(ctx context.Context) error {
 		var err error
@@ -25,7 +25,7 @@ func (b *Builder) hasFile(ctx context.Context, repo, file string) (bool, error) 
 
 // hasVersion is the skip check: is version of package name in the
 // job's arch-repo?
-func (b *Builder) hasVersion(ctx context.Context, repo, name, version string) (bool, error) {
+func (b *Runner) hasVersion(ctx context.Context, repo, name, version string) (bool, error) {
 	var found bool
 	err := b.opts.retry.Do(ctx, func(ctx context.Context) error {
 		var err error
@@ -37,7 +37,7 @@ func (b *Builder) hasVersion(ctx context.Context, repo, name, version string) (b
 
 // publish publishes one package file and returns once the server
 // confirmed it (vieter.Client.PublishConfirmed), saying how in the log.
-func (b *Builder) publish(ctx context.Context, repo, name string, f *os.File, log io.Writer) error {
+func (b *Runner) publish(ctx context.Context, repo, name string, f *os.File, log io.Writer) error {
 	pkgName, version, arch, err := vieter.ParsePackageFileName(name)
 	if err != nil {
 		return err

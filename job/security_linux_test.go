@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -71,26 +71,26 @@ func TestInjection(t *testing.T) {
 	refused := 0
 	for _, field := range []string{"url", "urlkind", "branch", "path", "repo", "base_image"} {
 		for _, p := range payloads {
-			job := base
+			j := base
 			switch field {
 			case "url":
-				job.URL = p
+				j.URL = p
 			case "urlkind":
-				job.Kind, job.URL = "url", plain+p
+				j.Kind, j.URL = "url", plain+p
 			case "branch":
-				job.Branch = p
+				j.Branch = p
 			case "path":
-				job.Path = p
+				j.Path = p
 			case "repo":
-				job.Repo = p
+				j.Repo = p
 			case "base_image":
-				job.BaseImage = p
+				j.BaseImage = p
 			}
-			err := build.ValidateJob(job, false)
+			err := job.ValidateJob(j, false)
 			switch {
 			case err == nil:
-				accepted = append(accepted, hostile{field, p, job})
-			case errors.Is(err, build.ErrInvalidJob):
+				accepted = append(accepted, hostile{field, p, j})
+			case errors.Is(err, job.ErrInvalidJob):
 				refused++
 			default:
 				t.Errorf("%s %q: %v is not ErrInvalidJob", field, p, err)
@@ -104,7 +104,7 @@ func TestInjection(t *testing.T) {
 
 	var mu sync.Mutex
 	var uppers []string
-	hook := build.WithUpperHook(func(dir string) {
+	hook := job.WithUpperHook(func(dir string) {
 		if p := findPwned(dir); len(p) > 0 {
 			mu.Lock()
 			uppers = append(uppers, p...)
@@ -113,12 +113,12 @@ func TestInjection(t *testing.T) {
 	})
 	b := newBuilder(t, e, hook)
 	var asked []string
-	noPull, err := build.New(e.sb, build.ImagesFunc(func(_ context.Context, base string, _ io.Writer) (string, func(), error) {
+	noPull, err := job.New(e.sb, job.ImagesFunc(func(_ context.Context, base string, _ io.Writer) (string, func(), error) {
 		mu.Lock()
 		asked = append(asked, base)
 		mu.Unlock()
 		return "", nil, errors.New("hermetic test: no image is pulled")
-	}), filepath.Join(t.TempDir(), "build"), build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"), hook)
+	}), filepath.Join(t.TempDir(), "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), hook)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestAPIKeyNotRevealed(t *testing.T) {
 		`build() { echo "building $pkgname"; }`, script, 1)
 	url := serveFile(t, pb)
 	var inUpper []string
-	b := newBuilder(t, e, build.WithUpperHook(func(dir string) {
+	b := newBuilder(t, e, job.WithUpperHook(func(dir string) {
 		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.Type().IsRegular() {
 				if data, err := os.ReadFile(p); err == nil && strings.Contains(string(data), apiKey) {

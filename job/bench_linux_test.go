@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"bytes"
@@ -63,7 +63,7 @@ func median(d []time.Duration) time.Duration {
 }
 
 // BenchmarkBuildOverhead measures what vagent adds around a trivial build:
-// the wall time of Builder.Build (forced, so it always builds and
+// the wall time of Runner.Build (forced, so it always builds and
 // publishes) minus the time of the makepkg that builds (from its
 // announcement to "Finished making", timed as the log streams). Medians of
 // VAGENT_BENCH_ROUNDS (default 10) rounds after a warm-up that prepares the
@@ -80,15 +80,15 @@ func BenchmarkBuildOverhead(b *testing.B) {
 	pb := pkgbuild("trivial", "1", "1")
 	url := serveFile(b, pb)
 	bl := newBuilder(b, e)
-	job := poll.Job{TargetID: 99, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base, Force: true}
-	if r, log := runJob(b, bl, job); r.Status != poll.ResultSuccess {
+	j := poll.Job{TargetID: 99, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base, Force: true}
+	if r, log := runJob(b, bl, j); r.Status != poll.ResultSuccess {
 		b.Fatalf("warm-up: %s\n%s", r.Reason, log)
 	}
 	var totals, makepkgs, overheads []time.Duration
 	for range b.N {
 		for i := 0; i < rounds; i++ {
 			log := newStampLog("+ MAKEFLAGS=", "==> Finished making:")
-			r := bl.Build(b.Context(), job, log)
+			r := bl.Build(b.Context(), j, log)
 			if r.Status != poll.ResultSuccess {
 				b.Fatalf("round %d: %s\n%s", i, r.Reason, log.buf.String())
 			}
@@ -142,7 +142,7 @@ for f in *.pkg*; do curl -fsS -H "X-Api-Key: $KEY" --data-binary "@$f" "$SERVER/
 	var ptotals, poverheads []time.Duration
 	for i := 0; i < rounds; i++ {
 		log := newStampLog("+ MAKEFLAGS=", "==> Finished making:")
-		cmd := pm(append(run[:len(run)-1:len(run)-1], "-e", "REPO="+job.Repo, "-e", "SERVER="+e.ts.URL, "-e", "URL="+url, "-e", "KEY="+apiKey,
+		cmd := pm(append(run[:len(run)-1:len(run)-1], "-e", "REPO="+j.Repo, "-e", "SERVER="+e.ts.URL, "-e", "URL="+url, "-e", "KEY="+apiKey,
 			img, "bash", "-c", script)...)
 		cmd.Stdout, cmd.Stderr = log, log
 		start := time.Now()

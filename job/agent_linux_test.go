@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"bytes"
@@ -18,14 +18,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
 )
 
-// TestAgentWithBuilder runs the poll loop with the Builder as its
+// TestAgentWithBuilder runs the poll loop with the Runner as its
 // executor against the test server: the job is polled, built, its package
 // published and its complete log uploaded with the exit code.
 func TestAgentWithBuilder(t *testing.T) {
@@ -77,7 +77,7 @@ func TestAgentWithBuilder(t *testing.T) {
 }
 
 // TestConcurrentBuildsShareCache runs two builds at once that both install
-// the same dependency, on one Builder, then a third: the dependency comes
+// the same dependency, on one Runner, then a third: the dependency comes
 // from a repository behind a counting proxy and is downloaded exactly once
 // (pacman calls are serialised on the shared cache, so the second finds it
 // there), and the cache holds one intact copy and no partial download.
@@ -106,7 +106,7 @@ func TestConcurrentBuildsShareCache(t *testing.T) {
 		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
 	}))
 	defer proxy.Close()
-	b := newBuilder(t, e, build.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{proxy.URL + "/$repo/$arch"}, SigLevel: "Never"}))
+	b := newBuilder(t, e, job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{proxy.URL + "/$repo/$arch"}, SigLevel: "Never"}))
 	repo := newRepo()
 	var wg sync.WaitGroup
 	for i := range 2 {
@@ -145,7 +145,7 @@ func TestConcurrentBuildsShareCache(t *testing.T) {
 	}
 }
 
-func cacheDirOf(t testing.TB, b *build.Builder) string { return build.CacheDir(b) }
+func cacheDirOf(t testing.TB, b *job.Runner) string { return job.CacheDir(b) }
 
 // TestAgentLogFlood: a build that writes 300 MiB of output through the
 // real sandbox, run by the agent with a 1 MiB log limit. The host is what

@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"context"
@@ -37,7 +37,7 @@ func (f ImagesFunc) Acquire(ctx context.Context, baseImage string, log io.Writer
 }
 
 // Builders returns the Images of a builder.Manager.
-func Builders(m *builder.Manager) Images {
+func BuilderImages(m *builder.Manager) Images {
 	return ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
 		l, err := m.Acquire(ctx, base, log)
 		if err != nil {
@@ -47,8 +47,8 @@ func Builders(m *builder.Manager) Images {
 	})
 }
 
-// Builder runs jobs. It is safe for concurrent use.
-type Builder struct {
+// Runner runs jobs. It is safe for concurrent use.
+type Runner struct {
 	sb     *sandbox.Manager
 	images Images
 	dir    string
@@ -58,7 +58,7 @@ type Builder struct {
 	rootUID, rootGID int
 }
 
-var _ poll.Executor = (*Builder)(nil)
+var _ poll.Executor = (*Runner)(nil)
 
 // Exit codes the build reports when the script did not give one.
 const (
@@ -69,13 +69,13 @@ const (
 	ExitPublish = 1
 )
 
-// New returns a Builder that runs builds with sb on the builders of
+// New returns a Runner that runs builds with sb on the builders of
 // images, keeping its state (the shared package cache, run control
 // directories) in dir. dir is made private to root (0700): when the
 // container's init cannot reach the source of a bind mount, libcontainer
 // opens it on the host side, as root, so no other user (the mapped root
 // included) has to reach anything below dir.
-func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Builder, error) {
+func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Runner, error) {
 	if sb == nil || images == nil {
 		return nil, fmt.Errorf("%w: nil sandbox or images", ErrBadConfig)
 	}
@@ -93,7 +93,7 @@ func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Build
 		return nil, fmt.Errorf("%w: directory %q has ',', ':' or '\\'", ErrBadConfig, dir)
 	}
 	uid, gid, _ := sb.IDRange()
-	b := &Builder{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid)}
+	b := &Runner{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid)}
 	if err := b.prepareDir(); err != nil {
 		return nil, err
 	}
@@ -102,7 +102,7 @@ func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Build
 
 // prepareDir creates the cache and run directories and removes runs a
 // crashed agent left behind.
-func (b *Builder) prepareDir() error {
+func (b *Runner) prepareDir() error {
 	for _, d := range []string{b.dir, b.runsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
@@ -134,14 +134,14 @@ func (b *Builder) prepareDir() error {
 const cacheTree = "pkg"
 
 // cacheDir is the shared package cache, "" when builds have private ones.
-func (b *Builder) cacheDir() string {
+func (b *Runner) cacheDir() string {
 	if b.opts.cacheSet {
 		return b.opts.cacheDir
 	}
 	return filepath.Join(b.dir, "pacman-cache")
 }
 
-func (b *Builder) runsDir() string { return filepath.Join(b.dir, "runs") }
+func (b *Runner) runsDir() string { return filepath.Join(b.dir, "runs") }
 
 // Result is the outcome of one build.
 type Result struct {
@@ -177,21 +177,21 @@ func (r *Result) outcome() poll.Outcome {
 // Execute runs a job from the poll loop: it implements poll.Executor. The
 // job's deadline, the classification and the log's footer are the
 // caller's (poll.RunJob); the error is always nil.
-func (b *Builder) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
+func (b *Runner) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
 	return b.run(ctx, job, "", log).outcome(), nil
 }
 
 // Build runs one job from a server, writing the whole log to log, with
 // the lifecycle of an agent's slot (poll.RunJob): the job's timeout (or
 // the default), the classification and the footer.
-func (b *Builder) Build(ctx context.Context, job poll.Job, log io.Writer) *Result {
+func (b *Runner) Build(ctx context.Context, job poll.Job, log io.Writer) *Result {
 	return b.lifecycle(ctx, job, "", log)
 }
 
 // BuildDir builds the PKGBUILD in the local directory dir (mounted
 // read-only and copied into the container; dir is not changed). job gives
 // the base image, path and timeout; its kind, url and branch are ignored.
-func (b *Builder) BuildDir(ctx context.Context, dir string, job poll.Job, log io.Writer) *Result {
+func (b *Runner) BuildDir(ctx context.Context, dir string, job poll.Job, log io.Writer) *Result {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		abs = dir
@@ -201,7 +201,7 @@ func (b *Builder) BuildDir(ctx context.Context, dir string, job poll.Job, log io
 }
 
 // lifecycle runs a job through poll.RunJob and returns its Result.
-func (b *Builder) lifecycle(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
+func (b *Runner) lifecycle(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
 	r := &Result{}
 	rep := poll.RunJob(ctx, poll.ExecutorFunc(func(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
 		r = b.run(ctx, job, srcDir, log)
@@ -218,7 +218,7 @@ func (b *Builder) lifecycle(ctx context.Context, job poll.Job, srcDir string, lo
 }
 
 // finish completes r: how the run ended, as the run itself saw it.
-func (b *Builder) finish(r *Result, status poll.Result, code int, detail string, err error) {
+func (b *Runner) finish(r *Result, status poll.Result, code int, detail string, err error) {
 	r.End = time.Now()
 	r.Status, r.ExitCode, r.Err, r.detail = status, code, err, detail
 }

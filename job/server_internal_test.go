@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"errors"
@@ -15,9 +15,9 @@ import (
 	"github.com/vieter-v/vagent/vieter"
 )
 
-// testBuilder returns a Builder that only talks to a server, trying each
+// testBuilder returns a Runner that only talks to a server, trying each
 // request up to attempts times (6 by default).
-func testBuilder(t *testing.T, address, key string, attempts ...int) *Builder {
+func testBuilder(t *testing.T, address, key string, attempts ...int) *Runner {
 	t.Helper()
 	c, err := vieter.NewClient(address, key)
 	if err != nil {
@@ -29,7 +29,7 @@ func testBuilder(t *testing.T, address, key string, attempts ...int) *Builder {
 			t.Fatal(err)
 		}
 	}
-	return &Builder{opts: o}
+	return &Runner{opts: o}
 }
 
 // packageFile writes a package made by vieterserver.MakePackage and

@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"bufio"
@@ -46,7 +46,7 @@ type decision struct {
 // the classification of the outcome and the log's footer. A run stopped by
 // ctx returns ResultCancelled with exit code 0; RunJob then tells a timeout
 // from a cancellation by ctx's cause.
-func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (r *Result) {
+func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (r *Result) {
 	r = &Result{Start: time.Now()}
 	l := b.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo})
 
@@ -215,7 +215,7 @@ func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.W
 // ones of WithRepos. The configured repositories of `vagent run` are in the
 // builder image already (package pacman); the script skips a section its
 // pacman.conf has.
-func (b *Builder) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([]pacman.Repo, error) {
+func (b *Runner) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([]pacman.Repo, error) {
 	var repos []pacman.Repo
 	if b.opts.server != nil {
 		ok, err := b.hasFile(ctx, repo, repo+".db")
@@ -241,7 +241,7 @@ type runDir struct {
 	closeOnce sync.Once
 }
 
-func (b *Builder) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
+func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 	dir, err := os.MkdirTemp(b.runsDir(), "run-")
 	if err != nil {
 		return nil, err
@@ -323,7 +323,7 @@ const maxSrcInfoHeader = 64
 
 // negotiate reads the .SRCINFO the script sends, decides whether to
 // build, and answers. It returns when it answered or the FIFOs were closed.
-func (b *Builder) negotiate(ctx context.Context, run *runDir, job poll.Job) decision {
+func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decision {
 	// The FIFO is writable by the build at any time: every read from it is
 	// bounded. The header is a decimal length on one line, read within
 	// the reader's buffer (ReadSlice fails with ErrBufferFull past it).
@@ -376,7 +376,7 @@ func (b *Builder) negotiate(ctx context.Context, run *runDir, job poll.Job) deci
 // decide tells whether to build: always without a server or when forced;
 // otherwise unless every package of the PKGBUILD is already in the
 // repository at this version.
-func (b *Builder) decide(ctx context.Context, job poll.Job, info *SrcInfo) (build, skip bool, reason string) {
+func (b *Runner) decide(ctx context.Context, job poll.Job, info *SrcInfo) (build, skip bool, reason string) {
 	if b.opts.server == nil || job.Force {
 		return true, false, ""
 	}

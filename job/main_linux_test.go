@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"context"
@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
@@ -46,7 +46,7 @@ type env struct {
 	sb     *sandbox.Manager
 	store  *oci.Store
 	bm     *builder.Manager
-	images build.Images
+	images job.Images
 	reg    *testkit.Registry
 	srv    *vieterserver.Server
 	ts     *httptest.Server
@@ -149,7 +149,7 @@ func newEnv() (e *env, skip string, err error) {
 	if err != nil {
 		return e, "", err
 	}
-	e.images = build.Builders(e.bm)
+	e.images = job.BuilderImages(e.bm)
 	return e, "", nil
 }
 
@@ -166,12 +166,12 @@ func newRepo() string {
 	return fmt.Sprintf("repo%d", repoSeq.n)
 }
 
-// newBuilder returns a Builder on a fresh directory that publishes to the
+// newBuilder returns a Runner on a fresh directory that publishes to the
 // shared server.
-func newBuilder(t testing.TB, e *env, opts ...build.Option) *build.Builder {
+func newBuilder(t testing.TB, e *env, opts ...job.Option) *job.Runner {
 	t.Helper()
-	opts = append([]build.Option{build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"), build.WithRetry(3, 10*time.Millisecond)}, opts...)
-	b, err := build.New(e.sb, e.images, filepath.Join(sandboxtest.Dir(t), "build"), opts...)
+	opts = append([]job.Option{job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), job.WithRetry(3, 10*time.Millisecond)}, opts...)
+	b, err := job.New(e.sb, e.images, filepath.Join(sandboxtest.Dir(t), "build"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,16 +189,16 @@ func serverClient(t testing.TB, address string) *vieter.Client {
 }
 
 // runJob builds job and returns the result and the log.
-func runJob(t testing.TB, b *build.Builder, job poll.Job) (*build.Result, string) {
+func runJob(t testing.TB, b *job.Runner, j poll.Job) (*job.Result, string) {
 	t.Helper()
 	var log sandboxtest.Buffer
-	r := b.Build(t.Context(), job, &log)
-	t.Logf("%s: %s (exit %d) in %s", job.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
+	r := b.Build(t.Context(), j, &log)
+	t.Logf("%s: %s (exit %d) in %s", j.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
 	return r, log.String()
 }
 
 // wantStatus fails t unless r has the status and exit code.
-func wantStatus(t testing.TB, r *build.Result, log string, status poll.Result, code int) {
+func wantStatus(t testing.TB, r *job.Result, log string, status poll.Result, code int) {
 	t.Helper()
 	if r.Status != status || r.ExitCode != code {
 		t.Fatalf("status %s exit %d (%s), want %s exit %d; log:\n%s", r.Status, r.ExitCode, r.Reason, status, code, log)

@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"os"
@@ -7,14 +7,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 // TestDataDirPlaces builds and publishes a package with the agent's data
-// directory (the sandbox's and the Builder's) in places an operator
+// directory (the sandbox's and the Runner's) in places an operator
 // chooses: a bind mount, a filesystem of its own, and a path through a
 // symbolic link. The agent opens the build's packages below the upper
 // directory without following links or crossing mounts, but the path to
@@ -56,8 +56,8 @@ func TestDataDirPlaces(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { sb.Close() })
-			b, err := build.New(sb, e.images, filepath.Join(data, "build"),
-				build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"))
+			b, err := job.New(sb, e.images, filepath.Join(data, "build"),
+				job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
 			if err != nil {
 				t.Fatal(err)
 			}

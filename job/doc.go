@@ -1,16 +1,18 @@
-// Package build turns one Vieter job into a sandboxed build on its builder
-// image and implements poll.Executor.
+// Package job turns one Vieter job into a sandboxed build on its builder
+// image and implements poll.Executor: a Runner runs jobs. (Builder images
+// themselves are package builder's; the names say which is which: this
+// package runs a job, builder prepares the image it runs on.)
 //
 // It has a folder of its own because it is the glue between three packages
 // that must not know each other: poll runs the agent loop without root and
 // without images (it only needs an Executor), builder prepares builder
 // images, and sandbox runs a process tree on a root filesystem. A build needs
 // all three plus the Vieter repository protocol (the skip check and
-// publishing), which belongs to none of them.
+// publishing, through package vieter), which belongs to none of them.
 //
 // # Steps
 //
-// Builder.Build follows the reference agent:
+// Runner.Build follows the reference agent:
 //
 //  1. lease the builder image of the job's base_image;
 //  2. in one sandbox run of a fixed script embedded in the binary
@@ -112,7 +114,7 @@
 // file (with --noconfirm), so a poisoned cache entry fails one build
 // rather than entering another.
 //
-// The Builder's own directory (run control directories, private caches) is
+// The Runner's own directory (run control directories, private caches) is
 // 0700 and root's: when the container's init (the mapped root) cannot
 // reach the source of a bind mount, libcontainer opens it on the host side,
 // as root, and hands the container the descriptor.
@@ -123,4 +125,4 @@
 // WithOutDir the packages are copied to a directory instead. BuildDir builds
 // a local directory holding a PKGBUILD, mounted read-only into the
 // container and copied there. This is `vagent build`.
-package build
+package job

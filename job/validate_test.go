@@ -1,10 +1,10 @@
-package build_test
+package job_test
 
 import (
 	"errors"
 	"testing"
 
-	"github.com/vieter-v/vagent/build"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -60,11 +60,11 @@ func TestValidateJob(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			j := ok
 			tc.mod(&j)
-			err := build.ValidateJob(j, tc.local)
+			err := job.ValidateJob(j, tc.local)
 			if tc.valid && err != nil {
 				t.Errorf("ValidateJob(%+v): %v", j, err)
 			}
-			if !tc.valid && !errors.Is(err, build.ErrInvalidJob) {
+			if !tc.valid && !errors.Is(err, job.ErrInvalidJob) {
 				t.Errorf("ValidateJob(%+v) = %v, want ErrInvalidJob", j, err)
 			}
 		})

@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"context"
@@ -123,7 +123,7 @@ func openIn(dir *os.File, name string) (*os.File, error) {
 
 // deliver publishes the packages of a finished build to the server, or
 // copies them to the output directory, and returns their names.
-func (b *Builder) deliver(ctx context.Context, upper *sandbox.Upper, repo string, log io.Writer) ([]string, error) {
+func (b *Runner) deliver(ctx context.Context, upper *sandbox.Upper, repo string, log io.Writer) ([]string, error) {
 	dir, names, err := packageDir(upper)
 	if err != nil {
 		return nil, err
@@ -156,7 +156,7 @@ func (b *Builder) deliver(ctx context.Context, upper *sandbox.Upper, repo string
 
 // copyOut writes one package into the output directory, owned by the
 // configured user, atomically.
-func (b *Builder) copyOut(open func() (*os.File, error), name string) (retErr error) {
+func (b *Runner) copyOut(open func() (*os.File, error), name string) (retErr error) {
 	if _, err := os.Lstat(b.opts.outDir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(b.opts.outDir, 0o755); err != nil {
 			return err

@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"fmt"
@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -95,9 +95,9 @@ func TestSplitSkipForce(t *testing.T) {
 	url := g.commit(t, "split", "", map[string]string{"PKGBUILD": splitPKGBUILD})
 	repo := newRepo()
 	b := newBuilder(t, e)
-	job := poll.Job{TargetID: 3, Kind: "git", URL: url, Repo: repo, BaseImage: e.base}
+	j := poll.Job{TargetID: 3, Kind: "git", URL: url, Repo: repo, BaseImage: e.base}
 
-	r, log := runJob(t, b, job)
+	r, log := runJob(t, b, j)
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 	want := []string{"split-a-3.1-2-any.pkg.tar.zst", "split-b-3.1-2-any.pkg.tar.zst"}
 	if strings.Join(r.Packages, " ") != strings.Join(want, " ") {
@@ -113,7 +113,7 @@ func TestSplitSkipForce(t *testing.T) {
 	// Other tests publish to the shared server at the same time: compare
 	// this repository's packages, not the server's request count.
 	before := e.srv.Packages(repo, "x86_64")
-	r, log = runJob(t, b, job)
+	r, log = runJob(t, b, j)
 	wantStatus(t, r, log, poll.ResultSkipped, 0)
 	if !strings.Contains(log, "vagent: skipping the build: split-a, split-b 3.1-2 already in repository "+repo) {
 		t.Errorf("log does not say why it skipped:\n%s", log)
@@ -131,8 +131,8 @@ func TestSplitSkipForce(t *testing.T) {
 		t.Errorf("skipped build published %q", r.Packages)
 	}
 
-	job.Force = true
-	r, log = runJob(t, b, job)
+	j.Force = true
+	r, log = runJob(t, b, j)
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 	if len(r.Packages) != 2 {
 		t.Errorf("forced build published %q", r.Packages)
@@ -147,8 +147,8 @@ func TestSplitSkipForce(t *testing.T) {
 	if _, err := e.srv.Publish(repo2, onlyA); err != nil {
 		t.Fatal(err)
 	}
-	job.Force, job.Repo = false, repo2
-	r, log = runJob(t, b, job)
+	j.Force, j.Repo = false, repo2
+	r, log = runJob(t, b, j)
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 }
 
@@ -160,8 +160,8 @@ func TestEpoch(t *testing.T) {
 	url := serveFile(t, pkgbuild("withepoch", "1.0", "1", "epoch=2"))
 	repo := newRepo()
 	b := newBuilder(t, e)
-	job := poll.Job{TargetID: 4, Kind: "url", URL: url, Repo: repo, BaseImage: e.base}
-	r, log := runJob(t, b, job)
+	j := poll.Job{TargetID: 4, Kind: "url", URL: url, Repo: repo, BaseImage: e.base}
+	r, log := runJob(t, b, j)
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 	pkgs := e.srv.Packages(repo, "x86_64")
 	if len(pkgs) != 1 || pkgs[0].Info.Version != "2:1.0-1" {
@@ -170,7 +170,7 @@ func TestEpoch(t *testing.T) {
 	if r.SrcInfo.FullVersion() != "2:1.0-1" {
 		t.Errorf("version %q", r.SrcInfo.FullVersion())
 	}
-	r, log = runJob(t, b, job)
+	r, log = runJob(t, b, j)
 	wantStatus(t, r, log, poll.ResultSkipped, 0)
 	if !strings.Contains(log, "withepoch 2:1.0-1 already in repository") {
 		t.Errorf("log:\n%s", log)
@@ -274,7 +274,7 @@ func TestEachRepositoryOnce(t *testing.T) {
 		}
 	}
 	server := e.ts.URL + "/$repo/$arch"
-	b := newBuilder(t, e, build.WithRepos(
+	b := newBuilder(t, e, job.WithRepos(
 		pacman.Repo{Name: "extra", Servers: []string{server, server + "/"}, SigLevel: "Optional TrustAll"},
 		pacman.Repo{Name: "deps", Servers: []string{server}}))
 	url := serveFile(t, strings.Replace(pkgbuild("once", "1", "1"), `build() { echo "building $pkgname"; }`,

@@ -1,4 +1,4 @@
-package build_test
+package job_test
 
 import (
 	"archive/tar"
@@ -25,8 +25,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/vieter-v/vagent/build"
 	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
@@ -185,9 +185,9 @@ func TestHostileBuilds(t *testing.T) {
 		// every user may search, not inside the 0700 build/.
 		data := sandboxtest.Dir(t)
 		dir := filepath.Join(data, "build")
-		b, err := build.New(e.sb, e.images, dir, build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"),
-			build.WithCacheDir(filepath.Join(data, "pacman-cache")),
-			build.WithUpperHook(func(upper string) {
+		b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"),
+			job.WithCacheDir(filepath.Join(data, "pacman-cache")),
+			job.WithUpperHook(func(upper string) {
 				for _, p := range privileged(upper) {
 					upperSeen.Add(1)
 					if reachableByNobody(t, p) {
@@ -206,7 +206,7 @@ func TestHostileBuilds(t *testing.T) {
 		if upperSeen.Load() < 6 || len(upperErrs) > 0 {
 			t.Errorf("upper: %d privileged files, reachable by nobody: %v", upperSeen.Load(), upperErrs)
 		}
-		cache := build.CacheDir(b)
+		cache := job.CacheDir(b)
 		for _, name := range []string{"hostile-suid", "hostile-sgid", "hostile-caps"} {
 			fi, err := os.Lstat(filepath.Join(cache, name))
 			if err != nil {
@@ -241,19 +241,19 @@ func TestHostileBuilds(t *testing.T) {
 			}
 			script := "\tsudo rm -f /var/cache/pacman/pkg/.vagent.lock || return 1\n\t" + cmd + " || return 1\n\techo planted"
 			dir := filepath.Join(sandboxtest.Dir(t), "build")
-			b, err := build.New(e.sb, e.images, dir, build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"))
+			b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
 			if err != nil {
 				t.Fatal(err)
 			}
 			r, log := runJob(t, b, poll.Job{TargetID: 51, Kind: "url", URL: serveFile(t, hostileScript("lock"+plant, script)), Repo: newRepo(), BaseImage: e.base})
 			wantStatus(t, r, log, poll.ResultSuccess, 0)
-			lock := filepath.Join(build.CacheDir(b), ".vagent.lock")
+			lock := filepath.Join(job.CacheDir(b), ".vagent.lock")
 			if fi, err := os.Lstat(lock); err != nil || fi.Mode().IsRegular() {
 				t.Fatalf("the build did not replace the lock: %v, %v", fi, err)
 			}
 			done := make(chan error, 1)
 			go func() {
-				_, err := build.New(e.sb, e.images, dir)
+				_, err := job.New(e.sb, e.images, dir)
 				done <- err
 			}()
 			select {
@@ -325,7 +325,7 @@ func TestHostileBuilds(t *testing.T) {
 		t.Parallel()
 		script := `	head -c 268435456 /dev/zero | tr '\0' A
 	echo "flood done"`
-		b := newBuilder(t, e, build.WithLogLimit(1<<20))
+		b := newBuilder(t, e, job.WithLogLimit(1<<20))
 		r, log := runJob(t, b, poll.Job{TargetID: 60, Kind: "url", URL: serveFile(t, hostileScript("logflood", script)), Repo: newRepo(), BaseImage: e.base})
 		if r.Status != poll.ResultSuccess {
 			t.Fatalf("status %s (%s), want success; log tail:\n%s", r.Status, r.Reason, log[max(0, len(log)-2000):])
@@ -377,7 +377,7 @@ func TestHostileBuilds(t *testing.T) {
 		if !strings.Contains(log, "planted") {
 			t.Fatalf("the attack did not run:\n%s", log)
 		}
-		wantStatus(t, r, log, poll.ResultFailure, build.ExitPublish)
+		wantStatus(t, r, log, poll.ResultFailure, job.ExitPublish)
 		if !strings.Contains(r.Reason, "/build/out") {
 			t.Errorf("reason %q does not name /build/out", r.Reason)
 		}
@@ -396,11 +396,11 @@ func TestHostileBuilds(t *testing.T) {
 		script := `	echo "bomb armed"
 	bomb() { bomb | bomb & }
 	while :; do bomb; done`
-		b := newBuilder(t, e, build.WithLimits(sandbox.Limits{Pids: 128}))
+		b := newBuilder(t, e, job.WithLimits(sandbox.Limits{Pids: 128}))
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		w := newLogWatch("Resource temporarily unavailable")
-		type result struct{ r *build.Result }
+		type result struct{ r *job.Result }
 		done := make(chan result, 1)
 		go func() {
 			done <- result{b.Build(ctx, poll.Job{TargetID: 55, Kind: "url", URL: serveFile(t, hostileScript("bomb", script)), Repo: newRepo(), BaseImage: e.base, Timeout: 600}, w)}
@@ -437,7 +437,7 @@ func TestHostileBuilds(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer sb.Close()
-		b, err := build.New(sb, e.images, filepath.Join(data, "build"), build.WithServer(serverClient(t, e.ts.URL)), build.WithArch("x86_64"))
+		b, err := job.New(sb, e.images, filepath.Join(data, "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -490,7 +490,7 @@ func TestHostileBuilds(t *testing.T) {
 	echo "search done"
 	curl -sSf ` + ts.URL + `/b-done`
 		var inUpper atomic.Int32
-		b := newBuilder(t, e, build.WithUpperHook(func(dir string) {
+		b := newBuilder(t, e, job.WithUpperHook(func(dir string) {
 			if _, err := os.Lstat(filepath.Join(dir, "build", mark)); err == nil {
 				inUpper.Add(1)
 			}

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package build
+package job
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"github.com/vieter-v/vagent/poll"
 )
 
-func (b *Builder) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
+func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
 	r := &Result{Start: time.Now()}
 	b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "", errors.ErrUnsupported)
 	return r

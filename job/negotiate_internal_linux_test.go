@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"errors"
@@ -24,7 +24,7 @@ func TestNegotiateFlood(t *testing.T) {
 		{"huge length", "999999999\n", "999999999 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := &Builder{opts: defaultOptions(), dir: t.TempDir()}
+			b := &Runner{opts: defaultOptions(), dir: t.TempDir()}
 			if err := os.MkdirAll(b.runsDir(), 0o700); err != nil {
 				t.Fatal(err)
 			}

@@ -1,8 +1,8 @@
-package build
+package job
 
 import "path/filepath"
 
-// WithUpperHook makes the Builder call f with the upper directory of every
+// WithUpperHook makes the Runner call f with the upper directory of every
 // finished run, before it is removed.
 func WithUpperHook(f func(dir string)) Option {
 	return func(o *options) error {
@@ -13,4 +13,4 @@ func WithUpperHook(f func(dir string)) Option {
 
 // CacheDir returns the directory of the shared package cache that builds
 // see on /var/cache/pacman/pkg.
-func CacheDir(b *Builder) string { return filepath.Join(b.cacheDir(), cacheTree) }
+func CacheDir(b *Runner) string { return filepath.Join(b.cacheDir(), cacheTree) }

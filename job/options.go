@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"fmt"
@@ -17,7 +17,7 @@ import (
 	"github.com/vieter-v/vagent/vieter"
 )
 
-// Option configures a Builder.
+// Option configures a Runner.
 type Option func(*options) error
 
 type options struct {
@@ -240,7 +240,7 @@ func WithRetry(attempts int, first time.Duration) Option {
 // every build shares (mounted on /var/cache/pacman/pkg), so dependencies
 // are downloaded once. An empty dir turns the shared cache off: each build
 // then gets a private cache that is removed with it. Default: DIR/pacman-cache
-// under the Builder's directory.
+// under the Runner's directory.
 func WithCacheDir(dir string) Option {
 	return func(o *options) error {
 		if dir != "" && !filepath.IsAbs(dir) {

@@ -1,4 +1,4 @@
-package build
+package job
 
 import (
 	"os"
@@ -40,7 +40,7 @@ func TestRunCache(t *testing.T) {
 				want = filepath.Join(dir, "shared-cache")
 				o.cacheDir = want
 			}
-			b := &Builder{opts: o, dir: dir}
+			b := &Runner{opts: o, dir: dir}
 			if err := b.prepareDir(); err != nil {
 				t.Fatal(err)
 			}
