@@ -101,13 +101,12 @@ type Info struct {
 	InUse      bool  // leased, by this or another process
 }
 
-// PruneReport says what Prune removed.
+// PruneReport says what Prune removed: the builders (InUse counts those
+// that would have been removed but are in use), their blobs, and stale
+// temporaries.
 type PruneReport struct {
-	Builders int   // builders removed
-	InUse    int   // builders that would have been removed but are in use
-	Blobs    int   // layout blobs removed
-	Temps    int   // stale temporaries removed
-	Bytes    int64 // bytes of blobs removed
+	RemoveReport
+	Temps int // stale temporaries removed
 }
 
 // errGone means a builder was removed between finding and leasing it.
@@ -545,16 +544,8 @@ func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneR
 		if isCurrent && !(stale && m.expired(md)) {
 			continue
 		}
-		ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
-		rep.Blobs += blobs
-		rep.Bytes += size
-		if err != nil {
+		if err := rep.remove(ctx, m, id); err != nil {
 			return rep, err
-		}
-		if ok {
-			rep.Builders++
-		} else {
-			rep.InUse++
 		}
 	}
 	return rep, nil

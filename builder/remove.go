@@ -32,17 +32,25 @@ func (m *Manager) Remove(ctx context.Context, base string) (RemoveReport, error)
 		if err != nil || md.Base != base {
 			continue
 		}
-		ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
-		rep.Blobs += blobs
-		rep.Bytes += size
-		if err != nil {
+		if err := rep.remove(ctx, m, id); err != nil {
 			return rep, err
-		}
-		if ok {
-			rep.Builders++
-		} else {
-			rep.InUse++
 		}
 	}
 	return rep, nil
+}
+
+// remove removes builder id unless it is in use, counting it in r.
+func (r *RemoveReport) remove(ctx context.Context, m *Manager, id string) error {
+	ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
+	r.Blobs += blobs
+	r.Bytes += size
+	if err != nil {
+		return err
+	}
+	if ok {
+		r.Builders++
+	} else {
+		r.InUse++
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
@@ -18,9 +19,9 @@ import (
 // subdirectory. The package is published and the log announces each step.
 func TestGitBranchPath(t *testing.T) {
 	e := setup(t)
-	g := newGitServer(t)
-	g.commit(t, "pkgs", "", map[string]string{"README": "main branch\n"})
-	url := g.commit(t, "pkgs", "release", map[string]string{"pkgs/hello/PKGBUILD": pkgbuild("hello", "1.2", "3")})
+	g := testkit.NewGitServer(t)
+	g.Commit(t, "pkgs", "", map[string]string{"README": "main branch\n"})
+	url := g.Commit(t, "pkgs", "release", map[string]string{"pkgs/hello/PKGBUILD": pkgbuild("hello", "1.2", "3")})
 	repo := newRepo()
 	b := newBuilder(t, e)
 	r, log := runJob(t, b, poll.Job{TargetID: 1, Kind: "git", URL: url, Branch: "release", Path: "pkgs/hello", Repo: repo, BaseImage: e.base})
@@ -91,8 +92,8 @@ package_split-b() { mkdir -p "$pkgdir/usr/share/b"; echo b >"$pkgdir/usr/share/b
 func TestSplitSkipForce(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
-	g := newGitServer(t)
-	url := g.commit(t, "split", "", map[string]string{"PKGBUILD": splitPKGBUILD})
+	g := testkit.NewGitServer(t)
+	url := g.Commit(t, "split", "", map[string]string{"PKGBUILD": splitPKGBUILD})
 	repo := newRepo()
 	b := newBuilder(t, e)
 	j := poll.Job{TargetID: 3, Kind: "git", URL: url, Repo: repo, BaseImage: e.base}

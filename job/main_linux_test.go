@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/cgi"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -228,75 +227,6 @@ package() {
 	echo "$pkgver" >"$pkgdir/usr/share/$pkgname/version"
 }
 `, name, ver, rel, strings.Join(extra, "\n"))
-}
-
-// gitServer serves the git repositories below its root over HTTP
-// (git http-backend through CGI) on 127.0.0.1.
-type gitServer struct {
-	root string
-	url  string
-}
-
-func newGitServer(t testing.TB) *gitServer {
-	t.Helper()
-	git := testkit.RequireTool(t, "git", "git")
-	out, err := exec.Command(git, "--exec-path").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	backend := filepath.Join(strings.TrimSpace(string(out)), "git-http-backend")
-	g := &gitServer{root: t.TempDir()}
-	ts := httptest.NewServer(&cgi.Handler{
-		Path: backend,
-		Env:  []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1"},
-	})
-	t.Cleanup(ts.Close)
-	g.url = ts.URL
-	return g
-}
-
-// commit writes files into the repository name on branch (created from
-// the current head when new) and commits them. It returns the clone URL.
-func (g *gitServer) commit(t testing.TB, name, branch string, files map[string]string) string {
-	t.Helper()
-	dir := filepath.Join(g.root, name)
-	gitc := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.org",
-			"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.org", "GIT_CONFIG_NOSYSTEM=1", "HOME="+g.root)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("git %v: %v\n%s", args, err, out)
-		}
-	}
-	if _, err := os.Stat(dir); err != nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		gitc("init", "-q", "-b", "main")
-		gitc("config", "http.receivepack", "false")
-	}
-	if branch != "" {
-		gitc("checkout", "-q", "-B", branch)
-	}
-	for p, content := range files {
-		full := filepath.Join(dir, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if strings.HasPrefix(content, "symlink:") {
-			if err := os.Symlink(strings.TrimPrefix(content, "symlink:"), full); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	gitc("add", "-A")
-	gitc("commit", "-q", "-m", "test")
-	return g.url + "/" + name
 }
 
 // serveFile serves content at /PKGBUILD on 127.0.0.1 and returns its URL.

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
 )
@@ -41,8 +42,8 @@ func findPwned(root string) []string {
 // reaches no public registry.
 func TestInjection(t *testing.T) {
 	e := setup(t)
-	g := newGitServer(t)
-	url := g.commit(t, "inj", "", map[string]string{"PKGBUILD": pkgbuild("inj", "1", "1"), "sub/escape": "symlink:/etc"})
+	g := testkit.NewGitServer(t)
+	url := g.Commit(t, "inj", "", map[string]string{"PKGBUILD": pkgbuild("inj", "1", "1"), "sub/escape": "symlink:/etc"})
 	plain := serveFile(t, pkgbuild("injurl", "1", "1"))
 	// Values with spaces or line breaks use /pwned; those without, which
 	// pass validation where a field allows them and reach the build as

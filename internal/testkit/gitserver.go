@@ -39,8 +39,9 @@ func NewGitServer(tb testing.TB) *GitServer {
 
 // Commit writes files (path → content) into the repository name on branch
 // ("" for the current one; a new branch starts at the current head) and
-// commits them. The default branch of a new repository is main. It returns
-// the clone URL.
+// commits them. The default branch of a new repository is main. A content
+// "symlink:TARGET" makes the path a symbolic link to TARGET. It returns the
+// clone URL.
 func (g *GitServer) Commit(tb testing.TB, name, branch string, files map[string]string) string {
 	tb.Helper()
 	dir := filepath.Join(g.root, name)
@@ -67,6 +68,12 @@ func (g *GitServer) Commit(tb testing.TB, name, branch string, files map[string]
 		full := filepath.Join(dir, p)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			tb.Fatal(err)
+		}
+		if target, ok := strings.CutPrefix(content, "symlink:"); ok {
+			if err := os.Symlink(target, full); err != nil {
+				tb.Fatal(err)
+			}
+			continue
 		}
 		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
 			tb.Fatal(err)
