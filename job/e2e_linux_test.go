@@ -210,7 +210,10 @@ func TestTimeout(t *testing.T) {
 	e := setup(t)
 	url := serveFile(t, strings.Replace(pkgbuild("slow", "1", "1"), `build() { echo "building $pkgname"; }`,
 		`build() { echo "sleeping"; sleep 600 & sleep 600; }`, 1))
-	const timeout = 30
+	// The deadline covers the whole job, the builder's preparation too:
+	// prepare it first, so the short timeout meets the build itself.
+	warmBuilder(t, e)
+	const timeout = 15
 	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 6, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base, Timeout: timeout})
 	wantStatus(t, r, log, poll.ResultTimeout, poll.ExitTimeout)
 	took := r.End.Sub(r.Start)

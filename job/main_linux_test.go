@@ -152,6 +152,18 @@ func newEnv() (e *env, skip string, err error) {
 	return e, "", nil
 }
 
+// warmBuilder prepares the builder of e.base unless it is ready, and
+// releases it.
+func warmBuilder(t testing.TB, e *env) {
+	t.Helper()
+	var log sandboxtest.Buffer
+	_, release, err := e.images.Acquire(t.Context(), e.base, &log)
+	if err != nil {
+		t.Fatalf("preparing the builder: %v\n%s", err, log.String())
+	}
+	release()
+}
+
 var repoSeq struct {
 	sync.Mutex
 	n int

@@ -2,12 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
@@ -22,7 +26,7 @@ import (
 // the log streams to stdout, and the source directory is not changed.
 func TestBuildLocalDir(t *testing.T) {
 	e := newLocalBuildEnv(t)
-	dir := e.dir
+	dir := sandboxtest.Dir(t)
 	src := filepath.Join(dir, "src")
 	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o700); err != nil {
 		t.Fatal(err)
@@ -78,33 +82,96 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 
 // localBuildEnv is what `vagent build` tests share: an Arch-like base
 // image in a local registry, a Vieter test server's repository "deps"
-// holding base-devel and git for the builder, and a directory for data,
-// sources and output that mapped users can reach.
+// holding base-devel and git for the builder, and one data directory, so
+// that the builder is prepared once for the package's tests, as a
+// packager's second build reuses it. It lives as long as the test binary
+// (closed by TestMain). Each test keeps its sources and output in its own
+// directory.
 type localBuildEnv struct {
 	dir, base, deps string
 	registry        string // host:port of the registry holding base
+
+	reg *testkit.Registry
+	ts  *httptest.Server
+}
+
+var localBuild struct {
+	once sync.Once
+	e    *localBuildEnv
+	err  error
 }
 
 func newLocalBuildEnv(t *testing.T) *localBuildEnv {
 	t.Helper()
 	testkit.RequireRoot(t)
-	img, _ := testkit.ArchLike(t)
-	reg := testkit.StartTestRegistry(t)
-	base := reg.Host() + "/test/archlike:latest"
-	if err := testkit.Push(t.Context(), img, base); err != nil {
-		t.Fatal(err)
+	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
+	testkit.ArchLike(t) // builds the image, or skips, in the test's name
+	localBuild.once.Do(func() { localBuild.e, localBuild.err = startLocalBuildEnv() })
+	if localBuild.err != nil {
+		t.Fatalf("vagent build test environment: %v", localBuild.err)
 	}
-	srv, ts := vieterserver.NewTest(t)
+	return localBuild.e
+}
+
+func startLocalBuildEnv() (e *localBuildEnv, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e = &localBuildEnv{}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if e.dir, err = os.MkdirTemp("", "vagent-cmd-build-"); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(e.dir, 0o755); err != nil {
+		return nil, err
+	}
+	img, _, err := testkit.ArchLikeImage(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if e.reg, err = testkit.StartRegistry(ctx, filepath.Join(e.dir, "registry")); err != nil {
+		return nil, err
+	}
+	e.registry = e.reg.Host()
+	e.base = e.registry + "/test/archlike:latest"
+	if err := testkit.Push(ctx, img, e.base); err != nil {
+		return nil, err
+	}
+	srv, err := vieterserver.New()
+	if err != nil {
+		return nil, err
+	}
 	for _, name := range []string{"base-devel", "git"} {
 		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any"}, nil, vieterserver.Zstd)
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if _, err := srv.Publish("deps", pkg); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 	}
-	return &localBuildEnv{dir: sandboxtest.Dir(t), base: base, deps: ts.URL + "/deps", registry: reg.Host()}
+	e.ts = httptest.NewServer(srv)
+	e.deps = e.ts.URL + "/deps"
+	return e, nil
+}
+
+// close stops the servers and removes the directory.
+func (e *localBuildEnv) close() {
+	if e == nil {
+		return
+	}
+	if e.ts != nil {
+		e.ts.Close()
+	}
+	if e.reg != nil {
+		_ = e.reg.Close()
+	}
+	if e.dir != "" {
+		_ = os.RemoveAll(e.dir)
+	}
 }
 
 // args are the arguments of `vagent build` up to the source's flags.
@@ -126,6 +193,7 @@ func testPKGBUILD(name, ver string) string {
 // a repository name, both failed with `invalid job: repository name ""`.
 func TestBuildRemoteSources(t *testing.T) {
 	e := newLocalBuildEnv(t)
+	work := sandboxtest.Dir(t)
 	g := testkit.NewGitServer(t)
 	g.Commit(t, "pkgs", "", map[string]string{"README": "main branch: no PKGBUILD here\n"})
 	gitURL := g.Commit(t, "pkgs", "release", map[string]string{"pkgs/fromgit/PKGBUILD": testPKGBUILD("fromgit", "1.2")})
@@ -143,7 +211,7 @@ func TestBuildRemoteSources(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name, _, _ := strings.Cut(tc.pkg, "-")
-			out := filepath.Join(e.dir, "out-"+name)
+			out := filepath.Join(work, "out-"+name)
 			var stdout, stderr bytes.Buffer
 			code := run1(append(append(e.args(), "--out", out), tc.args...), &stdout, &stderr)
 			log := stdout.String()
@@ -165,7 +233,7 @@ func TestBuildRemoteSources(t *testing.T) {
 	// mirror (the base's registry does not exist), its pacman_repos (the
 	// builder's base-devel and git) and its build_timeout.
 	t.Run("agent configuration", func(t *testing.T) {
-		cfg := filepath.Join(e.dir, "agent.yaml")
+		cfg := filepath.Join(work, "agent.yaml")
 		yaml := "address: http://127.0.0.1:1\napi_key: " + testKey + "\ndata_dir: " + filepath.Join(e.dir, "data") + "\n" +
 			"build_timeout: 10m\n" +
 			"pacman_repos:\n  - name: deps\n    servers: [" + e.deps + "/$arch]\n    sig_level: Optional TrustAll\n" +
@@ -173,7 +241,7 @@ func TestBuildRemoteSources(t *testing.T) {
 		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		out := filepath.Join(e.dir, "out-config")
+		out := filepath.Join(work, "out-config")
 		var stdout, stderr bytes.Buffer
 		code := run1([]string{"build", "--config", cfg, "--base-image", "registry.invalid:5000/test/archlike:latest",
 			"--seccomp=" + strconv.FormatBool(sandbox.SeccompSupported), "--out", out, pkgURL}, &stdout, &stderr)

@@ -40,6 +40,7 @@ build() {
 // build's cgroups are gone once the agent stopped. The VM harness
 // (contrib/vm) runs it for each placement of the agent on cgroup v2.
 func TestRunBuildLimits(t *testing.T) {
+	t.Parallel() // own stack, data dir and ports: runs beside TestRunEndToEnd
 	if !sandbox.SeccompSupported {
 		testkit.Unavailable(t, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
 	}

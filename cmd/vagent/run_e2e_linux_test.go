@@ -25,6 +25,7 @@ import (
 // counts the builds as they finish; SIGTERM stops the agent with exit
 // status 0.
 func TestRunEndToEnd(t *testing.T) {
+	t.Parallel() // own stack, data dir and ports: runs beside TestRunBuildLimits
 	if !sandbox.SeccompSupported {
 		testkit.Unavailable(t, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
 	}

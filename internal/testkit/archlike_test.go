@@ -118,10 +118,7 @@ func TestArchLikeImage(t *testing.T) {
 	flat := map[string]flatEntry{}
 	var whiteouts, opaques []string
 	for i, l := range layers {
-		rc, err := l.Uncompressed()
-		if err != nil {
-			t.Fatal(err)
-		}
+		rc := uncompressed(t, l)
 		tr := tar.NewReader(rc)
 		var adds []flatEntry
 		var names []string
