@@ -75,8 +75,8 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) tool staticcheck -tags '$(TAGS)' ./...
 
 unit: SHELL := /bin/bash
-unit: ## the tests alone, with the race detector; ends with the ten slowest tests
-	set -o pipefail; $(GO) test -race -json -tags '$(TAGS)' -timeout $(TEST_TIMEOUT) ./... \
+unit: ## the tests alone, with the race detector, never from the test cache (they use images, tools and the kernel, which the cache does not see); ends with the ten slowest tests
+	set -o pipefail; $(GO) test -race -count=1 -json -tags '$(TAGS)' -timeout $(TEST_TIMEOUT) ./... \
 		| $(GO) run ./internal/testkit/cmd/testreport -slowest 10
 
 test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race

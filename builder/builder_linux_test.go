@@ -325,34 +325,29 @@ func TestConcurrentAcquirePreparesOnce(t *testing.T) {
 	var preps prepCounter
 	e := newEnv(t, builder.WithPrepareObserver(preps.observe))
 	reg := startRegistry(t)
-	slow := pushed(t, reg, "slow", fakeBase(t, map[string]string{"slow": "3"}))
+	g := newGate(t, false)
+	slow := pushed(t, reg, "slow", fakeBase(t, map[string]string{"gate": g.url}))
 	fast := pushed(t, reg, "fast", fakeBase(t, nil))
 	const n = 5
 	var wg sync.WaitGroup
 	logs := make([]sandboxtest.Buffer, n)
 	leases := make([]*builder.Lease, n)
 	errs := make([]error, n)
-	var slowDone time.Time
-	var mu sync.Mutex
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			leases[i], errs[i] = e.m.Acquire(t.Context(), slow, &logs[i])
-			mu.Lock()
-			slowDone = time.Now()
-			mu.Unlock()
 		}()
 	}
-	// Another base is not held up by the slow one.
-	time.Sleep(200 * time.Millisecond)
-	lf, err := e.m.Acquire(t.Context(), fast, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fastDone := time.Now()
-	lf.Release()
+	// The slow base's setup is running, held at the gate: another base is
+	// not held up by it.
+	g.waitStarted(t, 1, 2*time.Minute)
+	held := time.Now()
+	acquireUnblocked(t, e.m, fast, nil).Release()
+	g.set(true)
 	wg.Wait()
+	opened := time.Since(held)
 	for i := range n {
 		if errs[i] != nil {
 			t.Fatalf("Acquire %d: %v", i, errs[i])
@@ -365,8 +360,8 @@ func TestConcurrentAcquirePreparesOnce(t *testing.T) {
 			t.Errorf("log %d shows %d setups:\n%s", i, got, logs[i].String())
 		}
 	}
-	if !fastDone.Before(slowDone) {
-		t.Errorf("the fast base was ready at %s, after the slow one (%s)", fastDone, slowDone)
+	if got := g.startedCount(); got != 1 {
+		t.Errorf("%d setups of the slow base started, want 1 for %d concurrent Acquires", got, n)
 	}
 	if ids := builderIDs(t, e); len(ids) != 2 {
 		t.Errorf("%d builders on disk, want one per base: %v", len(ids), ids)
@@ -380,8 +375,9 @@ func TestConcurrentAcquirePreparesOnce(t *testing.T) {
 	if ok, failed := preps.counts(); ok != 2 || failed != 0 {
 		t.Errorf("preparation observer: %d succeeded, %d failed; want one success per base", ok, failed)
 	}
-	if took := preps.slowest(); took < 3*time.Second {
-		t.Errorf("slowest preparation reported as %s; the slow base's setup sleeps 3 s", took)
+	// The slow preparation lasted at least as long as it was held.
+	if took := preps.slowest(); took < opened {
+		t.Errorf("slowest preparation reported as %s; the slow base's setup was held at the gate for %s", took, opened)
 	}
 }
 

@@ -31,7 +31,8 @@ func TestExpiryRebuildsAndCollectsAfterLastBuild(t *testing.T) {
 	clk := &clock{now: time.Now()}
 	e := newEnv(t, builder.WithMaxAge(time.Hour), builder.WithClock(clk.Now))
 	reg := startRegistry(t)
-	base := pushed(t, reg, "slow", fakeBase(t, map[string]string{"slow": "2"}))
+	g := newGate(t, true)
+	base := pushed(t, reg, "slow", fakeBase(t, map[string]string{"gate": g.url}))
 	ctx := t.Context()
 
 	l1, err := e.m.Acquire(ctx, base, nil)
@@ -41,15 +42,13 @@ func TestExpiryRebuildsAndCollectsAfterLastBuild(t *testing.T) {
 	old := l1.Digest
 	clk.Add(2 * time.Hour)
 
+	// The rebuild is held at the gate until the stale Acquire returned:
+	// had Acquire waited for it, it would never return.
+	g.set(false)
 	var log sandboxtest.Buffer
-	start := time.Now()
-	l2, err := e.m.Acquire(ctx, base, &log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("Acquire of a stale builder took %s: it must not wait for the rebuild (setup takes 2s)", d)
-	}
+	l2 := acquireUnblocked(t, e.m, base, &log)
+	g.waitStarted(t, 2, 2*time.Minute) // the background rebuild is under way
+	g.set(true)
 	if l2.Digest != old {
 		t.Errorf("stale Acquire got %s, want the old builder %s", l2.Digest, old)
 	}

@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,7 +83,8 @@ func (e *env) open(t testing.TB, extra ...builder.Option) *builder.Manager {
 
 // fakePacman stands in for pacman in the busybox base: it prints its
 // arguments, fails when /etc/fake-pacman/fail exists, sleeps when
-// /etc/fake-pacman/slow exists, and otherwise "installs" each package as
+// /etc/fake-pacman/slow exists, waits for a gate (see newGate) when
+// /etc/fake-pacman/gate holds its URL, and otherwise "installs" each package as
 // a file and changes the tree the way an upgrade does (a file changed, a
 // directory deleted, a directory replaced, hardlinks, a symlink, a fifo).
 const fakePacman = `#!/bin/sh
@@ -91,6 +94,11 @@ if [ -e /etc/fake-pacman/fail ]; then
 	exit 1
 fi
 if [ -e /etc/fake-pacman/slow ]; then sleep "$(cat /etc/fake-pacman/slow)"; fi
+if [ -e /etc/fake-pacman/gate ]; then
+	g=$(cat /etc/fake-pacman/gate)
+	wget -q -O /dev/null "$g/started" || exit 1
+	until wget -q -O /dev/null "$g/open"; do sleep 0.05; done
+fi
 mkdir -p /usr/share/fake-pacman
 for a in "$@"; do
 	case "$a" in -*) ;; *) echo "installed $a" >"/usr/share/fake-pacman/$a" ;; esac
@@ -211,6 +219,105 @@ func pushed(t testing.TB, reg *testkit.Registry, repo string, img v1.Image) stri
 		t.Fatal(err)
 	}
 	return ref
+}
+
+// gate lets a test hold fake pacman's setup at a known point instead of
+// guessing how long it takes: a setup whose base has the flag "gate" (the
+// gate's URL) reports that it started, then waits until the test opens
+// the gate. Setups run on the host's network.
+type gate struct {
+	url     string
+	mu      sync.Mutex
+	open    bool
+	started int
+	changed chan struct{} // closed and replaced at every start
+}
+
+// newGate starts a gate, closed when open is false, for the test's life.
+func newGate(t testing.TB, open bool) *gate {
+	t.Helper()
+	g := &gate{open: open, changed: make(chan struct{})}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		switch r.URL.Path {
+		case "/started":
+			g.started++
+			close(g.changed)
+			g.changed = make(chan struct{})
+		case "/open":
+			if !g.open {
+				http.Error(w, "closed", http.StatusNotFound)
+			}
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(func() {
+		g.set(true) // let a setup still waiting finish
+		ts.Close()
+	})
+	g.url = ts.URL
+	return g
+}
+
+// set opens or closes the gate.
+func (g *gate) set(open bool) {
+	g.mu.Lock()
+	g.open = open
+	g.mu.Unlock()
+}
+
+// waitStarted waits until n setups have reported their start.
+func (g *gate) waitStarted(t testing.TB, n int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		g.mu.Lock()
+		got, ch := g.started, g.changed
+		g.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			t.Fatalf("%d setups started at the gate, want %d", got, n)
+		}
+	}
+}
+
+// startedCount is the number of setups that reported their start.
+func (g *gate) startedCount() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.started
+}
+
+// acquireUnblocked acquires base with m, failing the test when that does
+// not return within a minute: with a gate closed, an Acquire that waits
+// for the held setup never returns.
+func acquireUnblocked(t testing.TB, m *builder.Manager, base string, log io.Writer) *builder.Lease {
+	t.Helper()
+	type result struct {
+		l   *builder.Lease
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		l, err := m.Acquire(t.Context(), base, log)
+		ch <- result{l, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatalf("Acquire %s: %v", base, r.err)
+		}
+		return r.l
+	case <-time.After(time.Minute):
+		t.Fatalf("Acquire %s is blocked behind a setup held at the gate", base)
+		return nil
+	}
 }
 
 // clock is a settable clock for expiry tests.
