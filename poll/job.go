@@ -114,7 +114,11 @@ func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Dur
 	cancel()
 
 	r := Report{Start: start, End: time.Now(), Timeout: timeout, ExitCode: out.ExitCode, Result: out.Result}
-	if !out.Start.IsZero() {
+	// The job's time, which the deadline bounds, starts here: an executor
+	// reports its own start later (after checks, after the builder was
+	// acquired), and a timed-out job would then seem to have taken less
+	// than its timeout ("timeout after 1 s; took 999ms").
+	if !out.Start.IsZero() && out.Start.Before(r.Start) {
 		r.Start = out.Start
 	}
 	if !out.End.IsZero() {
