@@ -47,9 +47,21 @@ func BuilderImages(m *builder.Manager) Images {
 	})
 }
 
+// Sandbox runs a build's process tree: *sandbox.Manager implements it;
+// tests use a fake that plays the build script's part without containers.
+type Sandbox interface {
+	// Run runs spec to completion (see sandbox.Manager.Run).
+	Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Result, error)
+	// IDRange returns the host ids container ids map to (see
+	// sandbox.Manager.IDRange).
+	IDRange() (uid, gid, size uint32)
+}
+
+var _ Sandbox = (*sandbox.Manager)(nil)
+
 // Runner runs jobs. It is safe for concurrent use.
 type Runner struct {
-	sb     *sandbox.Manager
+	sb     Sandbox
 	images Images
 	dir    string
 	opts   *options
@@ -74,9 +86,10 @@ const (
 // directories) in dir. dir is made private to root (0700): when the
 // container's init cannot reach the source of a bind mount, libcontainer
 // opens it on the host side, as root, so no other user (the mapped root
-// included) has to reach anything below dir.
-func New(sb *sandbox.Manager, images Images, dir string, opts ...Option) (*Runner, error) {
-	if sb == nil || images == nil {
+// included) has to reach anything below dir. A nil sb (a nil
+// *sandbox.Manager too) or images is refused with ErrBadConfig.
+func New(sb Sandbox, images Images, dir string, opts ...Option) (*Runner, error) {
+	if m, ok := sb.(*sandbox.Manager); sb == nil || (ok && m == nil) || images == nil {
 		return nil, fmt.Errorf("%w: nil sandbox or images", ErrBadConfig)
 	}
 	o := defaultOptions()

@@ -247,10 +247,7 @@ func (r *run) doTeardown() error {
 		if err := os.Rename(r.dirs.upper, kept); err != nil {
 			errs = append(errs, fmt.Errorf("keeping upper: %w", err))
 		} else {
-			r.upper = &Upper{
-				Path: kept, UIDBase: r.m.rootUID, GIDBase: r.m.rootGID,
-				release: func() error { return os.RemoveAll(kept) },
-			}
+			r.upper = NewUpper(kept, r.m.rootUID, r.m.rootGID, func() error { return os.RemoveAll(kept) })
 		}
 	}
 	if err := os.RemoveAll(r.dirs.base); err != nil {

@@ -146,11 +146,25 @@ type Upper struct {
 	once    sync.Once
 }
 
+// NewUpper returns an Upper for the directory path, whose files are owned
+// by host ids shifted by uidBase and gidBase. release removes the directory
+// and is called by the first Release only (nil: nothing to remove). It is
+// for implementations of a sandbox other than Manager, such as fakes in
+// tests; Manager's Run makes the Uppers it keeps with it too.
+func NewUpper(path string, uidBase, gidBase uint32, release func() error) *Upper {
+	return &Upper{Path: path, UIDBase: uidBase, GIDBase: gidBase, release: release}
+}
+
 // Release removes the upper directory. It is safe to call more than once;
 // later calls return ErrReleased.
 func (u *Upper) Release() error {
 	err := ErrReleased
-	u.once.Do(func() { err = u.release() })
+	u.once.Do(func() {
+		err = nil
+		if u.release != nil {
+			err = u.release()
+		}
+	})
 	return err
 }
 
