@@ -175,8 +175,13 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		return r
 	case res.ExitCode != 0:
 		detail := ""
-		if res.OOMKilled {
+		switch {
+		case res.OOMKilled:
 			detail = "out of memory"
+		case d.err != nil && d.reason != "":
+			// The agent refused the .SRCINFO and the script failed on
+			// that answer: say why in the footer too.
+			detail = d.reason
 		}
 		b.finish(r, poll.ResultFailure, res.ExitCode, detail, nil)
 		return r

@@ -36,7 +36,7 @@ func (f ImagesFunc) Acquire(ctx context.Context, baseImage string, log io.Writer
 	return f(ctx, baseImage, log)
 }
 
-// Builders returns the Images of a builder.Manager.
+// BuilderImages returns the Images of a builder.Manager.
 func BuilderImages(m *builder.Manager) Images {
 	return ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
 		l, err := m.Acquire(ctx, base, log)

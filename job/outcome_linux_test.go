@@ -171,25 +171,25 @@ func TestOutcomeMatrix(t *testing.T) {
 	}, {
 		name: "malformed srcinfo header", script: script{srcinfo: []byte("12x\n" + splitSrcInfo)},
 		status: poll.ResultFailure, code: 1,
-		footer: "vagent: failure; exit code 1; took ",
+		footer: "vagent: failure (unreadable .SRCINFO); exit code 1; took ",
 		log:    []string{"vagent: unreadable .SRCINFO\n"},
 		ran:    true,
 	}, {
 		name: "garbage srcinfo", script: script{srcinfo: bytes.Repeat([]byte{0xff, 0, 'A'}, 100)},
 		status: poll.ResultFailure, code: 1,
-		footer: "vagent: failure; exit code 1; took ",
+		footer: "vagent: failure (unreadable .SRCINFO); exit code 1; took ",
 		log:    []string{"vagent: unreadable .SRCINFO\n"},
 		ran:    true,
 	}, {
 		name: "srcinfo too large", script: script{srcinfo: fmt.Appendf(nil, "%d\npkgbase = split\n", job.MaxSrcInfo+1)},
 		status: poll.ResultFailure, code: 1,
-		footer: "vagent: failure; exit code 1; took ",
+		footer: "vagent: failure (.SRCINFO too large); exit code 1; took ",
 		log:    []string{"vagent: .SRCINFO too large\n"},
 		ran:    true,
 	}, {
 		name: "unparsable srcinfo", script: script{srcinfo: lengthPrefixed("pkgbase = Split Package\n\tpkgver = 1.0\n")},
 		status: poll.ResultFailure, code: 1,
-		footer: "vagent: failure; exit code 1; took ",
+		footer: `vagent: failure (invalid .SRCINFO: line 1: pkgbase "Split Package"); exit code 1; took `,
 		log:    []string{`vagent: invalid .SRCINFO: line 1: pkgbase "Split Package"` + "\n"},
 		ran:    true,
 	}, {
