@@ -375,17 +375,6 @@ func (w *readyWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-type firstWriteWriter struct {
-	sandboxtest.Buffer
-	first chan time.Time
-	once  sync.Once
-}
-
-func (w *firstWriteWriter) Write(p []byte) (int, error) {
-	w.once.Do(func() { w.first <- time.Now() })
-	return w.Buffer.Write(p)
-}
-
 // findProcs returns host processes whose command line contains s.
 func findProcs(s string) []string {
 	var found []string
