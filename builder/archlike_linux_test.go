@@ -137,6 +137,7 @@ func archRepo(t testing.TB) pacman.Repo {
 // pacman 6.0.2 and makepkg) with packages from a local repository, and
 // checks the builder, its layer and its image.
 func TestArchLikeBuilder(t *testing.T) {
+	t.Parallel() // the two Arch-like preparations overlap: each waits on pacman, the registry and the disk
 	testkit.RequireRoot(t)
 	arch, archDir := testkit.ArchLike(t)
 	img := gzipLayers(t, arch, archDir)

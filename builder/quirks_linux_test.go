@@ -49,6 +49,7 @@ func whiteoutLayer(t testing.TB, paths ...string) []byte {
 // without it. The setup links it to /proc/self/mounts, and pacman installs
 // the setup packages from the server's repository.
 func TestArchLikeBuilderWithoutMtab(t *testing.T) {
+	t.Parallel() // the two Arch-like preparations overlap: each waits on pacman, the registry and the disk
 	testkit.RequireRoot(t)
 	arch, archDir := testkit.ArchLike(t)
 	img, err := mutate.Append(gzipLayers(t, arch, archDir), mutate.Addendum{
