@@ -22,6 +22,8 @@ DEB_PACKAGES := \
 	pacman-package-manager makepkg fakeroot libarchive-tools zstd pigz xz-utils \
 	uidmap iproute2 procps
 BENCH_PACKAGES := podman
+# STRESS_PACKAGES load the CPUs for `make test-stress`.
+STRESS_PACKAGES := stress
 # VM_PACKAGES boot the cgroup v2 VM of `make test-vm` (contrib/vm).
 VM_PACKAGES := qemu-system-x86 mmdebstrap e2fsprogs
 
@@ -37,7 +39,7 @@ endef
 
 export CGO_ENABLED := 1
 
-.PHONY: help deps bench-deps build check-static install test unit lint fuzz bench demo testimages test-vm clean
+.PHONY: help deps bench-deps build check-static install test unit test-stress lint fuzz bench demo testimages test-vm clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -80,6 +82,11 @@ unit: ## the tests alone, with the race detector, never from the test cache (the
 		| $(GO) run ./internal/testkit/cmd/testreport -slowest 10
 
 test: lint testimages unit ## everything CI runs: lint, test images, all tests with -race
+
+test-stress: deps testimages ## the flakiness check: go test -count=3 ./... while `stress -c 2` keeps both cores busy
+	$(call install-debs,$(STRESS_PACKAGES))
+	stress -c $${STRESS_CPUS:-2} --timeout 7200 >/dev/null & s=$$!; trap 'kill $$s' EXIT; \
+		CI=true $(GO) test -count=3 -tags '$(TAGS)' -timeout 90m ./...
 
 test-vm: build ## boot Debian 12 (cgroup v2) in QEMU: vagent check + sandbox tests per agent placement (contrib/vm)
 	$(call install-debs,$(VM_PACKAGES))
