@@ -281,7 +281,10 @@ func TestEachRepositoryOnce(t *testing.T) {
 	b := newBuilder(t, e, job.WithRepos(
 		pacman.Repo{Name: "extra", Servers: []string{server, server + "/"}, SigLevel: "Optional TrustAll"},
 		pacman.Repo{Name: "deps", Servers: []string{server}}))
-	url := serveFile(t, strings.Replace(pkgbuild("once", "1", "1"), `build() { echo "building $pkgname"; }`,
+	// The job builds into "deps": a package name of its own, so that a
+	// second run of the test (-count) is not skipped as already there.
+	name := "once-" + newRepo()
+	url := serveFile(t, strings.Replace(pkgbuild(name, "1", "1"), `build() { echo "building $pkgname"; }`,
 		`build() { for r in deps extra; do echo "sections $r: $(grep -cxF "[$r]" /etc/pacman.conf)"; done; echo "servers: $(grep -c '^Server = .*/\$repo/\$arch/\?$' /etc/pacman.conf)"; }`, 1))
 	r, log := runJob(t, b, poll.Job{TargetID: 30, Kind: "url", URL: url, Repo: "deps", BaseImage: e.base})
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
