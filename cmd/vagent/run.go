@@ -132,29 +132,51 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		}
 		defer stop()
 	}
-	stopSignals := make(chan struct{})
-	defer close(stopSignals)
+	// handle answers the n-th signal. The first one also cancels ctx (see
+	// main), so the agent may stop before the goroutine below has taken
+	// it from sigs: the signals still pending when Run returns are
+	// answered then, so that the "stopping" line is never lost.
+	n := 0
+	handle := func(sig os.Signal) {
+		n++
+		switch n {
+		case 1:
+			notifyStopping()
+			log.WithFields(logrus.Fields{"signal": sig, "grace": cfg.ShutdownGrace.D()}).
+				Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
+		case 2:
+			log.WithField("signal", sig).Warn("cancelling running builds; signal again to exit at once")
+			agent.Abort()
+		default:
+			log.WithField("signal", sig).Error("exiting at once: pending logs and jobs are handled at the next start")
+			exitNow(exitSignalled)
+		}
+	}
+	stopSignals, signalsDone := make(chan struct{}), make(chan struct{})
 	go func() {
-		for n := 1; ; n++ {
+		defer close(signalsDone)
+		for {
 			select {
 			case <-stopSignals:
 				return
 			case sig := <-sigs:
-				switch n {
-				case 1:
-					notifyStopping()
-					log.WithFields(logrus.Fields{"signal": sig, "grace": cfg.ShutdownGrace.D()}).
-						Warn("stopping: builds may finish within shutdown_grace; signal again to cancel them")
-				case 2:
-					log.WithField("signal", sig).Warn("cancelling running builds; signal again to exit at once")
-					agent.Abort()
-				default:
-					log.WithField("signal", sig).Error("exiting at once: pending logs and jobs are handled at the next start")
-					exitNow(exitSignalled)
-				}
+				handle(sig)
 			}
 		}
 	}()
+	endSignals := sync.OnceFunc(func() {
+		close(stopSignals)
+		<-signalsDone
+		for {
+			select {
+			case sig := <-sigs:
+				handle(sig)
+			default:
+				return
+			}
+		}
+	})
+	defer endSignals()
 	logLifecycle(env.log, logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
 		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}, "vagent running")
 	if err := sdNotify("READY=1"); err != nil {
@@ -163,6 +185,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	if err := agent.Run(ctx); err != nil {
 		return err
 	}
+	endSignals()
 	notifyStopping()
 	logLifecycle(env.log, nil, "vagent stopped")
 	return nil
