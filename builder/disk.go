@@ -115,21 +115,7 @@ func (m *Manager) currentID(key string) (string, error) {
 // newTemp creates a directory under tmp/, locked exclusively by the
 // returned file until it is closed (or the process dies).
 func (m *Manager) newTemp(prefix string) (string, *os.File, error) {
-	p, err := os.MkdirTemp(filepath.Join(m.dir, tmpDirName), prefix)
-	if err != nil {
-		return "", nil, err
-	}
-	f, err := os.Open(p)
-	if err != nil {
-		os.Remove(p)
-		return "", nil, err
-	}
-	if _, err := flock(f, true, true); err != nil {
-		f.Close()
-		os.Remove(p)
-		return "", nil, err
-	}
-	return p, f, nil
+	return lockfile.MkdirTemp(filepath.Join(m.dir, tmpDirName), prefix)
 }
 
 // removeStaleTemps removes the temporaries whose writer is gone: the

@@ -219,17 +219,8 @@ func (s *Store) readBlob(h v1.Hash) ([]byte, error) {
 // newTemp creates a directory under tmp/, locked until the returned file
 // is closed (or the process dies).
 func (s *Store) newTemp(prefix string) (path string, lock *os.File, err error) {
-	if path, err = os.MkdirTemp(filepath.Join(s.dir, "tmp"), prefix); err != nil {
+	if path, lock, err = lockfile.MkdirTemp(filepath.Join(s.dir, "tmp"), prefix); err != nil {
 		return "", nil, diskFull(err)
-	}
-	if lock, err = os.Open(path); err != nil {
-		os.Remove(path)
-		return "", nil, err
-	}
-	if _, err := flock(lock, true, true); err != nil {
-		lock.Close()
-		os.RemoveAll(path)
-		return "", nil, err
 	}
 	return path, lock, nil
 }

@@ -35,7 +35,7 @@ func Write(dst string, o WriteOptions, fill func(w *os.File) error) (retErr erro
 	if dir == "" {
 		dir = filepath.Dir(dst)
 	}
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(dst)+"-")
+	f, err := CreateTemp(dir, ".tmp-"+filepath.Base(dst)+"-")
 	if err != nil {
 		return err
 	}
@@ -45,9 +45,6 @@ func Write(dst string, o WriteOptions, fill func(w *os.File) error) (retErr erro
 			os.Remove(f.Name())
 		}
 	}()
-	if _, err := Lock(f, true, true); err != nil {
-		return err
-	}
 	if err := fill(f); err != nil {
 		return err
 	}
