@@ -38,6 +38,9 @@ define install-debs
 endef
 
 export CGO_ENABLED := 1
+# -trimpath keeps absolute paths out of compiled packages, so the build cache
+# serves a fresh clone in another directory too (the tests do not use them).
+export GOFLAGS := -trimpath $(GOFLAGS)
 
 .PHONY: help deps bench-deps build check-static install test unit test-stress lint fuzz bench demo testimages test-vm clean
 
