@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // A package cache directory holds one subdirectory, cacheTree, which is what
@@ -121,11 +123,14 @@ func (b *Runner) runCache() (tree string, drop func(), err error) {
 		tree, err := initCache(dir, b.rootUID, b.rootGID)
 		return tree, func() {}, err
 	}
-	dir, err := os.MkdirTemp(b.runsDir(), "cache-")
+	dir, lock, err := lockfile.MkdirTemp(b.runsDir(), "cache-")
 	if err != nil {
 		return "", nil, err
 	}
-	drop = func() { _ = os.RemoveAll(dir) }
+	drop = func() {
+		_ = os.RemoveAll(dir)
+		lock.Close()
+	}
 	if tree, err = initCache(dir, b.rootUID, b.rootGID); err != nil {
 		drop()
 		return "", nil, err
