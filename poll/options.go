@@ -32,9 +32,14 @@ type options struct {
 	clock             Clock
 }
 
-func defaultOptions() options {
+// silentLogger is the logger of a caller that sets none, or sets nil.
+func silentLogger() logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
+	return l
+}
+
+func defaultOptions() options {
 	return options{
 		slots:             1,
 		pollInterval:      30 * time.Second,
@@ -45,10 +50,10 @@ func defaultOptions() options {
 		backoffMin:        time.Second,
 		backoffMax:        5 * time.Minute,
 		unauthorizedRetry: 5 * time.Minute,
-		defaultTimeout:    time.Hour,
+		defaultTimeout:    DefaultTimeout,
 		logLimit:          DefaultLogLimit,
 		fsync:             true,
-		log:               l,
+		log:               silentLogger(),
 		obs:               nopObserver{},
 		clock:             realClock{},
 	}
@@ -151,7 +156,8 @@ func WithUnauthorizedRetry(d time.Duration) Option {
 	return func(o *options) error { return positive("unauthorized retry", d, &o.unauthorizedRetry) }
 }
 
-// WithDefaultTimeout sets the build timeout for jobs without one. Default 1h.
+// WithDefaultTimeout sets the build timeout for jobs without one. Default
+// DefaultTimeout (1h).
 func WithDefaultTimeout(d time.Duration) Option {
 	return func(o *options) error { return positive("default timeout", d, &o.defaultTimeout) }
 }
@@ -169,11 +175,11 @@ func WithLogLimit(n int64) Option {
 	}
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

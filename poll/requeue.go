@@ -132,7 +132,7 @@ func (s *spool) appendNote(e *spoolEntry, note string) error {
 	}
 	err = func() error {
 		if e.Size >= 0 {
-			b := []byte(oneLine(note) + "\n")
+			b := []byte(OneLine(note) + "\n")
 			if _, err := f.WriteAt(b, e.bodyOffset()+e.Size); err != nil {
 				return err
 			}
