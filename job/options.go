@@ -48,7 +48,7 @@ func defaultOptions() *options {
 		log:             silentLogger(),
 		arch:            pacman.Arch(runtime.GOARCH),
 		jobs:            runtime.NumCPU(),
-		retry:           vieter.Retry{Attempts: 5, Min: 500 * time.Millisecond, Max: 30 * time.Second},
+		retry:           vieter.AgentRetry.Finite(5),
 		publishObserver: func(string) {},
 		outUID:          -1,
 		outGID:          -1,
@@ -185,14 +185,16 @@ func WithLimits(l sandbox.Limits) Option {
 }
 
 // WithRetry sets how often a transient failure of a server request is
-// tried in all, and the first backoff (doubled each time, with jitter, at
-// most 30s). Default: 5 attempts, 500ms.
+// tried in all, and the first backoff (doubled each time, with jitter), of
+// the agent's retry policy made finite (vieter.AgentRetry.Finite).
+// Default: 5 attempts, 1s.
 func WithRetry(attempts int, first time.Duration) Option {
 	return func(o *options) error {
 		if attempts < 1 || first < 0 {
 			return fmt.Errorf("%w: retry %d, %s", ErrBadConfig, attempts, first)
 		}
-		o.retry = vieter.Retry{Attempts: attempts, Min: first, Max: 30 * time.Second}
+		o.retry = vieter.AgentRetry.Finite(attempts)
+		o.retry.Min = first
 		return nil
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Option configures an Agent.
@@ -47,9 +49,9 @@ func defaultOptions() options {
 		deliverTimeout:    30 * time.Second,
 		requestTimeout:    time.Minute,
 		uploadTimeout:     10 * time.Minute,
-		backoffMin:        time.Second,
-		backoffMax:        5 * time.Minute,
-		unauthorizedRetry: 5 * time.Minute,
+		backoffMin:        vieter.AgentRetry.Min,
+		backoffMax:        vieter.AgentRetry.Max,
+		unauthorizedRetry: vieter.AgentRetry.Unauthorized,
 		defaultTimeout:    DefaultTimeout,
 		logLimit:          DefaultLogLimit,
 		fsync:             true,
