@@ -15,7 +15,7 @@ var (
 	ErrLocked = errors.New("data directory in use by an older vagent that does not share it (stop it first)")
 	// ErrIDRangeInUse reports that another live Manager of the data
 	// directory maps a different id range.
-	ErrIDRangeInUse = errors.New("data directory in use with another id range")
+	ErrIDRangeInUse = errors.New("every process on a data directory must map the same id range")
 	// ErrRootless reports a feature that rootless mode does not provide.
 	ErrRootless = errors.New("not supported when running as a non-root user")
 	// ErrLimitUnavailable reports a limit whose cgroup controller is not

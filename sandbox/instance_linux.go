@@ -253,9 +253,9 @@ func (m *Manager) checkPeers() error {
 			continue // starting, or gone; a Manager of this process (tests) may differ
 		}
 		if o.IDBase != m.rootUID || o.IDSize != m.idSize {
-			return fmt.Errorf("%w: another vagent (pid %d) uses data dir %s with host ids %d-%d; this one is configured for %d-%d",
-				ErrIDRangeInUse, o.PID, filepath.Dir(m.dataDir), o.IDBase, uint64(o.IDBase)+uint64(o.IDSize)-1,
-				m.rootUID, uint64(m.rootUID)+uint64(m.idSize)-1)
+			return fmt.Errorf("another vagent (pid %d) uses %s with host ids %d-%d, this one would map %d-%d: %w",
+				o.PID, m.dataDir, o.IDBase, uint64(o.IDBase)+uint64(o.IDSize)-1,
+				m.rootUID, uint64(m.rootUID)+uint64(m.idSize)-1, ErrIDRangeInUse)
 		}
 	}
 	return nil

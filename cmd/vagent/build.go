@@ -19,7 +19,6 @@ import (
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
-	"github.com/vieter-v/vagent/sandbox"
 )
 
 func init() { register(newBuildCmd) }
@@ -117,17 +116,22 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return err
 	}
 	dataDir, cfg := f.af.dataDir, f.af.cfg
+	// A host that cannot build pulls nothing: the probes of vagent check
+	// first.
+	popts, err := preflightOptions(env.log, dataDir, cfg)
+	if err != nil {
+		return err
+	}
+	if err := preflight(dataDir, popts, f.seccomp); err != nil {
+		return err
+	}
 	store, err := f.af.open(env, ropts...)
 	if err != nil {
 		return err
 	}
-	sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(f.seccomp)}
-	if cfg != nil {
-		sopts = append(sopts, cfg.SandboxOptions()...)
-	}
-	sb, err := sandbox.New(filepath.Join(dataDir, "sandbox"), sopts...)
+	sb, _, err := openSandbox(env.log, dataDir, cfg, f.seccomp)
 	if err != nil {
-		return fmt.Errorf("sandbox: %w", err)
+		return err
 	}
 	defer sb.Close()
 	bopts := f.af.builderOptions(env)

@@ -31,18 +31,35 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			if idBase > 1<<32-1 || idSize > 1<<32-1 {
 				return usageError("id range out of bounds")
 			}
-			opts := []sandbox.Option{sandbox.WithIDMap(uint32(idBase), uint32(idSize))}
+			// The id range: the configuration's, else --id-base, else the
+			// data dir's (recorded, or the one a build would pick).
+			cfg := &Config{IDRange: IDRange{Base: uint32(idBase), Size: uint32(idSize), AllowConflicts: true}}
+			var opts []sandbox.Option
 			dir := dataDir
 			if config != "" {
-				cfg, err := loadAgentConfig(env, config, false)
-				if err != nil {
+				var err error
+				if cfg, err = loadAgentConfig(env, config, false); err != nil {
 					return err
 				}
 				dir, opts = cfg.DataDir, cfg.SandboxOptions()
+				cfg.IDRange.AllowConflicts = true // reported, not refused
+			}
+			var ir idRangeChoice
+			if os.Geteuid() == 0 {
+				var err error
+				if ir, err = resolveIDRange(dir, cfg, false, env.log); err != nil {
+					return err
+				}
+				opts = append(opts, sandbox.WithIDMap(ir.Base, ir.Size))
 			}
 			reqs, err := checkHost(dir, opts...)
 			if err != nil {
 				return err
+			}
+			for i := range reqs {
+				if reqs[i].Name == "id range" && ir.How != "" {
+					reqs[i].Detail += " (" + ir.How + ")"
+				}
 			}
 			return reportCheck(env, append(reqs, checkDataModes(dir)))
 		},
@@ -50,7 +67,7 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 	fs := c.Flags()
 	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then)")
 	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory for builds (a test overlay is mounted there)")
-	fs.UintVar(&idBase, "id-base", 100000, "first host id of the containers' id range")
+	fs.UintVar(&idBase, "id-base", 0, "first host id of the containers' id range (default: the data dir's, as builds use it)")
 	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
 	return c
 }

@@ -13,7 +13,6 @@ import (
 
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/oci"
-	"github.com/vieter-v/vagent/sandbox"
 )
 
 func init() { register(newBuilderCmd) }
@@ -158,20 +157,20 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			popts, err := preflightOptions(env.log, af.dataDir, af.cfg)
+			if err != nil {
+				return err
+			}
+			if err := preflight(af.dataDir, popts, seccomp); err != nil {
+				return err
+			}
 			store, err := af.open(env, ropts...)
 			if err != nil {
 				return err
 			}
-			sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(seccomp)}
-			if af.cfg != nil {
-				sopts = append(sopts, af.cfg.SandboxOptions()...)
-			}
-			sb, err := sandbox.New(filepath.Join(af.dataDir, "sandbox"), sopts...)
-			if errors.Is(err, sandbox.ErrLocked) {
-				return fmt.Errorf("sandbox: %w (stop the agent, or let it refresh its builders itself)", err)
-			}
+			sb, _, err := openSandbox(env.log, af.dataDir, af.cfg, seccomp)
 			if err != nil {
-				return fmt.Errorf("sandbox: %w", err)
+				return err
 			}
 			defer sb.Close()
 			m, err := builder.New(store, sb, filepath.Join(af.dataDir, "builders"), af.builderOptions(env)...)

@@ -63,6 +63,7 @@ var exitStatuses = []struct {
 	{"0", "success"},
 	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a failed probe)"},
 	{"2", "usage error: unknown command or flag, wrong arguments, invalid flag value"},
+	{"69", "this host cannot run builds (what `vagent check` reports missing): `vagent run` took no job, `vagent build` and `vagent builder build` pulled nothing"},
 	{"78", "invalid configuration (agent.yaml or VIETER_* variables; EX_CONFIG, for RestartPreventExitStatus=78)"},
 	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},
 	{"other", "`vagent build`: the exit status of makepkg"},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -70,6 +71,16 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	if err != nil {
 		return err
 	}
+	// One agent per data dir: a second one is refused before it touches
+	// anything (the other vagent commands share the data dir with it).
+	lock, err := poll.LockDataDir(cfg.DataDir)
+	switch {
+	case errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0:
+		return &exitError{code: exitUnavailable, err: fmt.Errorf("%w (vagent run needs root: see vagent check)", err)}
+	case err != nil:
+		return err
+	}
+	defer lock.Unlock()
 	closeLog, err := setupLogging(env, cfg)
 	if err != nil {
 		return err
@@ -121,7 +132,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			}
 		}()
 	}
-	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(m))...)
+	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(m), poll.WithDataDirLock(lock))...)
 	if err != nil {
 		return err
 	}
@@ -177,8 +188,12 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		}
 	})
 	defer endSignals()
-	logLifecycle(env.log, logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
-		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}, "vagent running")
+	start := logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
+		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}
+	if ir, err := resolveIDRange(cfg.DataDir, cfg, false, log); err == nil && os.Geteuid() == 0 {
+		start["id_range"] = ir.String() // recorded by the executor's sandbox
+	}
+	logLifecycle(env.log, start, "vagent running")
 	if err := sdNotify("READY=1"); err != nil {
 		log.WithError(err).Warn("telling the service manager")
 	}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+// exitUnavailable is the exit status of `vagent run`, `vagent build` and
+// `vagent builder build` on a host that cannot run builds (EX_UNAVAILABLE).
+const exitUnavailable = 69
+
+// notPreflighted are requirements of vagent check that do not stop a
+// command: the id range's conflicts are resolveIDRange's policy
+// (id_range.allow_conflicts).
+var notPreflighted = map[string]bool{"id range": true}
+
+// preflight runs the probes of `vagent check` — privileges, user
+// namespaces, the id range's user namespace, overlayfs over an idmapped
+// lower, cgroups and a build container with the configured limits,
+// seccomp, disk space — and refuses with exitUnavailable when one is
+// missing: a `vagent run` that cannot build takes no job off the server,
+// a `vagent build` pulls nothing. Every requirement sandbox.CheckHost
+// reports is a reason to refuse (but notPreflighted): a requirement added
+// there (per-build network isolation) refuses here too.
+//
+// opts are the sandbox options builds will use (id range, limits);
+// seccomp false (vagent build --seccomp=false) does not need seccomp.
+func preflight(dataDir string, opts []sandbox.Option, seccomp bool) error {
+	reqs, err := checkHost(dataDir, opts...)
+	if err != nil {
+		return fmt.Errorf("checking the host: %w", err)
+	}
+	var missing []string
+	for _, r := range reqs {
+		if r.OK || notPreflighted[r.Name] || (r.Name == "seccomp" && !seccomp) {
+			continue
+		}
+		missing = append(missing, r.Name+": "+r.Detail)
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return &exitError{code: exitUnavailable, err: fmt.Errorf("this host cannot run builds (see vagent check):\n  %s", strings.Join(missing, "\n  "))}
+}
+
+// preflightOptions are the sandbox options preflight probes with: the data
+// dir's id range (as root; resolved and recorded as the builds will have
+// it) and the configuration's limits.
+func preflightOptions(log logrus.FieldLogger, dataDir string, cfg *Config) ([]sandbox.Option, error) {
+	opts := []sandbox.Option{sandbox.WithLogger(log)}
+	if cfg != nil {
+		opts = append(opts, cfg.SandboxOptions()...)
+	}
+	if os.Geteuid() != 0 {
+		return opts, nil
+	}
+	ir, err := resolveIDRange(dataDir, cfg, true, log)
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, sandbox.WithIDMap(ir.Base, ir.Size)), nil
+}
