@@ -265,6 +265,9 @@ func listBuilders(env *cliEnv, dataDir string, bopts []builder.Option) error {
 		} else {
 			state = append(state, "superseded")
 		}
+		if in.OtherSettings {
+			state = append(state, "other settings")
+		}
 		if in.Stale {
 			state = append(state, "stale")
 		}
