@@ -81,7 +81,7 @@ func TestRunCache(t *testing.T) {
 func TestCacheLayout(t *testing.T) {
 	testkit.RequireRoot(t)
 	dir := filepath.Join(t.TempDir(), "cache")
-	tree, err := initCache(dir, 100000, 100001)
+	tree, err := initCache(dir, 100000, 100001, 65536)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestCacheLockPlanted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			base := t.TempDir()
 			dir := filepath.Join(base, "cache")
-			tree, err := initCache(dir, os.Getuid(), os.Getgid())
+			tree, err := initCache(dir, os.Getuid(), os.Getgid(), 65536)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +148,7 @@ func TestCacheLockPlanted(t *testing.T) {
 			target := filepath.Join(base, "nologin")
 			tc.plant(t, lock, target)
 			done := make(chan error, 1)
-			go func() { _, err := initCache(dir, os.Getuid(), os.Getgid()); done <- err }()
+			go func() { _, err := initCache(dir, os.Getuid(), os.Getgid(), 65536); done <- err }()
 			select {
 			case err := <-done:
 				if err != nil {
@@ -170,5 +170,69 @@ func TestCacheLockPlanted(t *testing.T) {
 				t.Errorf("initCache created the link's target %s: %v", target, err)
 			}
 		})
+	}
+}
+
+// TestCacheFollowsIDRange: when the data dir's id range changes (vagent
+// picked a free range for a data dir of the old default 100000, or
+// id_range changed), what the earlier builds left in the cache is given
+// the same ids of the new range; links are not followed, ids outside the
+// old range stay.
+func TestCacheFollowsIDRange(t *testing.T) {
+	testkit.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "cache")
+	pkg := filepath.Join(dir, cacheTree)
+	if _, err := initCache(dir, 100000, 100000, 65536); err != nil {
+		t.Fatal(err)
+	}
+	host := filepath.Join(t.TempDir(), "host-file")
+	mustWrite := func(p string, uid, gid int) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(host, 0, 0)
+	mustWrite(filepath.Join(pkg, "a-1-1-any.pkg.tar.zst"), 100000, 100000)
+	if err := os.Mkdir(filepath.Join(pkg, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(pkg, "sub"), 100000, 100000); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(filepath.Join(pkg, "sub", "b.part"), 101000, 101000)
+	mustWrite(filepath.Join(pkg, "root-owned"), 0, 0)
+	if err := os.Symlink(host, filepath.Join(pkg, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Lchown(filepath.Join(pkg, "link"), 100000, 100000); err != nil {
+		t.Fatal(err)
+	}
+
+	if _, err := initCache(dir, 600000, 600000, 65536); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path     string
+		uid, gid uint32
+	}{
+		{pkg, 600000, 600000},
+		{filepath.Join(pkg, "a-1-1-any.pkg.tar.zst"), 600000, 600000},
+		{filepath.Join(pkg, "sub"), 600000, 600000},
+		{filepath.Join(pkg, "sub", "b.part"), 601000, 601000},
+		{filepath.Join(pkg, "root-owned"), 0, 0},
+		{filepath.Join(pkg, "link"), 600000, 600000},
+		{host, 0, 0},
+	} {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(c.path, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != c.uid || st.Gid != c.gid {
+			t.Errorf("%s: %d:%d, want %d:%d", c.path, st.Uid, st.Gid, c.uid, c.gid)
+		}
 	}
 }

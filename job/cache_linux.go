@@ -26,10 +26,12 @@ import (
 const lockName = ".vagent.lock"
 
 // initCache prepares the package cache directory dir for builds whose
-// container root is host uid:gid and returns the directory to mount.
+// container root is host uid:gid (of a range of size ids) and returns the
+// directory to mount. A tree of another range's builds is moved to this
+// one (followRange).
 // Everything below pkg/ may have been planted by a build: it is reached
 // only through descriptors opened without following links.
-func initCache(dir string, uid, gid int) (string, error) {
+func initCache(dir string, uid, gid int, size uint32) (string, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("creating the package cache: %w", err)
 	}
@@ -56,6 +58,17 @@ func initCache(dir string, uid, gid int) (string, error) {
 		return "", fmt.Errorf("opening %s/%s: %w", dir, cacheTree, err)
 	}
 	defer unix.Close(tree)
+	if otherRange(tree, uid, gid) {
+		// One Runner at a time moves a tree of an earlier id range.
+		if err := unix.Flock(top, unix.LOCK_EX); err != nil {
+			return "", fmt.Errorf("locking %s: %w", dir, err)
+		}
+		err := followRange(tree, filepath.Join(dir, cacheTree), uid, gid, size)
+		_ = unix.Flock(top, unix.LOCK_UN)
+		if err != nil {
+			return "", err
+		}
+	}
 	if os.Geteuid() == 0 {
 		if err := unix.Fchown(tree, uid, gid); err != nil {
 			return "", fmt.Errorf("chown %s/%s: %w", dir, cacheTree, err)
@@ -120,7 +133,7 @@ func ensureLock(tree int, path string) error {
 // shared cache is off.
 func (b *Runner) runCache() (tree string, drop func(), err error) {
 	if dir := b.cacheDir(); dir != "" {
-		tree, err := initCache(dir, b.rootUID, b.rootGID)
+		tree, err := initCache(dir, b.rootUID, b.rootGID, b.idSize)
 		return tree, func() {}, err
 	}
 	dir, lock, err := lockfile.MkdirTemp(b.runsDir(), "cache-")
@@ -131,7 +144,7 @@ func (b *Runner) runCache() (tree string, drop func(), err error) {
 		_ = os.RemoveAll(dir)
 		lock.Close()
 	}
-	if tree, err = initCache(dir, b.rootUID, b.rootGID); err != nil {
+	if tree, err = initCache(dir, b.rootUID, b.rootGID, b.idSize); err != nil {
 		drop()
 		return "", nil, err
 	}

@@ -69,6 +69,7 @@ type Runner struct {
 	// rootUID and rootGID are the host ids of container root, the owner
 	// of the package cache tree.
 	rootUID, rootGID int
+	idSize           uint32
 }
 
 var _ poll.Executor = (*Runner)(nil)
@@ -106,8 +107,8 @@ func New(sb Sandbox, images Images, dir string, opts ...Option) (*Runner, error)
 	if strings.ContainsAny(dir, ",:\\") {
 		return nil, fmt.Errorf("%w: directory %q has ',', ':' or '\\'", ErrBadConfig, dir)
 	}
-	uid, gid, _ := sb.IDRange()
-	b := &Runner{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid)}
+	uid, gid, size := sb.IDRange()
+	b := &Runner{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid), idSize: size}
 	if err := b.prepareDir(); err != nil {
 		return nil, err
 	}
@@ -126,7 +127,7 @@ func (b *Runner) prepareDir() error {
 		}
 	}
 	if dir := b.cacheDir(); dir != "" {
-		if _, err := initCache(dir, b.rootUID, b.rootGID); err != nil {
+		if _, err := initCache(dir, b.rootUID, b.rootGID, b.idSize); err != nil {
 			return err
 		}
 	}
