@@ -26,7 +26,7 @@ import (
 // probePKGBUILD is a package whose build says which optional builder
 // packages the builder it runs on has.
 func probePKGBUILD(name string) string {
-	return testkit.DemoPKGBUILD(name, "1.0") + "build() {\n  pacman -Q extra-tool extra-other 2>&1 || true\n}\n"
+	return testkit.DemoPKGBUILD(name, "1.0") + "build() {\n  pacman -Q extra-tool extra-other 2>&1 || true\n  grep '^SigIgn:' /proc/self/status\n}\n"
 }
 
 // opsAgent is a `vagent run` started by TestOneDataDirManyProcesses.
@@ -382,6 +382,12 @@ builder_packages: [%s]
 	}
 	if !strings.Contains(string(second.Content), "other builder settings") {
 		t.Errorf("the log does not say why the build waited for a builder:\n%s", second.Content)
+	}
+	// vagent catches SIGPIPE; its builds do not inherit an ignored one.
+	if m := regexp.MustCompile(`SigIgn:\s+([0-9a-f]+)`).FindStringSubmatch(string(second.Content)); m == nil {
+		t.Errorf("no SigIgn line in the build's log:\n%s", second.Content)
+	} else if ign, _ := strconv.ParseUint(m[1], 16, 64); ign&(1<<(syscall.SIGPIPE-1)) != 0 {
+		t.Errorf("the build ignores SIGPIPE (SigIgn %s)", m[1])
 	}
 
 	// 4. A vagent build with extra-other added: its first build has it.

@@ -95,7 +95,7 @@ var exitStatuses = []struct {
 	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},
 	{"other", "`vagent build`: the exit status of makepkg"},
 	{"130", "`vagent run`: a third SIGINT/SIGTERM ended it at once, without draining"},
-	{"141", "standard output was closed (`vagent … | head`): the command stopped as if cancelled, cleaning up"},
+	{"141", "standard output was closed (its reader, such as `head`, went away): the command stopped as if cancelled, cleaning up"},
 }
 
 // exitError makes a command exit with a given status.
