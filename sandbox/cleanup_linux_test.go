@@ -328,3 +328,45 @@ func TestIDRangeInUse(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentJoins: Managers starting and stopping at once on one data
+// directory (an agent restarting while `vagent build`s come and go) never
+// take one another for an older vagent, and each one's runs work.
+func TestConcurrentJoins(t *testing.T) {
+	needRoot(t)
+	dir := sandboxtest.Dir(t)
+	rootfs := sandboxtest.BusyboxRootfs(t)
+	errs := make(chan error, 4)
+	for w := range 4 {
+		go func() {
+			var err error
+			defer func() { errs <- err }()
+			for i := range 3 {
+				var m *sandbox.Manager
+				m, err = sandbox.New(dir, sandbox.WithSeccomp(sandbox.SeccompSupported), sandbox.WithCgroupParent(fmt.Sprintf("vagent-test-%d-join-%d-%d", os.Getpid(), w, i)))
+				if err != nil {
+					return
+				}
+				var res *sandbox.Result
+				res, err = m.Run(t.Context(), sandbox.Spec{Lower: rootfs, Env: pathEnv, Args: []string{"true"}})
+				if err == nil && res.ExitCode != 0 {
+					err = fmt.Errorf("run: %+v", res)
+				}
+				if cerr := m.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if l := leftovers(dir, "vagent-none", true); len(l) > 0 {
+		t.Errorf("left: %v", l)
+	}
+}

@@ -21,6 +21,7 @@ import (
 // instance directory of its own, held locked while it lives:
 //
 //	<data>/lock               shared flock of every live Manager
+//	<data>/join.lock          held while a Manager joins (recovers, locks)
 //	<data>/m/<inst>/          one Manager: flock'd by it (the directory itself)
 //	  owner.json              its pid, id range and cgroup parent (ownerInfo)
 //	  state/                  libcontainer state of its containers
@@ -40,6 +41,7 @@ import (
 const (
 	instancesDir = "m"
 	ownerFile    = "owner.json"
+	joinLock     = "join.lock"
 )
 
 // ownerInfo is an instance's owner.json.
@@ -62,9 +64,20 @@ func defaultCgroupParent(abs string) string {
 // joinDataDir takes the data directory's shared lock. When the lock can
 // be had exclusively first, no other Manager lives: everything dead
 // instances and older vagents left is recovered before the lock is
-// turned into a shared one. An older vagent holding the lock exclusively
-// is ErrLocked.
+// turned into a shared one; otherwise only dead instances are recovered.
+// Managers join one at a time, under joinLock: so a Manager holds the
+// data directory's lock exclusively only while it holds joinLock too, and
+// an exclusive holder seen from under joinLock is an older vagent
+// (ErrLocked), never a Manager recovering.
 func (m *Manager) joinDataDir() (retErr error) {
+	join, err := os.OpenFile(filepath.Join(m.dataDir, joinLock), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer join.Close()
+	if _, err := lockfile.Lock(join, true, true); err != nil {
+		return fmt.Errorf("locking %s: %w", m.dataDir, err)
+	}
 	lock, err := os.OpenFile(filepath.Join(m.dataDir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
@@ -82,8 +95,6 @@ func (m *Manager) joinDataDir() (retErr error) {
 		if err := m.recoverAll(); err != nil {
 			return fmt.Errorf("cleaning up after an earlier run: %w", err)
 		}
-		// Waiting: another Manager may take the lock exclusively in the
-		// moment the kernel converts it; it recovers, then shares it.
 		if _, err := lockfile.Lock(lock, false, true); err != nil {
 			return fmt.Errorf("locking %s: %w", m.dataDir, err)
 		}
