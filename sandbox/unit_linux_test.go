@@ -39,7 +39,6 @@ func TestResources(t *testing.T) {
 	}
 }
 
-
 func TestSpecValidateLimits(t *testing.T) {
 	for _, l := range []Limits{{Memory: -1}, {MemorySwap: 10}, {Memory: 10, MemorySwap: 5}, {CPUWeight: 20000}, {CPUQuota: -1}} {
 		if err := l.validate(); !errors.Is(err, ErrInvalidSpec) {
