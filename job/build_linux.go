@@ -103,7 +103,8 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		return r
 	}
 
-	run, err := b.newRun(repos)
+	fetchURL, creds := splitCredentials(job.URL)
+	run, err := b.newRun(repos, creds)
 	if err != nil {
 		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "preparing the build", err)
 		return r
@@ -129,7 +130,7 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
 		Env: []string{
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
-			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + job.URL, "VAGENT_BRANCH=" + job.Branch,
+			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + fetchURL, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
 		},
 		Dir:      "/",
@@ -246,7 +247,7 @@ type runDir struct {
 	closeOnce sync.Once
 }
 
-func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
+func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, retErr error) {
 	dir, err := os.MkdirTemp(b.runsDir(), "run-")
 	if err != nil {
 		return nil, err
@@ -260,7 +261,7 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"build.sh", "pacman"} {
+	for _, name := range []string{"build.sh", "pacman", "git-credential"} {
 		data, err := scripts.ReadFile("script/" + name)
 		if err != nil {
 			return nil, err
@@ -279,6 +280,11 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 		}
 		seen[r.Name] = true
 		if err := os.WriteFile(filepath.Join(dir, "repos.d", fmt.Sprintf("%02d.conf", i)), []byte(r.Section()), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if creds != nil {
+		if err := b.writeCredentials(filepath.Join(dir, credentialsFile), creds); err != nil {
 			return nil, err
 		}
 	}
@@ -303,6 +309,25 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 		}
 	}
 	return run, nil
+}
+
+// writeCredentials writes creds to path, readable by the mapped root only
+// (the container's root; the builder user gets them from it).
+func (b *Runner) writeCredentials(path string, creds *urlCredentials) error {
+	uid, gid, _ := b.sb.IDRange()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o400)
+	if err != nil {
+		return err
+	}
+	if err := f.Chown(int(uid), int(gid)); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(creds.file()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // closeFIFOs ends the agent's side of the FIFOs, which also unblocks a

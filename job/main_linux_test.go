@@ -204,7 +204,7 @@ func runJob(t testing.TB, b *job.Runner, j poll.Job) (*job.Result, string) {
 	t.Helper()
 	var log sandboxtest.Buffer
 	r := b.Build(t.Context(), j, &log)
-	t.Logf("%s: %s (exit %d) in %s", j.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
+	t.Logf("%s: %s (exit %d) in %s", poll.RedactURL(j.URL), r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
 	return r, log.String()
 }
 

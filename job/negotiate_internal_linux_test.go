@@ -28,7 +28,7 @@ func TestNegotiateFlood(t *testing.T) {
 			if err := os.MkdirAll(b.runsDir(), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			run, err := b.newRun(nil)
+			run, err := b.newRun(nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
