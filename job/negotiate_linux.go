@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -145,17 +146,26 @@ const maxSrcInfoHeader = 64
 // build, and answers. It returns when it answered or the FIFOs were closed.
 func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decision {
 	// The FIFO is writable by the build at any time: every read from it is
-	// bounded. The header is a decimal length on one line, read within
-	// the reader's buffer (ReadSlice fails with ErrBufferFull past it).
-	br := bufio.NewReaderSize(run.srcinfo, maxSrcInfoHeader)
+	// bounded, in size and, from the first byte on, in time. The header is
+	// a decimal length on one line, read within the reader's buffer
+	// (ReadSlice fails with ErrBufferFull past it).
+	within := b.opts.srcInfoWithin
+	br := bufio.NewReaderSize(&firstByteDeadline{f: run.srcinfo, within: within}, maxSrcInfoHeader)
+	incomplete := decision{
+		err:    fmt.Errorf("%w: the length line and the .SRCINFO did not arrive within %v of the first byte", ErrSrcInfo, within),
+		reason: fmt.Sprintf("incomplete .SRCINFO after %v", within),
+	}
 	line, err := br.ReadSlice('\n')
-	if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+	late := errors.Is(err, os.ErrDeadlineExceeded)
+	if err != nil && !errors.Is(err, bufio.ErrBufferFull) && !late {
 		return decision{err: err}
 	}
 	header := strings.TrimSpace(string(line))
 	var d decision
 	size, convErr := strconv.Atoi(header)
 	switch {
+	case late:
+		d = incomplete
 	case errors.Is(err, bufio.ErrBufferFull):
 		d = decision{err: fmt.Errorf("%w: length line longer than %d bytes", ErrSrcInfo, maxSrcInfoHeader), reason: "unreadable .SRCINFO"}
 	case convErr != nil || size < 0:
@@ -164,7 +174,10 @@ func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decis
 		d = decision{err: fmt.Errorf("%w: %d bytes", ErrSrcInfo, size), reason: ".SRCINFO too large"}
 	default:
 		data := make([]byte, size)
-		if _, err := io.ReadFull(br, data); err != nil {
+		if _, err := io.ReadFull(br, data); errors.Is(err, os.ErrDeadlineExceeded) {
+			d = incomplete
+			break
+		} else if err != nil {
 			return decision{err: err}
 		}
 		d.info, d.err = ParseSrcInfo(strings.NewReader(string(data)))
@@ -186,11 +199,34 @@ func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decis
 		d.build, d.skip = false, false
 	}
 	if d.err != nil {
-		// Keep draining (through a fixed buffer: bounded) so that a
-		// script writing more cannot block.
+		// Keep draining (through a fixed buffer: bounded), with no
+		// deadline now, so that a script writing more cannot block.
+		_ = run.srcinfo.SetReadDeadline(time.Time{})
 		_, _ = io.Copy(io.Discard, br)
 	}
 	return d
+}
+
+// firstByteDeadline reads f and, once a read returned data, sets f's read
+// deadline to within from then: the script may take as long as the job
+// allows to start sending (makepkg --nobuild comes first), but a length
+// line without its newline or a short .SRCINFO fails the reads that wait
+// for the rest with os.ErrDeadlineExceeded. f must be pollable (a FIFO).
+type firstByteDeadline struct {
+	f      *os.File
+	within time.Duration
+	armed  bool
+}
+
+func (r *firstByteDeadline) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if n > 0 && !r.armed {
+		r.armed = true
+		if derr := r.f.SetReadDeadline(time.Now().Add(r.within)); derr != nil && err == nil {
+			err = fmt.Errorf("bounding the .SRCINFO's arrival: %w", derr)
+		}
+	}
+	return n, err
 }
 
 // decide tells whether to build: always without a server or when forced;
