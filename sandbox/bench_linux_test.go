@@ -23,6 +23,9 @@ import (
 // directory inside the test binary's directory, where libcontainer copies
 // the binary for every start (see binaryCopiedPerStart); without a user
 // namespace because that directory is not searchable by mapped users.
+// "vagent-noseccomp" is vagent without its seccomp filter: the difference
+// is what the allow-list costs a start (built into a BPF program by the
+// container's init each time).
 func BenchmarkStartTrue(b *testing.B) {
 	needRoot(b)
 	rootfs := sandboxtest.BusyboxRootfs(b)
@@ -33,14 +36,17 @@ func BenchmarkStartTrue(b *testing.B) {
 	}
 	var variants []*variant
 	for _, v := range []struct {
-		name            string
-		userns, overlay bool
-		nested          bool
-	}{{"vagent", true, true, false}, {"vagent-nouserns", false, true, false}, {"vagent-nooverlay", true, false, false}, {"vagent-bare", false, false, false}, {"vagent-nouserns-copiedbinary", false, true, true}} {
+		name              string
+		userns, overlay   bool
+		nested, noSeccomp bool
+	}{{"vagent", true, true, false, false}, {"vagent-noseccomp", true, true, false, true}, {"vagent-nouserns", false, true, false, false}, {"vagent-nooverlay", true, false, false, false}, {"vagent-bare", false, false, false, false}, {"vagent-nouserns-copiedbinary", false, true, true, false}} {
 		var e *testEnv
-		if v.nested {
+		switch {
+		case v.nested:
 			e = newManagerIn(b, binaryDirTemp(b), sandbox.WithUserNamespace(false))
-		} else {
+		case v.noSeccomp:
+			e = newManager(b, sandbox.WithUserNamespace(v.userns), sandbox.WithSeccomp(false))
+		default:
 			e = newManager(b, sandbox.WithUserNamespace(v.userns))
 		}
 		spec := sandbox.Spec{Lower: rootfs, Args: []string{"/bin/true"}, Env: pathEnv, ReadOnly: !v.overlay}
@@ -90,6 +96,7 @@ func BenchmarkStartTrue(b *testing.B) {
 	if r, ok := medians["runc"]; ok {
 		b.ReportMetric(medians["vagent"]/r, "vagent/runc")
 	}
+	b.ReportMetric(medians["vagent"]/medians["vagent-noseccomp"], "vagent/noseccomp")
 }
 
 // binaryDirTemp returns a new directory inside the test binary's own
