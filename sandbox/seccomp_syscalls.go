@@ -93,7 +93,8 @@ var refusedEPERM = []string{
 	// kernel code and the machine
 	"kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "bpf",
 	"perf_event_open", "reboot", "acct", "syslog", "lookup_dcookie", "iopl", "ioperm",
-	"vm86", "vm86old", "vhangup", "fanotify_init",
+	"vm86", "vm86old", "vhangup", "fanotify_init", "pciconfig_iobase", "pciconfig_read",
+	"pciconfig_write",
 	// the clock (Docker allows reading it through clock_adjtime; vagent
 	// refuses the call as before)
 	"settimeofday", "stime", "clock_settime", "clock_settime64", "clock_adjtime", "clock_adjtime64",
