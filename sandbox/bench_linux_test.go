@@ -59,18 +59,23 @@ func BenchmarkStartTrue(b *testing.B) {
 		}})
 	}
 	if runc, err := osexec.LookPath("runc"); err == nil {
-		bundle := runcBundle(b, runc, rootfs)
 		state := sandboxtest.Dir(b)
 		n := 0
-		variants = append(variants, &variant{name: "runc", run: func() error {
-			n++
-			cmd := osexec.Command(runc, "--root", state, "run", "--bundle", bundle, fmt.Sprintf("bench-%d-%d", os.Getpid(), n))
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("runc run: %v: %s", err, out)
+		for _, withSeccomp := range []bool{false, true} {
+			bundle, name := runcBundle(b, runc, rootfs, false), "runc"
+			if withSeccomp {
+				bundle, name = runcBundle(b, runc, rootfs, true), "runc-seccomp"
 			}
-			return nil
-		}})
+			variants = append(variants, &variant{name: name, run: func() error {
+				n++
+				cmd := osexec.Command(runc, "--root", state, "run", "--bundle", bundle, fmt.Sprintf("bench-%d-%d", os.Getpid(), n))
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("%s run: %v: %s", name, err, out)
+				}
+				return nil
+			}})
+		}
 	} else {
 		b.Log("runc not installed (Debian package runc): no comparison")
 	}
@@ -95,6 +100,7 @@ func BenchmarkStartTrue(b *testing.B) {
 	}
 	if r, ok := medians["runc"]; ok {
 		b.ReportMetric(medians["vagent"]/r, "vagent/runc")
+		b.ReportMetric(medians["vagent"]/medians["runc-seccomp"], "vagent/runc-seccomp")
 	}
 	b.ReportMetric(medians["vagent"]/medians["vagent-noseccomp"], "vagent/noseccomp")
 }
@@ -118,8 +124,9 @@ func binaryDirTemp(b *testing.B) string {
 }
 
 // runcBundle writes an OCI bundle for `runc run` of /bin/true in rootfs:
-// Debian runc's default spec (no user namespace, read-only rootfs).
-func runcBundle(b *testing.B, runc, rootfs string) string {
+// Debian runc's default spec (no user namespace, read-only rootfs, no
+// seccomp), with vagent's seccomp filter when withSeccomp.
+func runcBundle(b *testing.B, runc, rootfs string, withSeccomp bool) string {
 	dir := sandboxtest.Dir(b)
 	if out, err := osexec.Command(runc, "spec", "--bundle", dir).CombinedOutput(); err != nil {
 		b.Fatalf("runc spec: %v: %s", err, out)
@@ -137,6 +144,13 @@ func runcBundle(b *testing.B, runc, rootfs string) string {
 	proc := spec["process"].(map[string]any)
 	proc["terminal"] = false
 	proc["args"] = []string{"/bin/true"}
+	if withSeccomp {
+		filter, err := sandbox.SeccompOCI()
+		if err != nil {
+			b.Fatal(err)
+		}
+		spec["linux"].(map[string]any)["seccomp"] = filter
+	}
 	if data, err = json.Marshal(spec); err != nil {
 		b.Fatal(err)
 	}
