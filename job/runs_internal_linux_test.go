@@ -15,7 +15,7 @@ func TestRunDirsOfLiveProcessesKept(t *testing.T) {
 	if err := live.prepareDir(); err != nil {
 		t.Fatal(err)
 	}
-	run, err := live.newRun(nil)
+	run, err := live.newRun(nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

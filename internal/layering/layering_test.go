@@ -31,7 +31,7 @@ var allowed = map[string][]string{
 	// A job composes everything below the CLI.
 	"job":              {"builder", "internal/lockfile", "internal/pacman", "oci", "poll", "sandbox", "vieter"},
 	"internal/metrics": {"oci", "poll"},
-	"cmd/vagent":       {"builder", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
+	"cmd/vagent":       {"builder", "internal/lockfile", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
 	// Test infrastructure and its commands.
 	"internal/vieterserver":                       nil,
 	"internal/vieterserver/cmd/vieter-testserver": {"internal/vieterserver"},
