@@ -78,7 +78,8 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 // sandbox/runs, the mapped root) may reach anything in them.
 var privateTrees = []string{
 	"images/rootfs", "images/tmp", "builders/b", "builders/tmp",
-	"sandbox/runs", "sandbox/kept", "build/runs", "pacman-cache",
+	"sandbox/m/*/runs", "sandbox/m/*/kept", "sandbox/runs", "sandbox/kept", // each process's; an older vagent's
+	"build/runs", "pacman-cache",
 }
 
 // checkDataModes reports the private trees of dataDir that exist and that
@@ -86,9 +87,11 @@ var privateTrees = []string{
 func checkDataModes(dataDir string) sandbox.Requirement {
 	var open []string
 	for _, rel := range privateTrees {
-		p := filepath.Join(dataDir, rel)
-		if _, err := os.Lstat(p); err == nil && reachableByAll(p) {
-			open = append(open, p)
+		matches, _ := filepath.Glob(filepath.Join(dataDir, rel))
+		for _, p := range matches {
+			if reachableByAll(p) {
+				open = append(open, p)
+			}
 		}
 	}
 	if len(open) > 0 {
