@@ -87,9 +87,8 @@ var privateTrees = []string{
 func checkDataModes(dataDir string) sandbox.Requirement {
 	var open []string
 	for _, rel := range privateTrees {
-		matches, _ := filepath.Glob(filepath.Join(dataDir, rel))
-		for _, p := range matches {
-			if reachableByAll(p) {
+		for _, p := range expandTree(dataDir, rel) {
+			if _, err := os.Lstat(p); err == nil && reachableByAll(p) {
 				open = append(open, p)
 			}
 		}
@@ -98,6 +97,27 @@ func checkDataModes(dataDir string) sandbox.Requirement {
 		return sandbox.Requirement{Name: "data dir modes", Detail: "reachable by every host user (make them 0700, or restart the agent, which does): " + strings.Join(open, ", ")}
 	}
 	return sandbox.Requirement{Name: "data dir modes", OK: true, Detail: "files of builds and images in " + dataDir + " are out of reach of host users"}
+}
+
+// expandTree returns the paths of dataDir that rel names: "*" stands for
+// every entry of a directory (the data dir's own path is taken literally).
+func expandTree(dataDir, rel string) []string {
+	paths := []string{dataDir}
+	for _, elem := range strings.Split(rel, "/") {
+		var next []string
+		for _, p := range paths {
+			if elem != "*" {
+				next = append(next, filepath.Join(p, elem))
+				continue
+			}
+			ents, _ := os.ReadDir(p)
+			for _, e := range ents {
+				next = append(next, filepath.Join(p, e.Name()))
+			}
+		}
+		paths = next
+	}
+	return paths
 }
 
 // reachableByAll tells whether others may search every directory from /
