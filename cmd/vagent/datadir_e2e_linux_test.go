@@ -398,9 +398,14 @@ builder_packages: [%s]
 
 	// 5. A reader that goes away: the command stops and cleans up.
 	for _, lines := range []int{1, 3} {
-		code, out = vagentCmd(t, "bash", "-c", fmt.Sprintf(`%q builder build --config %q --force %q | head -%d; echo "status ${PIPESTATUS[0]}"`, bin, cfgA, e.base, lines))
+		_, out = vagentCmd(t, "bash", "-c", fmt.Sprintf(`%q builder build --config %q --force %q | head -%d; echo "status ${PIPESTATUS[0]}"`, bin, cfgA, e.base, lines))
 		if !strings.Contains(out, "status 141") {
 			t.Errorf("vagent builder build | head -%d: want exit status 141:\n%s", lines, out)
+		}
+		// With three lines read, the setup was running in its container
+		// when the reader went away.
+		if lines == 3 && !strings.Contains(out, "==> adding repositories") {
+			t.Errorf("the third line is not the setup's:\n%s", out)
 		}
 		if l := sandboxLeftovers(t, data); len(l) > 0 {
 			t.Errorf("vagent builder build | head -%d left:\n%s", lines, strings.Join(l, "\n"))
