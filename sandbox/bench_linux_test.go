@@ -23,6 +23,8 @@ import (
 // directory inside the test binary's directory, where libcontainer copies
 // the binary for every start (see binaryCopiedPerStart); without a user
 // namespace because that directory is not searchable by mapped users.
+// "vagent-disk" is vagent with a disk limit (Limits.Disk: RLIMIT_FSIZE and
+// the watcher), reported as a ratio to vagent.
 func BenchmarkStartTrue(b *testing.B) {
 	needRoot(b)
 	rootfs := sandboxtest.BusyboxRootfs(b)
@@ -36,7 +38,8 @@ func BenchmarkStartTrue(b *testing.B) {
 		name            string
 		userns, overlay bool
 		nested          bool
-	}{{"vagent", true, true, false}, {"vagent-nouserns", false, true, false}, {"vagent-nooverlay", true, false, false}, {"vagent-bare", false, false, false}, {"vagent-nouserns-copiedbinary", false, true, true}} {
+		disk            int64
+	}{{"vagent", true, true, false, 0}, {"vagent-disk", true, true, false, 1 << 30}, {"vagent-nouserns", false, true, false, 0}, {"vagent-nooverlay", true, false, false, 0}, {"vagent-bare", false, false, false, 0}, {"vagent-nouserns-copiedbinary", false, true, true, 0}} {
 		var e *testEnv
 		if v.nested {
 			e = newManagerIn(b, binaryDirTemp(b), sandbox.WithUserNamespace(false))
@@ -44,6 +47,9 @@ func BenchmarkStartTrue(b *testing.B) {
 			e = newManager(b, sandbox.WithUserNamespace(v.userns))
 		}
 		spec := sandbox.Spec{Lower: rootfs, Args: []string{"/bin/true"}, Env: pathEnv, ReadOnly: !v.overlay}
+		if v.disk > 0 {
+			spec.Limits = &sandbox.Limits{Disk: v.disk}
+		}
 		variants = append(variants, &variant{name: v.name, run: func() error {
 			res, err := e.m.Run(b.Context(), spec)
 			if err == nil && res.ExitCode != 0 {
@@ -90,6 +96,7 @@ func BenchmarkStartTrue(b *testing.B) {
 	if r, ok := medians["runc"]; ok {
 		b.ReportMetric(medians["vagent"]/r, "vagent/runc")
 	}
+	b.ReportMetric(medians["vagent-disk"]/medians["vagent"], "disk/vagent")
 }
 
 // binaryDirTemp returns a new directory inside the test binary's own
