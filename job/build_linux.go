@@ -109,12 +109,12 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		return r
 	}
 	defer run.remove()
-	cache, dropCache, err := b.runCache()
+	cache, err := b.leaseCache(job, log)
 	if err != nil {
 		b.finish(r, poll.ResultSetupError, poll.ExitSetupError, "preparing the package cache", err)
 		return r
 	}
-	defer dropCache()
+	defer cache.release()
 
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
@@ -136,7 +136,7 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
 		Mounts: []sandbox.Mount{
 			{Source: run.dir, Target: ctlMount, ReadOnly: true},
-			{Source: cache, Target: cacheMount}, // owned by the mapped root: no id mapping
+			{Source: cache.tree, Target: cacheMount}, // owned by the mapped root: no id mapping
 		},
 		Limits:    b.opts.limits,
 		KeepUpper: true,
@@ -172,6 +172,14 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 	switch {
 	case res.TimedOut, res.Cancelled, ctx.Err() != nil:
 		stopped(res.ExitCode)
+		return r
+	case res.DiskExceeded:
+		what := "its disk limit"
+		if b.opts.limits != nil && b.opts.limits.Disk > 0 {
+			what = fmt.Sprintf("its disk limit of %d bytes", b.opts.limits.Disk)
+		}
+		fmt.Fprintf(log, "vagent: the build wrote more than %s (build_limits.disk): stopped\n", what)
+		b.finish(r, poll.ResultFailure, max(res.ExitCode, 1), "exceeded "+what, nil)
 		return r
 	case res.ExitCode != 0:
 		detail := ""
@@ -260,7 +268,7 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"build.sh", "pacman"} {
+	for _, name := range []string{"build.sh"} {
 		data, err := scripts.ReadFile("script/" + name)
 		if err != nil {
 			return nil, err

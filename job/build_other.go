@@ -17,4 +17,4 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 	return r
 }
 
-func initCache(dir string, uid, gid int) (string, error) { return "", errors.ErrUnsupported }
+func (b *Runner) prepareCache() error { return errors.ErrUnsupported }

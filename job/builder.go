@@ -15,9 +15,9 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The build script and the pacman wrapper, constants of the binary.
+// The build script, a constant of the binary.
 //
-//go:embed script/build.sh script/pacman
+//go:embed script/build.sh
 var scripts embed.FS
 
 // Images lends builder root filesystems for base images.
@@ -124,10 +124,8 @@ func (b *Runner) prepareDir() error {
 			return err
 		}
 	}
-	if dir := b.cacheDir(); dir != "" {
-		if _, err := initCache(dir, b.rootUID, b.rootGID); err != nil {
-			return err
-		}
+	if err := b.prepareCache(); err != nil {
+		return err
 	}
 	entries, err := os.ReadDir(b.runsDir())
 	if err != nil {
@@ -142,11 +140,8 @@ func (b *Runner) prepareDir() error {
 	return nil
 }
 
-// cacheTree is the subdirectory of a package cache directory that builds
-// see (see cache_linux.go).
-const cacheTree = "pkg"
-
-// cacheDir is the shared package cache, "" when builds have private ones.
+// cacheDir is the package cache directory (see cache_linux.go), "" when
+// builds have private ones.
 func (b *Runner) cacheDir() string {
 	if b.opts.cacheSet {
 		return b.opts.cacheDir

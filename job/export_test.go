@@ -1,6 +1,10 @@
 package job
 
-import "path/filepath"
+import (
+	"path/filepath"
+
+	"github.com/vieter-v/vagent/poll"
+)
 
 // WithUpperHook makes the Runner call f with the upper directory of every
 // finished run, before it is removed.
@@ -11,6 +15,8 @@ func WithUpperHook(f func(dir string)) Option {
 	}
 }
 
-// CacheDir returns the directory of the shared package cache that builds
-// see on /var/cache/pacman/pkg.
-func CacheDir(b *Runner) string { return filepath.Join(b.cacheDir(), cacheTree) }
+// CacheTree returns the package cache that builds of j's target see on
+// /var/cache/pacman/pkg.
+func CacheTree(b *Runner, j poll.Job) string {
+	return filepath.Join(b.cacheDir(), targetsDir, cacheKey(j), cacheTree)
+}

@@ -11,8 +11,7 @@
 #   VAGENT_JOBS    N of MAKEFLAGS=-jN
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
-# by the agent from validated values), pacman (pacman serialised on the shared package
-# cache, also makepkg's $PACMAN), this script, and two FIFOs: srcinfo (the
+# by the agent from validated values), this script, and two FIFOs: srcinfo (the
 # .SRCINFO, length-prefixed, to the agent) and decision (one line from the
 # agent: "build", "skip REASON" or "fail REASON").
 set -uo pipefail
@@ -70,7 +69,7 @@ if [[ ${1-} != --builder ]]; then
 		step tee -a /etc/pacman.conf '<' "$f"
 		tee -a /etc/pacman.conf <"$f" || exit
 	done
-	run "$ctl/pacman" -Syu --needed --noconfirm || exit
+	run pacman -Syu --needed --noconfirm || exit
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
@@ -110,7 +109,7 @@ if [[ -n $VAGENT_PATH ]]; then
 fi
 run cd -- "$dir" || exit
 
-export PACMAN=$ctl/pacman PKGDEST=/build/out
+export PKGDEST=/build/out
 mkdir -p /build/out || exit
 run makepkg --nobuild --syncdeps --needed --noconfirm || exit
 step srcinfo
