@@ -459,6 +459,71 @@ func TestHostileBuilds(t *testing.T) {
 		}
 	})
 
+	// Writing twice the disk limit, in files each below it, into the
+	// build directory and the package cache, then waiting: the watcher
+	// stops the build, whose footer names the limit; the file system of
+	// the data directory (a tmpfs of the test's own) never held much more
+	// than the limit for it.
+	t.Run("disk flood", func(t *testing.T) {
+		t.Parallel()
+		const mib = 1 << 20
+		const limit = 192 * mib
+		data := filepath.Join(sandboxtest.Dir(t), "data")
+		mkdirs(t, data)
+		mount(t, "tmpfs", data, "tmpfs", 0, "mode=0711,size=1g")
+		sb, err := sandbox.New(filepath.Join(data, "sandbox"), sandbox.WithSeccomp(sandbox.SeccompSupported))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Close()
+		b, err := job.New(sb, e.images, filepath.Join(data, "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"),
+			job.WithLimits(sandbox.Limits{Disk: limit}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := `	for i in $(seq 12); do dd if=/dev/zero of=/build/fill$i bs=1M count=16 status=none; done
+	for i in $(seq 12); do sudo dd if=/dev/zero of=/var/cache/pacman/pkg/fill$i bs=1M count=16 status=none; done
+	echo "flood written"
+	sleep 600`
+		var before unix.Statfs_t
+		if err := unix.Statfs(data, &before); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		peak := make(chan int64, 1)
+		go func() {
+			var low uint64 = before.Bfree
+			for {
+				var s unix.Statfs_t
+				if unix.Statfs(data, &s) == nil && s.Bfree < low {
+					low = s.Bfree
+				}
+				select {
+				case <-stop:
+					peak <- int64(before.Bfree-low) * before.Bsize
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		r, log := runJob(t, b, poll.Job{TargetID: 61, Kind: "url", URL: serveFile(t, hostileScript("diskflood", script)), Repo: newRepo(), BaseImage: e.base, Timeout: 600})
+		close(stop)
+		grew := <-peak
+		t.Logf("the data directory's file system grew by at most %d MiB during the build (limit %d MiB)", grew/mib, limit/mib)
+		if r.Status != poll.ResultFailure || !strings.Contains(r.Reason, "exceeded its disk limit of 201326592 bytes") {
+			t.Errorf("status %s (%s), want a failure naming the disk limit:\n%s", r.Status, r.Reason, log[max(0, len(log)-3000):])
+		}
+		if !strings.Contains(log, "(build_limits.disk): stopped") {
+			t.Errorf("no line naming build_limits.disk in the log")
+		}
+		if strings.Contains(log, "flood written") {
+			t.Errorf("the build wrote twice its limit before it was stopped")
+		}
+		if grew > limit+limit/2 {
+			t.Errorf("the file system grew by %d MiB, limit %d MiB", grew/mib, limit/mib)
+		}
+	})
+
 	// Two builds at once: the second searches its whole filesystem (and
 	// every /proc/N/root it sees) for what the first one wrote while the
 	// first one is still running.
