@@ -367,6 +367,27 @@ func TestHostileBuilds(t *testing.T) {
 			t.Errorf("repository has %+v", pkgs)
 		}
 	})
+	// A 3 GiB sparse file named like a package beside the real one: it
+	// takes nothing on the build's disk but would be uploaded whole. The
+	// build fails with a line that says why, and nothing is published,
+	// not even the real package.
+	t.Run("sparse package", func(t *testing.T) {
+		t.Parallel()
+		script := `	truncate -s 3G /build/out/sparse-1-1-any.pkg.tar.zst || return 1
+	echo planted`
+		repo := newRepo()
+		r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 62, Kind: "url", URL: serveFile(t, hostileScript("sparsepkg", script)), Repo: repo, BaseImage: e.base})
+		if !strings.Contains(log, "planted") {
+			t.Fatalf("the attack did not run:\n%s", log)
+		}
+		wantStatus(t, r, log, poll.ResultFailure, job.ExitPublish)
+		if !strings.Contains(r.Reason, "sparse-1-1-any.pkg.tar.zst is a sparse file (3221225472 bytes") || !strings.Contains(lastLine(log), "sparse file") {
+			t.Errorf("reason %q, last line %q: want the sparse file named", r.Reason, lastLine(log))
+		}
+		if n := len(e.srv.Packages(repo, "x86_64")); n != 0 {
+			t.Errorf("%d packages published", n)
+		}
+	})
 	t.Run("PKGDEST a link to a host directory", func(t *testing.T) {
 		t.Parallel()
 		hostDir := t.TempDir()
