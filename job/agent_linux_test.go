@@ -114,7 +114,7 @@ func TestTargetCaches(t *testing.T) {
 		t.Helper()
 		url := serveFile(t, pkgbuild(name, "1", "1", "depends=(bigdep)"))
 		r, log := runJob(t, b, poll.Job{TargetID: id, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
-		if r.Status != poll.ResultSuccess || !strings.Contains(log, "installing bigdep") {
+		if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing bigdep") {
 			t.Errorf("build of target %d: %s\n%s", id, r.Reason, log)
 		}
 		return log

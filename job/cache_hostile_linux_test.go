@@ -120,9 +120,9 @@ func TestCachePoisoning(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				defer aOnce.Do(func() { close(aReady) })
-				var r *job.Result
+				var r result
 				r, logA = runJob(t, b, poll.Job{TargetID: 700 + 2*i, Kind: "url", URL: serveFile(t, hostileScript("attacker", scriptA)), Repo: newRepo(), BaseImage: e.base})
-				if r.Status != poll.ResultSuccess {
+				if r.Result != poll.ResultSuccess {
 					t.Errorf("the attacker's build: %s", r.Reason)
 				}
 			}()
@@ -144,7 +144,7 @@ func TestCachePoisoning(t *testing.T) {
 				}
 			}
 			// With a cache of its own, B has nothing to fail on.
-			if r.Status != poll.ResultSuccess || !strings.Contains(logB, "the dependency says genuine") {
+			if r.Result != poll.ResultSuccess || !strings.Contains(logB, "the dependency says genuine") {
 				t.Fatalf("build B: %s\n%s", r.Reason, logB)
 			}
 			if len(pkgs) != 1 || !slices.Contains(pkgs[0].Files, "usr/share/victim/from-genuine") {
@@ -220,9 +220,9 @@ func TestCacheLease(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		defer aOnce.Do(func() { close(aReady) })
-		var r *job.Result
+		var r result
 		r, logA = runJob(t, b, poll.Job{TargetID: 710, Kind: "url", URL: urlA, Repo: newRepo(), BaseImage: e.base})
-		if r.Status != poll.ResultSuccess {
+		if r.Result != poll.ResultSuccess {
 			t.Errorf("the attacker's build: %s", r.Reason)
 		}
 	}()
@@ -238,7 +238,7 @@ func TestCacheLease(t *testing.T) {
 		go func() {
 			defer others.Done()
 			r, log := runJob(t, b, j)
-			if r.Status != poll.ResultSuccess || !strings.Contains(log, "installing leasedep") {
+			if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing leasedep") {
 				t.Errorf("target %d beside the attacker: %s\n%s", j.TargetID, r.Reason, log)
 			}
 			if j.TargetID == 710 && !strings.Contains(log, "another build of this target holds its package cache") {
