@@ -165,7 +165,8 @@ func TestCacheLayout(t *testing.T) {
 }
 
 // TestOldSharedCacheRemoved: the one tree every build shared in earlier
-// versions (<cache dir>/pkg and its lock) goes at the next start.
+// versions (<cache dir>/pkg and its lock) goes at the next start; another
+// pkg/ stays.
 func TestOldSharedCacheRemoved(t *testing.T) {
 	dir := t.TempDir()
 	cache := filepath.Join(dir, "pacman-cache")
@@ -183,6 +184,23 @@ func TestOldSharedCacheRemoved(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(cache, cacheTree)); !os.IsNotExist(err) {
 		t.Errorf("the shared tree of an earlier version is still there: %v", err)
+	}
+	// A pkg/ without the old lock is not ours (pacman_cache.dir may name a
+	// directory with a pkg/ of its own): it stays.
+	theirs := filepath.Join(t.TempDir(), "cache")
+	if err := os.MkdirAll(filepath.Join(theirs, cacheTree), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(theirs, cacheTree, "glibc-2.40-1-x86_64.pkg.tar.zst"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b = &Runner{opts: defaultOptions(), dir: t.TempDir(), rootUID: os.Getuid(), rootGID: os.Getgid()}
+	b.opts.cacheDir, b.opts.cacheSet = theirs, true
+	if err := b.prepareDir(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(theirs, cacheTree, "glibc-2.40-1-x86_64.pkg.tar.zst")); err != nil {
+		t.Errorf("a pkg/ that was not the agent's was removed: %v", err)
 	}
 }
 

@@ -71,7 +71,8 @@ func cacheKey(job poll.Job) string {
 }
 
 // prepareCache creates the cache directory and removes the one shared tree
-// of earlier versions (<cache dir>/pkg, which every build wrote).
+// of earlier versions (<cache dir>/pkg with its .vagent.lock, which every
+// build wrote).
 func (b *Runner) prepareCache() error {
 	dir := b.cacheDir()
 	if dir == "" {
@@ -83,8 +84,12 @@ func (b *Runner) prepareCache() error {
 	if err := privateRootDir(filepath.Join(dir, targetsDir)); err != nil {
 		return fmt.Errorf("creating the package cache: %w", err)
 	}
-	for _, old := range []string{cacheTree, ".vagent.lock"} {
-		if err := os.RemoveAll(filepath.Join(dir, old)); err != nil {
+	// Only a tree that is surely the earlier version's: it held the
+	// pacman wrapper's lock (a directory the operator named may hold a pkg/
+	// of its own).
+	old := filepath.Join(dir, cacheTree)
+	if _, err := os.Lstat(filepath.Join(old, ".vagent.lock")); err == nil {
+		if err := os.RemoveAll(old); err != nil {
 			return fmt.Errorf("removing the shared package cache of an earlier version: %w", err)
 		}
 	}
