@@ -122,7 +122,7 @@ func TestCacheKey(t *testing.T) {
 	if k := cacheKey(poll.Job{TargetID: 12}); k != "12" {
 		t.Errorf("key of target 12: %q", k)
 	}
-	if cacheKey(base) != cacheKey(base) {
+	if cacheKey(poll.Job{Kind: "dir", URL: "file:///src/a", Path: "pkg"}) != cacheKey(base) {
 		t.Error("the key of a source changes")
 	}
 }
