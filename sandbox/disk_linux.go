@@ -63,6 +63,9 @@ const (
 // errTooDeep reports a tree deeper than maxDiskDepth.
 var errTooDeep = fmt.Errorf("directory tree deeper than %d levels", maxDiskDepth)
 
+// errUnmeasurable reports a directory of a tree that cannot be read.
+var errUnmeasurable = errors.New("directory cannot be measured")
+
 // treeUsage measures the tree at root: the bytes its entries take (blocks,
 // each entry at least diskEntryCharge, hard links once). It does not follow
 // symbolic links or cross into other file systems, and skips what
@@ -135,8 +138,14 @@ func (w *treeWalk) dir(d *os.File, depth int) error {
 				return errTooDeep
 			}
 			sub, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
+			switch {
+			case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
 				continue // replaced or removed meanwhile
+			case err != nil:
+				// A directory the agent cannot read (a rootless agent
+				// outside the user namespace that owns the files) would
+				// hide what is below it: not measurable, not small.
+				return fmt.Errorf("%w: %s: %w", errUnmeasurable, name, err)
 			}
 			if err := w.dir(os.NewFile(uintptr(sub), name), depth+1); err != nil {
 				return err
@@ -195,7 +204,7 @@ func (w *diskWatch) measure() (int64, error) {
 		switch {
 		case errors.Is(err, errOverLimit):
 			return total, nil // total > limit
-		case errors.Is(err, errTooDeep):
+		case errors.Is(err, errTooDeep), errors.Is(err, errUnmeasurable):
 			return total, err
 		case err != nil && !errors.Is(err, unix.ENOENT):
 			return total, err
@@ -212,7 +221,8 @@ func (w *diskWatch) check() bool {
 	defer w.mu.Unlock()
 	w.used = used
 	switch {
-	case errors.Is(err, errTooDeep):
+	case errors.Is(err, errTooDeep), errors.Is(err, errUnmeasurable):
+		// What cannot be measured counts as over the limit.
 		w.reason = err.Error()
 	case err == nil && used > w.limit:
 		w.reason = fmt.Sprintf("%d bytes written, limit %d", used, w.limit)
