@@ -229,6 +229,10 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 	if err != nil {
 		return nil, err
 	}
+	// What a build left that a crashed agent did not clean up.
+	if err := cleanTree(tree); err != nil {
+		return nil, fmt.Errorf("cleaning the package cache %s: %w", tree, err)
+	}
 	return &cacheLease{tree: tree, release: func() {
 		if err := cleanTree(tree); err != nil {
 			b.opts.log.WithError(err).WithField("cache", tree).Warn("cleaning a package cache")
@@ -331,7 +335,15 @@ func (b *Runner) pruneCaches(own string) error {
 		}
 		n, err := sandbox.DiskUsage(filepath.Join(root, e.Name(), cacheTree))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+			// Not measurable (a tree a crash left uncleaned): a cache
+			// is worth less than a working prune.
+			b.opts.log.WithError(err).WithField("cache", e.Name()).Warn("removing a package cache that cannot be measured")
+			if e.Name() != own {
+				if _, err := removeTargetCache(filepath.Join(root, e.Name())); err != nil {
+					return err
+				}
+			}
+			continue
 		}
 		tc.size = n
 		total += n
