@@ -53,6 +53,7 @@ while (sysread($fh, my $buf, 65536) > 0) {
 // publish a package built with it. With one cache shared writably by every
 // build, the swap made B publish A's content and the plant failed B.
 func TestCachePoisoning(t *testing.T) {
+	t.Parallel()
 	e := setup(t)
 	if runtime.GOARCH != "amd64" {
 		t.Skip("the watcher uses x86_64 system call numbers")
