@@ -22,6 +22,7 @@ import (
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
 
@@ -168,6 +169,55 @@ func TestTargetCaches(t *testing.T) {
 		}
 		if parts, _ := filepath.Glob(filepath.Join(tree, "*.part")); len(parts) > 0 {
 			t.Errorf("partial downloads left in the cache: %v", parts)
+		}
+	}
+}
+
+// TestCacheMaxSize: three targets each download an 8 MiB dependency with
+// pacman_cache.max_size at 12 MiB: after every build the caches together
+// fit the bound (as the disk limit counts them), the target just built
+// keeps its dependency, and the least recently used targets' caches went.
+func TestCacheMaxSize(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	depRepo := newRepo()
+	blob := make([]byte, 8<<20)
+	rand.Read(blob)
+	dep, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: "sizedep", Version: "1-1", Arch: "any"},
+		map[string]string{"usr/share/sizedep/blob": string(blob)}, vieterserver.NoCompression)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.srv.Publish(depRepo, dep); err != nil {
+		t.Fatal(err)
+	}
+	const maxSize = 12 << 20
+	b := newBuilder(t, e, job.WithCacheMaxSize(maxSize),
+		job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Never"}))
+	repo := newRepo()
+	for i, id := range []int{30, 31, 32} {
+		url := serveFile(t, pkgbuild(fmt.Sprintf("sized%d", i), "1", "1", "depends=(sizedep)"))
+		r, log := runJob(t, b, poll.Job{TargetID: id, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+		if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing sizedep") {
+			t.Fatalf("build of target %d: %s\n%s", id, r.Reason, log)
+		}
+		tree := job.CacheTree(b, poll.Job{TargetID: id})
+		caches := filepath.Dir(filepath.Dir(tree))
+		total, err := sandbox.DiskUsage(caches)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("after target %d: the caches hold %.1f MiB", id, float64(total)/(1<<20))
+		if total > maxSize {
+			t.Errorf("after target %d's build the caches hold %d bytes, more than %d", id, total, maxSize)
+		}
+		if _, err := os.Stat(filepath.Join(tree, "sizedep-1-1-any.pkg.tar")); err != nil {
+			t.Errorf("target %d's cache lost the dependency it just downloaded: %v", id, err)
+		}
+		if i > 0 {
+			if _, err := os.Stat(job.CacheTree(b, poll.Job{TargetID: id - 1})); !os.IsNotExist(err) {
+				t.Errorf("target %d's cache is still there after target %d's build: %v", id-1, id, err)
+			}
 		}
 	}
 }
