@@ -155,7 +155,7 @@ type cacheLease struct {
 var errCacheGone = errors.New("target cache removed meanwhile")
 
 // leaseCache returns the package cache of a build of job: its target's,
-// or a private one when the shared cache is off or another build holds
+// or a private one when the caches are off or another build holds
 // the target's (said in the log).
 func (b *Runner) leaseCache(job poll.Job, log io.Writer) (*cacheLease, error) {
 	dir := b.cacheDir()

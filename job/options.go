@@ -32,8 +32,8 @@ type options struct {
 	localImages    bool
 	// publishObserver is told how each package was confirmed ("" for not).
 	publishObserver func(confirmedBy string)
-	// cacheDir is the shared package cache; cacheSet tells whether
-	// WithCacheDir chose it ("" then means no shared cache).
+	// cacheDir is the package caches' directory; cacheSet tells whether
+	// WithCacheDir chose it ("" then means private caches only).
 	cacheDir string
 	cacheSet bool
 	// cacheMaxSize bounds the package cache (0: no bound).

@@ -82,7 +82,7 @@ const (
 )
 
 // New returns a Runner that runs builds with sb on the builders of
-// images, keeping its state (the shared package cache, run control
+// images, keeping its state (the package caches, run control
 // directories) in dir. dir is made private to root (0700): when the
 // container's init cannot reach the source of a bind mount, libcontainer
 // opens it on the host side, as root, so no other user (the mapped root
