@@ -146,6 +146,7 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
 	l.Debug("build starting")
+	poll.ReportPhase(ctx, poll.PhaseBuilding)
 	res, err := b.sb.Run(ctx, spec)
 	run.closeFIFOs()
 	wg.Wait()
@@ -193,6 +194,7 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		return r
 	}
 
+	poll.ReportPhase(ctx, poll.PhasePublishing)
 	names, err := b.deliver(ctx, res.Upper, job.Repo, log)
 	r.Packages = names
 	if err != nil {
