@@ -415,7 +415,7 @@ func TestDocumentedMetricsExist(t *testing.T) {
 		t.Fatalf("found %d metrics in docs/configuration.md: the table changed", len(documented))
 	}
 	m := New()
-	if err := m.SetBuildInfo("1.2.3", "abc"); err != nil {
+	if err := m.SetBuildInfo("1.2.3", "abc", "build-01"); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.WatchAgent(fixed{}); err != nil {
@@ -434,7 +434,11 @@ func TestDocumentedMetricsExist(t *testing.T) {
 			exported[f.GetName()] = true
 		}
 		if f.GetName() == "vagent_build_info" {
-			if l := f.GetMetric()[0].GetLabel(); len(l) != 3 || f.GetMetric()[0].GetGauge().GetValue() != 1 {
+			labels := map[string]string{}
+			for _, l := range f.GetMetric()[0].GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if len(labels) != 4 || labels["agent"] != "build-01" || labels["version"] != "1.2.3" || f.GetMetric()[0].GetGauge().GetValue() != 1 {
 				t.Errorf("vagent_build_info %v", f.GetMetric()[0])
 			}
 		}
