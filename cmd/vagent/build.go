@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -152,6 +155,25 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	// The log's header first, as an agent's build log has it; the
+	// digests the build reports follow as header lines when known.
+	hj := j
+	if localDir != "" {
+		abs, err := filepath.Abs(localDir)
+		if err != nil {
+			return err
+		}
+		hj.Kind, hj.URL = "dir", "file://"+abs
+	}
+	arch := pacmanArch(runtime.GOARCH)
+	if cfg != nil {
+		arch = cfg.Arch
+	}
+	host, _ := os.Hostname()
+	if _, err := env.stdout.Write(poll.LogHeader{Version: version, Host: host, Slot: -1, Arch: arch, Job: hj, Start: time.Now()}.Text()); err != nil {
+		return err
+	}
+	ctx = poll.WithProgress(ctx, &headerLines{w: env.stdout})
 	var r *job.Result
 	if localDir != "" {
 		r = b.BuildDir(ctx, localDir, j, env.stdout)
@@ -162,6 +184,22 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return nil
 	}
 	return &exitError{code: max(r.ExitCode, 1), err: fmt.Errorf("%s", r.Reason)}
+}
+
+// headerLines prints the header fields a build reports (the digests of the
+// base image and the builder) as header lines of `vagent build`'s log,
+// which streams: they come once the builder is ready.
+type headerLines struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (h *headerLines) Phase(poll.Phase) {}
+
+func (h *headerLines) Header(key, value string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, _ = io.WriteString(h.w, poll.HeaderLine(key, value))
 }
 
 // localRepo is the repository name of a local build's job.

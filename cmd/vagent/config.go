@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -43,6 +45,7 @@ type Config struct {
 	LogLevel              string   `yaml:"log_level"`
 
 	// vagent's own keys.
+	AgentName      string       `yaml:"agent_name"`
 	LogFormat      string       `yaml:"log_format"`
 	LogFile        string       `yaml:"log_file"`
 	MetricsAddress string       `yaml:"metrics_address"`
@@ -124,7 +127,8 @@ func defaultConfig() Config {
 		MaxConcurrentBuilds:   1,
 		PollingFrequency:      Duration(30 * time.Second),
 		ImageRebuildFrequency: Duration(1440 * time.Minute),
-		LogLevel:              "WARN",
+		LogLevel:              "INFO",
+		AgentName:             defaultAgentName(),
 		LogFormat:             "text",
 		BuildTimeout:          Duration(time.Hour),
 		ShutdownGrace:         Duration(5 * time.Minute),
@@ -137,6 +141,28 @@ func defaultConfig() Config {
 		PacmanCache:           PacmanCache{Enabled: true},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
+}
+
+// defaultAgentName is the host's name, or "vagent" when it has none that
+// makes an agent name.
+func defaultAgentName() string {
+	h, err := os.Hostname()
+	if err != nil || checkAgentName(h) != nil {
+		return "vagent"
+	}
+	return h
+}
+
+// maxAgentName bounds agent_name (poll's bound of names in log headers).
+const maxAgentName = 64
+
+// checkAgentName checks an agent_name: printable, at most 64 bytes.
+func checkAgentName(s string) error {
+	if s == "" || strings.TrimSpace(s) != s || len(s) > maxAgentName || !utf8.ValidString(s) ||
+		strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return fmt.Errorf("must be 1-%d printable characters without leading or trailing space, got %q", maxAgentName, excerptValue(s))
+	}
+	return nil
 }
 
 // pacmanArch maps a Go architecture to Pacman's name for it.
@@ -745,6 +771,9 @@ func (l *loader) validate(c *Config) {
 	if _, err := logLevel(c.LogLevel); err != nil {
 		check(false, "log_level", "%v", err)
 	}
+	if err := checkAgentName(c.AgentName); err != nil {
+		check(false, "agent_name", "%v", err)
+	}
 	check(c.LogFormat == "text" || c.LogFormat == "json", "log_format", "must be text or json, got %q", excerptValue(c.LogFormat))
 	check(c.LogFile == "" || c.LogFile == "-" || filepath.IsAbs(c.LogFile), "log_file", "must be an absolute path or -, got %q", excerptValue(c.LogFile))
 	if c.MetricsAddress != "" {
@@ -851,6 +880,8 @@ func (c *Config) PollOptions() []poll.Option {
 		poll.WithDefaultTimeout(c.BuildTimeout.D()),
 		poll.WithFsync(c.Fsync),
 		poll.WithLogLimit(int64(c.BuildLimits.Log)),
+		poll.WithAgentName(c.AgentName),
+		poll.WithVersion(version),
 	}
 }
 

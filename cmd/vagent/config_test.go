@@ -53,7 +53,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"max_concurrent_builds", c.MaxConcurrentBuilds, 1},
 		{"polling_frequency", c.PollingFrequency.D(), 30 * time.Second},
 		{"image_rebuild_frequency", c.ImageRebuildFrequency.D(), 1440 * time.Minute},
-		{"log_level", c.LogLevel, "WARN"},
+		{"log_level", c.LogLevel, "INFO"},
+		{"agent_name", c.AgentName, defaultAgentName()},
 		{"log_format", c.LogFormat, "text"},
 		{"log file", c.LogFilePath(), "/var/lib/vagent/vagent.log"},
 		{"metrics_address", c.MetricsAddress, ""},
@@ -318,6 +319,7 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_REGISTRIES_INSECURE":      "r1:5000,r2",
 		"VIETER_REGISTRIES_CA_FILE":       "/ca.pem",
 		"VIETER_REGISTRIES_DOCKER_CONFIG": "/dc.json",
+		"VIETER_AGENT_NAME":               "build-02",
 	}
 	// The file's values are all overridden.
 	file := minimal + "arch: x86_64\nmax_concurrent_builds: 8\nbuild_limits: {memory: 1G}\n"
@@ -328,7 +330,7 @@ func TestConfigEnv(t *testing.T) {
 	want := Config{
 		Address: "http://10.0.0.2:8000", APIKey: "from-file-key", Arch: "aarch64", DataDir: "/data", MaxConcurrentBuilds: 3,
 		PollingFrequency: Duration(5 * time.Second), ImageRebuildFrequency: Duration(30 * time.Minute), LogLevel: "INFO",
-		LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
+		AgentName: "build-02", LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
 		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20},
@@ -443,7 +445,7 @@ func TestConfigHelpers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(c.PollOptions()); n != 11 {
+	if n := len(c.PollOptions()); n != 13 {
 		t.Errorf("%d poll options", n)
 	}
 	opts, err := c.OCIOptions()
