@@ -33,7 +33,8 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// agentStatus reads a running agent's /status.
+// agentStatus reads a running agent's /status; nothing while it does not
+// answer. It may be called from any goroutine.
 func agentStatus(t *testing.T, addr string) poll.Status {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/status")
@@ -43,11 +44,12 @@ func agentStatus(t *testing.T, addr string) poll.Status {
 	defer resp.Body.Close()
 	var body metrics.StatusJSON
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatal(err)
+		t.Errorf("/status: %v", err)
+		return poll.Status{}
 	}
 	st, err := body.Decode()
 	if err != nil {
-		t.Fatal(err)
+		t.Errorf("/status: %v", err)
 	}
 	return st
 }
