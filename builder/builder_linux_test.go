@@ -262,6 +262,26 @@ func TestMirrorListAndRepos(t *testing.T) {
 	}
 }
 
+// TestMirrorListUnused: a mirror list that no repository of the base
+// image's pacman.conf includes fails the setup, saying why, rather than
+// being ignored.
+func TestMirrorListUnused(t *testing.T) {
+	e := newEnv(t, builder.WithMirrorList("https://mirror.example/$repo/os/$arch"))
+	reg := startRegistry(t)
+	base := pushed(t, reg, "own-servers", fakeBase(t, map[string]string{"pacman.conf": "[options]\nArchitecture = auto\n\n[core]\nServer = https://elsewhere.example/$repo\n"}))
+	var log sandboxtest.Buffer
+	l, err := e.m.Acquire(t.Context(), base, &log)
+	if err == nil {
+		l.Release()
+		t.Fatalf("Acquire succeeded:\n%s", log.String())
+	}
+	const want = "==> ERROR: the Pacman mirrors (pacman_mirrors, --pacman-mirror) would not be used: no repository in the base image's /etc/pacman.conf includes /etc/pacman.d/mirrorlist"
+	var se *builder.SetupError
+	if !errors.As(err, &se) || !strings.Contains(string(se.Log), want) || strings.Contains(log.String(), "fake pacman:") {
+		t.Errorf("error %v; log:\n%s", err, log.String())
+	}
+}
+
 func TestBadOptions(t *testing.T) {
 	for name, opt := range map[string]builder.Option{
 		"package with space":   builder.WithPackages("base-devel git"),
