@@ -53,7 +53,7 @@ func CheckImage(ctx context.Context, ref string, opts ...Option) (checks []Endpo
 			if ctx.Err() != nil {
 				return checks, served, ctx.Err()
 			}
-			err = fmt.Errorf("%w: %s", classify(err), oneLine(err))
+			err = fmt.Errorf("%w: %s", classify(err), flatten(err))
 		} else if served < 0 {
 			served = i
 		}
@@ -96,7 +96,7 @@ func CheckRegistry(ctx context.Context, host string, opts ...Option) ([]Endpoint
 			if ctx.Err() != nil {
 				return checks, ctx.Err()
 			}
-			err = fmt.Errorf("%w: %s", classify(err), oneLine(err))
+			err = fmt.Errorf("%w: %s", classify(err), flatten(err))
 		}
 		checks = append(checks, EndpointCheck{Host: h, Mirror: i < len(hosts)-1, Err: err})
 	}

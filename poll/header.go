@@ -53,7 +53,7 @@ func (h LogHeader) Text() []byte {
 	var b []byte
 	add := func(key, value string) {
 		if value != "" {
-			b = fmt.Appendf(b, "vagent: %s: %s\n", key, oneLine(value))
+			b = fmt.Appendf(b, "vagent: %s: %s\n", key, OneLine(value))
 		}
 	}
 	add("agent", h.Agent)
@@ -94,7 +94,7 @@ func (h LogHeader) Text() []byte {
 // header was written ("vagent: builder digest: sha256:…\n"), for logs
 // that stream, such as `vagent build`'s.
 func HeaderLine(key, value string) string {
-	return fmt.Sprintf("vagent: %s: %s\n", key, oneLine(value))
+	return fmt.Sprintf("vagent: %s: %s\n", key, OneLine(value))
 }
 
 // setField sets key in fields, keeping at most MaxHeaderFields.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Option configures an Agent.
@@ -34,9 +36,14 @@ type options struct {
 	origin            Origin // agent name, version, host: for log headers and Status
 }
 
-func defaultOptions() options {
+// silentLogger is the logger of a caller that sets none, or sets nil.
+func silentLogger() logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
+	return l
+}
+
+func defaultOptions() options {
 	return options{
 		slots:             1,
 		pollInterval:      30 * time.Second,
@@ -44,13 +51,13 @@ func defaultOptions() options {
 		deliverTimeout:    30 * time.Second,
 		requestTimeout:    time.Minute,
 		uploadTimeout:     10 * time.Minute,
-		backoffMin:        time.Second,
-		backoffMax:        5 * time.Minute,
-		unauthorizedRetry: 5 * time.Minute,
-		defaultTimeout:    time.Hour,
+		backoffMin:        vieter.AgentRetry.Min,
+		backoffMax:        vieter.AgentRetry.Max,
+		unauthorizedRetry: vieter.AgentRetry.Unauthorized,
+		defaultTimeout:    DefaultTimeout,
 		logLimit:          DefaultLogLimit,
 		fsync:             true,
-		log:               l,
+		log:               silentLogger(),
 		obs:               nopObserver{},
 		clock:             realClock{},
 		origin:            Origin{Host: hostname()},
@@ -201,7 +208,8 @@ func WithUnauthorizedRetry(d time.Duration) Option {
 	return func(o *options) error { return positive("unauthorized retry", d, &o.unauthorizedRetry) }
 }
 
-// WithDefaultTimeout sets the build timeout for jobs without one. Default 1h.
+// WithDefaultTimeout sets the build timeout for jobs without one. Default
+// DefaultTimeout (1h).
 func WithDefaultTimeout(d time.Duration) Option {
 	return func(o *options) error { return positive("default timeout", d, &o.defaultTimeout) }
 }
@@ -219,11 +227,11 @@ func WithLogLimit(n int64) Option {
 	}
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

@@ -88,7 +88,7 @@ func ReportHeader(ctx context.Context, key, value string) {
 // cleanHeaderValue makes v one line of valid UTF-8 of at most
 // MaxHeaderValueBytes.
 func cleanHeaderValue(v string) string {
-	v = oneLine(strings.ToValidUTF8(v, "?"))
+	v = OneLine(strings.ToValidUTF8(v, "?"))
 	if len(v) > MaxHeaderValueBytes {
 		cut := MaxHeaderValueBytes
 		for cut > 0 && !utf8.RuneStart(v[cut]) {
