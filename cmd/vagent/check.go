@@ -70,7 +70,7 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 	fs := c.Flags()
 	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then), "+
 		"and check its server, api_key, registries and pacman_mirrors")
-	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory for builds (a test overlay is mounted there)")
+	dataDirVar(fs, &dataDir, defaultDataDir, "data directory for builds (a test overlay is mounted there)")
 	fs.UintVar(&idBase, "id-base", 100000, "first host id of the containers' id range")
 	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
 	fs.StringArrayVar(&baseImages, "base-image", nil, "with --config: check that the registries serve the base image `REF` (repeatable; default "+defaultBaseImage+")")

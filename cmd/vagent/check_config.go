@@ -104,6 +104,9 @@ func checkServer(ctx context.Context, cfg *Config) []checkLine {
 // checkBaseImage asks each endpoint of ref for it: the line fails when
 // none has it, or when one does not answer.
 func checkBaseImage(ctx context.Context, ref string, opts []oci.Option) checkLine {
+	if r, err := oci.ParseReference(ref); err == nil && r.Transport != oci.TransportRegistry {
+		return checkLine{status: statusSkipped, name: "base image", detail: ref + ": a local image, no registry to ask (jobs from a server name registry images only)"}
+	}
 	cctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	checks, served, err := oci.CheckImage(cctx, ref, opts...)

@@ -423,6 +423,10 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	}
 	c := defaultConfig()
 	l := &loader{file: file, where: map[string]string{}}
+	if line, key, ok := looksLikeTOML(data); ok {
+		return nil, &configError{where: fmt.Sprintf("%s:%d", file, line), msg: fmt.Sprintf("this looks like TOML (%s = …), the reference agent's format: "+
+			"vagent reads YAML, one \"key: value\" per line (%s: …); agent.example.yaml has every key", key, key)}
+	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
@@ -450,6 +454,29 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	}
 	c.Warnings = l.warnings
 	return &c, nil
+}
+
+var (
+	tomlAssignRE = regexp.MustCompile(`^\s*([A-Za-z0-9_]+)\s*=\s*\S`)
+	yamlKeyRE    = regexp.MustCompile(`^\s*(- )?[A-Za-z0-9_."']+\s*:(\s|$)`)
+)
+
+// looksLikeTOML tells a TOML file (the reference agent's agent.toml:
+// key = "value") from YAML: an assignment line and no YAML key. It
+// returns the first assignment's line and key.
+func looksLikeTOML(data []byte) (line int, key string, ok bool) {
+	for i, l := range strings.Split(string(data), "\n") {
+		if t := strings.TrimSpace(l); t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		if yamlKeyRE.MatchString(l) {
+			return 0, "", false
+		}
+		if m := tomlAssignRE.FindStringSubmatch(l); m != nil && key == "" {
+			line, key = i+1, m[1]
+		}
+	}
+	return line, key, key != ""
 }
 
 // errLine orders errors: by line in the file, then the file's errors
@@ -543,7 +570,15 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path, unit string) {
 			case k.Kind != yaml.ScalarNode:
 				l.fail(l.at(k), path, "keys must be strings")
 			case !ok:
-				l.fail(l.at(k), key, "unknown key")
+				names := map[string]bool{}
+				for n := range fields {
+					names[n] = true
+				}
+				if s := nearest(k.Value, names); s != "" {
+					l.fail(l.at(k), key, "unknown key; did you mean %s?", join(path, s))
+				} else {
+					l.fail(l.at(k), key, "unknown key")
+				}
 			case seen[k.Value]:
 				l.fail(l.at(k), key, "set twice")
 			default:

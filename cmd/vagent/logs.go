@@ -87,7 +87,7 @@ func newLogsCmd(env *cliEnv) *cobra.Command {
 	fs.BoolVarP(&follow, "follow", "f", false, "follow the build's output until the build ends")
 	fs.IntVar(&target, "target", 0, "show the build of the target `ID` instead of a slot's")
 	fs.StringVar(&address, "address", "", "the agent's metrics_address: ask its /logs endpoint")
-	fs.StringVar(&dataDir, "data-dir", "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
+	dataDirVar(fs, &dataDir, "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
 	fs.StringVar(&config, "config", "", "agent.yaml: use its metrics_address if set, else its data_dir")
 	return c
 }

@@ -325,9 +325,11 @@ func TestRunWrongKey(t *testing.T) {
 	}
 	t.Setenv("VIETER_API_KEY_FILE", bad)
 	cmd := e.start(t)
+	// Said as an error, with the documented retry (docs/configuration.md).
+	rejected := regexp.MustCompile(`level=error msg="the server rejected the api key: check api_key" .*retry_in=5m0s`)
 	eventually(t, "the rejected key", func() bool {
 		b, _ := os.ReadFile(e.stderrPath)
-		return strings.Contains(string(b), "the server rejected the api key: check api_key")
+		return rejected.Match(b)
 	})
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

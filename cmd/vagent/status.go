@@ -87,7 +87,7 @@ func newStatusCmd(env *cliEnv) *cobra.Command {
 	}
 	fs := c.Flags()
 	fs.StringVar(&address, "address", "", "the agent's metrics_address: ask its /status endpoint")
-	fs.StringVar(&dataDir, "data-dir", "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
+	dataDirVar(fs, &dataDir, "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
 	fs.StringVar(&config, "config", "", "agent.yaml: use its metrics_address if set, else its data_dir")
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
