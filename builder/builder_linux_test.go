@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,6 +260,38 @@ func TestMirrorListAndRepos(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "fake pacman: -Syu --needed --noconfirm --noprogressbar base-devel git extra/vim") {
 		t.Errorf("log:\n%s", log.String())
+	}
+}
+
+// stageLog records the stages of the preparations it follows.
+type stageLog struct {
+	sandboxtest.Buffer
+	mu     sync.Mutex
+	stages []builder.Stage
+}
+
+func (s *stageLog) Stage(st builder.Stage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stages = append(s.stages, st)
+}
+
+// TestAcquireStages: a log that is a StageWriter hears a preparation's
+// stages, pulling then preparing; a fresh builder is leased without any.
+func TestAcquireStages(t *testing.T) {
+	e := newEnv(t)
+	reg := startRegistry(t)
+	base := pushed(t, reg, "stages", fakeBase(t, nil))
+	for i, want := range [][]builder.Stage{{builder.StagePulling, builder.StagePreparing}, nil} {
+		log := &stageLog{}
+		l, err := e.m.Acquire(t.Context(), base, log)
+		if err != nil {
+			t.Fatalf("Acquire %d: %v\n%s", i, err, log.String())
+		}
+		l.Release()
+		if !slices.Equal(log.stages, want) {
+			t.Errorf("Acquire %d: stages %v, want %v", i, log.stages, want)
+		}
 	}
 }
 
