@@ -38,6 +38,9 @@ type options struct {
 	cacheSet bool
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
+	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
+	// (SrcInfoWithin; WithSrcInfoWithin in tests).
+	srcInfoWithin time.Duration
 }
 
 // DefaultArch is the architecture of this binary in Arch Linux terms.
@@ -52,6 +55,7 @@ func defaultOptions() *options {
 		publishObserver: func(string) {},
 		outUID:          -1,
 		outGID:          -1,
+		srcInfoWithin:   SrcInfoWithin,
 	}
 }
 
