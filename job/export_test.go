@@ -2,6 +2,7 @@ package job
 
 import (
 	"path/filepath"
+	"time"
 
 	"github.com/vieter-v/vagent/poll"
 )
@@ -19,4 +20,13 @@ func WithUpperHook(f func(dir string)) Option {
 // /var/cache/pacman/pkg.
 func CacheTree(b *Runner, j poll.Job) string {
 	return filepath.Join(b.cacheDir(), targetsDir, cacheKey(j), cacheTree)
+}
+
+// WithSrcInfoWithin replaces SrcInfoWithin, the time the length line and
+// the .SRCINFO have to arrive once the first byte did.
+func WithSrcInfoWithin(d time.Duration) Option {
+	return func(o *options) error {
+		o.srcInfoWithin = d
+		return nil
+	}
 }

@@ -40,6 +40,9 @@ type options struct {
 	cacheMaxSize int64
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
+	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
+	// (SrcInfoWithin; WithSrcInfoWithin in tests).
+	srcInfoWithin time.Duration
 }
 
 // Defaults.
@@ -60,6 +63,7 @@ func defaultOptions() *options {
 		outUID:          -1,
 		outGID:          -1,
 		cacheMaxSize:    DefaultCacheMaxSize,
+		srcInfoWithin:   SrcInfoWithin,
 	}
 }
 

@@ -91,6 +91,7 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 // all of it, in reverse order; it runs once.
 type workspace struct {
 	rootfs string  // the builder's rootfs, leased
+	url    string  // the job's URL without credentials (splitCredentials)
 	run    *runDir // the control directory
 	cache  string  // the package cache tree to mount (see cache_linux.go)
 	undo   []func()
@@ -127,7 +128,9 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 	if err != nil {
 		return nil, setupFailed(ctx, "checking the repository", err)
 	}
-	ws.run, err = b.newRun(repos)
+	var creds *urlCredentials
+	ws.url, creds = splitCredentials(job.URL)
+	ws.run, err = b.newRun(repos, creds)
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the build", err)
 	}
@@ -168,7 +171,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
 		Env: []string{
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
-			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + job.URL, "VAGENT_BRANCH=" + job.Branch,
+			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
 		},
 		Dir:      "/",
@@ -185,6 +188,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
 	b.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo}).Debug("build starting")
+	poll.ReportPhase(ctx, poll.PhaseBuilding)
 	res, err := b.sb.Run(ctx, spec)
 	ws.run.closeFIFOs()
 	wg.Wait()
@@ -242,6 +246,7 @@ func (r *ran) verdict(ctx context.Context) (ending, bool) {
 // collect publishes the packages of a successful build (or copies them to
 // the output directory).
 func (b *Runner) collect(ctx context.Context, job poll.Job, r *ran, log io.Writer, built *Built) ending {
+	poll.ReportPhase(ctx, poll.PhasePublishing)
 	names, err := b.deliver(ctx, r.res.Upper, job.Repo, log)
 	built.Packages = names
 	if err != nil {

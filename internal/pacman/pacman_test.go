@@ -85,6 +85,18 @@ func TestValidatePackageFile(t *testing.T) {
 	}
 }
 
+func TestMirrorListUsers(t *testing.T) {
+	for conf, want := range map[string]string{
+		"[options]\nInclude = /etc/pacman.d/mirrorlist\n[core]\nInclude = /etc/pacman.d/mirrorlist\n#[testing]\n#Include = /etc/pacman.d/mirrorlist\n[extra]\n  Include=/etc/pacman.d/mirrorlist # comment\n": "core extra",
+		"[core]\nServer = https://example.org/$repo\n[extra]\nInclude = /etc/pacman.d/other\n":                                                                                                                "",
+		"Include = /etc/pacman.d/mirrorlist\n": "",
+	} {
+		if got := strings.Join(MirrorListUsers(conf), " "); got != want {
+			t.Errorf("%q: %q, want %q", conf, got, want)
+		}
+	}
+}
+
 func TestArch(t *testing.T) {
 	for goarch, want := range map[string]string{"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7h", "386": "i686",
 		"riscv64": "riscv64", "ppc64le": "powerpc64le", "ppc64": "powerpc64", "loong64": "loong64"} {
