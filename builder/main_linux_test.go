@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -84,7 +85,9 @@ func (e *env) open(t testing.TB, extra ...builder.Option) *builder.Manager {
 // fakePacman stands in for pacman in the busybox base: it prints its
 // arguments, fails when /etc/fake-pacman/fail exists, sleeps when
 // /etc/fake-pacman/slow exists, waits for a gate (see newGate) when
-// /etc/fake-pacman/gate holds its URL, and otherwise "installs" each package as
+// /etc/fake-pacman/gate holds its URL, leaves a sparse file /opt/huge of
+// the size /etc/fake-pacman/sparse holds (as a hostile base image's pacman
+// could), and otherwise "installs" each package as
 // a file and changes the tree the way an upgrade does (a file changed, a
 // directory deleted, a directory replaced, hardlinks, a symlink, a fifo).
 const fakePacman = `#!/bin/sh
@@ -98,6 +101,10 @@ if [ -e /etc/fake-pacman/gate ]; then
 	g=$(cat /etc/fake-pacman/gate)
 	wget -q -O /dev/null "$g/started" || exit 1
 	until wget -q -O /dev/null "$g/open"; do sleep 0.05; done
+fi
+if [ -e /etc/fake-pacman/sparse ]; then
+	dd if=/dev/zero of=/opt/huge bs=1 count=0 seek="$(cat /etc/fake-pacman/sparse)" 2>/dev/null || exit 1
+	echo "left a sparse file of $(stat -c %s /opt/huge) bytes"
 fi
 mkdir -p /usr/share/fake-pacman
 for a in "$@"; do
@@ -161,9 +168,17 @@ func tarBytes(t testing.TB, ents ...tarEntry) []byte {
 }
 
 // fakeBase returns the busybox image with a fake pacman; flags are files
-// to create under /etc/fake-pacman ("v7", "fail", "slow") with contents.
+// to create under /etc/fake-pacman ("v7", "fail", "slow") with contents,
+// except "pacman.conf", the image's /etc/pacman.conf (default
+// fakePacmanConfFile).
 func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 	t.Helper()
+	conf := fakePacmanConfFile
+	if c, ok := flags["pacman.conf"]; ok {
+		conf = c
+		flags = maps.Clone(flags)
+		delete(flags, "pacman.conf")
+	}
 	bb, err := testkit.BusyboxImage()
 	if err != nil {
 		testkit.Unavailable(t, "busybox image: %v", err)
@@ -174,7 +189,7 @@ func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 		{name: "usr/bin/pacman", body: fakePacman, mode: 0o755},
 		{name: "usr/bin/pacman-conf", body: fakePacmanConf, mode: 0o755},
 		{name: "etc/", dir: true, mode: 0o755},
-		{name: "etc/pacman.conf", body: fakePacmanConfFile, mode: 0o644},
+		{name: "etc/pacman.conf", body: conf, mode: 0o644},
 		{name: "etc/fake-pacman/", dir: true, mode: 0o755},
 		{name: "opt/", dir: true, mode: 0o755},
 		{name: "opt/changed", body: "v1\n", mode: 0o644},

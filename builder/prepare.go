@@ -45,6 +45,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 	if ok, err := flock(lf, true, false); err != nil {
 		return nil, false, err
 	} else if !ok {
+		setStage(out, StagePreparing)
 		fmt.Fprintf(out, "==> vagent: waiting for another process preparing the builder for %s\n", base)
 		if err := flockCtx(ctx, lf); err != nil {
 			return nil, false, err
@@ -64,6 +65,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		}
 	}()
 	fmt.Fprintf(out, "==> vagent: preparing a builder for %s\n", base)
+	setStage(out, StagePulling)
 	rf, err := m.store.Rootfs(ctx, base)
 	if err != nil {
 		return nil, false, fmt.Errorf("preparing a builder: %w", err)
@@ -74,6 +76,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		fmt.Fprintf(out, "==> vagent: the builder %s is fresh and its base unchanged\n", cur.Digest)
 		return cur, false, nil
 	}
+	setStage(out, StagePreparing)
 	md, err = m.build(ctx, out, base, rf)
 	if err != nil {
 		return nil, false, err
@@ -130,7 +133,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	fmt.Fprintf(out, "==> vagent: writing the builder layer\n")
 	_, _, idSize := m.sb.IDRange() // the upper is owned by the sandbox's host ids
 	layer, err := writeGzipLayer(filepath.Join(tmp, "layer.tar.gz"), mt, func(w io.Writer) error {
-		return upperTar(w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize)
+		return upperTar(ctx, w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize, m.store.Budget())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("writing the builder layer: %w", err)

@@ -16,10 +16,9 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The build script, the pacman wrapper and git's credential helper,
-// constants of the binary.
+// The build script and git's credential helper, constants of the binary.
 //
-//go:embed script/build.sh script/pacman script/git-credential
+//go:embed script/build.sh script/git-credential
 var scripts embed.FS
 
 // Images lends builder root filesystems for base images.
@@ -38,15 +37,41 @@ func (f ImagesFunc) Acquire(ctx context.Context, baseImage string, log io.Writer
 	return f(ctx, baseImage, log)
 }
 
-// BuilderImages returns the Images of a builder.Manager.
+// BuilderImages returns the Images of a builder.Manager. It reports the
+// preparation's stages as the job's phases (poll.PhasePulling,
+// poll.PhasePreparing) and the digests of the base image and the builder
+// as fields of the log's header (poll.ReportHeader).
 func BuilderImages(m *builder.Manager) Images {
 	return ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
-		l, err := m.Acquire(ctx, base, log)
+		var out io.Writer
+		if log != nil {
+			out = stageLog{log, poll.ProgressFrom(ctx)}
+		}
+		l, err := m.Acquire(ctx, base, out)
 		if err != nil {
 			return "", nil, err
 		}
+		poll.ReportHeader(ctx, "base image digest", l.BaseDigest.String())
+		poll.ReportHeader(ctx, "builder digest", l.Digest.String())
+		poll.ReportHeader(ctx, "builder prepared", l.Created.UTC().Format(time.RFC3339))
 		return l.Rootfs, l.Release, nil
 	})
+}
+
+// stageLog is a job's log that turns a builder preparation's stages into
+// the job's phases.
+type stageLog struct {
+	io.Writer
+	progress poll.Progress
+}
+
+func (s stageLog) Stage(st builder.Stage) {
+	switch st {
+	case builder.StagePulling:
+		s.progress.Phase(poll.PhasePulling)
+	case builder.StagePreparing:
+		s.progress.Phase(poll.PhasePreparing)
+	}
 }
 
 // Sandbox runs a build's process tree: *sandbox.Manager implements it;
@@ -85,7 +110,7 @@ const (
 )
 
 // New returns a Runner that runs builds with sb on the builders of
-// images, keeping its state (the shared package cache, run control
+// images, keeping its state (the package caches, run control
 // directories) in dir. dir is made private to root (0700): when the
 // container's init cannot reach the source of a bind mount, libcontainer
 // opens it on the host side, as root, so no other user (the mapped root
@@ -127,10 +152,8 @@ func (b *Runner) prepareDir() error {
 			return err
 		}
 	}
-	if dir := b.cacheDir(); dir != "" {
-		if _, err := initCache(dir, b.rootUID, b.rootGID, b.idSize); err != nil {
-			return err
-		}
+	if err := b.prepareCache(); err != nil {
+		return err
 	}
 	// Each run directory is locked by the process that made it: what
 	// dead processes left goes, the runs of live ones beside this (an
@@ -141,11 +164,8 @@ func (b *Runner) prepareDir() error {
 	return nil
 }
 
-// cacheTree is the subdirectory of a package cache directory that builds
-// see (see cache_linux.go).
-const cacheTree = "pkg"
-
-// cacheDir is the shared package cache, "" when builds have private ones.
+// cacheDir is the package cache directory (see cache_linux.go), "" when
+// builds have private ones.
 func (b *Runner) cacheDir() string {
 	if b.opts.cacheSet {
 		return b.opts.cacheDir

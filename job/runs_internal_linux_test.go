@@ -20,11 +20,12 @@ func TestRunDirsOfLiveProcessesKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer run.remove()
-	cache, drop, err := (&Runner{opts: &options{cacheSet: true}, dir: dir}).runCache()
+	private, err := live.privateCache()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer drop()
+	defer private.release()
+	cache := private.tree
 	// What a killed process left: no one holds a lock on it.
 	dead := filepath.Join(live.runsDir(), "run-dead")
 	if err := os.MkdirAll(filepath.Join(dead, "repos.d"), 0o755); err != nil {

@@ -174,6 +174,15 @@ func (h helperAgent) start(t *testing.T) (kill func()) {
 			t.Fatal(sc.Text())
 		}
 		if sc.Text() == "started" {
+			// "started" comes from the container's shell, which may print
+			// it before its backgrounded sleeps have been exec'd: wait for
+			// them.
+			for deadline := time.Now().Add(30 * time.Second); len(findProcs("sleep 1237."+h.tag)) == 0 || len(findProcs("sleep 1238."+h.tag)) == 0; {
+				if time.Now().After(deadline) {
+					t.Fatal("the container's processes never appeared")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 			return kill
 		}
 	}

@@ -18,11 +18,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
@@ -43,6 +46,7 @@ type Config struct {
 	LogLevel              string   `yaml:"log_level"`
 
 	// vagent's own keys.
+	AgentName      string       `yaml:"agent_name"`
 	LogFormat      string       `yaml:"log_format"`
 	LogFile        string       `yaml:"log_file"`
 	MetricsAddress string       `yaml:"metrics_address"`
@@ -86,14 +90,18 @@ type BuildLimits struct {
 	CPUWeight  uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
 	Tmp Size `yaml:"tmp"`
+	// Disk bounds what a build adds to the disk (sandbox.Limits.Disk).
+	Disk Size `yaml:"disk"`
 	// Log caps a build's log (poll.WithLogLimit).
 	Log Size `yaml:"log"`
 }
 
-// PacmanCache is the package cache shared by builds.
+// PacmanCache is the package caches of the targets' builds.
 type PacmanCache struct {
 	Enabled bool   `yaml:"enabled"`
 	Dir     string `yaml:"dir"`
+	// MaxSize bounds the caches together (job.WithCacheMaxSize).
+	MaxSize Size `yaml:"max_size"`
 }
 
 // PacmanRepo is an extra Pacman repository of builders and builds.
@@ -126,7 +134,8 @@ func defaultConfig() Config {
 		MaxConcurrentBuilds:   1,
 		PollingFrequency:      Duration(30 * time.Second),
 		ImageRebuildFrequency: Duration(1440 * time.Minute),
-		LogLevel:              "WARN",
+		LogLevel:              "INFO",
+		AgentName:             defaultAgentName(),
 		LogFormat:             "text",
 		BuildTimeout:          Duration(time.Hour),
 		ShutdownGrace:         Duration(5 * time.Minute),
@@ -136,9 +145,31 @@ func defaultConfig() Config {
 		Fsync:                 true,
 		IDRange:               IDRange{Size: 65536},
 		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: poll.DefaultLogLimit},
-		PacmanCache:           PacmanCache{Enabled: true},
+		PacmanCache:           PacmanCache{Enabled: true, MaxSize: job.DefaultCacheMaxSize},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
+}
+
+// defaultAgentName is the host's name, or "vagent" when it has none that
+// makes an agent name.
+func defaultAgentName() string {
+	h, err := os.Hostname()
+	if err != nil || checkAgentName(h) != nil {
+		return "vagent"
+	}
+	return h
+}
+
+// maxAgentName bounds agent_name (poll's bound of names in log headers).
+const maxAgentName = 64
+
+// checkAgentName checks an agent_name: printable, at most 64 bytes.
+func checkAgentName(s string) error {
+	if s == "" || strings.TrimSpace(s) != s || len(s) > maxAgentName || !utf8.ValidString(s) ||
+		strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return fmt.Errorf("must be 1-%d printable characters without leading or trailing space, got %q", maxAgentName, excerptValue(s))
+	}
+	return nil
 }
 
 // Secret is a string that never prints: fmt, JSON and YAML show
@@ -400,6 +431,10 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	}
 	c := defaultConfig()
 	l := &loader{file: file, where: map[string]string{}}
+	if line, key, ok := looksLikeTOML(data); ok {
+		return nil, &configError{where: fmt.Sprintf("%s:%d", file, line), msg: fmt.Sprintf("this looks like TOML (%s = …), the reference agent's format: "+
+			"vagent reads YAML, one \"key: value\" per line (%s: …); agent.example.yaml has every key", key, key)}
+	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
@@ -427,6 +462,29 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	}
 	c.Warnings = l.warnings
 	return &c, nil
+}
+
+var (
+	tomlAssignRE = regexp.MustCompile(`^\s*([A-Za-z0-9_]+)\s*=\s*\S`)
+	yamlKeyRE    = regexp.MustCompile(`^\s*(- )?[A-Za-z0-9_."']+\s*:(\s|$)`)
+)
+
+// looksLikeTOML tells a TOML file (the reference agent's agent.toml:
+// key = "value") from YAML: an assignment line and no YAML key. It
+// returns the first assignment's line and key.
+func looksLikeTOML(data []byte) (line int, key string, ok bool) {
+	for i, l := range strings.Split(string(data), "\n") {
+		if t := strings.TrimSpace(l); t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		if yamlKeyRE.MatchString(l) {
+			return 0, "", false
+		}
+		if m := tomlAssignRE.FindStringSubmatch(l); m != nil && key == "" {
+			line, key = i+1, m[1]
+		}
+	}
+	return line, key, key != ""
 }
 
 // errLine orders errors: by line in the file, then the file's errors
@@ -520,7 +578,15 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path, unit string) {
 			case k.Kind != yaml.ScalarNode:
 				l.fail(l.at(k), path, "keys must be strings")
 			case !ok:
-				l.fail(l.at(k), key, "unknown key")
+				names := map[string]bool{}
+				for n := range fields {
+					names[n] = true
+				}
+				if s := nearest(k.Value, names); s != "" {
+					l.fail(l.at(k), key, "unknown key; did you mean %s?", join(path, s))
+				} else {
+					l.fail(l.at(k), key, "unknown key")
+				}
 			case seen[k.Value]:
 				l.fail(l.at(k), key, "set twice")
 			default:
@@ -726,6 +792,9 @@ func (l *loader) validate(c *Config) {
 	if _, err := logLevel(c.LogLevel); err != nil {
 		check(false, "log_level", "%v", err)
 	}
+	if err := checkAgentName(c.AgentName); err != nil {
+		check(false, "agent_name", "%v", err)
+	}
 	check(c.LogFormat == "text" || c.LogFormat == "json", "log_format", "must be text or json, got %q", excerptValue(c.LogFormat))
 	check(c.LogFile == "" || c.LogFile == "-" || filepath.IsAbs(c.LogFile), "log_file", "must be an absolute path or -, got %q", excerptValue(c.LogFile))
 	if c.MetricsAddress != "" {
@@ -749,6 +818,8 @@ func (l *loader) validate(c *Config) {
 	check(bl.CPUWeight <= 10000, "build_limits.cpu_weight", "must be 1–10000 or 0 (the default weight), got %d", bl.CPUWeight)
 	check(bl.Tmp >= 1<<20, "build_limits.tmp", "must be a size of at least 1MiB, got %v", bl.Tmp)
 	check(bl.Log >= 4<<10, "build_limits.log", "must be a size of at least 4KiB, got %v", bl.Log)
+	check(bl.Disk == 0 || bl.Disk >= 64<<20, "build_limits.disk", "must be a size of at least 64MiB or 0 (no limit), got %v", bl.Disk)
+	check(c.PacmanCache.MaxSize >= 0, "pacman_cache.max_size", "must be a size or 0 (no bound), got %v", c.PacmanCache.MaxSize)
 	check(c.PacmanCache.Dir == "" || filepath.IsAbs(c.PacmanCache.Dir), "pacman_cache.dir", "must be an absolute path, got %q", excerptValue(c.PacmanCache.Dir))
 	for i, p := range c.BuilderPkgs {
 		check(pkgRE.MatchString(p), fmt.Sprintf("builder_packages[%d]", i), "not a package name: %q", excerptValue(p))
@@ -834,6 +905,8 @@ func (c *Config) PollOptions() []poll.Option {
 		poll.WithDefaultTimeout(c.BuildTimeout.D()),
 		poll.WithFsync(c.Fsync),
 		poll.WithLogLimit(int64(c.BuildLimits.Log)),
+		poll.WithAgentName(c.AgentName),
+		poll.WithVersion(version),
 	}
 }
 
@@ -877,7 +950,7 @@ func (c *Config) OCIOptions() ([]oci.Option, error) {
 // Limits returns the build limits as sandbox limits.
 func (c *Config) Limits() sandbox.Limits {
 	bl := c.BuildLimits
-	return sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs}
+	return sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs, Disk: int64(bl.Disk)}
 }
 
 // SandboxOptions returns the sandbox options of the configuration but the
@@ -914,8 +987,8 @@ func (c *Config) builderRepos() []pacman.Repo {
 	return out
 }
 
-// PacmanCacheDir is the directory of the shared package cache, "" when
-// the cache is off.
+// PacmanCacheDir is the directory of the package caches, "" when the
+// caches are off.
 func (c *Config) PacmanCacheDir() string {
 	switch {
 	case !c.PacmanCache.Enabled:
@@ -926,8 +999,8 @@ func (c *Config) PacmanCacheDir() string {
 	return filepath.Join(c.DataDir, pacmanCacheDir)
 }
 
-// pacmanCacheDir is the data dir's one Pacman package cache, of `vagent
-// run` and `vagent build` alike.
+// pacmanCacheDir is the data dir's Pacman package caches (one per target),
+// of `vagent run` and `vagent build` alike.
 const pacmanCacheDir = "pacman-cache"
 
 // LogFilePath is where the agent writes its log besides stderr, "" for

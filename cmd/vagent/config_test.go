@@ -55,7 +55,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"max_concurrent_builds", c.MaxConcurrentBuilds, 1},
 		{"polling_frequency", c.PollingFrequency.D(), 30 * time.Second},
 		{"image_rebuild_frequency", c.ImageRebuildFrequency.D(), 1440 * time.Minute},
-		{"log_level", c.LogLevel, "WARN"},
+		{"log_level", c.LogLevel, "INFO"},
+		{"agent_name", c.AgentName, defaultAgentName()},
 		{"log_format", c.LogFormat, "text"},
 		{"log file", c.LogFilePath(), "/var/lib/vagent/vagent.log"},
 		{"metrics_address", c.MetricsAddress, ""},
@@ -65,6 +66,7 @@ func TestConfigDefaults(t *testing.T) {
 		{"id_range", c.IDRange, IDRange{Size: 65536}},
 		{"build_limits", c.BuildLimits, BuildLimits{Pids: 4096, Tmp: 1 << 30, Log: 64 << 20}},
 		{"pacman cache", c.PacmanCacheDir(), "/var/lib/vagent/pacman-cache"},
+		{"pacman_cache.max_size", c.PacmanCache.MaxSize, Size(16 << 30)},
 		{"builder_packages", c.BuilderPkgs, []string{"base-devel", "git"}},
 	}
 	for _, ch := range checks {
@@ -102,8 +104,11 @@ func TestConfigKeys(t *testing.T) {
 		{"upload_timeout: 1h", func(c *Config) any { return c.UploadTimeout.D() }, time.Hour},
 		{"fsync: false", func(c *Config) any { return c.Fsync }, false},
 		{"id_range: {base: 200000, size: 131072}", func(c *Config) any { return c.IDRange }, IDRange{Base: 200000, Size: 131072}},
-		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50\n  tmp: 256M\n  log: 1M",
-			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20, Log: 1 << 20}},
+		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50\n  tmp: 256M\n  log: 1M\n  disk: 20GiB",
+			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20, Log: 1 << 20, Disk: 20 << 30}},
+		{"build_limits: {disk: 10G}", func(c *Config) any { return c.Limits().Disk }, int64(10 << 30)},
+		{"pacman_cache: {max_size: 4GiB}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(4 << 30)},
+		{"pacman_cache: {max_size: 0}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(0)},
 		{"build_limits: {memory: 512M, memory_swap: -1}", func(c *Config) any { return c.Limits().MemorySwap }, int64(-1)},
 		{"build_limits: {memory: 2GB}", func(c *Config) any { return c.Limits().Memory }, int64(2e9)},
 		{"build_limits: {memory: 1.5GiB}", func(c *Config) any { return c.Limits().Memory }, int64(3 << 29)},
@@ -180,6 +185,8 @@ func TestConfigErrors(t *testing.T) {
 		{"build_limits:\n  cpus: -1", "agent.yaml:4: build_limits.cpus: must be a number of CPUs ≥ 0 (0: no limit), got -1"},
 		{"build_limits:\n  cpus: .nan", "agent.yaml:4: build_limits.cpus: must be a number of CPUs ≥ 0 (0: no limit), got NaN"},
 		{"build_limits:\n  cpu_weight: 20000", "agent.yaml:4: build_limits.cpu_weight: must be 1–10000 or 0 (the default weight), got 20000"},
+		{"build_limits:\n  disk: 1M", "agent.yaml:4: build_limits.disk: must be a size of at least 64MiB or 0 (no limit), got 1MiB"},
+		{"pacman_cache:\n  max_size: -1", "agent.yaml:4: pacman_cache.max_size: must be a size or 0 (no bound), got unlimited"},
 		{"pacman_cache:\n  dir: cache", `agent.yaml:4: pacman_cache.dir: must be an absolute path, got "cache"`},
 		{"builder_packages: [base-devel, 'rm -rf /']", `agent.yaml:3: builder_packages[1]: not a package name: "rm -rf /"`},
 		{"builder_packages: git", "agent.yaml:3: builder_packages: must be a list"},
@@ -198,10 +205,11 @@ func TestConfigErrors(t *testing.T) {
 		{"registries:\n  credentials:\n    ghcr.io: {username: a}", "agent.yaml:5: registries.credentials.ghcr.io: needs password or password_file (one of them)"},
 		{"registries:\n  credentials:\n    ghcr.io: {password: p}", "agent.yaml:5: registries.credentials.ghcr.io.username: required"},
 		{"registries:\n  credentials:\n    ghcr.io: {username: a, password: p, password_file: /f}", "agent.yaml:5: registries.credentials.ghcr.io: needs password or password_file (one of them)"},
-		{"registries:\n  credentials:\n    ghcr.io: {username: a, pasword: p}", "agent.yaml:5: registries.credentials.ghcr.io.pasword: unknown key"},
+		{"registries:\n  credentials:\n    ghcr.io: {username: a, pasword: p}", "agent.yaml:5: registries.credentials.ghcr.io.pasword: unknown key; did you mean registries.credentials.ghcr.io.password?"},
 		// Unknown and repeated keys.
-		{"max_concurent_builds: 2", "agent.yaml:3: max_concurent_builds: unknown key"},
-		{"build_limits:\n  memroy: 1G", "agent.yaml:4: build_limits.memroy: unknown key"},
+		{"max_concurent_builds: 2", "agent.yaml:3: max_concurent_builds: unknown key; did you mean max_concurrent_builds?"},
+		{"build_limits:\n  memroy: 1G", "agent.yaml:4: build_limits.memroy: unknown key; did you mean build_limits.memory?"},
+		{"colour: blue", "agent.yaml:3: colour: unknown key"},
 		{"arch: x86_64\narch: aarch64", "re:agent.yaml:4: arch: (set twice|mapping key \"arch\" already defined.*)"},
 		{"key: [unclosed", "re:^agent.yaml:[0-9]+: did not find expected .*"},
 		{"\tbad: indent", "re:^agent.yaml:[0-9]+: found a tab character that violates indentation$"},
@@ -304,13 +312,16 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_BUILD_LIMITS_CPU_WEIGHT":  "200",
 		"VIETER_BUILD_LIMITS_TMP":         "64MiB",
 		"VIETER_BUILD_LIMITS_LOG":         "16MiB",
+		"VIETER_BUILD_LIMITS_DISK":        "30GiB",
 		"VIETER_PACMAN_CACHE_ENABLED":     "true",
 		"VIETER_PACMAN_CACHE_DIR":         "/pc",
+		"VIETER_PACMAN_CACHE_MAX_SIZE":    "2GiB",
 		"VIETER_BUILDER_PACKAGES":         "base-devel, git,cmake",
 		"VIETER_PACMAN_MIRRORS":           "https://m1/$repo/os/$arch,https://m2/$repo/os/$arch",
 		"VIETER_REGISTRIES_INSECURE":      "r1:5000,r2",
 		"VIETER_REGISTRIES_CA_FILE":       "/ca.pem",
 		"VIETER_REGISTRIES_DOCKER_CONFIG": "/dc.json",
+		"VIETER_AGENT_NAME":               "build-02",
 	}
 	// The file's values are all overridden.
 	file := minimal + "arch: x86_64\nmax_concurrent_builds: 8\nbuild_limits: {memory: 1G}\n"
@@ -321,11 +332,11 @@ func TestConfigEnv(t *testing.T) {
 	want := Config{
 		Address: "http://10.0.0.2:8000", APIKey: "from-file-key", Arch: "aarch64", DataDir: "/data", MaxConcurrentBuilds: 3,
 		PollingFrequency: Duration(5 * time.Second), ImageRebuildFrequency: Duration(30 * time.Minute), LogLevel: "INFO",
-		LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
+		AgentName: "build-02", LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
-		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20},
-		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc"}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
+		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20, Disk: 30 << 30},
+		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc", MaxSize: 2 << 30}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		PacmanMirrors: []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
 		Registries:    Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
 	}
@@ -436,7 +447,7 @@ func TestConfigHelpers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(c.PollOptions()); n != 11 {
+	if n := len(c.PollOptions()); n != 13 {
 		t.Errorf("%d poll options", n)
 	}
 	opts, err := c.OCIOptions()

@@ -113,7 +113,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		return errors.New("this vagent binary has no build executor")
 	}
 	m := metrics.New()
-	if err := m.SetBuildInfo(version, commit); err != nil {
+	if err := m.SetBuildInfo(version, commit, cfg.AgentName); err != nil {
 		return err
 	}
 	client, err := cfg.Client()
@@ -132,7 +132,31 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			}
 		}()
 	}
-	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(m), poll.WithDataDirLock(lock))...)
+	// The data dir's id range, recorded by the executor's sandbox.
+	var idRange string
+	if ir, err := resolveIDRange(cfg.DataDir, cfg, false, log); err == nil && os.Geteuid() == 0 {
+		idRange = ir.String()
+	}
+	// The start line waits for the server's first answer: until then a
+	// wrong address or api_key must not look like a running agent.
+	configName := config
+	if configName == "" {
+		configName = "(VIETER_* variables)"
+	}
+	metricsAddr := cfg.MetricsAddress
+	if metricsAddr == "" {
+		metricsAddr = "off"
+	}
+	obs := &startObserver{Observer: m, log: log, onFirst: func() {
+		start := logrus.Fields{"version": version, "config": configName, "server": cfg.Address, "arch": cfg.Arch,
+			"slots": cfg.MaxConcurrentBuilds, "agent": cfg.AgentName, "poll_interval": cfg.PollingFrequency.D(),
+			"metrics_address": metricsAddr, "data_dir": cfg.DataDir}
+		if idRange != "" {
+			start["id_range"] = idRange
+		}
+		logLifecycle(env.log, start, "vagent running")
+	}}
+	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(obs), poll.WithDataDirLock(lock))...)
 	if err != nil {
 		return err
 	}
@@ -188,13 +212,8 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		}
 	})
 	defer endSignals()
-	start := logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
-		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}
-	if ir, err := resolveIDRange(cfg.DataDir, cfg, false, log); err == nil && os.Geteuid() == 0 {
-		start["id_range"] = ir.String() // recorded by the executor's sandbox
-	}
-	logLifecycle(env.log, start, "vagent running")
-	if err := sdNotify("READY=1"); err != nil {
+	log.WithFields(logrus.Fields{"server": cfg.Address, "agent": cfg.AgentName}).Info("vagent started: polling the server")
+	if err := sdNotify("READY=1\nSTATUS=polling " + cfg.Address + ": no answer yet"); err != nil {
 		log.WithError(err).Warn("telling the service manager")
 	}
 	if err := agent.Run(ctx); err != nil {

@@ -11,8 +11,7 @@
 #   VAGENT_JOBS    N of MAKEFLAGS=-jN
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
-# by the agent from validated values), pacman (pacman serialised on the shared package
-# cache, also makepkg's $PACMAN), this script, git-credential (git's
+# by the agent from validated values), this script, git-credential (git's
 # credential helper), credentials when the job's URL had a user or password
 # (two lines, readable by root only: the agent took them out of
 # VAGENT_URL, since every host user can read command lines), and two FIFOs:
@@ -73,7 +72,7 @@ if [[ ${1-} != --builder ]]; then
 		step tee -a /etc/pacman.conf '<' "$f"
 		tee -a /etc/pacman.conf <"$f" || exit
 	done
-	run "$ctl/pacman" -Syu --needed --noconfirm || exit
+	run pacman -Syu --needed --noconfirm || exit
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
@@ -141,7 +140,7 @@ if [[ -n $VAGENT_PATH ]]; then
 fi
 run cd -- "$dir" || exit
 
-export PACMAN=$ctl/pacman PKGDEST=/build/out
+export PKGDEST=/build/out
 mkdir -p /build/out || exit
 run makepkg --nobuild --syncdeps --needed --noconfirm || exit
 step srcinfo
