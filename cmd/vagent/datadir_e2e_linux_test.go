@@ -260,6 +260,9 @@ func TestOneDataDirManyProcesses(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(oldPkg, "old-1-1-any.pkg.tar.zst"), []byte("old"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(filepath.Join(oldPkg, ".vagent.lock"), nil, 0o644); err != nil { // its pacman wrapper's
+		t.Fatal(err)
+	}
 	for _, p := range []string{oldPkg, filepath.Join(oldPkg, "old-1-1-any.pkg.tar.zst")} {
 		if err := os.Chown(p, 100000, 100000); err != nil {
 			t.Fatal(err)
