@@ -231,14 +231,7 @@ func TestOneDataDirManyProcesses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	dir, err := os.MkdirTemp("", "vagent-datadir-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := sandboxtest.Dir(t) // builds resolve paths below it as mapped users
 	data := filepath.Join(dir, "data")
 
 	// The host as the agent sees it: a Debian VM's first user.

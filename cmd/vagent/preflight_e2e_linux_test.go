@@ -20,6 +20,7 @@ import (
 
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 // nobody is the uid and gid of the unprivileged user the preflight tests
@@ -30,14 +31,7 @@ const nobody = 65534
 // where uid may run it and returns its path.
 func binaryFor(t *testing.T, uid int) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "vagent-bin-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := sandboxtest.Dir(t) // every user may traverse it
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -64,14 +58,7 @@ func binaryFor(t *testing.T, uid int) string {
 // ownedDir returns a new directory owned by uid, which uid can reach.
 func ownedDir(t *testing.T, uid int) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "vagent-unpriv-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := sandboxtest.Dir(t)
 	if err := os.Chown(dir, uid, uid); err != nil {
 		t.Fatal(err)
 	}
