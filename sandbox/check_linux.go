@@ -17,7 +17,8 @@ import (
 // CheckHost probes whether this host can run sandboxes with the given
 // options and data directory, and returns one Requirement per item:
 // kernel, privileges, user namespaces, id range, overlayfs, idmapped
-// lower, cgroups, build limits, seccomp and disk space. It mounts and
+// lower, cgroups, build limits, isolated network, seccomp and disk space.
+// It makes and removes an isolated network as a run does, mounts and
 // removes a test overlay under dataDir (created if missing) and, as root,
 // runs what a build runs: a Manager on a directory under dataDir creates
 // a build cgroup with the default limits (WithDefaultLimits; a limit on
@@ -73,6 +74,11 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 			f.limits, f.limitsErr = probeLimits(context.Background(), dataDir, probedLimits(o.limits),
 				append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
 		}
+	}
+	if f.freeErr == nil {
+		f.network, f.networkErr = probeNetwork(context.Background(), dataDir, o)
+	} else {
+		f.networkErr = fmt.Errorf("not tried: %w", f.freeErr)
 	}
 	return evaluate(f), nil
 }
@@ -139,7 +145,7 @@ func probeOverlay(dir string, usernsFD *os.File) (overlayErr, idmapErr error) {
 		return err, err
 	}
 	defer os.RemoveAll(tmp)
-	d := newRunDirs(tmp, "probe")
+	d := newRunDirs(tmp, tmp, "probe")
 	for _, p := range []string{d.base, d.lower, d.upper, d.work, d.rootfs, filepath.Join(tmp, "image")} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return err, err

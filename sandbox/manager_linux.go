@@ -23,6 +23,7 @@ type Manager struct {
 	stateDir string // libcontainer state root
 	runsDir  string // per-run directories
 	keptDir  string // kept uppers handed to callers
+	netnsDir string // network namespaces of isolated runs, bind-mounted
 
 	rootless         bool
 	cg               *cgroupSetup // where run cgroups go, what they can limit
@@ -73,6 +74,7 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		stateDir: filepath.Join(abs, "state"),
 		runsDir:  filepath.Join(abs, "runs"),
 		keptDir:  filepath.Join(abs, "kept"),
+		netnsDir: filepath.Join(abs, "netns"),
 		rootless: os.Geteuid() != 0,
 		idSize:   o.idSize,
 	}
@@ -142,6 +144,11 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		return nil, err
 	}
 	if err := privateDir(m.keptDir, os.Geteuid(), os.Getegid()); err != nil {
+		return nil, err
+	}
+	// netns/ holds the runs' network namespaces: root's, so that pasta,
+	// which runs as root without CAP_DAC_OVERRIDE, can open them.
+	if err := privateDir(m.netnsDir, os.Geteuid(), os.Getegid()); err != nil {
 		return nil, err
 	}
 	// The init process resolves runs/<id>/rootfs as the mapped root, which

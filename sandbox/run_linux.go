@@ -24,7 +24,8 @@ type run struct {
 	dirs   runDirs
 	log    logrus.FieldLogger
 	c      *libcontainer.Container
-	mounts bool // rootfs mounts may exist
+	mounts bool    // rootfs mounts may exist
+	net    *runNet // the isolated network
 
 	teardownOnce sync.Once
 	teardownErr  error
@@ -56,6 +57,11 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) 
 		if !spec.ReadOnly {
 			return nil, fmt.Errorf("overlay root filesystem (use Spec.ReadOnly): %w", ErrRootless)
 		}
+		if spec.Network == NetworkIsolated {
+			// The network namespace would be container root's, who could
+			// then undo its refusals.
+			return nil, fmt.Errorf("isolated network (use NetworkNone or NetworkHost): %w", ErrRootless)
+		}
 	}
 	if !m.rootless {
 		if err := m.cg.checkLimits(limits); err != nil {
@@ -72,7 +78,7 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) 
 	id := newID()
 	r := &run{
 		m: m, spec: &spec, id: id,
-		dirs: newRunDirs(m.runsDir, id),
+		dirs: newRunDirs(m.runsDir, m.netnsDir, id),
 		log:  m.opts.log.WithField("container", id),
 	}
 	// Covers every early return and panics; the normal path tears down
@@ -96,7 +102,14 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 	if m.rootless {
 		rootfs = spec.Lower
 	}
-	cfg := m.containerConfig(spec, r.id, rootfs, limits)
+	if spec.Network == NetworkIsolated {
+		n, err := m.setupNetwork(ctx, spec, r.dirs, r.log)
+		if err != nil {
+			return nil, fmt.Errorf("setting up the isolated network: %w", err)
+		}
+		r.net = n
+	}
+	cfg := m.containerConfig(spec, r.dirs, r.id, rootfs, limits)
 	c, err := libcontainer.Create(m.stateDir, r.id, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating container: %w", err)
@@ -231,6 +244,11 @@ func (r *run) doTeardown() error {
 	if r.c != nil {
 		if err := r.c.Destroy(); err != nil {
 			errs = append(errs, fmt.Errorf("destroying container: %w", err))
+		}
+	}
+	if r.net != nil {
+		if err := r.net.close(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if !r.mounts {
