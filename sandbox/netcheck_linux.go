@@ -59,13 +59,16 @@ func probeNetwork(ctx context.Context, dir string, o options) (string, error) {
 		}
 		return "", err
 	}
+	err = n.waitReady(ctx)
 	took := time.Since(start)
 	var links []string
-	err = inNetns(n.nsPath, func() error {
-		var err error
-		links, err = nsLinks()
-		return err
-	})
+	if err == nil {
+		err = inNetns(n.nsPath, func() error {
+			var err error
+			links, err = nsLinks()
+			return err
+		})
+	}
 	if cerr := n.close(); err == nil {
 		err = cerr
 	}

@@ -30,10 +30,6 @@ const (
 	resolvFile   = "resolv.conf" // the run's /etc/resolv.conf
 )
 
-// hostResolvConf is the resolver configuration an isolated run gets, and
-// whose loopback name servers it gets forwards for.
-var hostResolvConf = "/etc/resolv.conf"
-
 // maxResolvConf bounds the host's resolv.conf that is read.
 const maxResolvConf = 64 << 10
 
@@ -112,7 +108,7 @@ func (m *Manager) planNetwork(ctx context.Context, spec *Spec) (*netPlan, error)
 		}
 	}
 	// DNS: the name servers of the run's resolv.conf, over UDP and TCP.
-	resolv, servers := readResolvConf(hostResolvConf)
+	resolv, servers := readResolvConf(m.opts.resolvConf)
 	p.resolv = resolv
 	for _, ns := range servers {
 		for _, udp := range []bool{true, false} {
@@ -226,7 +222,9 @@ func (m *Manager) setupNetwork(ctx context.Context, spec *Spec, d runDirs, log l
 		n.lst = nil
 		return n, nil
 	}
-	p, err := m.startPasta(ctx, n.nsPath, filepath.Join(d.base, pastaPidFile))
+	// Not waited for here: pasta configures the namespace while the
+	// container is created (waitReady).
+	p, err := m.startPasta(n.nsPath, filepath.Join(d.base, pastaPidFile))
 	if err != nil {
 		return nil, err
 	}
@@ -234,6 +232,26 @@ func (m *Manager) setupNetwork(ctx context.Context, spec *Spec, d runDirs, log l
 	n.fwd = startForwarder(n.lst, log)
 	n.lst = nil
 	return n, nil
+}
+
+// waitReady waits until pasta has configured the namespace (at once when
+// the network was cut meanwhile).
+func (n *runNet) waitReady(ctx context.Context) error {
+	n.mu.Lock()
+	p := n.pasta
+	n.mu.Unlock()
+	if p == nil {
+		return nil
+	}
+	err := p.waitReady(ctx)
+	if err != nil {
+		n.mu.Lock()
+		if n.cut {
+			err = nil // Cut killed it
+		}
+		n.mu.Unlock()
+	}
+	return err
 }
 
 // cutNetwork takes the run's network away (NetworkControl.Cut).
@@ -271,15 +289,16 @@ func (n *runNet) cutNetwork() error {
 	return nil
 }
 
-// close stops the forwards and pasta and unmounts the namespace. It is
-// called once, after the container is gone.
-func (n *runNet) close() error {
+// shutdown ends the network: the forwards close and pasta gets SIGKILL,
+// but is not waited for (close does). The run's processes are gone or
+// going. It may be called more than once.
+func (n *runNet) shutdown() error {
 	if n.ctl != nil {
 		n.ctl.detach()
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	var errs []error
+	n.cut = true
 	if n.lst != nil {
 		n.lst.close()
 		n.lst = nil
@@ -289,9 +308,22 @@ func (n *runNet) close() error {
 		n.fwd = nil
 	}
 	if n.pasta != nil {
-		if err := n.pasta.stop(); err != nil {
-			errs = append(errs, err)
-		}
+		return n.pasta.kill()
+	}
+	return nil
+}
+
+// close shuts the network down, waits for pasta to exit and unmounts the
+// namespace. It is called once, after the container is gone.
+func (n *runNet) close() error {
+	var errs []error
+	if err := n.shutdown(); err != nil {
+		errs = append(errs, err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.pasta != nil {
+		<-n.pasta.done
 		n.pasta = nil
 	}
 	if n.mounted {

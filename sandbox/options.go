@@ -24,6 +24,9 @@ type options struct {
 	tmpSize      int64
 	netDeny      []netip.Prefix
 	pasta        string
+	// resolvConf is the resolver configuration isolated runs get, and
+	// whose name servers they reach (tests change it).
+	resolvConf string
 }
 
 // DefaultTmpSize is the default size of a run's /tmp tmpfs (see
@@ -34,13 +37,14 @@ func defaultOptions() options {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	return options{
-		log:     l,
-		uidBase: 100000,
-		idSize:  65536,
-		userns:  true,
-		seccomp: true,
-		grace:   time.Second,
-		tmpSize: DefaultTmpSize,
+		log:        l,
+		uidBase:    100000,
+		idSize:     65536,
+		userns:     true,
+		seccomp:    true,
+		grace:      time.Second,
+		tmpSize:    DefaultTmpSize,
+		resolvConf: "/etc/resolv.conf",
 	}
 }
 

@@ -44,6 +44,7 @@ func pastaArgs(nsPath string) []string {
 type pasta struct {
 	cmd    *exec.Cmd
 	done   chan struct{} // closed once the process was waited for
+	ready  chan error    // the pid pipe's verdict: nil once pasta is ready
 	stderr *boundedBuffer
 }
 
@@ -60,10 +61,10 @@ func (m *Manager) pastaBinary() (string, error) {
 	return p, nil
 }
 
-// startPasta starts pasta for the namespace at nsPath and returns once it
-// configured the namespace. Its pid is written to pidPath for the recovery
-// after a crash of the agent.
-func (m *Manager) startPasta(ctx context.Context, nsPath, pidPath string) (_ *pasta, retErr error) {
+// startPasta starts pasta for the namespace at nsPath; waitReady tells
+// when it has configured the namespace. Its pid is written to pidPath for
+// the recovery after a crash of the agent.
+func (m *Manager) startPasta(nsPath, pidPath string) (_ *pasta, retErr error) {
 	bin, err := m.pastaBinary()
 	if err != nil {
 		return nil, err
@@ -72,8 +73,7 @@ func (m *Manager) startPasta(ctx context.Context, nsPath, pidPath string) (_ *pa
 	if err != nil {
 		return nil, err
 	}
-	defer pr.Close()
-	p := &pasta{done: make(chan struct{}), stderr: &boundedBuffer{max: 4096}}
+	p := &pasta{done: make(chan struct{}), ready: make(chan error, 1), stderr: &boundedBuffer{max: 4096}}
 	p.cmd = exec.Command(bin, pastaArgs(nsPath)...)
 	p.cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	p.cmd.Stderr = p.stderr
@@ -84,46 +84,49 @@ func (m *Manager) startPasta(ctx context.Context, nsPath, pidPath string) (_ *pa
 	err = startLongLived(p.cmd)
 	pw.Close()
 	if err != nil {
+		pr.Close()
 		return nil, fmt.Errorf("%w: starting pasta: %w", ErrNetworkUnavailable, err)
 	}
 	go func() {
 		_ = p.cmd.Wait()
 		close(p.done)
 	}()
-	defer func() {
-		if retErr != nil {
-			_ = p.stop()
-		}
-	}()
-	if err := os.WriteFile(pidPath, []byte(strconv.Itoa(p.cmd.Process.Pid)+"\n"), 0o600); err != nil {
-		return nil, err
-	}
-	ready := make(chan error, 1)
 	go func() {
+		defer pr.Close()
 		line, err := bufio.NewReader(pr).ReadString('\n')
 		if err == nil && strings.TrimSpace(line) == "" {
 			err = errors.New("empty pid")
 		}
-		ready <- err
+		p.ready <- err
 	}()
+	if err := os.WriteFile(pidPath, []byte(strconv.Itoa(p.cmd.Process.Pid)+"\n"), 0o600); err != nil {
+		_ = p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// waitReady waits until pasta has configured the namespace.
+func (p *pasta) waitReady(ctx context.Context) error {
 	t := time.NewTimer(pastaReadyTimeout)
 	defer t.Stop()
 	select {
-	case err := <-ready:
+	case err := <-p.ready:
+		p.ready <- err // for a later call
 		if err == nil {
-			return p, nil
+			return nil
 		}
 		select {
 		case <-p.done:
 		case <-t.C:
 		}
-		return nil, fmt.Errorf("%w: pasta failed: %s", ErrNetworkUnavailable, p.reason())
+		return fmt.Errorf("%w: pasta failed: %s", ErrNetworkUnavailable, p.reason())
 	case <-p.done:
-		return nil, fmt.Errorf("%w: pasta failed: %s", ErrNetworkUnavailable, p.reason())
+		return fmt.Errorf("%w: pasta failed: %s", ErrNetworkUnavailable, p.reason())
 	case <-t.C:
-		return nil, fmt.Errorf("%w: pasta did not set up the network within %s", ErrNetworkUnavailable, pastaReadyTimeout)
+		return fmt.Errorf("%w: pasta did not set up the network within %s", ErrNetworkUnavailable, pastaReadyTimeout)
 	case <-ctx.Done():
-		return nil, fmt.Errorf("not started: %w", ctx.Err())
+		return fmt.Errorf("not started: %w", ctx.Err())
 	}
 }
 
@@ -147,9 +150,8 @@ func (p *pasta) reason() string {
 	return state + ": " + strings.Join(lines, "; ")
 }
 
-// stop kills pasta and waits for it: once it returned, pasta's interface
-// is gone from the namespace (it goes with pasta's descriptor of it).
-func (p *pasta) stop() error {
+// kill sends pasta SIGKILL, without waiting for it to exit.
+func (p *pasta) kill() error {
 	select {
 	case <-p.done:
 		return nil
@@ -158,8 +160,15 @@ func (p *pasta) stop() error {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("killing pasta: %w", err)
 	}
-	<-p.done
 	return nil
+}
+
+// stop kills pasta and waits for it: once it returned, pasta's interface
+// is gone from the namespace (it goes with pasta's descriptor of it).
+func (p *pasta) stop() error {
+	err := p.kill()
+	<-p.done
+	return err
 }
 
 // spawner is a goroutine locked to a thread that never exits. The kernel

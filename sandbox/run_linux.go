@@ -140,7 +140,15 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		UID: int(spec.UID), GID: int(spec.GID), AdditionalGroups: groups,
 		Cwd: dir, Stdout: pw, Stderr: pw, Init: true,
 	}
-	err = c.Run(p)
+	// The container is created and its init started while pasta sets up
+	// the isolated network; the command runs once both are done.
+	err = c.Start(p)
+	if err == nil && r.net != nil {
+		err = r.net.waitReady(ctx)
+	}
+	if err == nil {
+		err = c.Exec()
+	}
 	pw.Close()
 	if err != nil {
 		if code, ok := execFailure(err); ok {
@@ -241,6 +249,12 @@ func (r *run) teardown() error {
 
 func (r *run) doTeardown() error {
 	var errs []error
+	if r.net != nil {
+		// pasta exits while the container is destroyed (close waits).
+		if err := r.net.shutdown(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if r.c != nil {
 		if err := r.c.Destroy(); err != nil {
 			errs = append(errs, fmt.Errorf("destroying container: %w", err))
