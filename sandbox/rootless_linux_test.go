@@ -30,8 +30,11 @@ func TestHelperRootless(t *testing.T) {
 	}
 	defer m.Close()
 	var out bytes.Buffer
+	// The isolated network needs a namespace container root does not own.
+	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], ReadOnly: true, Args: []string{"true"}})
+	fmt.Printf("ISOLATED %v\n", err)
 	res, err := m.Run(context.Background(), sandbox.Spec{
-		Lower: f[1], ReadOnly: true, Env: pathEnv, Output: &out, Hostname: "rootless",
+		Lower: f[1], ReadOnly: true, Env: pathEnv, Output: &out, Hostname: "rootless", Network: sandbox.NetworkNone,
 		Args: []string{"sh", "-c", `echo "$(id -u) $(hostname) $(cat /proc/self/uid_map | tr -s ' ')"; echo x > /tmp/y && cat /tmp/y; touch /x 2>/dev/null || echo ro`},
 	})
 	if err != nil {
@@ -39,7 +42,7 @@ func TestHelperRootless(t *testing.T) {
 	}
 	fmt.Printf("RESULT %d\n%s", res.ExitCode, out.String())
 	// A build's sandbox: an overlay root filesystem, as build runs it.
-	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], Args: []string{"true"}})
+	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], Args: []string{"true"}, Network: sandbox.NetworkNone})
 	fmt.Printf("OVERLAY %v\n", err)
 	reqs, err := sandbox.CheckHost(filepath.Join(f[0], "check"))
 	if err != nil {
@@ -57,7 +60,7 @@ func TestHelperRootless(t *testing.T) {
 // TestRootless runs the test binary as nobody and checks that a rootless
 // Manager runs a read-only container as container root mapped to nobody,
 // and refuses what rootless mode cannot do — a build's overlay root
-// filesystem among it — and that CheckHost (`vagent check`) says so: its
+// filesystem and the isolated network among it — and that CheckHost (`vagent check`) says so: its
 // verdict matches what a build does.
 func TestRootless(t *testing.T) {
 	needRoot(t) // to become nobody
@@ -98,8 +101,9 @@ func TestRootless(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rootless helper: %v\n%s", err, out)
 	}
-	want := "RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n" +
-		"CHECK missing: privileges\n"
+	want := "ISOLATED isolated network (use NetworkNone or NetworkHost): not supported when running as a non-root user\n" +
+		"RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n" +
+		"CHECK missing: privileges, isolated network\n"
 	if !strings.Contains(string(out), want) {
 		t.Errorf("rootless helper output:\n%s\nwant it to contain:\n%s", out, want)
 	}
