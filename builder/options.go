@@ -42,7 +42,7 @@ var DefaultPackages = []string{"base-devel", "git"}
 
 func defaultOptions() *options {
 	return &options{
-		log:          discardLogger(),
+		log:          silentLogger(),
 		maxAge:       DefaultMaxAge,
 		packages:     DefaultPackages,
 		setupTimeout: DefaultSetupTimeout,
@@ -51,18 +51,18 @@ func defaultOptions() *options {
 	}
 }
 
-func discardLogger() logrus.FieldLogger {
+func silentLogger() logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	l.SetLevel(logrus.PanicLevel)
 	return l
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			l = discardLogger()
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

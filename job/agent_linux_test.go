@@ -115,7 +115,7 @@ func TestConcurrentBuildsShareCache(t *testing.T) {
 			defer wg.Done()
 			url := serveFile(t, pkgbuild(fmt.Sprintf("user%d", i), "1", "1", "depends=(bigdep)"))
 			r, log := runJob(t, b, poll.Job{TargetID: 20 + i, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
-			if r.Status != poll.ResultSuccess || !strings.Contains(log, "installing bigdep") {
+			if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing bigdep") {
 				t.Errorf("build %d: %s\n%s", i, r.Reason, log)
 			}
 		}()

@@ -81,15 +81,15 @@ func BenchmarkBuildOverhead(b *testing.B) {
 	url := serveFile(b, pb)
 	bl := newBuilder(b, e)
 	j := poll.Job{TargetID: 99, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base, Force: true}
-	if r, log := runJob(b, bl, j); r.Status != poll.ResultSuccess {
+	if r, log := runJob(b, bl, j); r.Result != poll.ResultSuccess {
 		b.Fatalf("warm-up: %s\n%s", r.Reason, log)
 	}
 	var totals, makepkgs, overheads []time.Duration
 	for range b.N {
 		for i := 0; i < rounds; i++ {
 			log := newStampLog("+ MAKEFLAGS=", "==> Finished making:")
-			r := bl.Build(b.Context(), j, log)
-			if r.Status != poll.ResultSuccess {
+			r := build(b.Context(), bl, j, "", poll.DefaultLogLimit, log)
+			if r.Result != poll.ResultSuccess {
 				b.Fatalf("round %d: %s\n%s", i, r.Reason, log.buf.String())
 			}
 			mk, ok := log.span("+ MAKEFLAGS=", "==> Finished making:")

@@ -12,7 +12,9 @@
 //
 // # Steps
 //
-// Runner.Build follows the reference agent:
+// Runner.Run follows the reference agent, in four phases (check, prepare,
+// sandbox, collect: see run_linux.go), each of which ends the build in one
+// way and releases what the earlier ones acquired:
 //
 //  1. lease the builder image of the job's base_image;
 //  2. in one sandbox run of a fixed script embedded in the binary
@@ -79,8 +81,9 @@
 // it. The build applies no deadline and writes no summary: poll.RunJob owns
 // the job's deadline, classifies the outcome and writes the one footer,
 // "vagent: <why it stopped>; exit code N; took D" where why is success,
-// failure, skipped, timeout after N s or cancelled. Build and BuildDir run
-// a job through poll.RunJob themselves, for `vagent build` and tests.
+// failure, skipped, timeout after N s or cancelled. Callers enter from
+// above: the agent's slots run Execute (poll.Executor) through RunJob, and
+// `vagent build` runs Run through RunJob too, with the same footer.
 //
 // # The server
 //
@@ -122,7 +125,7 @@
 // # Local builds
 //
 // Without WithServer there is no skip check and nothing is published: with
-// WithOutDir the packages are copied to a directory instead. BuildDir builds
-// a local directory holding a PKGBUILD, mounted read-only into the
-// container and copied there. This is `vagent build`.
+// WithOutDir the packages are copied to a directory instead. Run with a
+// source directory builds a local directory holding a PKGBUILD, mounted
+// read-only into the container and copied there. This is `vagent build`.
 package job

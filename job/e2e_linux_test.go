@@ -187,8 +187,8 @@ func TestFailingBuild(t *testing.T) {
 		`build() { echo "output before the failure"; echo "on stderr" >&2; return 3; }`, 1))
 	repo := newRepo()
 	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 5, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
-	if r.Status != poll.ResultFailure || r.ExitCode == 0 {
-		t.Fatalf("status %s exit %d, want a failure:\n%s", r.Status, r.ExitCode, log)
+	if r.Result != poll.ResultFailure || r.ExitCode == 0 {
+		t.Fatalf("status %s exit %d, want a failure:\n%s", r.Result, r.ExitCode, log)
 	}
 	for _, want := range []string{"+ makepkg --nobuild", "output before the failure", "on stderr", "A failure occurred in build()"} {
 		if !strings.Contains(log, want) {

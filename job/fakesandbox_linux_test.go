@@ -37,6 +37,8 @@ type script struct {
 	// block makes the build run until its context is done, as a build
 	// that runs into the job's timeout does.
 	block bool
+	// panics makes Run panic before it starts anything.
+	panics bool
 }
 
 // lengthPrefixed is what build.sh writes into the srcinfo FIFO: the
@@ -110,6 +112,9 @@ func (f *fakeSandbox) Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Resu
 	f.mu.Unlock()
 	if f.script.runErr != nil {
 		return nil, f.script.runErr
+	}
+	if f.script.panics {
+		panic("fake sandbox: panic in Run")
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("not started: %w", err)

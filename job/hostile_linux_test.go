@@ -309,8 +309,8 @@ func TestHostileBuilds(t *testing.T) {
 		if !strings.Contains(log, "flood written") {
 			t.Fatalf("the flood was not written:\n%s", log)
 		}
-		if r.Status != poll.ResultFailure || !strings.Contains(log, "unreadable .SRCINFO") {
-			t.Errorf("status %s (%s), want a failure for an unreadable .SRCINFO:\n%s", r.Status, r.Reason, log)
+		if r.Result != poll.ResultFailure || !strings.Contains(log, "unreadable .SRCINFO") {
+			t.Errorf("status %s (%s), want a failure for an unreadable .SRCINFO:\n%s", r.Result, r.Reason, log)
 		}
 		grew := int64(peak.Load()) - int64(base)
 		t.Logf("agent heap in use: %d MiB before, peak %d MiB during a 256 MiB flood", base>>20, peak.Load()>>20)
@@ -325,10 +325,10 @@ func TestHostileBuilds(t *testing.T) {
 		t.Parallel()
 		script := `	head -c 268435456 /dev/zero | tr '\0' A
 	echo "flood done"`
-		b := newBuilder(t, e, job.WithLogLimit(1<<20))
-		r, log := runJob(t, b, poll.Job{TargetID: 60, Kind: "url", URL: serveFile(t, hostileScript("logflood", script)), Repo: newRepo(), BaseImage: e.base})
-		if r.Status != poll.ResultSuccess {
-			t.Fatalf("status %s (%s), want success; log tail:\n%s", r.Status, r.Reason, log[max(0, len(log)-2000):])
+		b := newBuilder(t, e)
+		r, log := runJobLimited(t, b, poll.Job{TargetID: 60, Kind: "url", URL: serveFile(t, hostileScript("logflood", script)), Repo: newRepo(), BaseImage: e.base}, 1<<20)
+		if r.Result != poll.ResultSuccess {
+			t.Fatalf("status %s (%s), want success; log tail:\n%s", r.Result, r.Reason, log[max(0, len(log)-2000):])
 		}
 		if !strings.Contains(log, "vagent: the build's output exceeded the log limit of 1048576 bytes") {
 			t.Errorf("no truncation line in the log's %d bytes", len(log))
@@ -400,10 +400,10 @@ func TestHostileBuilds(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		w := newLogWatch("Resource temporarily unavailable")
-		type result struct{ r *job.Result }
-		done := make(chan result, 1)
+		type ended struct{ r result }
+		done := make(chan ended, 1)
 		go func() {
-			done <- result{b.Build(ctx, poll.Job{TargetID: 55, Kind: "url", URL: serveFile(t, hostileScript("bomb", script)), Repo: newRepo(), BaseImage: e.base, Timeout: 600}, w)}
+			done <- ended{build(ctx, b, poll.Job{TargetID: 55, Kind: "url", URL: serveFile(t, hostileScript("bomb", script)), Repo: newRepo(), BaseImage: e.base, Timeout: 600}, "", poll.DefaultLogLimit, w)}
 		}()
 		select {
 		case <-w.seen:
@@ -423,8 +423,8 @@ func TestHostileBuilds(t *testing.T) {
 		t.Logf("host processes and a request took %s during the bomb", time.Since(start).Round(time.Millisecond))
 		cancel()
 		res := <-done
-		if res.r.Status != poll.ResultCancelled {
-			t.Errorf("status %s (%s), want cancelled", res.r.Status, res.r.Reason)
+		if res.r.Result != poll.ResultCancelled {
+			t.Errorf("status %s (%s), want cancelled", res.r.Result, res.r.Reason)
 		}
 	})
 
@@ -503,7 +503,7 @@ func TestHostileBuilds(t *testing.T) {
 				defer wg.Done()
 				r, log := runJob(t, b, poll.Job{TargetID: 57 + i, Kind: "url", URL: serveFile(t, hostileScript("slot"+string(rune('a'+i)), script)), Repo: newRepo(), BaseImage: e.base})
 				logs[i] = log
-				if r.Status != poll.ResultSuccess {
+				if r.Result != poll.ResultSuccess {
 					t.Errorf("build %d: %s\n%s", i, r.Reason, log)
 				}
 			}()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -199,20 +200,54 @@ func serverClient(t testing.TB, address string) *vieter.Client {
 	return c
 }
 
+// result is how a job ended, as poll.RunJob reports it, and what the
+// build produced.
+type result struct {
+	poll.Report
+	job.Built
+}
+
+// build runs j with b from above, as `vagent build` and an agent's slot
+// do: poll.RunJob owns the deadline (the job's timeout or
+// poll.DefaultTimeout), the log limit (logLimit, 0 for none) and the
+// footer; b.Run builds, from srcDir when it is not "".
+func build(ctx context.Context, b *job.Runner, j poll.Job, srcDir string, logLimit int64, log io.Writer) result {
+	var built *job.Built
+	rep := poll.RunJob(ctx, poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
+		var (
+			out poll.Outcome
+			err error
+		)
+		built, out, err = b.Run(ctx, j, srcDir, log)
+		return out, err
+	}), j, poll.DefaultTimeout, logLimit, log)
+	r := result{Report: rep}
+	if built != nil {
+		r.Built = *built
+	}
+	return r
+}
+
 // runJob builds job and returns the result and the log.
-func runJob(t testing.TB, b *job.Runner, j poll.Job) (*job.Result, string) {
+func runJob(t testing.TB, b *job.Runner, j poll.Job) (result, string) {
+	t.Helper()
+	return runJobLimited(t, b, j, poll.DefaultLogLimit)
+}
+
+// runJobLimited is runJob with a log limit of logLimit bytes.
+func runJobLimited(t testing.TB, b *job.Runner, j poll.Job, logLimit int64) (result, string) {
 	t.Helper()
 	var log sandboxtest.Buffer
-	r := b.Build(t.Context(), j, &log)
+	r := build(t.Context(), b, j, "", logLimit, &log)
 	t.Logf("%s: %s (exit %d) in %s", j.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
 	return r, log.String()
 }
 
 // wantStatus fails t unless r has the status and exit code.
-func wantStatus(t testing.TB, r *job.Result, log string, status poll.Result, code int) {
+func wantStatus(t testing.TB, r result, log string, status poll.Result, code int) {
 	t.Helper()
-	if r.Status != status || r.ExitCode != code {
-		t.Fatalf("status %s exit %d (%s), want %s exit %d; log:\n%s", r.Status, r.ExitCode, r.Reason, status, code, log)
+	if r.Result != status || r.ExitCode != code {
+		t.Fatalf("status %s exit %d (%s), want %s exit %d; log:\n%s", r.Result, r.ExitCode, r.Reason, status, code, log)
 	}
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/internal/pacman"
-	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
@@ -27,7 +26,6 @@ type options struct {
 	repos          []pacman.Repo
 	outDir         string
 	outUID, outGID int
-	defaultTimeout time.Duration
 	jobs           int
 	limits         *sandbox.Limits
 	retry          vieter.Retry
@@ -40,60 +38,35 @@ type options struct {
 	cacheSet bool
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
-	// logLimit caps the log of Build and BuildDir (poll.RunJob).
-	logLimit int64
 }
 
-// Defaults.
-const (
-	// DefaultTimeout is the build timeout of jobs without one (Vieter's
-	// default timeout).
-	DefaultTimeout = time.Hour
-	// DefaultArch is the architecture of this binary in Arch Linux terms.
-	DefaultArch = "x86_64"
-)
+// DefaultArch is the architecture of this binary in Arch Linux terms.
+const DefaultArch = "x86_64"
 
 func defaultOptions() *options {
 	return &options{
-		log:             discardLogger(),
-		arch:            archOf(runtime.GOARCH),
-		defaultTimeout:  DefaultTimeout,
+		log:             silentLogger(),
+		arch:            pacman.Arch(runtime.GOARCH),
 		jobs:            runtime.NumCPU(),
-		retry:           vieter.Retry{Attempts: 5, Min: 500 * time.Millisecond, Max: 30 * time.Second},
+		retry:           vieter.AgentRetry.Finite(5),
 		publishObserver: func(string) {},
-		logLimit:        poll.DefaultLogLimit,
 		outUID:          -1,
 		outGID:          -1,
 	}
 }
 
-// archOf maps a Go architecture to Arch Linux's name for it.
-func archOf(goarch string) string {
-	switch goarch {
-	case "amd64":
-		return "x86_64"
-	case "arm64":
-		return "aarch64"
-	case "386":
-		return "i686"
-	case "arm":
-		return "armv7h"
-	}
-	return goarch
-}
-
-func discardLogger() logrus.FieldLogger {
+func silentLogger() logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
 	l.SetLevel(logrus.PanicLevel)
 	return l
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			l = discardLogger()
+			l = silentLogger()
 		}
 		o.log = l
 		return nil
@@ -153,8 +126,8 @@ func checkServerURL(s string) (string, error) {
 // of this binary (x86_64 on amd64).
 func WithArch(arch string) Option {
 	return func(o *options) error {
-		if pacman.ValidateName(arch) != nil {
-			return fmt.Errorf("%w: arch %q", ErrBadConfig, arch)
+		if err := pacman.ValidateArch(arch); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadConfig, err)
 		}
 		o.arch = arch
 		return nil
@@ -191,18 +164,6 @@ func WithOutDir(dir string, uid, gid int) Option {
 	}
 }
 
-// WithDefaultTimeout sets the timeout of jobs whose timeout is 0.
-// Default: DefaultTimeout (1h).
-func WithDefaultTimeout(d time.Duration) Option {
-	return func(o *options) error {
-		if d <= 0 {
-			return fmt.Errorf("%w: timeout %s is not positive", ErrBadConfig, d)
-		}
-		o.defaultTimeout = d
-		return nil
-	}
-}
-
 // WithJobs sets N in MAKEFLAGS=-jN. Default: the number of CPUs.
 func WithJobs(n int) Option {
 	return func(o *options) error {
@@ -224,14 +185,16 @@ func WithLimits(l sandbox.Limits) Option {
 }
 
 // WithRetry sets how often a transient failure of a server request is
-// tried in all, and the first backoff (doubled each time, with jitter, at
-// most 30s). Default: 5 attempts, 500ms.
+// tried in all, and the first backoff (doubled each time, with jitter), of
+// the agent's retry policy made finite (vieter.AgentRetry.Finite).
+// Default: 5 attempts, 1s.
 func WithRetry(attempts int, first time.Duration) Option {
 	return func(o *options) error {
 		if attempts < 1 || first < 0 {
 			return fmt.Errorf("%w: retry %d, %s", ErrBadConfig, attempts, first)
 		}
-		o.retry = vieter.Retry{Attempts: attempts, Min: first, Max: 30 * time.Second}
+		o.retry = vieter.AgentRetry.Finite(attempts)
+		o.retry.Min = first
 		return nil
 	}
 }
@@ -257,20 +220,6 @@ func WithCacheDir(dir string) Option {
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
-		return nil
-	}
-}
-
-// WithLogLimit caps the log of a job that Build or BuildDir runs at n
-// bytes (poll.RunJob drops the rest, with a line that says so; the footer
-// follows). In the agent, poll caps the logs (poll.WithLogLimit): Execute
-// does not. Default: poll.DefaultLogLimit (64 MiB).
-func WithLogLimit(n int64) Option {
-	return func(o *options) error {
-		if n < 4096 {
-			return fmt.Errorf("%w: log limit %d below 4 KiB", ErrBadConfig, n)
-		}
-		o.logLimit = n
 		return nil
 	}
 }

@@ -23,18 +23,27 @@ import (
 )
 
 // fakeImages lends one directory as the builder of every base image, or
-// fails with err.
+// fails with err; with block set it prepares until its context ends and
+// calls onBlock first.
 type fakeImages struct {
 	rootfs   string
 	err      error
+	block    bool
+	onBlock  func()
 	acquired atomic.Int32
 	loans    atomic.Int32 // acquired and not released
 }
 
-func (im *fakeImages) Acquire(_ context.Context, base string, log io.Writer) (string, func(), error) {
+func (im *fakeImages) Acquire(ctx context.Context, base string, log io.Writer) (string, func(), error) {
 	fmt.Fprintf(log, "fake: builder of %s\n", base)
 	if im.err != nil {
 		return "", nil, im.err
+	}
+	if im.block {
+		fmt.Fprintln(log, "fake: preparing the builder until the context ends")
+		im.onBlock()
+		<-ctx.Done()
+		return "", nil, context.Cause(ctx)
 	}
 	im.acquired.Add(1)
 	im.loans.Add(1)
@@ -70,14 +79,18 @@ type outcomeRow struct {
 	script   script
 	seed     []vieterserver.PkgInfo // in the repository before the build
 	imageErr error                  // Images.Acquire fails with it
+	imageBlk bool                   // Images.Acquire blocks until the context ends
 	faults   *vieterserver.FaultConfig
-	cancel   bool // the caller cancels (poll.ErrShutdown) once the build blocks
+	cancel   bool         // the caller cancels (poll.ErrShutdown) once the build or the builder blocks
+	opts     []job.Option // more options of the Runner
+	breakDir string       // a directory of the Runner's, replaced by a file after New
 
 	status poll.Result
 	code   int
 	footer string        // exact prefix of the log's last line
 	log    []string      // the log has these too
 	ran    bool          // the sandbox was called
+	leased bool          // a builder was leased (implied by ran)
 	held   []string      // "name version" in the repository afterwards
 	posts  int           // publish requests the server got
 	took   time.Duration // the build ran at least this long
@@ -89,7 +102,7 @@ type outcome struct {
 	code     int
 	reason   string
 	took     time.Duration
-	packages []string // Build's Result.Packages
+	packages []string // Run's Built.Packages
 }
 
 // entryPoint runs a job as one of the Runner's callers does.
@@ -99,14 +112,15 @@ type entryPoint struct {
 }
 
 var entryPoints = []entryPoint{
-	// `vagent build` and Build's callers: poll.RunJob inside the Runner.
-	{"Build", func(ctx context.Context, b *job.Runner, j poll.Job, log io.Writer) outcome {
-		r := b.Build(ctx, j, log)
-		return outcome{r.Status, r.ExitCode, r.Reason, r.End.Sub(r.Start), r.Packages}
+	// `vagent build`: poll.RunJob around Runner.Run, which reports what
+	// the build produced.
+	{"Run", func(ctx context.Context, b *job.Runner, j poll.Job, log io.Writer) outcome {
+		r := build(ctx, b, j, "", poll.DefaultLogLimit, log)
+		return outcome{r.Result, r.ExitCode, r.Reason, r.End.Sub(r.Start), r.Packages}
 	}},
 	// The agent's slot: poll.RunJob with the Runner as its Executor.
 	{"Execute", func(ctx context.Context, b *job.Runner, j poll.Job, log io.Writer) outcome {
-		r := poll.RunJob(ctx, b, j, job.DefaultTimeout, poll.DefaultLogLimit, log)
+		r := poll.RunJob(ctx, b, j, poll.DefaultTimeout, poll.DefaultLogLimit, log)
 		return outcome{r.Result, r.ExitCode, r.Reason, r.End.Sub(r.Start), nil}
 	}},
 }
@@ -213,6 +227,31 @@ func TestOutcomeMatrix(t *testing.T) {
 		footer: "vagent: failure: build produced no packages in /build/out; exit code 1; took ",
 		ran:    true,
 	}, {
+		name: "cancelled while preparing the builder", script: splitBuild, imageBlk: true, cancel: true,
+		status: poll.ResultCancelled, code: poll.ExitCancelled,
+		footer: fmt.Sprintf("vagent: cancelled (%v); the job goes back to the server; exit code %d; took ", poll.ErrShutdown, poll.ExitCancelled),
+		log:    []string{"fake: preparing the builder until the context ends\n"},
+	}, {
+		name: "repository unreachable", script: splitBuild, faults: &vieterserver.FaultConfig{Rate: 1, Seed: 1, Kinds: []vieterserver.Fault{vieterserver.Fault5xx}, Routes: []string{vieterserver.RouteRepoFile}},
+		status: poll.ResultSetupError, code: poll.ExitSetupError,
+		footer: "vagent: checking the repository: HEAD ",
+		leased: true,
+	}, {
+		name: "control directory unusable", script: splitBuild, breakDir: "runs",
+		status: poll.ResultSetupError, code: poll.ExitSetupError,
+		footer: "vagent: preparing the build: ",
+		leased: true,
+	}, {
+		name: "package cache unusable", script: splitBuild, breakDir: "pacman-cache",
+		status: poll.ResultSetupError, code: poll.ExitSetupError,
+		footer: "vagent: preparing the package cache: ",
+		leased: true,
+	}, {
+		name: "sandbox panicked", script: script{panics: true},
+		status: poll.ResultSetupError, code: poll.ExitSetupError,
+		footer: "vagent: setup-error: executor panicked: fake sandbox: panic in Run; exit code 125; took ",
+		ran:    true,
+	}, {
 		name: "invalid job", job: func(j *poll.Job) { j.Repo = "../etc" }, script: splitBuild,
 		status: poll.ResultFailure, code: job.ExitInvalidJob,
 		footer: `vagent: failure: invalid job: repository name "../etc"; exit code 2; took `,
@@ -248,16 +287,29 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 		t.Fatal(err)
 	}
 	sb := newFakeSandbox(t, row.script)
-	images := &fakeImages{rootfs: t.TempDir(), err: row.imageErr}
-	b, err := job.New(sb, images, filepath.Join(t.TempDir(), "build"), job.WithServer(client), job.WithArch("x86_64"),
-		job.WithRetry(3, time.Millisecond), job.WithLimits(testLimits), job.WithJobs(3))
+	images := &fakeImages{rootfs: t.TempDir(), err: row.imageErr, block: row.imageBlk}
+	dir := filepath.Join(t.TempDir(), "build")
+	jopts := append([]job.Option{job.WithServer(client), job.WithArch("x86_64"),
+		job.WithRetry(3, time.Millisecond), job.WithLimits(testLimits), job.WithJobs(3)}, row.opts...)
+	b, err := job.New(sb, images, dir, jopts...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if row.breakDir != "" {
+		// What New prepared becomes unusable before the build.
+		p := filepath.Join(dir, row.breakDir)
+		if err := os.RemoveAll(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancelCause(t.Context())
 	defer cancel(nil)
 	if row.cancel {
 		sb.onBlock = func() { cancel(poll.ErrShutdown) }
+		images.onBlock = sb.onBlock
 	}
 	j := outcomeJob
 	if row.job != nil {
@@ -302,7 +354,7 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 	if posts := srv.Requests(vieterserver.RoutePublish) - postsBefore; posts != row.posts {
 		t.Errorf("%d publish requests, want %d", posts, row.posts)
 	}
-	if ep.name == "Build" {
+	if ep.name == "Run" {
 		want := ""
 		if row.status == poll.ResultSuccess {
 			want = splitFiles
@@ -321,8 +373,8 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 	case row.ran:
 		checkSpec(t, specs[0], j, images.rootfs)
 	}
-	wantLoans := int32(0) // a builder is only acquired for a build that runs
-	if row.ran {
+	wantLoans := int32(0) // a builder is only acquired for a build that gets that far
+	if row.ran || row.leased {
 		wantLoans = 1
 	}
 	if images.acquired.Load() != wantLoans || images.loans.Load() != 0 {
@@ -331,6 +383,13 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 	for _, u := range sb.Uppers() {
 		if _, err := os.Lstat(u); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("upper %s not released: %v", u, err)
+		}
+	}
+	// Control directories and private caches go with the build, on every
+	// path: the Runner's runs directory is empty again.
+	if row.breakDir != "runs" {
+		if left, err := os.ReadDir(filepath.Join(dir, "runs")); err != nil || len(left) != 0 {
+			t.Errorf("runs directory after the build: %v %v", left, err)
 		}
 	}
 	if t.Failed() {

@@ -130,13 +130,13 @@ func TestInjection(t *testing.T) {
 				t.Parallel()
 				if h.field == "base_image" {
 					r, log := runJob(t, noPull, h.job)
-					if r.Status != poll.ResultSetupError || !strings.Contains(log, "hermetic test") {
-						t.Errorf("base_image %q: %s\n%s", h.payload, r.Status, log)
+					if r.Result != poll.ResultSetupError || !strings.Contains(log, "hermetic test") {
+						t.Errorf("base_image %q: %s\n%s", h.payload, r.Result, log)
 					}
 					return
 				}
 				r, log := runJob(t, b, h.job)
-				if r.Status == poll.ResultSuccess && h.field != "urlkind" {
+				if r.Result == poll.ResultSuccess && h.field != "urlkind" {
 					t.Errorf("%s %q: build succeeded:\n%s", h.field, h.payload, log)
 				}
 				if strings.Contains(log, "+ git clone") || strings.Contains(log, "+ curl") {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
 )
 
@@ -51,7 +52,7 @@ func (b *Runner) publish(ctx context.Context, repo, name string, f *os.File, log
 		vieter.Package{Name: pkgName, Version: version, Arch: arch, File: f, Size: fi.Size()}, b.opts.retry)
 	if err != nil {
 		b.opts.publishObserver("")
-		fmt.Fprintf(log, "vagent: %s %s NOT confirmed in %s after %d attempt(s): %s\n", pkgName, version, repo, conf.Attempts, oneLine(err.Error()))
+		fmt.Fprintf(log, "vagent: %s %s NOT confirmed in %s after %d attempt(s): %s\n", pkgName, version, repo, conf.Attempts, poll.OneLine(err.Error()))
 		return err
 	}
 	b.opts.publishObserver(conf.By)

@@ -61,11 +61,11 @@ func silentLogger() logrus.FieldLogger {
 	return l
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return fmt.Errorf("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil
@@ -301,11 +301,11 @@ func WithDevices(allowed bool) UnpackOption {
 	}
 }
 
-// WithUnpackLogger sets the logger of Unpack. Default: silent.
+// WithUnpackLogger sets the logger of Unpack. Default (and for nil): silent.
 func WithUnpackLogger(l logrus.FieldLogger) UnpackOption {
 	return func(o *unpackOptions) error {
 		if l == nil {
-			return fmt.Errorf("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

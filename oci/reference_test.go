@@ -58,7 +58,6 @@ func TestOptionsValidate(t *testing.T) {
 		"mirror":   WithMirrors("docker.io", "ftp://m"),
 		"host":     WithInsecure("a/b"),
 		"platform": WithPlatform(v1.Platform{OS: "linux"}),
-		"logger":   WithLogger(nil),
 	} {
 		if err := opt(defaultOptions()); err == nil {
 			t.Errorf("%s: bad option accepted", name)

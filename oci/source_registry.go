@@ -215,7 +215,7 @@ func (s *registrySource) resolve(ctx context.Context) ([]byte, v1.Hash, error) {
 			return nil, v1.Hash{}, ctx.Err()
 		}
 		last = classify(err)
-		tried = append(tried, fmt.Sprintf("%s: %s", e.label(), oneLine(err)))
+		tried = append(tried, fmt.Sprintf("%s: %s", e.label(), flatten(err)))
 		s.c.o.log.WithFields(map[string]any{"image": s.ref.String(), "registry": e.host}).Debugf("resolving: %v", err)
 	}
 	return nil, v1.Hash{}, pullError(last, tried)
@@ -264,7 +264,7 @@ func (s *registrySource) blob(ctx context.Context, h v1.Hash) (io.ReadCloser, er
 			return nil, ctx.Err()
 		}
 		last = classify(err)
-		tried = append(tried, fmt.Sprintf("%s: %s", e.label(), oneLine(err)))
+		tried = append(tried, fmt.Sprintf("%s: %s", e.label(), flatten(err)))
 	}
 	return nil, pullError(last, tried)
 }
@@ -297,7 +297,9 @@ func classify(err error) error {
 	return ErrUnreachable
 }
 
-func oneLine(err error) string {
+// flatten returns err's message on one line, its whitespace runs (line
+// breaks of a registry's answer included) made single spaces.
+func flatten(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
 

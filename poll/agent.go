@@ -384,20 +384,26 @@ func (a *Agent) requeueNow(ctx context.Context, j Job) {
 	}
 }
 
-// retry calls fn until it succeeds, fails for good, or ctx is done. Each
-// attempt is bounded by timeout; transient errors back off with jitter; a
-// rejected key waits the unauthorized delay.
+// policy is the agent's retry policy (vieter.AgentRetry) with the delays
+// of its options, each attempt bounded by timeout.
+func (a *Agent) policy(timeout time.Duration) vieter.Retry {
+	r := vieter.AgentRetry
+	r.Min, r.Max, r.Unauthorized, r.Timeout = a.opts.backoffMin, a.opts.backoffMax, a.opts.unauthorizedRetry, timeout
+	return r
+}
+
+// retry calls fn with the agent's retry policy until it succeeds, fails
+// for good, or ctx is done; a rejected key is logged as such.
 func (a *Agent) retry(ctx context.Context, log logrus.FieldLogger, fn func(context.Context) error, timeout time.Duration) error {
-	return vieter.Retry{
-		Min: a.opts.backoffMin, Max: a.opts.backoffMax, Unauthorized: a.opts.unauthorizedRetry, Timeout: timeout,
-		OnRetry: func(err error, d time.Duration) {
-			if errors.Is(err, ErrUnauthorized) {
-				log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
-				return
-			}
-			log.WithError(err).WithField("retry_in", d).Debug("request failed; retrying")
-		},
-	}.Do(ctx, fn)
+	r := a.policy(timeout)
+	r.OnRetry = func(err error, d time.Duration) {
+		if errors.Is(err, ErrUnauthorized) {
+			log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
+			return
+		}
+		log.WithError(err).WithField("retry_in", d).Debug("request failed; retrying")
+	}
+	return r.Do(ctx, fn)
 }
 
 // shutdown waits for the builds (cancelling them after the grace period or

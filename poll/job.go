@@ -172,7 +172,7 @@ func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Dur
 			reason += ": " + r.Err.Error()
 		}
 	}
-	r.Reason = oneLine(reason)
+	r.Reason = OneLine(reason)
 	if capped != nil {
 		if n := capped.note(); n != "" {
 			fmt.Fprintf(log, "\n%s", n)
@@ -200,9 +200,9 @@ func knownResult(r Result) bool {
 	return false
 }
 
-// oneLine replaces line breaks and control characters so that a message
-// stays one log line.
-func oneLine(s string) string {
+// OneLine replaces line breaks and control characters so that a message
+// stays one line of a build log.
+func OneLine(s string) string {
 	b := []rune(s)
 	for i, r := range b {
 		if r != '\t' && (r < ' ' || r == 0x7f) {

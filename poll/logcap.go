@@ -4,10 +4,15 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // DefaultLogLimit is the default cap of one build's log (WithLogLimit).
 const DefaultLogLimit = 64 << 20
+
+// DefaultTimeout is the build timeout of jobs without one (Vieter's
+// default timeout; WithDefaultTimeout).
+const DefaultTimeout = time.Hour
 
 // capWriter passes at most limit bytes to w; what comes after is counted
 // and dropped, with one line in the log that says so. Writes never fail

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/vieter"
 )
 
 // Option configures an Agent.
@@ -32,9 +34,14 @@ type options struct {
 	clock             Clock
 }
 
-func defaultOptions() options {
+// silentLogger is the logger of a caller that sets none, or sets nil.
+func silentLogger() logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
+	return l
+}
+
+func defaultOptions() options {
 	return options{
 		slots:             1,
 		pollInterval:      30 * time.Second,
@@ -42,13 +49,13 @@ func defaultOptions() options {
 		deliverTimeout:    30 * time.Second,
 		requestTimeout:    time.Minute,
 		uploadTimeout:     10 * time.Minute,
-		backoffMin:        time.Second,
-		backoffMax:        5 * time.Minute,
-		unauthorizedRetry: 5 * time.Minute,
-		defaultTimeout:    time.Hour,
+		backoffMin:        vieter.AgentRetry.Min,
+		backoffMax:        vieter.AgentRetry.Max,
+		unauthorizedRetry: vieter.AgentRetry.Unauthorized,
+		defaultTimeout:    DefaultTimeout,
 		logLimit:          DefaultLogLimit,
 		fsync:             true,
-		log:               l,
+		log:               silentLogger(),
 		obs:               nopObserver{},
 		clock:             realClock{},
 	}
@@ -151,7 +158,8 @@ func WithUnauthorizedRetry(d time.Duration) Option {
 	return func(o *options) error { return positive("unauthorized retry", d, &o.unauthorizedRetry) }
 }
 
-// WithDefaultTimeout sets the build timeout for jobs without one. Default 1h.
+// WithDefaultTimeout sets the build timeout for jobs without one. Default
+// DefaultTimeout (1h).
 func WithDefaultTimeout(d time.Duration) Option {
 	return func(o *options) error { return positive("default timeout", d, &o.defaultTimeout) }
 }
@@ -169,11 +177,11 @@ func WithLogLimit(n int64) Option {
 	}
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

@@ -37,51 +37,62 @@ const (
 	handBackPending handBackState = "pending"              // ctx ended first; tried again at the next start
 )
 
-// handBack requeues j. sent counts the requests that may have reached the
-// server; persist saves it durably and is called before every request.
+// errSendsUsed ends handBack's retries once maxRequeueSends requests may
+// have reached the server.
+var errSendsUsed = errors.New("every requeue request this job may send was sent")
+
+// persistError is a failure to record the count of requests sent.
+type persistError struct{ err error }
+
+func (e *persistError) Error() string { return "recording the requeue: " + e.err.Error() }
+func (e *persistError) Unwrap() error { return e.err }
+
+// handBack requeues j with the agent's retry policy. sent counts the
+// requests that may have reached the server; persist saves it durably and
+// is called before every request.
 func (a *Agent) handBack(ctx context.Context, j Job, log logrus.FieldLogger, sent *int, persist func() error) (handBackState, error) {
-	bo := vieter.Backoff{Min: a.opts.backoffMin, Max: a.opts.backoffMax}
 	var last error
-	for {
+	policy := a.policy(a.opts.requestTimeout)
+	policy.OnRetry = func(err error, d time.Duration) {
+		if errors.Is(err, ErrUnauthorized) {
+			log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
+			return
+		}
+		log.WithError(err).WithFields(logrus.Fields{"retry_in": d, "possibly_delivered": *sent}).Warn("handing the job back failed; retrying")
+	}
+	err := policy.Do(ctx, func(ctx context.Context) error {
 		if *sent >= maxRequeueSends {
-			return handBackMaybe, last
+			return errSendsUsed
 		}
 		*sent++
 		if err := persist(); err != nil {
 			*sent--
-			return handBackPending, fmt.Errorf("recording the requeue: %w", err)
+			return &persistError{err}
 		}
-		rctx, cancel := context.WithTimeout(ctx, a.opts.requestTimeout)
-		err := a.api.Requeue(rctx, j.TargetID, a.opts.arch, j.Force)
-		cancel()
-		if err == nil {
-			return handedBack, nil
-		}
-		last = err
-		if !vieter.Sent(err) {
+		err := a.api.Requeue(ctx, j.TargetID, a.opts.arch, j.Force)
+		if err != nil && !vieter.Sent(err) {
 			*sent-- // it never reached the handler
 			if perr := persist(); perr != nil {
 				log.WithError(perr).Warn("updating spool entry")
 			}
 		}
-		if ctx.Err() != nil {
-			return handBackPending, err
+		if err != nil {
+			last = err
 		}
-		var d time.Duration
-		switch {
-		case errors.Is(err, ErrUnauthorized):
-			d = a.opts.unauthorizedRetry
-			log.WithError(err).WithField("retry_in", d).Error("the server rejected the api key: check api_key")
-		case vieter.IsTransient(err):
-			d = bo.Next()
-			log.WithError(err).WithFields(logrus.Fields{"retry_in": d, "possibly_delivered": *sent}).Warn("handing the job back failed; retrying")
-		default:
-			return handBackRefused, err
-		}
-		if vieter.Sleep(ctx, d) != nil {
-			return handBackPending, err
-		}
+		return err
+	})
+	var pe *persistError
+	switch {
+	case err == nil:
+		return handedBack, nil
+	case errors.Is(err, errSendsUsed):
+		return handBackMaybe, last
+	case errors.As(err, &pe):
+		return handBackPending, err
+	case ctx.Err() != nil:
+		return handBackPending, err
 	}
+	return handBackRefused, err
 }
 
 // handBackEntry requeues the job of a spooled build, records the outcome
@@ -132,7 +143,7 @@ func (s *spool) appendNote(e *spoolEntry, note string) error {
 	}
 	err = func() error {
 		if e.Size >= 0 {
-			b := []byte(oneLine(note) + "\n")
+			b := []byte(OneLine(note) + "\n")
 			if _, err := f.WriteAt(b, e.bodyOffset()+e.Size); err != nil {
 				return err
 			}

@@ -33,11 +33,16 @@ type options struct {
 // WithTmpSize).
 const DefaultTmpSize = 1 << 30
 
-func defaultOptions() options {
+// silentLogger is the logger of a caller that sets none, or sets nil.
+func silentLogger() logrus.FieldLogger {
 	l := logrus.New()
 	l.SetOutput(io.Discard)
+	return l
+}
+
+func defaultOptions() options {
 	return options{
-		log:        l,
+		log:        silentLogger(),
 		uidBase:    100000,
 		idSize:     65536,
 		userns:     true,
@@ -48,11 +53,11 @@ func defaultOptions() options {
 	}
 }
 
-// WithLogger sets the logger (default: silent).
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return fmt.Errorf("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

@@ -432,6 +432,44 @@ func TestBackoff(t *testing.T) {
 	}
 }
 
+// TestRetryPolicies: the agent's policy retries a rejected key after its
+// delay and transient errors until the context ends; Finite bounds the
+// attempts and makes a rejected key final; a permanent error is final in
+// both.
+func TestRetryPolicies(t *testing.T) {
+	transient := &Error{Code: 503}
+	unauthorized := fmt.Errorf("poll: %w", ErrUnauthorized)
+	permanent := &Error{Code: 400}
+	count := func(r Retry, errs ...error) (int, error) {
+		n := 0
+		err := r.Do(t.Context(), func(context.Context) error {
+			n++
+			if n <= len(errs) {
+				return errs[n-1]
+			}
+			return nil
+		})
+		return n, err
+	}
+	fast := FastRetry
+	if n, err := count(fast, transient, unauthorized, transient); n != 4 || err != nil {
+		t.Errorf("FastRetry: %d attempts, %v; want 4, nil", n, err)
+	}
+	if n, err := count(fast, permanent); n != 1 || err != permanent {
+		t.Errorf("FastRetry, permanent: %d attempts, %v", n, err)
+	}
+	finite := FastRetry.Finite(3)
+	if n, err := count(finite, transient, transient, transient, transient); n != 3 || err != transient {
+		t.Errorf("Finite(3): %d attempts, %v; want 3", n, err)
+	}
+	if n, err := count(finite, unauthorized); n != 1 || !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("Finite, rejected key: %d attempts, %v; want 1, final", n, err)
+	}
+	if AgentRetry.Attempts != 0 || AgentRetry.Unauthorized == 0 || AgentRetry.Min <= 0 || AgentRetry.Max < AgentRetry.Min {
+		t.Errorf("AgentRetry %+v: want unbounded attempts, a delay for a rejected key, growing delays", AgentRetry)
+	}
+}
+
 // FuzzClientAnswer feeds arbitrary answers to Poll: no panic, no key in errors.
 func FuzzClientAnswer(f *testing.F) {
 	f.Add(200, []byte(`{"message":"","data":[{"target_id":1}]}`))

@@ -47,8 +47,27 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Retry is how a call is repeated: the one retry policy of vagent's
-// server requests.
+// AgentRetry is the agent's one retry policy for requests to the server:
+// jittered exponential backoff from 1 s to 5 min between attempts, a
+// rejected key (401, 403) tried again after 5 min, as many attempts as the
+// context allows. The poll loop, log uploads and requeues use it as it is
+// (poll's WithBackoff and WithUnauthorizedRetry change its delays); a
+// build uses it Finite.
+var AgentRetry = Retry{Min: time.Second, Max: 5 * time.Minute, Unauthorized: 5 * time.Minute}
+
+// FastRetry is AgentRetry with millisecond delays, for tests.
+var FastRetry = Retry{Min: time.Millisecond, Max: 10 * time.Millisecond, Unauthorized: 10 * time.Millisecond}
+
+// Finite returns r bounded to n attempts, for a caller that must end (a
+// build's skip check and publishing): there a rejected key is final,
+// since waiting for a new key is the poll loop's business, not a build's.
+func (r Retry) Finite(n int) Retry {
+	r.Attempts, r.Unauthorized = n, 0
+	return r
+}
+
+// Retry is how a call is repeated: the shape of AgentRetry, the one retry
+// policy of vagent's server requests.
 type Retry struct {
 	// Attempts bounds the attempts in all; 0 tries until ctx is done.
 	Attempts int

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path"
@@ -73,7 +74,7 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
 	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
 	fs.StringVar(&f.out, "out", "out", "write the packages to `DIR`")
-	fs.DurationVar(&f.timeout, "timeout", job.DefaultTimeout, "kill the build after `D`")
+	fs.DurationVar(&f.timeout, "timeout", poll.DefaultTimeout, "kill the build after `D`")
 	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
@@ -143,25 +144,28 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	defer bm.Close()
 	// The one Pacman cache of the data dir, shared with `vagent run`.
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
-	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithDefaultTimeout(f.timeout), job.WithLocalImages(true)}
+	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true)}
+	logLimit := int64(poll.DefaultLogLimit)
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()
-		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(cfg.Limits()), job.WithLogLimit(int64(cfg.BuildLimits.Log)))
+		logLimit = int64(cfg.BuildLimits.Log)
+		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(cfg.Limits()))
 	}
 	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(dataDir, "build"), append(opts, job.WithCacheDir(cacheDir))...)
 	if err != nil {
 		return err
 	}
-	var r *job.Result
-	if localDir != "" {
-		r = b.BuildDir(ctx, localDir, j, env.stdout)
-	} else {
-		r = b.Build(ctx, j, env.stdout)
-	}
-	if r.Status == poll.ResultSuccess {
+	// The lifecycle of an agent's slot: the timeout, the classification
+	// and the log's footer are poll.RunJob's; the Runner builds.
+	exec := poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
+		_, out, err := b.Run(ctx, j, localDir, log)
+		return out, err
+	})
+	rep := poll.RunJob(ctx, exec, j, f.timeout, logLimit, env.stdout)
+	if rep.Result == poll.ResultSuccess {
 		return nil
 	}
-	return &exitError{code: max(r.ExitCode, 1), err: fmt.Errorf("%s", r.Reason)}
+	return &exitError{code: max(rep.ExitCode, 1), err: fmt.Errorf("%s", rep.Reason)}
 }
 
 // localRepo is the repository name of a local build's job.

@@ -119,7 +119,7 @@ type Credential struct {
 
 func defaultConfig() Config {
 	return Config{
-		Arch:                  pacmanArch(runtime.GOARCH),
+		Arch:                  pacman.Arch(runtime.GOARCH),
 		DataDir:               defaultDataDir,
 		MaxConcurrentBuilds:   1,
 		PollingFrequency:      Duration(30 * time.Second),
@@ -137,25 +137,6 @@ func defaultConfig() Config {
 		PacmanCache:           PacmanCache{Enabled: true},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
-}
-
-// pacmanArch maps a Go architecture to Pacman's name for it.
-func pacmanArch(goarch string) string {
-	switch goarch {
-	case "amd64":
-		return "x86_64"
-	case "arm64":
-		return "aarch64"
-	case "arm":
-		return "armv7h"
-	case "386":
-		return "i686"
-	case "ppc64le":
-		return "powerpc64le"
-	case "ppc64":
-		return "powerpc64"
-	}
-	return goarch // riscv64, loong64, s390x: the same name
 }
 
 // Secret is a string that never prints: fmt, JSON and YAML show
@@ -690,7 +671,6 @@ func (l *loader) env(v reflect.Value, path string, getenv func(string) string) {
 var yamlLineRE = regexp.MustCompile(`^line ([0-9]+): (.*)$`)
 
 var (
-	archRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
 	pkgRE  = regexp.MustCompile(`^([a-z0-9@._+-]+/)?[a-z0-9@._+-]+$`)
 )
 
@@ -725,7 +705,7 @@ func (l *loader) validate(c *Config) {
 	}
 	check(c.APIKey != "", "api_key", "required (or %s, or %s_FILE)", envName("api_key"), envName("api_key"))
 	check(!strings.ContainsAny(c.APIKey.Reveal(), "\r\n\x00"), "api_key", "contains a line break")
-	check(archRE.MatchString(c.Arch), "arch", "must be a Pacman architecture name such as x86_64, got %q", excerptValue(c.Arch))
+	check(pacman.ValidateArch(c.Arch) == nil, "arch", "must be a Pacman architecture name such as x86_64, got %q", excerptValue(c.Arch))
 	check(filepath.IsAbs(c.DataDir), "data_dir", "must be an absolute path, got %q", excerptValue(c.DataDir))
 	check(c.MaxConcurrentBuilds >= 1 && c.MaxConcurrentBuilds <= 1024, "max_concurrent_builds", "must be ≥ 1 and ≤ 1024, got %d", c.MaxConcurrentBuilds)
 	for _, d := range []struct {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/internal/pacman"
 )
 
 const (
@@ -72,15 +74,6 @@ func TestConfigDefaults(t *testing.T) {
 	}
 }
 
-func TestPacmanArch(t *testing.T) {
-	for goarch, want := range map[string]string{"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7h", "386": "i686",
-		"riscv64": "riscv64", "ppc64le": "powerpc64le", "loong64": "loong64"} {
-		if got := pacmanArch(goarch); got != want {
-			t.Errorf("pacmanArch(%s) = %s, want %s", goarch, got, want)
-		}
-	}
-}
-
 // TestConfigKeys sets every key in a file and checks the result.
 func TestConfigKeys(t *testing.T) {
 	tests := []struct {
@@ -128,11 +121,11 @@ func TestConfigKeys(t *testing.T) {
 		{"registries:\n  credentials:\n    registry.local:5000: {username: bob, password: pw}\n    ghcr.io: {username: alice, password_file: /run/secrets/ghcr}",
 			func(c *Config) any { return c.Registries.Credentials }, map[string]Credential{"registry.local:5000": {Username: "bob", Password: "pw"},
 				"ghcr.io": {Username: "alice", PasswordFile: "/run/secrets/ghcr"}}},
-		{"arch:", func(c *Config) any { return c.Arch }, pacmanArch("amd64")}, // an empty value keeps the default (amd64 CI)
+		{"arch:", func(c *Config) any { return c.Arch }, pacman.Arch("amd64")}, // an empty value keeps the default (amd64 CI)
 	}
 	for _, tt := range tests {
 		t.Run(strings.ReplaceAll(tt.yaml, "\n", " "), func(t *testing.T) {
-			if tt.yaml == "arch:" && pacmanArch("amd64") != defaultConfig().Arch {
+			if tt.yaml == "arch:" && pacman.Arch("amd64") != defaultConfig().Arch {
 				t.Skip("not an amd64 machine")
 			}
 			c, err := parseConfig("agent.yaml", []byte(minimal+tt.yaml+"\n"), noEnv)

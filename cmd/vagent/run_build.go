@@ -91,9 +91,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 		job.WithServer(deps.server),
 		job.WithPublishObserver(deps.metrics.PackagePublished),
 		job.WithArch(cfg.Arch),
-		job.WithDefaultTimeout(cfg.BuildTimeout.D()),
 		job.WithLimits(cfg.Limits()),
-		job.WithLogLimit(int64(cfg.BuildLimits.Log)),
 		job.WithCacheDir(cfg.PacmanCacheDir()),
 		job.WithLogger(deps.log))
 	if err != nil {

@@ -51,23 +51,28 @@ func WithReadyMargin(d time.Duration) Option {
 	}
 }
 
-// WithLogger sets the logger. Default: silent.
+// WithLogger sets the logger. Default (and for nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil
 	}
 }
 
+// silentLogger is the logger of a caller that sets none, or sets nil.
+func silentLogger() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
+}
+
 // Handler serves /metrics, /healthz, /readyz and /status for the agent
 // src, whose metrics are m.
 func Handler(m *Metrics, src StatusSource, opts ...Option) (http.Handler, error) {
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	o := options{margin: 10 * time.Second, now: time.Now, log: l}
+	o := options{margin: 10 * time.Second, now: time.Now, log: silentLogger()}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)

@@ -48,6 +48,39 @@ func ValidateName(name string) error {
 	return nil
 }
 
+// archRE is a Pacman architecture name: x86_64, aarch64, armv7h, any…
+var archRE = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+
+// ValidateArch checks a Pacman architecture name (letters, digits and
+// '_', as makepkg's CARCH and the Vieter server's arch parameter).
+func ValidateArch(arch string) error {
+	if !archRE.MatchString(arch) {
+		return fmt.Errorf("%w: architecture %q (want a Pacman architecture name such as x86_64)", ErrInvalid, arch)
+	}
+	return nil
+}
+
+// Arch returns Pacman's name for a Go architecture (runtime.GOARCH): the
+// names of Arch Linux and its ports (Arch Linux ARM, Arch Linux 32,
+// Arch POWER).
+func Arch(goarch string) string {
+	switch goarch {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	case "arm":
+		return "armv7h"
+	case "386":
+		return "i686"
+	case "ppc64le":
+		return "powerpc64le"
+	case "ppc64":
+		return "powerpc64"
+	}
+	return goarch // riscv64, loong64, s390x: the same name
+}
+
 // sigLevelRE is one or more words of letters: Pacman's SigLevel options
 // (Never, Optional, Required, TrustedOnly, TrustAll, Package…, Database…).
 var sigLevelRE = regexp.MustCompile(`^[A-Za-z]+( [A-Za-z]+)*$`)

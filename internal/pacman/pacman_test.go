@@ -62,3 +62,23 @@ func TestConfWritesEachRepositoryOnce(t *testing.T) {
 		t.Error("MirrorList")
 	}
 }
+
+func TestArch(t *testing.T) {
+	for goarch, want := range map[string]string{"amd64": "x86_64", "arm64": "aarch64", "arm": "armv7h", "386": "i686",
+		"riscv64": "riscv64", "ppc64le": "powerpc64le", "ppc64": "powerpc64", "loong64": "loong64"} {
+		if got := Arch(goarch); got != want {
+			t.Errorf("Arch(%s) = %s, want %s", goarch, got, want)
+		}
+		if err := ValidateArch(Arch(goarch)); err != nil {
+			t.Errorf("ValidateArch(Arch(%s)): %v", goarch, err)
+		}
+	}
+	for _, bad := range []string{"", "x86-64", "x86_64 ", "any\n", "../x", "arm/v7"} {
+		if err := ValidateArch(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidateArch(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	if err := ValidateArch("any"); err != nil {
+		t.Errorf("ValidateArch(any): %v", err)
+	}
+}

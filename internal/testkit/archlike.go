@@ -141,11 +141,18 @@ func WithCacheDir(dir string) Option {
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("nil logger")
+			l = silent()
 		}
 		o.log = l
 		return nil
 	}
+}
+
+// silent is the logger of a caller that sets none, or sets nil.
+func silent() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
 }
 
 // ArchLikeImage returns the Arch-like image and its OCI layout directory,
@@ -156,9 +163,7 @@ func WithLogger(l logrus.FieldLogger) Option {
 // and renamed into place when complete, so an interrupted build is never
 // taken for an image.
 func ArchLikeImage(ctx context.Context, opts ...Option) (v1.Image, string, error) {
-	silent := logrus.New()
-	silent.SetOutput(io.Discard)
-	o := options{cacheDir: CacheDir(), log: silent}
+	o := options{cacheDir: CacheDir(), log: silent()}
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
 			return nil, "", fmt.Errorf("arch-like image: %w", err)

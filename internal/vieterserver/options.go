@@ -84,11 +84,12 @@ func WithEmptyRepoDB(serve bool) Option {
 	}
 }
 
-// WithLogger sets the logger for requests and errors. Default: silent.
+// WithLogger sets the logger for requests and errors. Default (and for
+// nil): silent.
 func WithLogger(l logrus.FieldLogger) Option {
 	return func(o *options) error {
 		if l == nil {
-			return errors.New("nil logger")
+			l = silentLogger()
 		}
 		o.log = l
 		return nil

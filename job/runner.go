@@ -156,93 +156,81 @@ func (b *Runner) cacheDir() string {
 
 func (b *Runner) runsDir() string { return filepath.Join(b.dir, "runs") }
 
-// Result is the outcome of one build.
-type Result struct {
-	// Status says how the build ended (success, failure, skipped,
-	// timeout, cancelled, setup-error).
-	Status poll.Result
-	// ExitCode is the build script's exit status, or one of the agent's
-	// (ExitInvalidJob, ExitPublish, poll.ExitTimeout, poll.ExitCancelled,
-	// poll.ExitSetupError) when the script did not give one.
-	ExitCode int
-	// Start and End bracket the build.
-	Start, End time.Time
-	// Reason is the summary of the log's footer, e.g. "timeout after 3600 s".
-	Reason string
-	// Err is what went wrong, nil for success and skipped.
-	Err error
+// Built is what one build produced, besides how it ended (poll.Outcome).
+type Built struct {
 	// SrcInfo is what the build's .SRCINFO said, when it got that far.
 	SrcInfo *SrcInfo
 	// Packages are the file names of the packages published (and
 	// confirmed by the server) or copied to the output directory.
 	Packages []string
-	// LogFile is the name of the log when it was written to an *os.File.
-	LogFile string
-
-	detail string // the footer's parenthesis, e.g. "published a, b"
 }
 
-// outcome is what the run reports to poll.RunJob.
-func (r *Result) outcome() poll.Outcome {
-	return poll.Outcome{ExitCode: r.ExitCode, Result: r.Status, Start: r.Start, End: r.End, Detail: r.detail, Err: r.Err}
-}
-
-// Execute runs a job from the poll loop: it implements poll.Executor. The
-// job's deadline, the classification and the log's footer are the
-// caller's (poll.RunJob); the error is always nil.
+// Execute runs a job from the poll loop: it implements poll.Executor (see
+// Run).
 func (b *Runner) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
-	return b.run(ctx, job, "", log).outcome(), nil
+	_, out, err := b.Run(ctx, job, "", log)
+	return out, err
 }
 
-// Build runs one job from a server, writing the whole log to log, with
-// the lifecycle of an agent's slot (poll.RunJob): the job's timeout (or
-// the default), the classification and the footer.
-func (b *Runner) Build(ctx context.Context, job poll.Job, log io.Writer) *Result {
-	return b.lifecycle(ctx, job, "", log)
-}
-
-// BuildDir builds the PKGBUILD in the local directory dir (mounted
-// read-only and copied into the container; dir is not changed). job gives
-// the base image, path and timeout; its kind, url and branch are ignored.
-func (b *Runner) BuildDir(ctx context.Context, dir string, job poll.Job, log io.Writer) *Result {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		abs = dir
-	}
-	job.Kind, job.URL, job.Branch = "dir", "file://"+abs, ""
-	return b.lifecycle(ctx, job, abs, log)
-}
-
-// lifecycle runs a job through poll.RunJob and returns its Result.
-func (b *Runner) lifecycle(ctx context.Context, job poll.Job, srcDir string, log io.Writer) *Result {
-	r := &Result{}
-	rep := poll.RunJob(ctx, poll.ExecutorFunc(func(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
-		r = b.run(ctx, job, srcDir, log)
-		return r.outcome(), nil
-	}), job, b.opts.defaultTimeout, b.opts.logLimit, log)
-	r.Status, r.ExitCode, r.Start, r.End, r.Reason = rep.Result, rep.ExitCode, rep.Start, rep.End, rep.Reason
-	if rep.Result == poll.ResultTimeout || rep.Result == poll.ResultCancelled {
-		r.Err = nil
-	}
-	if f, ok := log.(interface{ Name() string }); ok {
-		r.LogFile = f.Name()
-	}
-	return r
-}
-
-// finish completes r: how the run ended, as the run itself saw it.
-func (b *Runner) finish(r *Result, status poll.Result, code int, detail string, err error) {
-	r.End = time.Now()
-	r.Status, r.ExitCode, r.Err, r.detail = status, code, err, detail
-}
-
-// oneLine replaces line breaks and control characters so that a message
-// stays one log line.
-func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\t' || (r >= ' ' && r != 0x7f) {
-			return r
+// Run runs one job and returns what it produced and how it ended. With
+// srcDir "" the sources are the job's (kind, url, branch); otherwise the
+// PKGBUILD is in the local directory srcDir (mounted read-only and copied
+// into the container; srcDir is not changed) and the job gives the base
+// image and path only — `vagent build`.
+//
+// Run is a job's work, not its lifecycle: it applies no deadline, recovers
+// no panic and writes no footer. The caller runs it through poll.RunJob
+// (the agent's slots, `vagent build`), which owns the deadline, the
+// classification of the outcome and the log's one footer line. A build
+// stopped by ctx reports poll.ResultCancelled with exit code 0; RunJob
+// tells a timeout from a cancellation by ctx's cause. An error (wrapping
+// poll.ErrSetup) means the build's environment could not be prepared.
+func (b *Runner) Run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (*Built, poll.Outcome, error) {
+	start := time.Now()
+	built := &Built{}
+	if srcDir != "" {
+		abs, err := filepath.Abs(srcDir)
+		if err == nil {
+			srcDir = abs
 		}
-		return '?'
-	}, s)
+		job.Kind, job.URL, job.Branch = "dir", "file://"+srcDir, ""
+	}
+	e := b.run(ctx, job, srcDir, log, built)
+	out := poll.Outcome{ExitCode: e.code, Result: e.result, Start: start, End: time.Now(), Detail: e.detail}
+	if e.setup {
+		return built, out, setupError{e.err}
+	}
+	out.Err = e.err
+	return built, out, nil
+}
+
+// ending is how a build ended: each phase of run ends the build with one.
+type ending struct {
+	result poll.Result
+	code   int
+	detail string // the footer's parenthesis, e.g. "published a, b"
+	err    error
+	// setup marks an environment that could not be prepared: Run returns
+	// err as its error (wrapping poll.ErrSetup).
+	setup bool
+}
+
+// setupError is the error of a build whose environment could not be
+// prepared: errors.Is(err, poll.ErrSetup) holds, and its message is the
+// cause's alone (the footer reads "builder image: <cause>").
+type setupError struct{ err error }
+
+func (e setupError) Error() string   { return e.err.Error() }
+func (e setupError) Unwrap() []error { return []error{poll.ErrSetup, e.err} }
+
+// stopped ends a build whose context is done; poll.RunJob says why.
+var stopped = ending{result: poll.ResultCancelled}
+
+// setupFailed ends a build whose environment could not be prepared at
+// step what (the footer's summary), unless ctx ended it.
+func setupFailed(ctx context.Context, what string, err error) ending {
+	if ctx.Err() != nil {
+		return stopped
+	}
+	return ending{result: poll.ResultSetupError, code: poll.ExitSetupError, detail: what, err: err, setup: true}
 }

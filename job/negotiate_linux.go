@@ -1,0 +1,193 @@
+package job
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/poll"
+)
+
+// decision is what the agent told the script after reading its .SRCINFO.
+type decision struct {
+	info   *SrcInfo
+	build  bool   // "build" was sent
+	reason string // why not, for skip and fail
+	skip   bool
+	err    error // the .SRCINFO could not be read
+}
+
+// runDir is the control directory of one build, mounted read-only on
+// /run/vagent. It is owned by host root, which is outside the container's
+// id range: the build cannot change what is in it.
+type runDir struct {
+	dir       string
+	srcinfo   *os.File // FIFO, read by the agent
+	decision  *os.File // FIFO, written by the agent
+	closeOnce sync.Once
+}
+
+func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
+	dir, err := os.MkdirTemp(b.runsDir(), "run-")
+	if err != nil {
+		return nil, err
+	}
+	run := &runDir{dir: dir}
+	defer func() {
+		if retErr != nil {
+			run.remove()
+		}
+	}()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	for _, name := range []string{"build.sh", "pacman"} {
+		data, err := scripts.ReadFile("script/" + name)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "repos.d"), 0o755); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for i, r := range repos {
+		if seen[r.Name] {
+			continue // each repository once
+		}
+		seen[r.Name] = true
+		if err := os.WriteFile(filepath.Join(dir, "repos.d", fmt.Sprintf("%02d.conf", i)), []byte(r.Section()), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	for _, name := range []string{"srcinfo", "decision"} {
+		p := filepath.Join(dir, name)
+		if err := unix.Mkfifo(p, 0o600); err != nil {
+			return nil, fmt.Errorf("mkfifo %s: %w", p, err)
+		}
+		if err := os.Chmod(p, 0o666); err != nil {
+			return nil, err
+		}
+		// O_RDWR never blocks and keeps the FIFO open from both ends, so
+		// the script's open does not block either.
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			return nil, err
+		}
+		if name == "srcinfo" {
+			run.srcinfo = f
+		} else {
+			run.decision = f
+		}
+	}
+	return run, nil
+}
+
+// closeFIFOs ends the agent's side of the FIFOs, which also unblocks a
+// read or write in progress.
+func (r *runDir) closeFIFOs() {
+	r.closeOnce.Do(func() {
+		if r.srcinfo != nil {
+			r.srcinfo.Close()
+		}
+		if r.decision != nil {
+			r.decision.Close()
+		}
+	})
+}
+
+func (r *runDir) remove() {
+	r.closeFIFOs()
+	_ = os.RemoveAll(r.dir)
+}
+
+// maxSrcInfoHeader bounds the length line of the srcinfo FIFO.
+const maxSrcInfoHeader = 64
+
+// negotiate reads the .SRCINFO the script sends, decides whether to
+// build, and answers. It returns when it answered or the FIFOs were closed.
+func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decision {
+	// The FIFO is writable by the build at any time: every read from it is
+	// bounded. The header is a decimal length on one line, read within
+	// the reader's buffer (ReadSlice fails with ErrBufferFull past it).
+	br := bufio.NewReaderSize(run.srcinfo, maxSrcInfoHeader)
+	line, err := br.ReadSlice('\n')
+	if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+		return decision{err: err}
+	}
+	header := strings.TrimSpace(string(line))
+	var d decision
+	size, convErr := strconv.Atoi(header)
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull):
+		d = decision{err: fmt.Errorf("%w: length line longer than %d bytes", ErrSrcInfo, maxSrcInfoHeader), reason: "unreadable .SRCINFO"}
+	case convErr != nil || size < 0:
+		d = decision{err: fmt.Errorf("%w: bad length %q", ErrSrcInfo, header), reason: "unreadable .SRCINFO"}
+	case size > MaxSrcInfo:
+		d = decision{err: fmt.Errorf("%w: %d bytes", ErrSrcInfo, size), reason: ".SRCINFO too large"}
+	default:
+		data := make([]byte, size)
+		if _, err := io.ReadFull(br, data); err != nil {
+			return decision{err: err}
+		}
+		d.info, d.err = ParseSrcInfo(strings.NewReader(string(data)))
+		if d.err != nil {
+			d.reason = d.err.Error()
+		}
+	}
+	if d.err == nil {
+		d.build, d.skip, d.reason = b.decide(ctx, job, d.info)
+	}
+	answer := "fail " + poll.OneLine(d.reason)
+	switch {
+	case d.skip:
+		answer = "skip " + poll.OneLine(d.reason)
+	case d.build:
+		answer = "build"
+	}
+	if _, err := run.decision.Write([]byte(answer + "\n")); err != nil {
+		d.build, d.skip = false, false
+	}
+	if d.err != nil {
+		// Keep draining (through a fixed buffer: bounded) so that a
+		// script writing more cannot block.
+		_, _ = io.Copy(io.Discard, br)
+	}
+	return d
+}
+
+// decide tells whether to build: always without a server or when forced;
+// otherwise unless every package of the PKGBUILD is already in the
+// repository at this version.
+func (b *Runner) decide(ctx context.Context, job poll.Job, info *SrcInfo) (build, skip bool, reason string) {
+	if b.opts.server == nil || job.Force {
+		return true, false, ""
+	}
+	version := info.FullVersion()
+	for _, name := range info.Names {
+		ok, err := b.hasVersion(ctx, job.Repo, name, version)
+		if err != nil {
+			// Cannot tell: building again is safe (the server keeps the
+			// newest version).
+			b.opts.log.WithError(err).Warn("skip check failed; building")
+			return true, false, ""
+		}
+		if !ok {
+			return true, false, ""
+		}
+	}
+	return false, true, fmt.Sprintf("%s %s already in repository %s", strings.Join(info.Names, ", "), version, job.Repo)
+}

@@ -1,0 +1,273 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
+)
+
+// Paths inside the container.
+const (
+	ctlMount   = "/run/vagent"
+	srcMount   = "/run/vagent-src"
+	cacheMount = "/var/cache/pacman/pkg"
+	outDir     = "build/out" // PKGDEST, relative to the root
+)
+
+// containerPath is the PATH of the reference agent's builds.
+const containerPath = "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/bin/site_perl:/usr/bin/vendor_perl:/usr/bin/core_perl"
+
+// run runs one job in four phases, each of which ends the build with one
+// ending or hands the next what it prepared:
+//
+//  1. check: the job's fields (untrusted) and the source directory;
+//  2. prepare: the builder lease, the repositories, the control directory
+//     and the package cache — one *workspace whose release undoes all of
+//     it, whatever happens next;
+//  3. sandbox: the build script in one sandbox run, with the agent's
+//     decision through the FIFOs — one *ran whose release removes the
+//     kept upper directory;
+//  4. collect: the packages from the upper directory, published or copied
+//     out.
+func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer, built *Built) ending {
+	if e, ok := b.check(job, srcDir); !ok {
+		return e
+	}
+	ws, e := b.prepare(ctx, job, log)
+	if ws == nil {
+		return e
+	}
+	defer ws.release()
+	ran, e := b.runSandbox(ctx, job, srcDir, ws, log)
+	if ran == nil {
+		return e
+	}
+	defer ran.release()
+	built.SrcInfo = ran.decision.info
+	if e, done := ran.verdict(ctx); done {
+		return e
+	}
+	return b.collect(ctx, job, ran, log, built)
+}
+
+// check validates the job (every field is untrusted) and a local source
+// directory. Nothing is acquired yet.
+func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
+	if srcDir != "" {
+		if fi, err := os.Stat(srcDir); err != nil || !fi.IsDir() {
+			if err == nil {
+				err = fmt.Errorf("%s is not a directory", srcDir)
+			}
+			return ending{result: poll.ResultSetupError, code: poll.ExitSetupError, err: err, setup: true}, false
+		}
+	}
+	var err error
+	if srcDir == "" {
+		err = ValidateJob(job, b.opts.localImages)
+	} else {
+		err = errors.Join(validatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
+	}
+	if err == nil && b.opts.server != nil {
+		err = ValidateRepo(job.Repo)
+	}
+	if err != nil {
+		return ending{result: poll.ResultFailure, code: ExitInvalidJob, err: err}, false
+	}
+	return ending{}, true
+}
+
+// workspace is what a build needs before its sandbox runs. release undoes
+// all of it, in reverse order; it runs once.
+type workspace struct {
+	rootfs string  // the builder's rootfs, leased
+	run    *runDir // the control directory
+	cache  string  // the package cache tree to mount
+	undo   []func()
+}
+
+func (w *workspace) release() {
+	for i := len(w.undo) - 1; i >= 0; i-- {
+		w.undo[i]()
+	}
+	w.undo = nil
+}
+
+// prepare leases the builder of the job's base image, finds the
+// repositories of the build's pacman.conf, and creates the control
+// directory and the package cache. On failure it releases what it got and
+// returns a nil workspace.
+func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *workspace, _ ending) {
+	ws := &workspace{}
+	ok := false
+	defer func() {
+		if !ok {
+			ws.release()
+		}
+	}()
+	fmt.Fprintf(log, "+ vagent: builder image for %s\n", strconv.Quote(job.BaseImage))
+	rootfs, release, err := b.images.Acquire(ctx, job.BaseImage, log)
+	if err != nil {
+		return nil, setupFailed(ctx, "builder image", err)
+	}
+	ws.rootfs = rootfs
+	ws.undo = append(ws.undo, release)
+
+	repos, err := b.pacmanRepos(ctx, job.Repo, log)
+	if err != nil {
+		return nil, setupFailed(ctx, "checking the repository", err)
+	}
+	ws.run, err = b.newRun(repos)
+	if err != nil {
+		return nil, setupFailed(ctx, "preparing the build", err)
+	}
+	ws.undo = append(ws.undo, ws.run.remove)
+	cache, dropCache, err := b.runCache()
+	if err != nil {
+		return nil, setupFailed(ctx, "preparing the package cache", err)
+	}
+	ws.cache = cache
+	ws.undo = append(ws.undo, dropCache)
+	ok = true
+	return ws, ending{}
+}
+
+// ran is a finished sandbox run: its result and the agent's decision.
+type ran struct {
+	res      *sandbox.Result
+	decision decision
+	release  func()
+}
+
+// runSandbox runs the build script in the sandbox on the workspace, with
+// the agent answering the script's question (build or skip) through the
+// FIFOs. It returns nil and the ending when the run could not start or was
+// stopped before it ended.
+func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws *workspace, log io.Writer) (*ran, ending) {
+	decided := make(chan decision, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		decided <- b.negotiate(ctx, ws.run, job)
+	}()
+	spec := sandbox.Spec{
+		Lower: ws.rootfs,
+		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
+		Env: []string{
+			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
+			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + job.URL, "VAGENT_BRANCH=" + job.Branch,
+			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
+		},
+		Dir:      "/",
+		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
+		Mounts: []sandbox.Mount{
+			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
+			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
+		},
+		Limits:    b.opts.limits,
+		KeepUpper: true,
+		Output:    log,
+	}
+	if srcDir != "" {
+		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
+	}
+	b.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo}).Debug("build starting")
+	res, err := b.sb.Run(ctx, spec)
+	ws.run.closeFIFOs()
+	wg.Wait()
+	r := &ran{res: res, decision: <-decided, release: func() {}}
+	if err != nil {
+		return nil, setupFailed(ctx, "starting the build", err)
+	}
+	if res.Upper != nil {
+		if b.opts.upperHook != nil {
+			b.opts.upperHook(res.Upper.Path)
+		}
+		r.release = func() {
+			if err := res.Upper.Release(); err != nil {
+				b.opts.log.WithError(err).Warn("removing the build's upper directory")
+			}
+		}
+	}
+	return r, ending{}
+}
+
+// verdict ends the build unless the script ran to a successful end after
+// the agent said "build".
+func (r *ran) verdict(ctx context.Context) (ending, bool) {
+	res, d := r.res, r.decision
+	switch {
+	case res.TimedOut, res.Cancelled, ctx.Err() != nil:
+		return stopped, true
+	case res.ExitCode != 0:
+		e := ending{result: poll.ResultFailure, code: res.ExitCode}
+		switch {
+		case res.OOMKilled:
+			e.detail = "out of memory"
+		case d.err != nil && d.reason != "":
+			// The agent refused the .SRCINFO and the script failed on
+			// that answer: say why in the footer too.
+			e.detail = d.reason
+		}
+		return e, true
+	case d.skip:
+		return ending{result: poll.ResultSkipped, detail: d.reason}, true
+	case !d.build:
+		return ending{result: poll.ResultFailure, code: ExitPublish, err: errors.New("the build ended without asking whether to build")}, true
+	}
+	return ending{}, false
+}
+
+// collect publishes the packages of a successful build (or copies them to
+// the output directory).
+func (b *Runner) collect(ctx context.Context, job poll.Job, r *ran, log io.Writer, built *Built) ending {
+	names, err := b.deliver(ctx, r.res.Upper, job.Repo, log)
+	built.Packages = names
+	if err != nil {
+		if ctx.Err() != nil {
+			return stopped
+		}
+		return ending{result: poll.ResultFailure, code: ExitPublish, err: err}
+	}
+	what := "built"
+	switch {
+	case b.opts.server != nil:
+		what = "published"
+	case b.opts.outDir != "":
+		what = "wrote"
+	}
+	return ending{result: poll.ResultSuccess, detail: what + " " + strings.Join(names, ", ")}
+}
+
+// pacmanRepos returns the repositories a build adds to its pacman.conf:
+// the job's repository when it has a database (a Vieter repository without
+// packages has none and pacman -Sy would fail on its 404), then the extra
+// ones of WithRepos. The configured repositories of `vagent run` are in the
+// builder image already (package pacman); the script skips a section its
+// pacman.conf has.
+func (b *Runner) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([]pacman.Repo, error) {
+	var repos []pacman.Repo
+	if b.opts.server != nil {
+		ok, err := b.hasFile(ctx, repo, repo+".db")
+		if err != nil {
+			return nil, fmt.Errorf("HEAD %s: %w", b.opts.server.RepoURL(repo, b.opts.arch, repo+".db"), err)
+		}
+		if ok {
+			repos = append(repos, pacman.Repo{Name: repo, Servers: []string{b.opts.server.Address() + "/$repo/$arch"}, SigLevel: "Optional"})
+		} else {
+			fmt.Fprintf(log, "vagent: repository %s has no database for %s yet; it is not added to pacman.conf\n", repo, b.opts.arch)
+		}
+	}
+	return append(repos, b.opts.repos...), nil
+}
