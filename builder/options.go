@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -21,6 +22,8 @@ type options struct {
 	packages     []string
 	mirrors      []string
 	repos        []pacman.Repo
+	network      sandbox.NetworkMode
+	forward      []string
 	setupTimeout time.Duration
 	setupLimits  *sandbox.Limits
 	retryAfter   time.Duration
@@ -185,4 +188,47 @@ func withClock(now func() time.Time) Option {
 		o.now = now
 		return nil
 	}
+}
+
+// WithNetwork sets the network of the setup runs (see sandbox.NetworkMode)
+// and the host:port endpoints an isolated setup reaches besides the
+// servers of WithMirrorList and WithRepos, which it always reaches, also
+// on the host's loopback. Default: sandbox.NetworkIsolated, no further
+// endpoints.
+func WithNetwork(mode sandbox.NetworkMode, forward ...string) Option {
+	return func(o *options) error {
+		if _, err := sandbox.ParseNetworkMode(mode.String()); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadConfig, err)
+		}
+		for _, f := range forward {
+			if _, _, err := sandbox.ParseForward(f); err != nil {
+				return fmt.Errorf("%w: %w", ErrBadConfig, err)
+			}
+		}
+		o.network, o.forward = mode, append([]string(nil), forward...)
+		return nil
+	}
+}
+
+// setupForwards are the endpoints an isolated setup reaches: the mirrors,
+// the repositories' servers and WithNetwork's.
+func (o *options) setupForwards() []string {
+	if o.network != sandbox.NetworkIsolated {
+		return nil
+	}
+	fwd := append([]string(nil), o.forward...)
+	add := func(u string) {
+		if ep, ok := sandbox.URLEndpoint(u); ok && !slices.Contains(fwd, ep) {
+			fwd = append(fwd, ep)
+		}
+	}
+	for _, m := range o.mirrors {
+		add(m)
+	}
+	for _, r := range o.repos {
+		for _, s := range r.Servers {
+			add(s)
+		}
+	}
+	return fwd
 }

@@ -61,7 +61,7 @@ func TestNegotiateFlood(t *testing.T) {
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			d := b.negotiate(t.Context(), run, poll.Job{})
+			d := b.negotiate(t.Context(), run, poll.Job{}, nil)
 			runtime.ReadMemStats(&after)
 			if err := <-written; err != nil {
 				t.Fatalf("writing the flood: %v", err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,6 +45,31 @@ func ParseForward(s string) (host string, port uint16, err error) {
 		return "", 0, fmt.Errorf("forward %q: want an address of one host, without zone", s)
 	}
 	return h, uint16(n), nil
+}
+
+// defaultPorts are the ports of URL schemes whose URLs may omit them.
+var defaultPorts = map[string]string{"http": "80", "https": "443", "git": "9418", "ssh": "22", "ftp": "21"}
+
+// URLEndpoint returns the Spec.Forward entry, "host:port", that lets a run
+// reach the server of rawURL (http, https, git, ssh or ftp; the scheme's
+// port when the URL has none). ok is false for other URLs (file://, a
+// path) and for URLs without a host.
+func URLEndpoint(rawURL string) (endpoint string, ok bool) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		return "", false
+	}
+	port := u.Port()
+	if port == "" {
+		if port = defaultPorts[strings.ToLower(u.Scheme)]; port == "" {
+			return "", false
+		}
+	}
+	ep := net.JoinHostPort(u.Hostname(), port)
+	if _, _, err := ParseForward(ep); err != nil {
+		return "", false
+	}
+	return ep, true
 }
 
 // validDNSName accepts host names: dot-separated labels of letters, digits

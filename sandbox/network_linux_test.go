@@ -540,3 +540,23 @@ func mountsOfNetns(t testing.TB, ino uint64) int {
 	}
 	return strings.Count(string(data), fmt.Sprintf("net:[%d]", ino))
 }
+
+func TestURLEndpoint(t *testing.T) {
+	for in, want := range map[string]string{
+		"http://127.0.0.1:8000":                  "127.0.0.1:8000",
+		"http://localhost:8000/$repo/$arch":      "localhost:8000",
+		"https://mirror.example.org/arch/$repo":  "mirror.example.org:443",
+		"http://[::1]/x":                         "[::1]:80",
+		"git://git.example.org/pkg.git":          "git.example.org:9418",
+		"ssh://git@git.example.org:2222/pkg.git": "git.example.org:2222",
+		"file:///srv/repo":                       "",
+		"/srv/repo":                              "",
+		"gopher://example.org/":                  "",
+		"http://user:pw@127.0.0.1:99999/":        "",
+	} {
+		got, ok := sandbox.URLEndpoint(in)
+		if got != want || ok != (want != "") {
+			t.Errorf("URLEndpoint(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+}
