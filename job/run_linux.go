@@ -94,7 +94,7 @@ type workspace struct {
 	rootfs string        // the builder's rootfs, leased
 	repos  []pacman.Repo // the repositories added to the build's pacman.conf
 	run    *runDir       // the control directory
-	cache  string  // the package cache tree to mount
+	cache  string        // the package cache tree to mount
 	undo   []func()
 }
 
