@@ -33,9 +33,10 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			}
 			opts := []sandbox.Option{sandbox.WithIDMap(uint32(idBase), uint32(idSize))}
 			dir := dataDir
+			var cfg *Config
 			if config != "" {
-				cfg, err := loadAgentConfig(env, config, false)
-				if err != nil {
+				var err error
+				if cfg, err = loadAgentConfig(env, config, false); err != nil {
 					return err
 				}
 				dir, opts = cfg.DataDir, cfg.SandboxOptions()
@@ -43,6 +44,9 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			reqs, err := checkHost(dir, opts...)
 			if err != nil {
 				return err
+			}
+			if cfg != nil && cfg.NetworkMode() != sandbox.NetworkIsolated {
+				reqs = networkNotUsed(reqs, cfg.NetworkMode())
 			}
 			return reportCheck(env, append(reqs, checkDataModes(dir)))
 		},
@@ -53,6 +57,17 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 	fs.UintVar(&idBase, "id-base", 100000, "first host id of the containers' id range")
 	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
 	return c
+}
+
+// networkNotUsed marks the isolated network requirement as met for an
+// agent whose builds do not use it (build_network.mode host or none).
+func networkNotUsed(reqs []sandbox.Requirement, mode sandbox.NetworkMode) []sandbox.Requirement {
+	for i, r := range reqs {
+		if r.Name == "isolated network" && !r.OK {
+			reqs[i] = sandbox.Requirement{Name: r.Name, OK: true, Detail: fmt.Sprintf("not used (build_network.mode: %s): %s", mode, r.Detail)}
+		}
+	}
+	return reqs
 }
 
 // privateTrees are the directories of the data directory that hold files
