@@ -143,4 +143,3 @@ func BenchmarkNetworkDownload(b *testing.B) {
 	b.Logf("200 MiB from the host's loopback, median of %d: host network %.0f MiB/s, isolated network (forward) %.0f MiB/s: %.2f× (goal ≥ 0.5×)",
 		len(samples["host"]), host, iso, iso/host)
 }
-
