@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,8 +59,29 @@ func (m *Manager) pastaBinary() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: pasta not found (install passt: apt install passt, pacman -S passt, dnf install passt): %w", ErrNetworkUnavailable, err)
 	}
+	// On a CPU with AVX2, pasta executes its .avx2 build first thing:
+	// start that one directly, one exec less per run.
+	if avx2, err := exec.LookPath(p + ".avx2"); err == nil && cpuHasAVX2() {
+		return avx2, nil
+	}
 	return p, nil
 }
+
+// cpuHasAVX2 tells whether the CPU has AVX2 (the flags of /proc/cpuinfo).
+var cpuHasAVX2 = sync.OnceValue(func() bool {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "flags" {
+			return slices.Contains(strings.Fields(v), "avx2")
+		}
+	}
+	return false
+})
 
 // startPasta starts pasta for the namespace at nsPath; waitReady tells
 // when it has configured the namespace. Its pid is written to pidPath for
