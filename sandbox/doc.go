@@ -71,8 +71,10 @@
 // symbolic link is used by its real path.
 //
 // Cleanup and recovery: every Run removes its container state, cgroups,
-// mounts and directories on every path (success, failure, timeout, a panic
-// in the caller's Output writer, which Run re-raises after cleaning up).
+// mounts, network namespace and directories on every path (success,
+// failure, timeout, a panic in the caller's Output writer, which Run
+// re-raises after cleaning up); pasta, killed, exits in the background and
+// [Manager.Close] waits for it.
 // [New] takes an exclusive lock on the data directory and first kills and
 // removes whatever a previous, killed agent left there: containers (the
 // parent-death signal does not reach them), their cgroups, mounts, upper

@@ -5,3 +5,7 @@ package sandbox
 func WithResolvConf(path string) Option {
 	return func(o *options) error { o.resolvConf = path; return nil }
 }
+
+// WaitReaped waits until the pasta processes of ended runs have exited (as
+// Close does).
+func (m *Manager) WaitReaped() { m.reapers.Wait() }

@@ -32,9 +32,10 @@ type Manager struct {
 	usernsFD         *os.File // user namespace for idmapped lowers; nil without
 	lock             *os.File
 
-	mu     sync.Mutex
-	closed bool
-	active sync.WaitGroup
+	mu      sync.Mutex
+	closed  bool
+	active  sync.WaitGroup
+	reapers sync.WaitGroup // killed pasta processes not yet reaped
 }
 
 // New opens a Manager on dataDir (created if missing). It takes an
@@ -247,8 +248,9 @@ func (m *Manager) IDRange() (uid, gid, size uint32) {
 
 // Close removes the Manager's cgroup parents and releases the data
 // directory. Call it after every Run has returned; later Runs fail with
-// ErrClosed. Kept uppers that were not released are removed by the next
-// New on the same data directory.
+// ErrClosed. It waits until the pasta processes of isolated runs, killed
+// when their runs ended, have exited. Kept uppers that were not released
+// are removed by the next New on the same data directory.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -258,6 +260,7 @@ func (m *Manager) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	m.active.Wait()
+	m.reapers.Wait()
 	err := removeCgroupParent(m.cg.parent)
 	m.release()
 	return err

@@ -313,8 +313,9 @@ func (n *runNet) shutdown() error {
 	return nil
 }
 
-// close shuts the network down, waits for pasta to exit and unmounts the
-// namespace. It is called once, after the container is gone.
+// close shuts the network down and unmounts the namespace; pasta, killed,
+// is reaped in the background (Manager.Close waits for it). It is called
+// once, after the container is gone.
 func (n *runNet) close() error {
 	var errs []error
 	if err := n.shutdown(); err != nil {
@@ -322,8 +323,15 @@ func (n *runNet) close() error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.pasta != nil {
-		<-n.pasta.done
+	if p := n.pasta; p != nil {
+		// Killed by shutdown; its exit (the interface's removal) takes
+		// tens of milliseconds that the run need not wait for: the
+		// Manager reaps it, and Close waits for that.
+		n.m.reapers.Add(1)
+		go func() {
+			defer n.m.reapers.Done()
+			<-p.done
+		}()
 		n.pasta = nil
 	}
 	if n.mounted {

@@ -38,7 +38,10 @@ type run struct {
 // ExitCode. When ctx ends, the container is stopped (SIGTERM to every
 // process, Spec.Grace, SIGKILL) and the Result says whether it timed out or
 // was cancelled. Run removes everything it created before it returns, also
-// when the caller's Output panics (the panic is re-raised afterwards).
+// when the caller's Output panics (the panic is re-raised afterwards),
+// except an isolated run's pasta process: killed, it may still be exiting
+// (removing its interface takes tens of milliseconds), and Close waits for
+// it.
 func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) {
 	if err := spec.validate(); err != nil {
 		return nil, err
