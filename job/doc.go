@@ -62,6 +62,14 @@
 // (http, https, git, ssh); the path is resolved inside the container and
 // must stay inside the clone, symlinks included.
 //
+// Credentials in a job's URL (https://user:password@host/…) never reach a
+// command line, which every host user can read: the agent takes them out
+// of the URL the script gets and writes them into the control directory,
+// readable by the container's root only; the script hands them to the
+// builder user's environment for git (a credential helper that answers for
+// the URL's host only) and curl (a configuration on its standard input),
+// and unsets them before makepkg (credentials.go).
+//
 // The API key never enters the sandbox: the agent publishes the packages
 // itself, with their Content-Length, retrying transient failures (network
 // errors, 408, 429, 5xx) with jittered exponential backoff.
@@ -79,8 +87,9 @@
 // decision ("build" or "skip") from the other. A build that forges either
 // only decides about itself. The srcinfo FIFO is writable by the PKGBUILD
 // at any time: its length line is read within 64 bytes and the .SRCINFO
-// within MaxSrcInfo; anything else fails the build, and what follows is
-// drained through a fixed buffer.
+// within MaxSrcInfo, both within SrcInfoWithin of the first byte; anything
+// else fails the build, and what follows is drained through a fixed
+// buffer.
 //
 // # Log
 //

@@ -317,6 +317,24 @@ func TestHostileBuilds(t *testing.T) {
 		}
 	})
 
+	// A length line without its newline, forged from prepare() before
+	// build.sh sends the real one (which then reads as part of a length
+	// beyond what follows): the agent answers "fail" once the bound from
+	// the first byte has passed, not at the job's timeout.
+	t.Run("srcinfo length line without newline", func(t *testing.T) {
+		t.Parallel()
+		forge := `prepare() { printf 12 >/run/vagent/srcinfo; echo "length forged"; }`
+		b := newBuilder(t, e, job.WithSrcInfoWithin(2*time.Second))
+		r, log := runJob(t, b, poll.Job{TargetID: 53, Kind: "url", URL: serveFile(t, pkgbuild("forge", "1", "1", forge)), Repo: newRepo(), BaseImage: e.base, Timeout: 300})
+		if !strings.Contains(log, "length forged") {
+			t.Fatalf("the length was not forged:\n%s", log)
+		}
+		wantStatus(t, r, log, poll.ResultFailure, 1)
+		if !strings.HasPrefix(lastLine(log), "vagent: failure (incomplete .SRCINFO after 2s); exit code 1") || !strings.Contains(log, "vagent: incomplete .SRCINFO after 2s\n") {
+			t.Errorf("reason %q, want the bound in the footer and the log:\n%s", r.Reason, log)
+		}
+	})
+
 	// 256 MiB into the log: the agent keeps the first MiB (the cap set
 	// here), one truncation line and its own summary.
 	t.Run("log flood", func(t *testing.T) {

@@ -243,7 +243,7 @@ func runJobLimited(t testing.TB, b *job.Runner, j poll.Job, logLimit int64) (res
 	t.Helper()
 	var log sandboxtest.Buffer
 	r := build(t.Context(), b, j, "", logLimit, &log)
-	t.Logf("%s: %s (exit %d) in %s", j.URL, r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
+	t.Logf("%s: %s (exit %d) in %s", poll.RedactURL(j.URL), r.Reason, r.ExitCode, r.End.Sub(r.Start).Round(time.Millisecond))
 	return r, log.String()
 }
 

@@ -2,11 +2,13 @@ package job
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vieter-v/vagent/poll"
 )
@@ -28,7 +30,7 @@ func TestNegotiateFlood(t *testing.T) {
 			if err := os.MkdirAll(b.runsDir(), 0o700); err != nil {
 				t.Fatal(err)
 			}
-			run, err := b.newRun(nil)
+			run, err := b.newRun(nil, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -79,4 +81,102 @@ func TestNegotiateFlood(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestNegotiateWithin: from the first byte of the srcinfo FIFO on, the
+// length line and the .SRCINFO have srcInfoWithin to arrive; the time
+// before the first byte does not count.
+func TestNegotiateWithin(t *testing.T) {
+	const within = 200 * time.Millisecond
+	srcinfo := "pkgbase = a\n\tpkgver = 1\n\tpkgrel = 1\n\tarch = any\n\npkgname = a\n"
+	for _, tc := range []struct {
+		name  string
+		delay time.Duration // before the first byte
+		parts []string      // written one after the other
+		pause time.Duration // between the parts
+		build bool
+	}{
+		// The script starts sending long after the bound: still fine.
+		{"late start", 3 * within, []string{fmt.Sprintf("%d\n%s", len(srcinfo), srcinfo)}, 0, true},
+		{"slow but within", 0, []string{fmt.Sprintf("%d", len(srcinfo)), fmt.Sprintf("\n%s", srcinfo)}, within / 4, true},
+		{"no newline", 0, []string{"12"}, 0, false},
+		{"short body", 0, []string{fmt.Sprintf("%d\n%s", len(srcinfo)+1, srcinfo)}, 0, false},
+		{"rest after the bound", 0, []string{"7", fmt.Sprintf("0\n%s", srcinfo)}, 3 * within, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o := defaultOptions()
+			o.srcInfoWithin = within
+			b := &Runner{opts: o, dir: t.TempDir()}
+			if err := os.MkdirAll(b.runsDir(), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			run, err := b.newRun(nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer run.remove()
+			w, err := os.OpenFile(filepath.Join(run.dir, "srcinfo"), os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			firstByte := make(chan time.Time, 1)
+			go func() {
+				time.Sleep(tc.delay)
+				for i, p := range tc.parts {
+					if i > 0 {
+						time.Sleep(tc.pause)
+					} else {
+						firstByte <- time.Now()
+					}
+					if _, err := w.WriteString(p); err != nil {
+						return
+					}
+				}
+			}()
+			done := make(chan decision, 1)
+			go func() { done <- b.negotiate(t.Context(), run, poll.Job{}, nil) }()
+			// The answer, as build.sh reads it; then the end of the
+			// container closes the FIFOs, which ends negotiate's drain.
+			answer, err := readDecision(run, tc.delay+10*time.Second)
+			answered := time.Now()
+			run.closeFIFOs()
+			d := <-done
+			if err != nil {
+				t.Fatalf("no answer within 10s of the first byte (bound %v): %v", within, err)
+			}
+			if d.build != tc.build {
+				t.Fatalf("build %v (%v), want %v", d.build, d.err, tc.build)
+			}
+			if tc.build {
+				if answer != "build\n" {
+					t.Errorf("answer %q", answer)
+				}
+				return
+			}
+			if !errors.Is(d.err, ErrSrcInfo) || d.reason != "incomplete .SRCINFO after 200ms" || answer != "fail incomplete .SRCINFO after 200ms\n" {
+				t.Errorf("error %v, reason %q, answer %q", d.err, d.reason, answer)
+			}
+			if took := answered.Sub(<-firstByte); took < within || took > within+5*time.Second {
+				t.Errorf("answered %v after the first byte, bound %v", took, within)
+			}
+		})
+	}
+}
+
+// readDecision reads the agent's answer from the decision FIFO, as build.sh
+// does, waiting at most wait.
+func readDecision(run *runDir, wait time.Duration) (string, error) {
+	f, err := os.OpenFile(filepath.Join(run.dir, "decision"), os.O_RDONLY, 0)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if err := f.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 128)
+	n, err := f.Read(buf)
+	return string(buf[:n]), err
 }

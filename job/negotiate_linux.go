@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -37,7 +38,7 @@ type runDir struct {
 	closeOnce sync.Once
 }
 
-func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
+func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, retErr error) {
 	dir, err := os.MkdirTemp(b.runsDir(), "run-")
 	if err != nil {
 		return nil, err
@@ -51,7 +52,7 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"build.sh", "pacman"} {
+	for _, name := range []string{"build.sh", "pacman", "git-credential"} {
 		data, err := scripts.ReadFile("script/" + name)
 		if err != nil {
 			return nil, err
@@ -70,6 +71,11 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 		}
 		seen[r.Name] = true
 		if err := os.WriteFile(filepath.Join(dir, "repos.d", fmt.Sprintf("%02d.conf", i)), []byte(r.Section()), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if creds != nil {
+		if err := b.writeCredentials(filepath.Join(dir, credentialsFile), creds); err != nil {
 			return nil, err
 		}
 	}
@@ -94,6 +100,25 @@ func (b *Runner) newRun(repos []pacman.Repo) (_ *runDir, retErr error) {
 		}
 	}
 	return run, nil
+}
+
+// writeCredentials writes creds to path, readable by the mapped root only
+// (the container's root; the builder user gets them from it).
+func (b *Runner) writeCredentials(path string, creds *urlCredentials) error {
+	uid, gid, _ := b.sb.IDRange()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o400)
+	if err != nil {
+		return err
+	}
+	if err := f.Chown(int(uid), int(gid)); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(creds.file()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // closeFIFOs ends the agent's side of the FIFOs, which also unblocks a
@@ -123,17 +148,26 @@ const maxSrcInfoHeader = 64
 // on. It returns when it answered or the FIFOs were closed.
 func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut func() error) decision {
 	// The FIFO is writable by the build at any time: every read from it is
-	// bounded. The header is a decimal length on one line, read within
-	// the reader's buffer (ReadSlice fails with ErrBufferFull past it).
-	br := bufio.NewReaderSize(run.srcinfo, maxSrcInfoHeader)
+	// bounded, in size and, from the first byte on, in time. The header is
+	// a decimal length on one line, read within the reader's buffer
+	// (ReadSlice fails with ErrBufferFull past it).
+	within := b.opts.srcInfoWithin
+	br := bufio.NewReaderSize(&firstByteDeadline{f: run.srcinfo, within: within}, maxSrcInfoHeader)
+	incomplete := decision{
+		err:    fmt.Errorf("%w: the length line and the .SRCINFO did not arrive within %v of the first byte", ErrSrcInfo, within),
+		reason: fmt.Sprintf("incomplete .SRCINFO after %v", within),
+	}
 	line, err := br.ReadSlice('\n')
-	if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+	late := errors.Is(err, os.ErrDeadlineExceeded)
+	if err != nil && !errors.Is(err, bufio.ErrBufferFull) && !late {
 		return decision{err: err}
 	}
 	header := strings.TrimSpace(string(line))
 	var d decision
 	size, convErr := strconv.Atoi(header)
 	switch {
+	case late:
+		d = incomplete
 	case errors.Is(err, bufio.ErrBufferFull):
 		d = decision{err: fmt.Errorf("%w: length line longer than %d bytes", ErrSrcInfo, maxSrcInfoHeader), reason: "unreadable .SRCINFO"}
 	case convErr != nil || size < 0:
@@ -142,7 +176,10 @@ func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut f
 		d = decision{err: fmt.Errorf("%w: %d bytes", ErrSrcInfo, size), reason: ".SRCINFO too large"}
 	default:
 		data := make([]byte, size)
-		if _, err := io.ReadFull(br, data); err != nil {
+		if _, err := io.ReadFull(br, data); errors.Is(err, os.ErrDeadlineExceeded) {
+			d = incomplete
+			break
+		} else if err != nil {
 			return decision{err: err}
 		}
 		d.info, d.err = ParseSrcInfo(strings.NewReader(string(data)))
@@ -170,11 +207,34 @@ func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut f
 		d.build, d.skip = false, false
 	}
 	if d.err != nil {
-		// Keep draining (through a fixed buffer: bounded) so that a
-		// script writing more cannot block.
+		// Keep draining (through a fixed buffer: bounded), with no
+		// deadline now, so that a script writing more cannot block.
+		_ = run.srcinfo.SetReadDeadline(time.Time{})
 		_, _ = io.Copy(io.Discard, br)
 	}
 	return d
+}
+
+// firstByteDeadline reads f and, once a read returned data, sets f's read
+// deadline to within from then: the script may take as long as the job
+// allows to start sending (makepkg --nobuild comes first), but a length
+// line without its newline or a short .SRCINFO fails the reads that wait
+// for the rest with os.ErrDeadlineExceeded. f must be pollable (a FIFO).
+type firstByteDeadline struct {
+	f      *os.File
+	within time.Duration
+	armed  bool
+}
+
+func (r *firstByteDeadline) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	if n > 0 && !r.armed {
+		r.armed = true
+		if derr := r.f.SetReadDeadline(time.Now().Add(r.within)); derr != nil && err == nil {
+			err = fmt.Errorf("bounding the .SRCINFO's arrival: %w", derr)
+		}
+	}
+	return n, err
 }
 
 // decide tells whether to build: always without a server or when forced;

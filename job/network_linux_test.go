@@ -62,12 +62,12 @@ func globalHostAddr(t *testing.T) string {
 	return ""
 }
 
-// probeScript is build() of a PKGBUILD that tries to reach, from inside
+// netProbeScript is build() of a PKGBUILD that tries to reach, from inside
 // the build, what the host keeps to itself: an abstract unix socket, an
 // HTTP service on 127.0.0.1, a service on the host's own address, the
 // registry's blob upload API (to poison a base image), a link-local
 // address; and lists the TCP ports its /proc/net/tcp shows.
-func probeScript(abstract, loopback, hostAddr, registry, repo, blob string) string {
+func netProbeScript(abstract, loopback, hostAddr, registry, repo, blob string) string {
 	return `	tcp() { perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], Timeout => 5); print $s ? "CONNECTED" : "refused: $!"' "$1"; }
 	echo "abstract: $(perl -MSocket -e 'socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "$!"; print connect($s, pack_sockaddr_un("\0` + abstract + `")) ? "CONNECTED" : "refused: $!"')"
 	echo "loopback: $(curl -sS --max-time 5 http://` + loopback + `/ 2>&1)"
@@ -120,7 +120,7 @@ func TestHostileNetwork(t *testing.T) {
 		repo := "hostile/" + tok
 		blob := "poisoned layer " + tok
 		digest := sha256Hex([]byte(blob))
-		script := probeScript("vagent-hostile-"+tok, "127.0.0.1:"+strconv.Itoa(loopPort), hostAddr, e.reg.Host(), repo, blob)
+		script := netProbeScript("vagent-hostile-"+tok, "127.0.0.1:"+strconv.Itoa(loopPort), hostAddr, e.reg.Host(), repo, blob)
 		blobExists := func() int {
 			resp, err := http.Head(e.reg.URL() + "/v2/" + repo + "/blobs/sha256:" + digest)
 			if err != nil {

@@ -44,6 +44,9 @@ type options struct {
 	network sandbox.NetworkMode
 	forward []string
 	offline bool
+	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
+	// (SrcInfoWithin; WithSrcInfoWithin in tests).
+	srcInfoWithin time.Duration
 }
 
 // DefaultArch is the architecture of this binary in Arch Linux terms.
@@ -58,6 +61,7 @@ func defaultOptions() *options {
 		publishObserver: func(string) {},
 		outUID:          -1,
 		outGID:          -1,
+		srcInfoWithin:   SrcInfoWithin,
 	}
 }
 

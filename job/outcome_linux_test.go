@@ -201,6 +201,21 @@ func TestOutcomeMatrix(t *testing.T) {
 		log:    []string{"vagent: .SRCINFO too large\n"},
 		ran:    true,
 	}, {
+		// A length line without its newline, or a .SRCINFO shorter than
+		// its length: the agent answers within its bound, not at the
+		// job's timeout.
+		name: "length line without newline", script: script{srcinfo: []byte("12")}, opts: []job.Option{job.WithSrcInfoWithin(300 * time.Millisecond)},
+		status: poll.ResultFailure, code: 1,
+		footer: "vagent: failure (incomplete .SRCINFO after 300ms); exit code 1; took ",
+		log:    []string{"vagent: incomplete .SRCINFO after 300ms\n"},
+		ran:    true,
+	}, {
+		name: "srcinfo shorter than its length", script: script{srcinfo: []byte("100\npkgbase = split\n")}, opts: []job.Option{job.WithSrcInfoWithin(300 * time.Millisecond)},
+		status: poll.ResultFailure, code: 1,
+		footer: "vagent: failure (incomplete .SRCINFO after 300ms); exit code 1; took ",
+		log:    []string{"vagent: incomplete .SRCINFO after 300ms\n"},
+		ran:    true,
+	}, {
 		name: "unparsable srcinfo", script: script{srcinfo: lengthPrefixed("pkgbase = Split Package\n\tpkgver = 1.0\n")},
 		status: poll.ResultFailure, code: 1,
 		footer: `vagent: failure (invalid .SRCINFO: line 1: pkgbase "Split Package"); exit code 1; took `,

@@ -92,6 +92,7 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 // all of it, in reverse order; it runs once.
 type workspace struct {
 	rootfs string        // the builder's rootfs, leased
+	url    string        // the job's URL without credentials (splitCredentials)
 	repos  []pacman.Repo // the repositories added to the build's pacman.conf
 	run    *runDir       // the control directory
 	cache  string        // the package cache tree to mount
@@ -130,7 +131,9 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 		return nil, setupFailed(ctx, "checking the repository", err)
 	}
 	ws.repos = repos
-	ws.run, err = b.newRun(repos)
+	var creds *urlCredentials
+	ws.url, creds = splitCredentials(job.URL)
+	ws.run, err = b.newRun(repos, creds)
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the build", err)
 	}
@@ -178,7 +181,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
 		Env: []string{
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
-			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + job.URL, "VAGENT_BRANCH=" + job.Branch,
+			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
 			"VAGENT_OFFLINE=" + offline,
 		},

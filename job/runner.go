@@ -15,9 +15,10 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The build script and the pacman wrapper, constants of the binary.
+// The build script, the pacman wrapper and git's credential helper,
+// constants of the binary.
 //
-//go:embed script/build.sh script/pacman
+//go:embed script/build.sh script/pacman script/git-credential
 var scripts embed.FS
 
 // Images lends builder root filesystems for base images.

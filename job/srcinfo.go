@@ -7,6 +7,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // SrcInfo is what the agent needs from a .SRCINFO (the format of makepkg
@@ -34,6 +35,14 @@ func (s *SrcInfo) FullVersion() string {
 
 // MaxSrcInfo bounds the size of a .SRCINFO the agent reads.
 const MaxSrcInfo = 1 << 20
+
+// SrcInfoWithin bounds the time from the first byte a build writes into
+// the srcinfo FIFO to the last byte of the .SRCINFO. build.sh writes the
+// length line and the .SRCINFO at once, so only a forged or stalled
+// header takes longer; the agent then answers "fail" (incomplete
+// .SRCINFO) rather than waiting for the job's timeout. The time before
+// the first byte (makepkg --nobuild: sources, dependencies) is the job's.
+const SrcInfoWithin = 30 * time.Second
 
 // maxSrcInfoNames bounds the package names of a .SRCINFO (the skip check
 // asks the server about each), maxSrcInfoArchs its arch entries.

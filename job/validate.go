@@ -66,32 +66,56 @@ func validateURL(kind, s string) error {
 	case len(s) > maxField:
 		return fmt.Errorf("%w: url longer than %d bytes", ErrInvalidJob, maxField)
 	case strings.ContainsFunc(s, isSpaceOrControl):
-		return fmt.Errorf("%w: url %q has whitespace or control characters", ErrInvalidJob, s)
+		return fmt.Errorf("%w: url %q has whitespace or control characters", ErrInvalidJob, poll.RedactURL(s))
 	case strings.HasPrefix(s, "-"):
-		return fmt.Errorf("%w: url %q starts with '-'", ErrInvalidJob, s)
+		return fmt.Errorf("%w: url %q starts with '-'", ErrInvalidJob, poll.RedactURL(s))
 	}
+	// Messages show the URL without its userinfo: it may hold a password.
+	shown := poll.RedactURL(s)
 	if kind == "git" {
 		if transportRE.MatchString(s) {
-			return fmt.Errorf("%w: url %q uses a git remote helper (transport::)", ErrInvalidJob, s)
+			return fmt.Errorf("%w: url %q uses a git remote helper (transport::)", ErrInvalidJob, shown)
 		}
 		if u, err := url.Parse(s); err == nil && u.Scheme != "" && strings.Contains(s, "://") {
 			switch u.Scheme {
 			case "http", "https", "git", "ssh", "git+ssh", "ssh+git":
 			default:
-				return fmt.Errorf("%w: url %q: scheme %q not allowed", ErrInvalidJob, s, u.Scheme)
+				return fmt.Errorf("%w: url %q: scheme %q not allowed", ErrInvalidJob, shown, u.Scheme)
 			}
 			if strings.HasPrefix(u.Host, "-") || strings.HasPrefix(u.User.Username(), "-") {
-				return fmt.Errorf("%w: url %q: host or user starts with '-'", ErrInvalidJob, s)
+				return fmt.Errorf("%w: url %q: host or user starts with '-'", ErrInvalidJob, shown)
 			}
+			return validateUserinfo(u, shown)
 		}
 		return nil
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return fmt.Errorf("%w: url %q: %w", ErrInvalidJob, s, err)
+		return fmt.Errorf("%w: url %q does not parse", ErrInvalidJob, shown)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("%w: url %q is not an http(s) URL", ErrInvalidJob, s)
+		return fmt.Errorf("%w: url %q is not an http(s) URL", ErrInvalidJob, shown)
+	}
+	return validateUserinfo(u, shown)
+}
+
+// validateUserinfo checks the user and password of a URL: build.sh hands
+// them to git and curl as lines, so no control character once decoded
+// (%0A); a password only where git and curl can send it without a command
+// line (http and https: see splitCredentials), since git passes an ssh
+// URL's userinfo to ssh as an argument.
+func validateUserinfo(u *url.URL, shown string) error {
+	if u.User == nil {
+		return nil
+	}
+	password, hasPassword := u.User.Password()
+	switch {
+	case strings.ContainsFunc(u.User.Username()+password, unicode.IsControl):
+		return fmt.Errorf("%w: url %q: user or password has control characters", ErrInvalidJob, shown)
+	case u.Scheme == "git":
+		return fmt.Errorf("%w: url %q: git:// takes no user or password", ErrInvalidJob, shown)
+	case hasPassword && u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("%w: url %q: a password only in http(s) URLs (ssh uses keys)", ErrInvalidJob, shown)
 	}
 	return nil
 }

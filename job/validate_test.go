@@ -2,6 +2,7 @@ package job_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/vieter-v/vagent/job"
@@ -56,6 +57,14 @@ func TestValidateJob(t *testing.T) {
 		{"option base image", func(j *poll.Job) { j.BaseImage = "--upload-pack=x" }, false, false},
 		{"shell base image", func(j *poll.Job) { j.BaseImage = "x; touch /pwned" }, false, false},
 		{"negative timeout", func(j *poll.Job) { j.Timeout = -1 }, false, false},
+		{"https credentials", func(j *poll.Job) { j.URL = "https://user:pa%40ss@example.org/pkg.git" }, false, true},
+		{"https token as user", func(j *poll.Job) { j.URL = "https://ghp_token@example.org/pkg.git" }, false, true},
+		{"url kind credentials", func(j *poll.Job) { j.Kind, j.URL, j.Branch = "url", "https://u:p@example.org/PKGBUILD", "" }, false, true},
+		{"ssh user", func(j *poll.Job) { j.URL = "ssh://git@example.org/pkg.git" }, false, true},
+		{"ssh password", func(j *poll.Job) { j.URL = "ssh://git:secret@example.org/pkg.git" }, false, false},
+		{"git scheme user", func(j *poll.Job) { j.URL = "git://user@example.org/pkg" }, false, false},
+		{"newline in password", func(j *poll.Job) { j.URL = "https://user:a%0Ab@example.org/pkg.git" }, false, false},
+		{"newline in url kind user", func(j *poll.Job) { j.Kind, j.URL, j.Branch = "url", "https://a%0Db:p@example.org/PKGBUILD", "" }, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j := ok
@@ -66,6 +75,9 @@ func TestValidateJob(t *testing.T) {
 			}
 			if !tc.valid && !errors.Is(err, job.ErrInvalidJob) {
 				t.Errorf("ValidateJob(%+v) = %v, want ErrInvalidJob", j, err)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret") {
+				t.Errorf("the error shows the URL's password: %v", err)
 			}
 		})
 	}

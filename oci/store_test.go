@@ -651,10 +651,11 @@ func TestRootfsCrashSafety(t *testing.T) {
 	reg.handler = slow
 	ctx, cancel := context.WithCancel(t.Context())
 	go func() {
+		// The layer's blob is held in flight by the handler: the pull
+		// is in the middle when it is cancelled.
 		for slow.inflight.Load() == 0 {
 			time.Sleep(time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
 		cancel()
 	}()
 	if _, err := s.Rootfs(ctx, ref); !errors.Is(err, context.Canceled) {

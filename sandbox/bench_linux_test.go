@@ -24,6 +24,9 @@ import (
 // directory inside the test binary's directory, where libcontainer copies
 // the binary for every start (see binaryCopiedPerStart); without a user
 // namespace because that directory is not searchable by mapped users.
+// "vagent-noseccomp" is vagent without its seccomp filter: the difference
+// is what the allow-list costs a start (built into a BPF program by the
+// container's init each time).
 func BenchmarkStartTrue(b *testing.B) {
 	needRoot(b)
 	rootfs := sandboxtest.BusyboxRootfs(b)
@@ -34,14 +37,17 @@ func BenchmarkStartTrue(b *testing.B) {
 	}
 	var variants []*variant
 	for _, v := range []struct {
-		name            string
-		userns, overlay bool
-		nested          bool
-	}{{"vagent", true, true, false}, {"vagent-nouserns", false, true, false}, {"vagent-nooverlay", true, false, false}, {"vagent-bare", false, false, false}, {"vagent-nouserns-copiedbinary", false, true, true}} {
+		name              string
+		userns, overlay   bool
+		nested, noSeccomp bool
+	}{{"vagent", true, true, false, false}, {"vagent-noseccomp", true, true, false, true}, {"vagent-nouserns", false, true, false, false}, {"vagent-nooverlay", true, false, false, false}, {"vagent-bare", false, false, false, false}, {"vagent-nouserns-copiedbinary", false, true, true, false}} {
 		var e *testEnv
-		if v.nested {
+		switch {
+		case v.nested:
 			e = newManagerIn(b, binaryDirTemp(b), sandbox.WithUserNamespace(false))
-		} else {
+		case v.noSeccomp:
+			e = newManager(b, sandbox.WithUserNamespace(v.userns), sandbox.WithSeccomp(false))
+		default:
 			e = newManager(b, sandbox.WithUserNamespace(v.userns))
 		}
 		// A new namespace with loopback only, as runc's default spec:
@@ -56,18 +62,23 @@ func BenchmarkStartTrue(b *testing.B) {
 		}})
 	}
 	if runc, err := osexec.LookPath("runc"); err == nil {
-		bundle := runcBundle(b, runc, rootfs)
 		state := sandboxtest.Dir(b)
 		n := 0
-		variants = append(variants, &variant{name: "runc", run: func() error {
-			n++
-			cmd := osexec.Command(runc, "--root", state, "run", "--bundle", bundle, fmt.Sprintf("bench-%d-%d", os.Getpid(), n))
-			out, err := cmd.CombinedOutput()
-			if err != nil {
-				return fmt.Errorf("runc run: %v: %s", err, out)
+		for _, withSeccomp := range []bool{false, true} {
+			bundle, name := runcBundle(b, runc, rootfs, false), "runc"
+			if withSeccomp {
+				bundle, name = runcBundle(b, runc, rootfs, true), "runc-seccomp"
 			}
-			return nil
-		}})
+			variants = append(variants, &variant{name: name, run: func() error {
+				n++
+				cmd := osexec.Command(runc, "--root", state, "run", "--bundle", bundle, fmt.Sprintf("bench-%d-%d", os.Getpid(), n))
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					return fmt.Errorf("%s run: %v: %s", name, err, out)
+				}
+				return nil
+			}})
+		}
 	} else {
 		b.Log("runc not installed (Debian package runc): no comparison")
 	}
@@ -92,7 +103,9 @@ func BenchmarkStartTrue(b *testing.B) {
 	}
 	if r, ok := medians["runc"]; ok {
 		b.ReportMetric(medians["vagent"]/r, "vagent/runc")
+		b.ReportMetric(medians["vagent"]/medians["runc-seccomp"], "vagent/runc-seccomp")
 	}
+	b.ReportMetric(medians["vagent"]/medians["vagent-noseccomp"], "vagent/noseccomp")
 }
 
 // binaryDirTemp returns a new directory inside the test binary's own
@@ -114,8 +127,9 @@ func binaryDirTemp(b *testing.B) string {
 }
 
 // runcBundle writes an OCI bundle for `runc run` of /bin/true in rootfs:
-// Debian runc's default spec (no user namespace, read-only rootfs).
-func runcBundle(b *testing.B, runc, rootfs string) string {
+// Debian runc's default spec (no user namespace, read-only rootfs, no
+// seccomp), with vagent's seccomp filter when withSeccomp.
+func runcBundle(b *testing.B, runc, rootfs string, withSeccomp bool) string {
 	dir := sandboxtest.Dir(b)
 	if out, err := osexec.Command(runc, "spec", "--bundle", dir).CombinedOutput(); err != nil {
 		b.Fatalf("runc spec: %v: %s", err, out)
@@ -133,6 +147,13 @@ func runcBundle(b *testing.B, runc, rootfs string) string {
 	proc := spec["process"].(map[string]any)
 	proc["terminal"] = false
 	proc["args"] = []string{"/bin/true"}
+	if withSeccomp {
+		filter, err := sandbox.SeccompOCI()
+		if err != nil {
+			b.Fatal(err)
+		}
+		spec["linux"].(map[string]any)["seccomp"] = filter
+	}
 	if data, err = json.Marshal(spec); err != nil {
 		b.Fatal(err)
 	}

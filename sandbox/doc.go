@@ -41,10 +41,12 @@
 //     so that container root writes there as the unprivileged mapped root.
 //   - Docker's default capability set (effective only for container root; a
 //     non-root user gets it as bounding set so sudo and su work), no
-//     no_new_privs, and a seccomp blocklist of what builds never need
-//     (mount, kexec, modules, bpf, keyrings, ptrace attach, perf, swap,
-//     reboot, setns, new user namespaces, open_by_handle_at, userfaultfd,
-//     io_uring…).
+//     no_new_privs, and a seccomp allow-list after Docker's default profile
+//     (seccomp_syscalls.go says where the list comes from): privileged
+//     calls (mount, kexec, modules, bpf, keyrings, ptrace attach, perf,
+//     swap, reboot, setns, unshare, open_by_handle_at, userfaultfd,
+//     io_uring…) get EPERM, every call the lists do not allow gets ENOSYS
+//     so that libc falls back, newer kernels' calls included.
 //   - cgroup limits: memory (and memory+swap), pids, CPU weight and quota,
 //     with cgroup v1 (including hybrid hosts) and cgroup v2. On cgroup v2
 //     the runs' cgroups go below the agent's own cgroup, into which New

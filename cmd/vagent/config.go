@@ -690,9 +690,7 @@ func (l *loader) env(v reflect.Value, path string, getenv func(string) string) {
 
 var yamlLineRE = regexp.MustCompile(`^line ([0-9]+): (.*)$`)
 
-var (
-	pkgRE = regexp.MustCompile(`^([a-z0-9@._+-]+/)?[a-z0-9@._+-]+$`)
-)
+var pkgRE = regexp.MustCompile(`^([a-z0-9@._+-]+/)?[a-z0-9@._+-]+$`)
 
 // validate checks the values that decoding could not.
 func (l *loader) validate(c *Config) {

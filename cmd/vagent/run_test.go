@@ -124,6 +124,12 @@ func (e *runEnv) start(t *testing.T) *exec.Cmd {
 	return cmd
 }
 
+// stderrCount tells how often the agent's standard error has s so far.
+func (e *runEnv) stderrCount(s string) int {
+	b, _ := os.ReadFile(e.stderrPath)
+	return strings.Count(string(b), s)
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -216,8 +222,10 @@ func TestRunSignals(t *testing.T) {
 	cmd := e.start(t)
 	eventually(t, "a running build", func() bool { return e.metric(t, `vagent_slots{state="running"}`) == "1" })
 	_ = cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(300 * time.Millisecond)
-	if cmd.ProcessState != nil || len(e.srv.Logs()) != 0 {
+	// The agent answered the signal (its "stopping" line) and still waits
+	// for the build.
+	eventually(t, "the stopping line", func() bool { return e.stderrCount("stopping: builds may finish") == 1 })
+	if cmd.ProcessState != nil || len(e.srv.Logs()) != 0 || e.metric(t, `vagent_slots{state="running"}`) != "1" {
 		t.Fatal("the first signal did not wait for the build")
 	}
 	_ = cmd.Process.Signal(syscall.SIGINT)
@@ -231,9 +239,13 @@ func TestRunSignals(t *testing.T) {
 	e.add(t, "stuck")
 	cmd = e.start(t)
 	eventually(t, "two running builds", func() bool { return e.metric(t, `vagent_slots{state="running"}`) == "2" })
-	for range 3 {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		time.Sleep(200 * time.Millisecond)
+	// Each signal once the agent answered the one before: three signals,
+	// not one that the kernel merged with a pending one.
+	for i, line := range []string{"stopping: builds may finish", "cancelling running builds; signal again", "exiting at once"} {
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatalf("signal %d: %v", i+1, err)
+		}
+		eventually(t, fmt.Sprintf("the answer to signal %d", i+1), func() bool { return e.stderrCount(line) == 1 })
 	}
 	if code := waitExit(t, cmd); code != 130 {
 		t.Fatalf("exit %d after three signals, want 130", code)

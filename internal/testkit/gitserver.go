@@ -19,8 +19,10 @@ type GitServer struct {
 }
 
 // NewGitServer starts a GitServer for the rest of tb. It skips tb (fails
-// it in CI) when git is not installed.
-func NewGitServer(tb testing.TB) *GitServer {
+// it in CI) when git is not installed. Each wrap, if any, wraps the
+// handler of git http-backend, the last outermost: authentication, fault
+// injection, a gate that holds requests.
+func NewGitServer(tb testing.TB, wrap ...func(http.Handler) http.Handler) *GitServer {
 	tb.Helper()
 	git := RequireTool(tb, "git", "git")
 	out, err := exec.Command(git, "--exec-path").Output()
@@ -28,10 +30,14 @@ func NewGitServer(tb testing.TB) *GitServer {
 		tb.Fatal(err)
 	}
 	g := &GitServer{root: tb.TempDir()}
-	ts := httptest.NewServer(&cgi.Handler{
+	var h http.Handler = &cgi.Handler{
 		Path: filepath.Join(strings.TrimSpace(string(out)), "git-http-backend"),
 		Env:  []string{"GIT_PROJECT_ROOT=" + g.root, "GIT_HTTP_EXPORT_ALL=1"},
-	})
+	}
+	for _, w := range wrap {
+		h = w(h)
+	}
+	ts := httptest.NewServer(h)
 	tb.Cleanup(ts.Close)
 	g.url = ts.URL
 	return g

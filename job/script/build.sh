@@ -14,9 +14,12 @@
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
 # by the agent from validated values), pacman (pacman serialised on the shared package
-# cache, also makepkg's $PACMAN), this script, and two FIFOs: srcinfo (the
-# .SRCINFO, length-prefixed, to the agent) and decision (one line from the
-# agent: "build", "skip REASON" or "fail REASON").
+# cache, also makepkg's $PACMAN), this script, git-credential (git's
+# credential helper), credentials when the job's URL had a user or password
+# (two lines, readable by root only: the agent took them out of
+# VAGENT_URL, since every host user can read command lines), and two FIFOs:
+# srcinfo (the .SRCINFO, length-prefixed, to the agent) and decision (one
+# line from the agent: "build", "skip REASON" or "fail REASON").
 set -uo pipefail
 ctl=/run/vagent
 
@@ -83,6 +86,14 @@ if [[ ${1-} != --builder ]]; then
 	home=$(getent passwd builder | cut -d: -f6)
 	[[ -n $home ]] || fail "the image has no builder user"
 	export HOME=$home USER=builder LOGNAME=builder
+	# The URL's credentials go to the builder in its environment, which
+	# only it and root can read; read's builtin keeps them off every
+	# command line.
+	if [[ -e $ctl/credentials ]]; then
+		{ IFS= read -r VAGENT_URL_USER && IFS= read -r VAGENT_URL_PASSWORD; } <"$ctl/credentials" ||
+			fail "cannot read the credentials of the job's URL"
+		export VAGENT_URL_USER VAGENT_URL_PASSWORD
+	fi
 	exec setpriv --reuid=builder --regid=builder --init-groups -- /bin/bash "$ctl/build.sh" --builder
 fi
 
@@ -93,16 +104,36 @@ case $VAGENT_KIND in
 git)
 	args=(git clone --single-branch --depth 1)
 	[[ -z $VAGENT_BRANCH ]] || args+=("--branch=$VAGENT_BRANCH")
-	run "${args[@]}" -- "$VAGENT_URL" repo || exit
+	if [[ -v VAGENT_URL_USER ]]; then
+		# Only this helper (an empty value drops any other): it answers
+		# for the URL's host alone.
+		GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0= \
+			GIT_CONFIG_KEY_1=credential.helper GIT_CONFIG_VALUE_1=$ctl/git-credential \
+			run "${args[@]}" -- "$VAGENT_URL" repo || exit
+	else
+		run "${args[@]}" -- "$VAGENT_URL" repo || exit
+	fi
 	;;
 url)
 	run mkdir repo || exit
-	run curl --fail --silent --show-error --location --proto =http,https --proto-redir =http,https \
-		--max-redirs 10 --output repo/PKGBUILD --url "$VAGENT_URL" || exit
+	args=(curl --fail --silent --show-error --location --proto =http,https --proto-redir =http,https
+		--max-redirs 10 --output repo/PKGBUILD)
+	if [[ -v VAGENT_URL_USER ]]; then
+		# curl reads "user" from a configuration on its standard input;
+		# it sends it to the URL's host only, not after a redirect.
+		cred=$VAGENT_URL_USER:$VAGENT_URL_PASSWORD
+		cred=${cred//\\/\\\\}
+		cred=${cred//\"/\\\"}
+		run "${args[@]}" --config - --url "$VAGENT_URL" <<<"user = \"$cred\"" || exit
+		unset cred
+	else
+		run "${args[@]}" --url "$VAGENT_URL" </dev/null || exit
+	fi
 	;;
 dir) ;;
 *) fail "unknown source kind" ;;
 esac
+unset VAGENT_URL_USER VAGENT_URL_PASSWORD
 
 top=$(realpath -e -- repo) || exit
 dir=$top
