@@ -24,8 +24,9 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 		Use:   "check",
 		Short: "report whether this host can run builds, and why not",
 		Long: "Probe the host for what builds need (kernel, user namespaces, overlayfs, idmapped mounts,\n" +
-			"cgroups and each configured limit, seccomp, disk space, private data-dir trees) by running\n" +
-			"what a build runs, and print one line per requirement. Exit status 1 when one is missing.",
+			"cgroups and each configured limit, the isolated network (pasta, /dev/net/tun), seccomp, disk\n" +
+			"space, private data-dir trees) by running what a build runs, and print one line per\n" +
+			"requirement with what to do. Exit status 1 when one is missing.",
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if idBase > 1<<32-1 || idSize > 1<<32-1 {

@@ -367,3 +367,76 @@ func hostNetwork(t *testing.T) (links, rules string) {
 	}
 	return strings.Join(names, " "), string(r4) + string(r6)
 }
+
+// TestRunNeedsIsolatedNetwork: `vagent run` with the default isolated
+// network refuses to start, saying what is missing and how to fix it, when
+// pasta is not there (no job is taken: the server is never polled); with
+// build_network.mode: host it starts, and warns that it is unsafe.
+func TestRunNeedsIsolatedNetwork(t *testing.T) {
+	t.Parallel()
+	if !sandbox.SeccompSupported {
+		testkit.Unavailable(t, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
+	}
+	testkit.RequireRoot(t)
+	bin, err := exec.LookPath("vagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, ts := vieterserver.NewTest(t, vieterserver.WithAPIKey("k"))
+	dir := sandboxtest.Dir(t)
+	run := func(mode string) (*exec.Cmd, *sandboxtest.Buffer) {
+		cfg := filepath.Join(dir, mode+".yaml")
+		yaml := fmt.Sprintf("address: %s\napi_key: k\ndata_dir: %s\npolling_frequency: 1s\nlog_level: INFO\nlog_file: '-'\nbuild_network:\n  mode: %s\n",
+			ts.URL, filepath.Join(dir, "data-"+mode), mode)
+		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var out sandboxtest.Buffer
+		cmd := exec.Command(bin, "run", cfg)
+		// A PATH without pasta.
+		cmd.Env = append(os.Environ(), "PATH="+t.TempDir())
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, &out
+	}
+	cmd, out := run("isolated")
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || cmd.ProcessState.ExitCode() == 0 {
+			t.Errorf("vagent run without pasta: %v, want a failure\n%s", err, out.String())
+		}
+	case <-time.After(2 * time.Minute):
+		_ = cmd.Process.Kill()
+		t.Fatalf("vagent run without pasta did not exit\n%s", out.String())
+	}
+	for _, want := range []string{"build_network.mode isolated", "pasta not found (install passt"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if n := srv.Requests(vieterserver.RoutePoll); n != 0 {
+		t.Errorf("the agent polled %d times", n)
+	}
+
+	cmd, out = run("host")
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	eventually(t, "a poll of the host-network agent", func() bool { return srv.Requests(vieterserver.RoutePoll) > 0 })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("vagent run on the host network: %v\n%s", err, out.String())
+	}
+	if srv.Requests(vieterserver.RoutePoll) == 0 || !strings.Contains(out.String(), "build_network.mode: host is unsafe") {
+		t.Errorf("the host-network agent did not poll, or did not warn:\n%s", out.String())
+	}
+}

@@ -145,6 +145,8 @@ run cd -- "$dir" || exit
 
 export PACMAN=$ctl/pacman PKGDEST=/build/out
 mkdir -p /build/out || exit
+# Two passes: sources and dependencies first, with the network; with
+# VAGENT_OFFLINE=1 the agent cuts it between the passes, so they stay two.
 run makepkg --nobuild --syncdeps --needed --noconfirm || exit
 step srcinfo
 srcinfo >/build/.SRCINFO || exit
