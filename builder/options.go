@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"regexp"
-	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -197,13 +196,8 @@ func withClock(now func() time.Time) Option {
 // endpoints.
 func WithNetwork(mode sandbox.NetworkMode, forward ...string) Option {
 	return func(o *options) error {
-		if _, err := sandbox.ParseNetworkMode(mode.String()); err != nil {
+		if err := sandbox.ValidateNetwork(mode, forward); err != nil {
 			return fmt.Errorf("%w: %w", ErrBadConfig, err)
-		}
-		for _, f := range forward {
-			if _, _, err := sandbox.ParseForward(f); err != nil {
-				return fmt.Errorf("%w: %w", ErrBadConfig, err)
-			}
 		}
 		o.network, o.forward = mode, append([]string(nil), forward...)
 		return nil
@@ -216,19 +210,9 @@ func (o *options) setupForwards() []string {
 	if o.network != sandbox.NetworkIsolated {
 		return nil
 	}
-	fwd := append([]string(nil), o.forward...)
-	add := func(u string) {
-		if ep, ok := sandbox.URLEndpoint(u); ok && !slices.Contains(fwd, ep) {
-			fwd = append(fwd, ep)
-		}
-	}
-	for _, m := range o.mirrors {
-		add(m)
-	}
+	urls := append([]string(nil), o.mirrors...)
 	for _, r := range o.repos {
-		for _, s := range r.Servers {
-			add(s)
-		}
+		urls = append(urls, r.Servers...)
 	}
-	return fwd
+	return sandbox.ForwardsFor(o.forward, urls...)
 }

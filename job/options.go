@@ -243,13 +243,8 @@ func WithLocalImages(on bool) Option {
 // sandbox.NetworkIsolated, no further endpoints.
 func WithNetwork(mode sandbox.NetworkMode, forward ...string) Option {
 	return func(o *options) error {
-		if _, err := sandbox.ParseNetworkMode(mode.String()); err != nil {
+		if err := sandbox.ValidateNetwork(mode, forward); err != nil {
 			return fmt.Errorf("%w: %w", ErrBadConfig, err)
-		}
-		for _, f := range forward {
-			if _, _, err := sandbox.ParseForward(f); err != nil {
-				return fmt.Errorf("%w: %w", ErrBadConfig, err)
-			}
 		}
 		o.network, o.forward = mode, append([]string(nil), forward...)
 		return nil

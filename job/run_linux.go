@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -299,19 +298,12 @@ func (b *Runner) forwards(repos []pacman.Repo) []string {
 	if b.opts.network != sandbox.NetworkIsolated {
 		return nil
 	}
-	fwd := append([]string(nil), b.opts.forward...)
-	add := func(u string) {
-		if ep, ok := sandbox.URLEndpoint(u); ok && !slices.Contains(fwd, ep) {
-			fwd = append(fwd, ep)
-		}
-	}
+	var urls []string
 	if b.opts.server != nil {
-		add(b.opts.server.Address())
+		urls = append(urls, b.opts.server.Address())
 	}
 	for _, r := range repos {
-		for _, s := range r.Servers {
-			add(s)
-		}
+		urls = append(urls, r.Servers...)
 	}
-	return fwd
+	return sandbox.ForwardsFor(b.opts.forward, urls...)
 }

@@ -72,6 +72,42 @@ func URLEndpoint(rawURL string) (endpoint string, ok bool) {
 	return ep, true
 }
 
+// ForwardsFor returns forward followed by the Spec.Forward entries of the
+// servers of urls (URLEndpoint; other URLs are left out), each entry once.
+func ForwardsFor(forward []string, urls ...string) []string {
+	var out []string
+	seen := map[string]bool{}
+	add := func(ep string) {
+		if !seen[ep] {
+			seen[ep] = true
+			out = append(out, ep)
+		}
+	}
+	for _, f := range forward {
+		add(f)
+	}
+	for _, u := range urls {
+		if ep, ok := URLEndpoint(u); ok {
+			add(ep)
+		}
+	}
+	return out
+}
+
+// ValidateNetwork checks a network mode and forward entries as Run does,
+// for callers that take them as options.
+func ValidateNetwork(mode NetworkMode, forward []string) error {
+	if mode != NetworkIsolated && mode != NetworkHost && mode != NetworkNone {
+		return fmt.Errorf("unknown network mode %d", int(mode))
+	}
+	for _, f := range forward {
+		if _, _, err := ParseForward(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // validDNSName accepts host names: dot-separated labels of letters, digits
 // and hyphens, not starting or ending with a hyphen.
 func validDNSName(s string) bool {

@@ -560,3 +560,18 @@ func TestURLEndpoint(t *testing.T) {
 		}
 	}
 }
+
+func TestForwardsFor(t *testing.T) {
+	got := sandbox.ForwardsFor([]string{"127.0.0.1:9418", "127.0.0.1:9418"},
+		"http://127.0.0.1:8000/$repo/$arch", "file:///srv/repo", "http://127.0.0.1:8000/other", "https://mirror.example.org/arch/$repo/os/$arch")
+	want := []string{"127.0.0.1:9418", "127.0.0.1:8000", "mirror.example.org:443"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("ForwardsFor = %q, want %q", got, want)
+	}
+	if err := sandbox.ValidateNetwork(sandbox.NetworkIsolated, []string{"127.0.0.1"}); err == nil {
+		t.Error("ValidateNetwork accepted a forward without a port")
+	}
+	if err := sandbox.ValidateNetwork(sandbox.NetworkMode(7), nil); err == nil {
+		t.Error("ValidateNetwork accepted an unknown mode")
+	}
+}

@@ -654,6 +654,9 @@ func TestInvalidSpecs(t *testing.T) {
 		"malformed env":    {Lower: rootfs, Args: []string{"true"}, Env: []string{"NOEQUALS"}},
 		"negative grace":   {Lower: rootfs, Args: []string{"true"}, Grace: -1},
 		"unknown network":  {Lower: rootfs, Args: []string{"true"}, Network: 7},
+		"bad forward":      {Lower: rootfs, Args: []string{"true"}, Forward: []string{"127.0.0.1"}},
+		"forward on host":  {Lower: rootfs, Args: []string{"true"}, Network: sandbox.NetworkHost, Forward: []string{"127.0.0.1:80"}},
+		"control on none":  {Lower: rootfs, Args: []string{"true"}, Network: sandbox.NetworkNone, NetworkControl: sandbox.NewNetworkControl()},
 		"cpu weight range": {Lower: rootfs, Args: []string{"true"}, Limits: &sandbox.Limits{CPUWeight: 10001}},
 	} {
 		if _, err := e.m.Run(t.Context(), spec); !errors.Is(err, sandbox.ErrInvalidSpec) {

@@ -242,16 +242,11 @@ func (s *Spec) validate() error {
 			return fmt.Errorf("%w: hostname %q has invalid characters", ErrInvalidSpec, s.Hostname)
 		}
 	}
-	if s.Network != NetworkIsolated && s.Network != NetworkHost && s.Network != NetworkNone {
-		return fmt.Errorf("%w: unknown network mode %d", ErrInvalidSpec, int(s.Network))
+	if err := ValidateNetwork(s.Network, s.Forward); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, err)
 	}
 	if s.Network != NetworkIsolated && (len(s.Forward) > 0 || s.NetworkControl != nil) {
 		return fmt.Errorf("%w: forwards and network control need the isolated network, not %s", ErrInvalidSpec, s.Network)
-	}
-	for _, f := range s.Forward {
-		if _, _, err := ParseForward(f); err != nil {
-			return fmt.Errorf("%w: %w", ErrInvalidSpec, err)
-		}
 	}
 	for _, m := range s.Mounts {
 		if !path.IsAbs(m.Source) || !path.IsAbs(m.Target) {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -220,16 +219,11 @@ func (f *buildFlags) buildNetwork(cfg *Config, sourceURL string, repos []pacman.
 			return n, usageError("--forward: %v", err)
 		}
 	}
-	n.forward = append(n.forward, f.forward...)
 	urls := append([]string{sourceURL}, f.mirrors...)
 	for _, r := range repos {
 		urls = append(urls, r.Servers...)
 	}
-	for _, u := range urls {
-		if ep, ok := sandbox.URLEndpoint(u); ok && !slices.Contains(n.forward, ep) {
-			n.forward = append(n.forward, ep)
-		}
-	}
+	n.forward = sandbox.ForwardsFor(append(n.forward, f.forward...), urls...)
 	n.offline = n.offline || f.offline
 	if n.offline && n.mode != sandbox.NetworkIsolated {
 		return n, usageError("--offline-build needs the isolated network, not %s", n.mode)

@@ -15,7 +15,6 @@ import (
 	"reflect"
 	"regexp"
 	"runtime"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -958,21 +957,11 @@ func (c *Config) NetworkDeny() []netip.Prefix {
 // pacman_mirrors and pacman_repos, which are in the builder image's
 // pacman.conf.
 func (c *Config) BuildForwards() []string {
-	fwd := append([]string(nil), c.BuildNetwork.Forward...)
-	add := func(u string) {
-		if ep, ok := sandbox.URLEndpoint(u); ok && !slices.Contains(fwd, ep) {
-			fwd = append(fwd, ep)
-		}
-	}
-	for _, m := range c.pacmanMirrors() {
-		add(m)
-	}
+	urls := append([]string(nil), c.pacmanMirrors()...)
 	for _, r := range c.PacmanRepos {
-		for _, s := range r.Servers {
-			add(s)
-		}
+		urls = append(urls, r.Servers...)
 	}
-	return fwd
+	return sandbox.ForwardsFor(c.BuildNetwork.Forward, urls...)
 }
 
 // JobNetworkOptions are the network options of builds.
