@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
@@ -44,22 +44,6 @@ func hostListener(t *testing.T, listen string, h http.Handler) int {
 	go srv.Serve(ln) //nolint:errcheck // ends with Close
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// globalHostAddr returns a global IPv4 address of the host.
-func globalHostAddr(t *testing.T) string {
-	t.Helper()
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
-			return p.Addr().String()
-		}
-	}
-	t.Skip("the host has no global IPv4 address")
-	return ""
 }
 
 // netProbeScript is build() of a PKGBUILD that tries to reach, from inside
@@ -116,7 +100,7 @@ func TestHostileNetwork(t *testing.T) {
 		var loop, any counter
 		loopPort := hostListener(t, "127.0.0.1:0", &loop)
 		anyPort := hostListener(t, ":0", &any)
-		hostAddr := net.JoinHostPort(globalHostAddr(t), strconv.Itoa(anyPort))
+		hostAddr := net.JoinHostPort(testkit.HostAddr(t).String(), strconv.Itoa(anyPort))
 		repo := "hostile/" + tok
 		blob := "poisoned layer " + tok
 		digest := sha256Hex([]byte(blob))
@@ -197,8 +181,8 @@ func TestHostileNetwork(t *testing.T) {
 		go hs.Serve(ln) //nolint:errcheck // ends with the listener
 		t.Cleanup(func() { hs.Close() })
 		_, serverPort, _ := net.SplitHostPort(serverAddr)
-		ownPort := freePort(t)
-		hostAddr := globalHostAddr(t)
+		ownPort := testkit.FreePort(t)
+		hostAddr := testkit.HostAddr(t).String()
 		var mu sync.Mutex
 		var hostSaw []string
 		note := func(format string, args ...any) {
@@ -276,17 +260,6 @@ func portsLine(log string) string {
 		}
 	}
 	return ""
-}
-
-// freePort returns a TCP port free on every address of the host now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // TestOfflineBuild: with an offline build(), sources listed in source=()

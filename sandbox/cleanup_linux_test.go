@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
@@ -163,14 +164,14 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal("helper agent did not start its container")
 	}
 	nsFiles, _ := filepath.Glob(filepath.Join(dir, "netns", "*"))
-	if len(nsFiles) != 1 || len(pastaProcs(dir)) != 1 {
-		t.Fatalf("the run has network namespaces %v and pasta %v, want one each", nsFiles, pastaProcs(dir))
+	if len(nsFiles) != 1 || len(testkit.PastaProcs(dir)) != 1 {
+		t.Fatalf("the run has network namespaces %v and pasta %v, want one each", nsFiles, testkit.PastaProcs(dir))
 	}
 	var nsStat syscall.Stat_t
 	if err := syscall.Stat(nsFiles[0], &nsStat); err != nil {
 		t.Fatal(err)
 	}
-	if len(netnsHolders(nsStat.Ino)) == 0 {
+	if len(testkit.NetnsHolders(nsStat.Ino)) == 0 {
 		t.Fatal("no process is in the run's network namespace: is the inode right?")
 	}
 	if err := cmd.Process.Kill(); err != nil {
@@ -187,7 +188,7 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatalf("expected state, mounts and cgroups of the killed agent, found %v", l)
 	}
 	// pasta died with the agent (its parent-death signal).
-	if p := pastaProcs(dir); len(p) > 0 {
+	if p := testkit.PastaProcs(dir); len(p) > 0 {
 		t.Errorf("pasta outlived the agent: %v", p)
 	}
 	e := &testEnv{dir: dir, parent: parent}
@@ -203,7 +204,7 @@ func TestCrashRecovery(t *testing.T) {
 	if l := leftovers(e.dir, e.parent, false); len(l) > 0 {
 		t.Errorf("left after recovery:\n%s", strings.Join(l, "\n"))
 	}
-	if h := netnsHolders(nsStat.Ino); len(h) > 0 {
+	if h := testkit.NetnsHolders(nsStat.Ino); len(h) > 0 {
 		t.Errorf("processes still in the run's network namespace: %v", h)
 	}
 	if mountsOfNetns(t, nsStat.Ino) > 0 {

@@ -105,7 +105,7 @@ func leftovers(dataDir, parent string, closed bool) []string {
 			l = append(l, sub+"/"+e.Name())
 		}
 	}
-	for _, p := range pastaProcs(dataDir) {
+	for _, p := range testkit.PastaProcs(dataDir) {
 		l = append(l, "pasta "+p)
 	}
 	for _, p := range cgroupParentDirs(parent) {

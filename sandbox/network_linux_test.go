@@ -14,8 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
@@ -46,34 +45,6 @@ func startHostHTTP(t testing.TB, listen, body string) *hostHTTP {
 	return h
 }
 
-// hostAddr returns a global unicast address of one of the host's
-// interfaces (not loopback, not link-local).
-func hostAddr(t testing.TB) netip.Addr {
-	t.Helper()
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && p.Addr().IsGlobalUnicast() {
-			return p.Addr()
-		}
-	}
-	t.Skip("the host has no global IPv4 address")
-	return netip.Addr{}
-}
-
-// freePort returns a TCP port that is free on the host's every address now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // wgetScript defines try NAME URL, which prints "NAME: reached: BODY" or
 // "NAME: refused: ERROR".
 const wgetScript = `try() { if out=$(timeout 5 wget -q -O - "$2" 2>&1); then echo "$1: reached: $out"; else echo "$1: refused: $out"; fi; }
@@ -89,7 +60,7 @@ func TestIsolatedNetworkReach(t *testing.T) {
 	secret := startHostHTTP(t, "127.0.0.1:0", "loopback secret")
 	fwd := startHostHTTP(t, "127.0.0.1:0", "forwarded ok")
 	all := startHostHTTP(t, ":0", "host interface secret")
-	ha := hostAddr(t)
+	ha := testkit.HostAddr(t)
 	script := wgetScript + fmt.Sprintf(`try forwarded http://%s/
 try localhost-name http://localhost:%d/
 try loopback http://%s/
@@ -137,7 +108,7 @@ func TestIsolatedNetworkListeners(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret := startHostHTTP(t, "127.0.0.1:0", "secret")
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	hex := func(p int) string { return fmt.Sprintf(":%04X ", p) }
 	script := fmt.Sprintf(`nc -ll -p %d -e echo from-build &
 until cat /proc/net/tcp /proc/net/tcp6 | grep -q '%s'; do sleep 0.02; done
@@ -168,7 +139,7 @@ echo "own listener answers: $(nc 127.0.0.1 %d </dev/null)"
 		t.Fatalf("the run ended before listening: %+v %v\n%s", r.res, r.err, w.String())
 	}
 	// The host: nothing listens on the port, and the port is free.
-	for _, addr := range []string{"127.0.0.1", "::1", hostAddr(t).String()} {
+	for _, addr := range []string{"127.0.0.1", "::1", testkit.HostAddr(t).String()} {
 		if c, err := net.DialTimeout("tcp", net.JoinHostPort(addr, strconv.Itoa(port)), 2*time.Second); err == nil {
 			c.Close()
 			t.Errorf("the host reached the run's listener at %s:%d", addr, port)
@@ -503,31 +474,6 @@ func TestParseForward(t *testing.T) {
 			t.Errorf("ParseForward(%q) = %q, %d, %v", tc.in, host, port, err)
 		}
 	}
-}
-
-// pastaProcs returns the pasta processes serving namespaces under dir.
-func pastaProcs(dir string) []string {
-	var out []string
-	for _, p := range findProcs(dir) {
-		if strings.Contains(p, "--netns") {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// netnsHolders lists the processes whose network namespace is the one with
-// inode ino.
-func netnsHolders(ino uint64) []string {
-	var out []string
-	files, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/ns/net")
-	for _, f := range files {
-		var st unix.Stat_t
-		if err := unix.Stat(f, &st); err == nil && st.Ino == ino {
-			out = append(out, f)
-		}
-	}
-	return out
 }
 
 // mountsOfNetns counts the mounts of the network namespace with inode ino

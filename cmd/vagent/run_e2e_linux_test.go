@@ -280,7 +280,7 @@ func waitNetns(t *testing.T, data string, exited chan error, out *sandboxtest.Bu
 		if ns, _ := filepath.Glob(filepath.Join(data, "sandbox", "netns", "*")); len(ns) == 1 {
 			// The build's namespace, with its container and pasta.
 			var st syscall.Stat_t
-			if syscall.Stat(ns[0], &st) == nil && len(netnsHolders(st.Ino)) > 0 && len(pastaOf(data)) > 0 {
+			if syscall.Stat(ns[0], &st) == nil && len(testkit.NetnsHolders(st.Ino)) > 0 && len(testkit.PastaProcs(data)) > 0 {
 				return ns[0]
 			}
 		}
@@ -299,7 +299,7 @@ func waitNetns(t *testing.T, data string, exited chan error, out *sandboxtest.Bu
 func leftNetwork(t *testing.T, data string, ino uint64) []string {
 	t.Helper()
 	var l []string
-	for _, p := range netnsHolders(ino) {
+	for _, p := range testkit.NetnsHolders(ino) {
 		l = append(l, "process in the namespace: "+p)
 	}
 	mi, err := os.ReadFile("/proc/self/mountinfo")
@@ -309,40 +309,13 @@ func leftNetwork(t *testing.T, data string, ino uint64) []string {
 	if strings.Contains(string(mi), fmt.Sprintf("net:[%d]", ino)) {
 		l = append(l, "the namespace is still mounted")
 	}
-	for _, p := range pastaOf(data) {
+	for _, p := range testkit.PastaProcs(data) {
 		l = append(l, "pasta: "+p)
 	}
 	if ns, _ := filepath.Glob(filepath.Join(data, "sandbox", "netns", "*")); len(ns) > 0 {
 		l = append(l, fmt.Sprintf("namespace files: %v", ns))
 	}
 	return l
-}
-
-// netnsHolders lists the threads whose network namespace has inode ino.
-func netnsHolders(ino uint64) []string {
-	var out []string
-	files, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/ns/net")
-	for _, f := range files {
-		var st syscall.Stat_t
-		if err := syscall.Stat(f, &st); err == nil && st.Ino == ino {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-// pastaOf lists the pasta processes serving namespaces of the data
-// directory.
-func pastaOf(data string) []string {
-	var out []string
-	files, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && strings.Contains(string(b), data) && strings.Contains(string(b), "--netns") {
-			out = append(out, f+": "+strings.ReplaceAll(string(b), "\x00", " "))
-		}
-	}
-	return out
 }
 
 // hostNetwork describes the host's interfaces and routing rules.
