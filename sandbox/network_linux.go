@@ -103,8 +103,12 @@ func (m *Manager) planNetwork(ctx context.Context, spec *Spec) (*netPlan, error)
 			m.opts.log.WithError(err).WithField("forward", f).Warn("forward not set up: cannot resolve its host")
 			continue
 		}
-		for _, ip := range ips {
-			reach(proxyTarget{addr: netip.AddrPortFrom(ip, port)})
+		targets := make([]netip.AddrPort, len(ips))
+		for i, ip := range ips {
+			targets[i] = netip.AddrPortFrom(ip, port)
+		}
+		for _, ap := range listening(targets, own) {
+			reach(proxyTarget{addr: ap})
 		}
 	}
 	// DNS: the name servers of the run's resolv.conf, over UDP and TCP.
@@ -125,6 +129,35 @@ func (m *Manager) planNetwork(ctx context.Context, spec *Spec) (*netPlan, error)
 	slices.SortFunc(p.refused, func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) })
 	p.refused = slices.Compact(p.refused)
 	return p, nil
+}
+
+// listening returns, of the addresses a forward's name resolved to, those
+// of the host where something listens, when there are several and some of
+// them are the host's. A client of the name (curl, git) falls back to the
+// next address when one refuses it, but a forward accepts first and can
+// only close the connection when the host's endpoint refuses it: "localhost"
+// (127.0.0.1 and ::1) for a server that listens on 127.0.0.1 alone would
+// fail through a forward of ::1. When none listens now, all are kept.
+func listening(targets []netip.AddrPort, own map[netip.Addr]bool) []netip.AddrPort {
+	if len(targets) < 2 {
+		return targets
+	}
+	var up []netip.AddrPort
+	for _, t := range targets {
+		a := t.Addr()
+		if !a.IsLoopback() && !own[a] {
+			up = append(up, t) // reached through the network, not forwarded
+			continue
+		}
+		if c, err := net.DialTimeout("tcp", t.String(), time.Second); err == nil {
+			c.Close()
+			up = append(up, t)
+		}
+	}
+	if len(up) == 0 {
+		return targets
+	}
+	return up
 }
 
 // resolveForward returns the addresses of a forward's host.

@@ -59,6 +59,11 @@ func TestIsolatedNetworkReach(t *testing.T) {
 	rootfs := sandboxtest.BusyboxRootfs(t)
 	secret := startHostHTTP(t, "127.0.0.1:0", "loopback secret")
 	fwd := startHostHTTP(t, "127.0.0.1:0", "forwarded ok")
+	// Forwarded by name: localhost is 127.0.0.1 and ::1, the server
+	// listens on the first only, so only it is forwarded (a forward of ::1
+	// would accept and then drop a client's connection instead of letting
+	// it try the next address).
+	byName := startHostHTTP(t, "127.0.0.1:0", "by name")
 	all := startHostHTTP(t, ":0", "host interface secret")
 	ha := testkit.HostAddr(t)
 	script := wgetScript + fmt.Sprintf(`try forwarded http://%s/
@@ -68,9 +73,11 @@ try loopback-any http://127.0.0.1:%d/
 try loopback-v6 http://[::1]:%d/
 try host-address http://%s/
 try link-local http://169.254.169.254/
-`, fwd.addr, fwd.port, secret.addr, all.port, all.port, netip.AddrPortFrom(ha, uint16(all.port)))
+try by-name http://127.0.0.1:%d/
+nc -w 2 ::1 %d </dev/null >/dev/null 2>&1 && echo "by-name-v6: reached" || echo "by-name-v6: refused"
+`, fwd.addr, fwd.port, secret.addr, all.port, all.port, netip.AddrPortFrom(ha, uint16(all.port)), byName.port, byName.port)
 	start := time.Now()
-	res, out := sh(t, e.m, rootfs, script, func(s *sandbox.Spec) { s.Forward = []string{fwd.addr} })
+	res, out := sh(t, e.m, rootfs, script, func(s *sandbox.Spec) { s.Forward = []string{fwd.addr, "localhost:" + strconv.Itoa(byName.port)} })
 	t.Logf("run took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
 	if res.ExitCode != 0 {
 		t.Fatalf("exit %d", res.ExitCode)
@@ -83,6 +90,8 @@ try link-local http://169.254.169.254/
 		"loopback-v6":    "refused",
 		"host-address":   "refused",
 		"link-local":     "refused: wget: can't connect to remote host (169.254.169.254): Permission denied",
+		"by-name":        "reached: by name",
+		"by-name-v6":     "refused",
 	}
 	for name, w := range want {
 		if !strings.Contains(out, name+": "+w) {
