@@ -9,8 +9,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -169,6 +171,25 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	// The log's header first, as an agent's build log has it; the
+	// digests the build reports follow as header lines when known.
+	hj := j
+	if localDir != "" {
+		abs, err := filepath.Abs(localDir)
+		if err != nil {
+			return err
+		}
+		hj.Kind, hj.URL = "dir", "file://"+abs
+	}
+	arch := pacman.Arch(runtime.GOARCH)
+	if cfg != nil {
+		arch = cfg.Arch
+	}
+	host, _ := os.Hostname()
+	if _, err := env.stdout.Write(poll.LogHeader{Version: version, Host: host, Slot: -1, Arch: arch, Job: hj, Start: time.Now()}.Text()); err != nil {
+		return err
+	}
+	ctx = poll.WithProgress(ctx, &headerLines{w: env.stdout})
 	// The lifecycle of an agent's slot: the timeout, the classification
 	// and the log's footer are poll.RunJob's; the Runner builds.
 	exec := poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
@@ -232,6 +253,22 @@ func (f *buildFlags) buildNetwork(cfg *Config, sourceURL string, repos []pacman.
 		n.forward = nil
 	}
 	return n, nil
+}
+
+// headerLines prints the header fields a build reports (the digests of the
+// base image and the builder) as header lines of `vagent build`'s log,
+// which streams: they come once the builder is ready.
+type headerLines struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (h *headerLines) Phase(poll.Phase) {}
+
+func (h *headerLines) Header(key, value string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, _ = io.WriteString(h.w, poll.HeaderLine(key, value))
 }
 
 // localRepo is the repository name of a local build's job.
