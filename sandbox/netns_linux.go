@@ -29,15 +29,29 @@ var nsSysctls = [][2]string{
 	{"/proc/sys/net/ipv4/ping_group_range", "0 2147483647"},
 }
 
-// onNewThread runs fn on a goroutine locked to an OS thread that is thrown
-// away afterwards, so that fn may move the thread into other namespaces:
-// the runtime ends a thread whose goroutine exits locked, and no other
-// goroutine ever runs on it.
+// onNewThread runs fn on a goroutine locked to an OS thread, so that fn may
+// move the thread into other network namespaces (and into nothing else):
+// afterwards the thread is put back into the network namespace it was in
+// and returned to the runtime, or, when that fails, thrown away (the
+// runtime ends a thread whose goroutine exits locked). Threads are not
+// thrown away as a rule: the kernel sends a child's parent-death signal
+// when the thread that forked it ends, and other code of the process
+// (a test's registry, a helper) may have forked from this one.
 func onNewThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		errc <- fn()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("opening the thread's network namespace: %w", err)
+			return // the thread stays locked and ends
+		}
+		err = fn()
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		unix.Close(orig)
+		errc <- err
 	}()
 	return <-errc
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -191,32 +190,6 @@ func (p *pasta) stop() error {
 	err := p.kill()
 	<-p.done
 	return err
-}
-
-// spawner is a goroutine locked to a thread that never exits. The kernel
-// ties a child's parent-death signal to the thread that forked it, and Go
-// ends threads (those a goroutine leaves locked, as onNewThread and
-// libcontainer do): a child started from an arbitrary goroutine could get
-// its parent-death signal while the agent lives.
-var spawner struct {
-	once sync.Once
-	reqs chan func()
-}
-
-// startLongLived starts cmd from the spawner's thread.
-func startLongLived(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan func())
-		go func() {
-			runtime.LockOSThread()
-			for f := range spawner.reqs {
-				f()
-			}
-		}()
-	})
-	errc := make(chan error, 1)
-	spawner.reqs <- func() { errc <- cmd.Start() }
-	return <-errc
 }
 
 // boundedBuffer keeps the first max bytes written to it.
