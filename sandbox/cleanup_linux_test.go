@@ -163,6 +163,14 @@ func TestCrashRecovery(t *testing.T) {
 	if !started {
 		t.Fatal("helper agent did not start its container")
 	}
+	// "started" comes from the container's shell, which may print it
+	// before its backgrounded sleeps have been exec'd: wait for them.
+	for deadline := time.Now().Add(30 * time.Second); len(findProcs("sleep 1237.5")) == 0 || len(findProcs("sleep 1238.5")) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the container's processes never appeared")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	nsFiles, _ := filepath.Glob(filepath.Join(dir, "netns", "*"))
 	if len(nsFiles) != 1 || len(testkit.PastaProcs(dir)) != 1 {
 		t.Fatalf("the run has network namespaces %v and pasta %v, want one each", nsFiles, testkit.PastaProcs(dir))

@@ -13,8 +13,7 @@
 #                  the network before it answers "build"
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
-# by the agent from validated values), pacman (pacman serialised on the shared package
-# cache, also makepkg's $PACMAN), this script, git-credential (git's
+# by the agent from validated values), this script, git-credential (git's
 # credential helper), credentials when the job's URL had a user or password
 # (two lines, readable by root only: the agent took them out of
 # VAGENT_URL, since every host user can read command lines), and two FIFOs:
@@ -75,7 +74,7 @@ if [[ ${1-} != --builder ]]; then
 		step tee -a /etc/pacman.conf '<' "$f"
 		tee -a /etc/pacman.conf <"$f" || exit
 	done
-	run "$ctl/pacman" -Syu --needed --noconfirm || exit
+	run pacman -Syu --needed --noconfirm || exit
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
@@ -143,7 +142,7 @@ if [[ -n $VAGENT_PATH ]]; then
 fi
 run cd -- "$dir" || exit
 
-export PACMAN=$ctl/pacman PKGDEST=/build/out
+export PKGDEST=/build/out
 mkdir -p /build/out || exit
 # Two passes: sources and dependencies first, with the network; with
 # VAGENT_OFFLINE=1 the agent cuts it between the passes, so they stay two.
