@@ -27,6 +27,7 @@ import (
 //	  state/                  libcontainer state of its containers
 //	  runs/<id>/              upper, work and merged rootfs of a run
 //	  kept/<id>/              uppers of finished runs not yet released
+//	  netns/<id>              network namespaces of isolated runs, bind-mounted
 //
 // A Manager recovers only what dead ones left: an instance directory whose
 // lock it can take belongs to a process that is gone (the kernel dropped
@@ -119,7 +120,8 @@ func (m *Manager) joinDataDir() (retErr error) {
 func (m *Manager) recoverAll() error {
 	var errs []error
 	legacy := &Manager{opts: m.opts, dataDir: m.dataDir, rootless: m.rootless,
-		stateDir: filepath.Join(m.dataDir, "state"), runsDir: filepath.Join(m.dataDir, "runs"), keptDir: filepath.Join(m.dataDir, "kept")}
+		stateDir: filepath.Join(m.dataDir, "state"), runsDir: filepath.Join(m.dataDir, "runs"), keptDir: filepath.Join(m.dataDir, "kept"),
+		netnsDir: filepath.Join(m.dataDir, "netns")}
 	if !m.rootless {
 		name := m.opts.cgroupParent
 		if name == "" {
@@ -167,7 +169,8 @@ func (m *Manager) recoverDead() error {
 // recoverInstance kills and removes what the dead instance in dir left.
 func (m *Manager) recoverInstance(dir string) error {
 	dead := &Manager{opts: m.opts, dataDir: dir, rootless: m.rootless,
-		stateDir: filepath.Join(dir, "state"), runsDir: filepath.Join(dir, "runs"), keptDir: filepath.Join(dir, "kept")}
+		stateDir: filepath.Join(dir, "state"), runsDir: filepath.Join(dir, "runs"), keptDir: filepath.Join(dir, "kept"),
+		netnsDir: filepath.Join(dir, "netns")}
 	if o, err := readOwner(dir); err == nil {
 		if o.Cgroup != "" {
 			dead.cg = &cgroupSetup{parent: o.Cgroup}
@@ -205,6 +208,7 @@ func (m *Manager) newInstance() error {
 	m.stateDir = filepath.Join(p, "state")
 	m.runsDir = filepath.Join(p, "runs")
 	m.keptDir = filepath.Join(p, "kept")
+	m.netnsDir = filepath.Join(p, "netns")
 	return nil
 }
 

@@ -89,8 +89,9 @@ func newManagerIn(t testing.TB, dir string, opts ...sandbox.Option) *testEnv {
 var parentSeq atomic.Int64
 
 // leftovers lists what runs of a Manager left behind: mounts under its data
-// directory, container state, run and kept directories, cgroups below its
-// parent (or the parent itself after Close) and processes in them.
+// directory, container state, run, kept and network namespace entries,
+// pasta processes, cgroups below its parent (or the parent itself after
+// Close) and processes in them.
 func leftovers(dataDir, parent string, closed bool) []string {
 	var l []string
 	mi, _ := readMountinfo()
@@ -112,7 +113,7 @@ func leftovers(dataDir, parent string, closed bool) []string {
 		}
 	}
 	for _, base := range append([]string{dataDir}, insts...) {
-		for _, sub := range []string{"state", "runs", "kept"} {
+		for _, sub := range []string{"state", "runs", "kept", "netns"} {
 			entries, _ := os.ReadDir(filepath.Join(base, sub))
 			for _, e := range entries {
 				rel, _ := filepath.Rel(dataDir, filepath.Join(base, sub, e.Name()))
@@ -123,6 +124,9 @@ func leftovers(dataDir, parent string, closed bool) []string {
 			owner, _ := os.ReadFile(filepath.Join(base, "owner.json"))
 			l = append(l, "instance "+base+" "+string(owner))
 		}
+	}
+	for _, p := range testkit.PastaProcs(dataDir) {
+		l = append(l, "pasta "+p)
 	}
 	for _, p := range cgroupParentDirs(parent) {
 		if closed {

@@ -24,6 +24,7 @@ type Manager struct {
 	stateDir string // libcontainer state root
 	runsDir  string // per-run directories
 	keptDir  string // kept uppers handed to callers
+	netnsDir string // network namespaces of isolated runs, bind-mounted
 
 	rootless         bool
 	cg               *cgroupSetup // where run cgroups go, what they can limit
@@ -33,9 +34,10 @@ type Manager struct {
 	lock             *os.File // the data directory's lock, shared
 	instLock         *os.File // the instance directory, locked exclusively
 
-	mu     sync.Mutex
-	closed bool
-	active sync.WaitGroup
+	mu      sync.Mutex
+	closed  bool
+	active  sync.WaitGroup
+	reapers sync.WaitGroup // killed pasta processes not yet reaped
 }
 
 // New opens a Manager on dataDir (created if missing). Other Managers, of
@@ -147,6 +149,11 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if err := privateDir(m.keptDir, os.Geteuid(), os.Getegid()); err != nil {
 		return nil, err
 	}
+	// netns/ holds the runs' network namespaces: root's, so that pasta,
+	// which runs as root without CAP_DAC_OVERRIDE, can open them.
+	if err := privateDir(m.netnsDir, os.Geteuid(), os.Getegid()); err != nil {
+		return nil, err
+	}
 	// The init process resolves runs/<id>/rootfs as the mapped root, which
 	// needs search permission on every ancestor of runs/.
 	if m.opts.userns && !m.rootless {
@@ -243,8 +250,10 @@ func (m *Manager) IDRange() (uid, gid, size uint32) {
 
 // Close removes the Manager's cgroup parents and its instance directory
 // and leaves the data directory. Call it after every Run has returned;
-// later Runs fail with ErrClosed. Kept uppers that were not released are
-// removed by the next New on the same data directory.
+// later Runs fail with ErrClosed. It waits until the pasta processes of
+// isolated runs, killed when their runs ended, have exited. Kept uppers
+// that were not released are removed by the next New on the same data
+// directory.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -254,6 +263,7 @@ func (m *Manager) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	m.active.Wait()
+	m.reapers.Wait()
 	err := removeCgroupParent(m.cg.parent)
 	err = errors.Join(err, m.removeInstance())
 	m.release()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/oci"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 func init() { register(newBuilderCmd) }
@@ -167,7 +168,11 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := preflight(af.dataDir, popts, seccomp); err != nil {
+			mode := sandbox.NetworkIsolated // the setup's, as the agent's builders have it
+			if af.cfg != nil {
+				mode = af.cfg.setupNetwork()
+			}
+			if err := preflight(af.dataDir, popts, buildNeeds(mode, seccomp)); err != nil {
 				return err
 			}
 			store, err := af.open(env, ropts...)

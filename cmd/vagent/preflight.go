@@ -18,25 +18,46 @@ const exitUnavailable = 69
 // (id_range.allow_conflicts).
 var notPreflighted = map[string]bool{"id range": true}
 
+// needs says which optional requirements of `vagent check` a command's
+// builds have.
+type needs struct {
+	// seccomp: false for vagent build --seccomp=false.
+	seccomp bool
+	// isolatedNetwork: builds or builder setups run in the isolated
+	// network (build_network.mode or --network other than host).
+	isolatedNetwork bool
+}
+
+// optional maps the optional requirements to whether n needs them.
+func (n needs) optional() map[string]bool {
+	return map[string]bool{"seccomp": n.seccomp, "isolated network": n.isolatedNetwork}
+}
+
+// buildNeeds are the needs of builds with network mode (and seccomp).
+func buildNeeds(mode sandbox.NetworkMode, seccomp bool) needs {
+	return needs{seccomp: seccomp, isolatedNetwork: mode != sandbox.NetworkHost}
+}
+
 // preflight runs the probes of `vagent check` — privileges, user
 // namespaces, the id range's user namespace, overlayfs over an idmapped
-// lower, cgroups and a build container with the configured limits,
-// seccomp, disk space — and refuses with exitUnavailable when one is
-// missing: a `vagent run` that cannot build takes no job off the server,
-// a `vagent build` pulls nothing. Every requirement sandbox.CheckHost
-// reports is a reason to refuse (but notPreflighted): a requirement added
-// there (per-build network isolation) refuses here too.
+// lower, cgroups and a build container with the configured limits, the
+// isolated network, seccomp, disk space — and refuses with
+// exitUnavailable when one is missing: a `vagent run` that cannot build
+// takes no job off the server, a `vagent build` pulls nothing. Every
+// requirement sandbox.CheckHost reports is a reason to refuse but
+// notPreflighted and the optional ones the builds do not need (n): a
+// requirement added there refuses here too.
 //
-// opts are the sandbox options builds will use (id range, limits);
-// seccomp false (vagent build --seccomp=false) does not need seccomp.
-func preflight(dataDir string, opts []sandbox.Option, seccomp bool) error {
+// opts are the sandbox options builds will use (id range, limits).
+func preflight(dataDir string, opts []sandbox.Option, n needs) error {
 	reqs, err := checkHost(dataDir, opts...)
 	if err != nil {
 		return fmt.Errorf("checking the host: %w", err)
 	}
+	optional := n.optional()
 	var missing []string
 	for _, r := range reqs {
-		if r.OK || notPreflighted[r.Name] || (r.Name == "seccomp" && !seccomp) {
+		if need, isOptional := optional[r.Name]; r.OK || notPreflighted[r.Name] || (isOptional && !need) {
 			continue
 		}
 		missing = append(missing, r.Name+": "+r.Detail)
