@@ -110,6 +110,11 @@ const (
 	helperEnv = "VAGENT_SANDBOX_TEST_AGENT"
 )
 
+// procTag makes the sleeps of a helper's container this test process's:
+// other test processes on the host (other checkouts) run the same tests,
+// and a process is found by its command line.
+func procTag(n string) string { return n + strconv.Itoa(os.Getpid()) }
+
 // helperAgent is the helper's configuration.
 type helperAgent struct {
 	dir, parent, rootfs string
@@ -206,7 +211,7 @@ func TestCrashRecovery(t *testing.T) {
 	dir := sandboxtest.Dir(t)
 	parent := fmt.Sprintf("vagent-test-%d-crash", os.Getpid())
 	rootfs := sandboxtest.BusyboxRootfs(t)
-	kill := helperAgent{dir: dir, parent: parent, rootfs: rootfs, tag: "5"}.start(t)
+	kill := helperAgent{dir: dir, parent: parent, rootfs: rootfs, tag: procTag("5")}.start(t)
 	nsFiles, _ := filepath.Glob(filepath.Join(dir, "m", "*", "netns", "*"))
 	if len(nsFiles) != 1 || len(testkit.PastaProcs(dir)) != 1 {
 		t.Fatalf("the run has network namespaces %v and pasta %v, want one each", nsFiles, testkit.PastaProcs(dir))
@@ -222,7 +227,7 @@ func TestCrashRecovery(t *testing.T) {
 	// The parent-death signal does not reach a container's init: its
 	// processes outlive the agent (NOTES-sandbox), which the recovery
 	// below is for.
-	if len(findProcs("sleep 1237.5")) == 0 || len(findProcs("sleep 1238.5")) == 0 {
+	if len(findProcs("sleep 1237."+procTag("5"))) == 0 || len(findProcs("sleep 1238."+procTag("5"))) == 0 {
 		t.Fatal("container processes died with the agent: nothing to recover")
 	}
 	if l := leftovers(dir, parent, false); len(l) < 3 {
@@ -239,14 +244,20 @@ func TestCrashRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New after crash: %v", err)
 	}
-	if p := append(findProcs("sleep 1237.5"), findProcs("sleep 1238.5")...); len(p) > 0 {
+	if p := append(findProcs("sleep 1237."+procTag("5")), findProcs("sleep 1238."+procTag("5"))...); len(p) > 0 {
 		t.Errorf("processes survived recovery: %v", p)
 	}
 	if l := leftovers(e.dir, e.parent, false); len(l) > 0 {
 		t.Errorf("left after recovery:\n%s", strings.Join(l, "\n"))
 	}
 	if h := testkit.NetnsHolders(nsStat.Ino); len(h) > 0 {
-		t.Errorf("processes still in the run's network namespace: %v", h)
+		var who []string
+		for _, f := range h {
+			pid := strings.Split(strings.TrimPrefix(f, "/proc/"), "/")[0]
+			cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+			who = append(who, pid+" "+strings.ReplaceAll(string(cmd), "\x00", " "))
+		}
+		t.Errorf("processes still in the run's network namespace: %v %v (test pid %d)", h, who, os.Getpid())
 	}
 	if mountsOfNetns(t, nsStat.Ino) > 0 {
 		t.Errorf("the run's network namespace is still mounted")
@@ -281,7 +292,7 @@ func TestSharedDataDir(t *testing.T) {
 	liveDone := make(chan *sandbox.Result, 1)
 	go func() {
 		res, err := live.m.Run(ctx, sandbox.Spec{Lower: rootfs, Env: pathEnv, Output: w,
-			Args: []string{"sh", "-c", "echo up; exec sleep 1239.6"}})
+			Args: []string{"sh", "-c", "echo up; exec sleep 1239."+procTag("6")}})
 		if err != nil {
 			t.Error(err)
 		}
@@ -294,15 +305,15 @@ func TestSharedDataDir(t *testing.T) {
 	}
 
 	deadParent := fmt.Sprintf("vagent-test-%d-dead", os.Getpid())
-	kill := helperAgent{dir: live.dir, parent: deadParent, rootfs: rootfs, tag: "6"}.start(t)
+	kill := helperAgent{dir: live.dir, parent: deadParent, rootfs: rootfs, tag: procTag("6")}.start(t)
 	kill()
-	if len(findProcs("sleep 1238.6")) == 0 {
+	if len(findProcs("sleep 1238."+procTag("6"))) == 0 {
 		t.Fatal("the killed agent's container died with it: nothing to recover")
 	}
 	deadLeft := leftovers(live.dir, deadParent, false)
 
 	third := newManagerIn(t, live.dir)
-	if p := append(findProcs("sleep 1237.6"), findProcs("sleep 1238.6")...); len(p) > 0 {
+	if p := append(findProcs("sleep 1237."+procTag("6")), findProcs("sleep 1238."+procTag("6"))...); len(p) > 0 {
 		t.Errorf("the killed agent's processes survived recovery: %v", p)
 	}
 	for _, p := range cgroupParentDirs(deadParent) {
@@ -313,7 +324,7 @@ func TestSharedDataDir(t *testing.T) {
 	if l := leftovers(live.dir, deadParent, false); len(l) >= len(deadLeft) {
 		t.Errorf("before recovery %v, after %v", deadLeft, l)
 	}
-	if len(findProcs("sleep 1239.6")) == 0 {
+	if len(findProcs("sleep 1239."+procTag("6"))) == 0 {
 		t.Error("the live Manager's container was killed by another Manager's start")
 	}
 	// Both run containers at once.
@@ -351,7 +362,7 @@ func TestIDRangeInUse(t *testing.T) {
 	needRoot(t)
 	dir := sandboxtest.Dir(t)
 	rootfs := sandboxtest.BusyboxRootfs(t)
-	helperAgent{dir: dir, parent: fmt.Sprintf("vagent-test-%d-range", os.Getpid()), rootfs: rootfs, tag: "7", idBase: 300000}.start(t)
+	helperAgent{dir: dir, parent: fmt.Sprintf("vagent-test-%d-range", os.Getpid()), rootfs: rootfs, tag: procTag("7"), idBase: 300000}.start(t)
 	before, _ := filepath.Glob(filepath.Join(dir, "m", "*"))
 	parent := fmt.Sprintf("vagent-test-%d-range2", os.Getpid())
 	_, err := sandbox.New(dir, sandbox.WithSeccomp(false), sandbox.WithCgroupParent(parent))

@@ -131,11 +131,14 @@ func (m *Manager) recoverAll() error {
 			legacy.cg = &cgroupSetup{parent: p}
 		}
 	}
+	// Each dead instance first, in its order (containers, cgroups, pasta,
+	// then mounts), then what an older vagent left at the top, and any
+	// mount still below the data directory.
+	errs = append(errs, m.recoverDead())
 	errs = append(errs, legacy.recover())
 	if legacy.cg != nil {
 		errs = append(errs, removeCgroupParent(legacy.cg.parent))
 	}
-	errs = append(errs, m.recoverDead())
 	return errors.Join(errs...)
 }
 
