@@ -292,7 +292,7 @@ func TestSharedDataDir(t *testing.T) {
 	liveDone := make(chan *sandbox.Result, 1)
 	go func() {
 		res, err := live.m.Run(ctx, sandbox.Spec{Lower: rootfs, Env: pathEnv, Output: w,
-			Args: []string{"sh", "-c", "echo up; exec sleep 1239."+procTag("6")}})
+			Args: []string{"sh", "-c", "echo up; exec sleep 1239." + procTag("6")}})
 		if err != nil {
 			t.Error(err)
 		}
