@@ -6,13 +6,17 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -272,6 +276,17 @@ func TestOneDataDirManyProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The jobs' PKGBUILDs, on the host's loopback: builds reach it through
+	// build_network.forward.
+	var pkgbuilds sync.Map
+	files := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, ok := pkgbuilds.Load(r.URL.Path); ok {
+			_, _ = io.WriteString(w, c.(string))
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(files.Close)
 	config := func(name string, pkgs ...string) string {
 		p := filepath.Join(dir, name)
 		y := fmt.Sprintf(`address: %s
@@ -291,7 +306,9 @@ pacman_repos:
 registries:
   insecure: [%q]
 builder_packages: [%s]
-`, e.ts.URL, data, e.deps+"/$arch", e.registry, strings.Join(append([]string{"base-devel", "git"}, pkgs...), ", "))
+build_network:
+  forward: [%q]
+`, e.ts.URL, data, e.deps+"/$arch", e.registry, strings.Join(append([]string{"base-devel", "git"}, pkgs...), ", "), strings.TrimPrefix(files.URL, "http://"))
 		if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -306,7 +323,8 @@ builder_packages: [%s]
 		t.Fatal(err)
 	}
 	queue := func(name string) int {
-		id := e.srv.AddTarget(vieterserver.Target{Kind: "url", URL: testkit.ServeFile(t, "PKGBUILD", probePKGBUILD(name)),
+		pkgbuilds.Store("/"+name+"/PKGBUILD", probePKGBUILD(name))
+		id := e.srv.AddTarget(vieterserver.Target{Kind: "url", URL: files.URL + "/" + name + "/PKGBUILD",
 			Repo: "ops", Arches: []string{"x86_64"}, BaseImage: e.base, Timeout: 600})
 		if err := e.srv.Enqueue(id, "x86_64", false); err != nil {
 			t.Fatal(err)
