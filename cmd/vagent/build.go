@@ -138,7 +138,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
-	if err := preflight(dataDir, popts, buildNeeds(bnet.mode, f.seccomp)); err != nil {
+	if err := preflight(dataDir, popts, buildNeeds(bnet.mode, f.seccomp, networkHintBuild)); err != nil {
 		return err
 	}
 	store, err := f.af.open(env, ropts...)

@@ -172,7 +172,7 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 			if af.cfg != nil {
 				mode = af.cfg.setupNetwork()
 			}
-			if err := preflight(af.dataDir, popts, buildNeeds(mode, seccomp)); err != nil {
+			if err := preflight(af.dataDir, popts, buildNeeds(mode, seccomp, "the builder setup runs isolated; build_network.mode: host in --config runs it unisolated")); err != nil {
 				return err
 			}
 			store, err := af.open(env, ropts...)

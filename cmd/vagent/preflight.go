@@ -26,6 +26,8 @@ type needs struct {
 	// isolatedNetwork: builds or builder setups run in the isolated
 	// network (build_network.mode or --network other than host).
 	isolatedNetwork bool
+	// networkHint tells which setting asks for the isolated network.
+	networkHint string
 }
 
 // optional maps the optional requirements to whether n needs them.
@@ -33,10 +35,17 @@ func (n needs) optional() map[string]bool {
 	return map[string]bool{"seccomp": n.seccomp, "isolated network": n.isolatedNetwork}
 }
 
-// buildNeeds are the needs of builds with network mode (and seccomp).
-func buildNeeds(mode sandbox.NetworkMode, seccomp bool) needs {
-	return needs{seccomp: seccomp, isolatedNetwork: mode != sandbox.NetworkHost}
+// buildNeeds are the needs of builds with network mode (and seccomp);
+// hint names the setting that chose the mode.
+func buildNeeds(mode sandbox.NetworkMode, seccomp bool, hint string) needs {
+	return needs{seccomp: seccomp, isolatedNetwork: mode != sandbox.NetworkHost, networkHint: hint}
 }
+
+// Where the isolated network comes from, for preflight's message.
+const (
+	networkHintConfig = "build_network.mode isolated needs it; build_network.mode: host runs builds unisolated"
+	networkHintBuild  = "--network isolated (the default) needs it; --network host runs the build unisolated"
+)
 
 // preflight runs the probes of `vagent check` — privileges, user
 // namespaces, the id range's user namespace, overlayfs over an idmapped
@@ -60,7 +69,11 @@ func preflight(dataDir string, opts []sandbox.Option, n needs) error {
 		if need, isOptional := optional[r.Name]; r.OK || notPreflighted[r.Name] || (isOptional && !need) {
 			continue
 		}
-		missing = append(missing, r.Name+": "+r.Detail)
+		line := r.Name + ": " + r.Detail
+		if r.Name == "isolated network" && n.networkHint != "" {
+			line += " (" + n.networkHint + ")"
+		}
+		missing = append(missing, line)
 	}
 	if len(missing) == 0 {
 		return nil

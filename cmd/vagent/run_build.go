@@ -41,7 +41,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := preflight(cfg.DataDir, popts, buildNeeds(cfg.NetworkMode(), true)); err != nil {
+	if err := preflight(cfg.DataDir, popts, buildNeeds(cfg.NetworkMode(), true, networkHintConfig)); err != nil {
 		return nil, nil, err
 	}
 	ociOpts, err := cfg.OCIOptions()
