@@ -76,7 +76,7 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 	if srcDir == "" {
 		err = ValidateJob(job, b.opts.localImages)
 	} else {
-		err = errors.Join(validatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
+		err = errors.Join(ValidatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
 	}
 	if err == nil && b.opts.server != nil {
 		err = ValidateRepo(job.Repo)
@@ -157,6 +157,15 @@ type ran struct {
 // FIFOs. It returns nil and the ending when the run could not start or was
 // stopped before it ended.
 func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws *workspace, log io.Writer) (*ran, ending) {
+	if srcDir != "" {
+		ex, err := b.sourceExcludes(srcDir, job.Path)
+		if err == nil {
+			err = writeExcludes(ws.run.dir, ex)
+		}
+		if err != nil {
+			return nil, setupFailed(ctx, "reading the source", err)
+		}
+	}
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -73,7 +73,7 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	fs.StringVar(&f.base, "base-image", "archlinux:base-devel", "base image `REF` of the builder image")
 	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
 	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
-	fs.StringVar(&f.out, "out", "out", "write the packages to `DIR`")
+	fs.StringVar(&f.out, "out", "", "write the packages and the build log to `DIR` (default: the PKGBUILD's directory for a local SOURCE, else the working directory)")
 	fs.DurationVar(&f.timeout, "timeout", poll.DefaultTimeout, "kill the build after `D`")
 	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
@@ -92,22 +92,28 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	// A local build publishes nothing: the job's repository only names
 	// the build in logs, but the job must be as valid as a server's.
 	j := poll.Job{Branch: f.branch, Path: f.subdir, BaseImage: f.base, Repo: localRepo}
-	localDir, err := localSource(src)
+	source, err := resolveSource(src, f.subdir)
 	if err != nil {
 		return err
 	}
+	localDir := source.dir
 	if localDir != "" {
 		if f.branch != "" {
 			return usageError("--branch is for git sources")
 		}
 	} else {
-		j.Kind, j.URL = sourceKind(src), src
+		j.Kind, j.URL = source.kind, source.url
 		if err := job.ValidateJob(j, true); err != nil {
 			return usageError("%v", err)
 		}
 	}
-	outDir, err := filepath.Abs(f.out)
-	if err != nil {
+	outDir := f.out
+	if outDir == "" {
+		if outDir, err = source.defaultOutDir(); err != nil {
+			return err
+		}
+	}
+	if outDir, err = filepath.Abs(outDir); err != nil {
 		return err
 	}
 	uid, gid := invokingUser()
@@ -155,13 +161,34 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	arch := pacman.Arch(runtime.GOARCH)
+	if cfg != nil {
+		arch = cfg.Arch
+	}
+	blog, err := createBuildLog(env.stdout, outDir, uid, gid)
+	if err != nil {
+		return err
+	}
 	// The lifecycle of an agent's slot: the timeout, the classification
 	// and the log's footer are poll.RunJob's; the Runner builds.
+	var built *job.Built
 	exec := poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
-		_, out, err := b.Run(ctx, j, localDir, log)
+		var out poll.Outcome
+		var err error
+		built, out, err = b.Run(ctx, j, localDir, log)
 		return out, err
 	})
-	rep := poll.RunJob(ctx, exec, j, f.timeout, logLimit, env.stdout)
+	rep := poll.RunJob(ctx, exec, j, f.timeout, logLimit, blog)
+	var info *job.SrcInfo
+	if built != nil {
+		info = built.SrcInfo
+	}
+	logPath, lerr := blog.finish(info, arch)
+	if lerr != nil {
+		env.log.WithError(lerr).Warn("the build log could not be kept")
+	} else {
+		fmt.Fprintf(env.stderr, "build log: %s\n", logPath)
+	}
 	if rep.Result == poll.ResultSuccess {
 		return nil
 	}
@@ -170,46 +197,6 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 
 // localRepo is the repository name of a local build's job.
 const localRepo = "local"
-
-// localSource returns src when it names a local directory, "" when it is a
-// URL (scheme://…, scp-like [user@]host:path, or a transport::address that
-// validation refuses), and an error when it looks like a local path but
-// names no directory: a mistyped directory is not taken for a git URL.
-func localSource(src string) (string, error) {
-	if isRemoteSource(src) {
-		return "", nil
-	}
-	fi, err := os.Stat(src)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return "", fmt.Errorf("source %s: no such directory (want a directory holding a PKGBUILD, a git URL or a PKGBUILD URL)", src)
-	case err != nil:
-		return "", fmt.Errorf("source: %w", err)
-	case !fi.IsDir():
-		return "", fmt.Errorf("source %s: not a directory (want the directory holding the PKGBUILD)", src)
-	}
-	return src, nil
-}
-
-// isRemoteSource tells a URL from a local path as git does: a path has no
-// "://" and no ':' before its first '/'. Sources starting with '-' are
-// never local (validation refuses them as URLs).
-func isRemoteSource(src string) bool {
-	if strings.HasPrefix(src, "-") || strings.Contains(src, "://") {
-		return true
-	}
-	colon, slash := strings.IndexByte(src, ':'), strings.IndexByte(src, '/')
-	return colon > 0 && (slash < 0 || colon < slash)
-}
-
-// sourceKind tells a PKGBUILD URL (http(s), last path element PKGBUILD)
-// from a git repository.
-func sourceKind(src string) string {
-	if u, err := url.Parse(src); err == nil && (u.Scheme == "http" || u.Scheme == "https") && path.Base(u.Path) == "PKGBUILD" {
-		return "url"
-	}
-	return "git"
-}
 
 // parseRepoURLs turns --repo-url values into builder repositories.
 func parseRepoURLs(urls []string) ([]pacman.Repo, error) {

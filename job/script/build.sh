@@ -58,6 +58,52 @@ srcinfo() (
 	for n in "${pkgname[@]}"; do printf '\npkgname = %s\n' "$n"; done
 )
 
+# copy_source copies the local source on /run/vagent-src to /build/repo,
+# leaving out the paths the agent listed in $ctl/exclude (relative,
+# NUL-terminated: packages and build logs of earlier builds, the output
+# directory). Directories on the way to a left-out path are copied entry
+# by entry, all others whole.
+copy_source() {
+	local -A skip=() via=()
+	local p
+	if [[ -s $ctl/exclude ]]; then
+		while IFS= read -r -d '' p; do
+			skip[$p]=1
+			while [[ $p == */* ]]; do
+				p=${p%/*}
+				via[$p]=1
+			done
+			via[.]=1
+		done <"$ctl/exclude"
+	fi
+	if ((${#skip[@]} == 0)); then
+		run cp -a /run/vagent-src/. /build/repo
+		return
+	fi
+	printf '+ vagent: copy /run/vagent-src to /build/repo without %d output(s) of earlier builds\n' "${#skip[@]}"
+	copy_dir .
+}
+copy_dir() {
+	local rel=$1 e name r
+	local src=/run/vagent-src/$rel dst=/build/repo/$rel
+	mkdir -p -- "$dst" || return
+	shopt -s dotglob nullglob
+	for e in "$src"/*; do
+		name=${e##*/}
+		r=$name
+		[[ $rel == . ]] || r=$rel/$name
+		if [[ -n ${skip[$r]-} ]]; then
+			continue
+		elif [[ -n ${via[$r]-} && -d $e && ! -L $e ]]; then
+			copy_dir "$r" || return
+		else
+			cp -a -- "$e" "$dst/" || return
+		fi
+	done
+	shopt -u dotglob nullglob
+	chmod --reference="$src" -- "$dst" && touch -h --reference="$src" -- "$dst"
+}
+
 if [[ ${1-} != --builder ]]; then
 	# Root: the job's repository, an up-to-date system, the build directory.
 	# Each repository once: a section the builder's pacman.conf has already
@@ -78,7 +124,7 @@ if [[ ${1-} != --builder ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
 	if [[ $VAGENT_KIND == dir ]]; then
-		run cp -a /run/vagent-src/. /build/repo || exit
+		copy_source || exit
 		run chown -R -h builder:builder /build/repo || exit
 	fi
 	home=$(getent passwd builder | cut -d: -f6)
