@@ -231,6 +231,10 @@ func (r *ran) verdict(ctx context.Context) (ending, bool) {
 			// The agent refused the .SRCINFO and the script failed on
 			// that answer: say why in the footer too.
 			e.detail = d.reason
+		default:
+			// The step the script says failed, and what makepkg's
+			// exit status means.
+			e.detail = failureDetail(failedStep(res.Upper), res.ExitCode)
 		}
 		return e, true
 	case d.skip:

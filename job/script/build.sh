@@ -36,6 +36,46 @@ fail() {
 	printf 'vagent: %s\n' "$*"
 	exit 1
 }
+# fail_in is fail, recording the step that failed (see failed).
+fail_in() {
+	printf '%s\n' "$1" >/build/.vagent-failed 2>/dev/null
+	shift
+	fail "$@"
+}
+# failed records the step that failed, for the agent's summary (it reads
+# /build/.vagent-failed from the build's upper directory and accepts known
+# steps only), and exits with the status of the command before it.
+failed() {
+	local rc=$?
+	printf '%s\n' "$1" >/build/.vagent-failed 2>/dev/null
+	exit "$rc"
+}
+# makepkg_run runs makepkg and, when it fails, records the step makepkg
+# names: the PKGBUILD function (prepare(), build(), check(), package(),
+# pkgver()), the sources (download, checksums, signatures, extraction), the
+# dependencies, or makepkg itself. Its output reaches the log unchanged
+# through tee; a grep on the side keeps the last line that names a step
+# (its pipe is the builder's: the log's pipe, the agent's, cannot be
+# opened again by path as the builder).
+makepkg_run() {
+	local rc what out pid
+	exec {out}> >(grep -aoE 'A failure occurred in [a-z_]+\(\)|Failure while downloading|did not pass the validity check|signatures could not be verified|was not found in the build directory|Failed to extract|Could not resolve all dependencies|Failed to install missing dependencies' |
+		tail -n 1 >/build/.vagent-makepkg)
+	pid=$!
+	"$@" 2>&1 {out}>&- | tee /dev/fd/"$out"
+	rc=${PIPESTATUS[0]}
+	exec {out}>&-
+	wait "$pid"
+	((rc == 0)) && return 0
+	what=$(</build/.vagent-makepkg)
+	case $what in
+	A\ failure\ occurred\ in\ *) what=${what#A failure occurred in } ;;
+	Could* | Failed\ to\ install*) what=dependencies ;;
+	?*) what=sources ;;
+	*) what=makepkg ;;
+	esac
+	(exit "$rc") || failed "$what"
+}
 # srcinfo prints the part of a .SRCINFO the agent reads (pkgbase, pkgver,
 # pkgrel, epoch, arch, every pkgname) from the PKGBUILD as makepkg --nobuild
 # left it (pkgver() applied), sourced in a subshell after makepkg.conf as
@@ -119,7 +159,7 @@ if [[ ${1-} != --builder ]]; then
 		step tee -a /etc/pacman.conf '<' "$f"
 		tee -a /etc/pacman.conf <"$f" || exit
 	done
-	run "$ctl/pacman" -Syu --needed --noconfirm || exit
+	run "$ctl/pacman" -Syu --needed --noconfirm || failed upgrade
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
@@ -146,17 +186,33 @@ cd /build || exit
 export GIT_ALLOW_PROTOCOL=http:https:git:ssh GIT_TERMINAL_PROMPT=0 GIT_CONFIG_NOSYSTEM=1
 case $VAGENT_KIND in
 git)
-	args=(git clone --single-branch --depth 1)
-	[[ -z $VAGENT_BRANCH ]] || args+=("--branch=$VAGENT_BRANCH")
-	if [[ -v VAGENT_URL_USER ]]; then
-		# Only this helper (an empty value drops any other): it answers
-		# for the URL's host alone.
-		GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0= \
-			GIT_CONFIG_KEY_1=credential.helper GIT_CONFIG_VALUE_1=$ctl/git-credential \
-			run "${args[@]}" -- "$VAGENT_URL" repo || exit
+	shallow=(--single-branch --depth 1)
+	full=(--single-branch)
+	[[ -z $VAGENT_BRANCH ]] || shallow+=("--branch=$VAGENT_BRANCH") full+=("--branch=$VAGENT_BRANCH")
+	git_clone() {
+		if [[ -v VAGENT_URL_USER ]]; then
+			# Only this helper (an empty value drops any other): it
+			# answers for the URL's host alone.
+			GIT_CONFIG_COUNT=2 GIT_CONFIG_KEY_0=credential.helper GIT_CONFIG_VALUE_0= \
+				GIT_CONFIG_KEY_1=credential.helper GIT_CONFIG_VALUE_1=$ctl/git-credential \
+				run git clone "$@" -- "$VAGENT_URL" repo
+		else
+			run git clone "$@" -- "$VAGENT_URL" repo
+		fi
+	}
+	# A shallow clone, unless the server speaks git's dumb HTTP protocol,
+	# which cannot: then the whole history.
+	if ! git_clone "${shallow[@]}" 2>/build/.vagent-clone.err; then
+		rc=$?
+		cat /build/.vagent-clone.err
+		grep -q 'dumb http transport does not support shallow' /build/.vagent-clone.err || { (exit "$rc") || failed clone; }
+		printf "vagent: the server speaks git's dumb HTTP protocol, which cannot clone shallow: cloning the whole history\n"
+		rm -rf repo
+		git_clone "${full[@]}" || failed clone
 	else
-		run "${args[@]}" -- "$VAGENT_URL" repo || exit
+		cat /build/.vagent-clone.err
 	fi
+	rm -f /build/.vagent-clone.err
 	;;
 url)
 	run mkdir repo || exit
@@ -168,10 +224,10 @@ url)
 		cred=$VAGENT_URL_USER:$VAGENT_URL_PASSWORD
 		cred=${cred//\\/\\\\}
 		cred=${cred//\"/\\\"}
-		run "${args[@]}" --config - --url "$VAGENT_URL" <<<"user = \"$cred\"" || exit
+		run "${args[@]}" --config - --url "$VAGENT_URL" <<<"user = \"$cred\"" || failed download
 		unset cred
 	else
-		run "${args[@]}" --url "$VAGENT_URL" </dev/null || exit
+		run "${args[@]}" --url "$VAGENT_URL" </dev/null || failed download
 	fi
 	;;
 dir) ;;
@@ -182,14 +238,16 @@ unset VAGENT_URL_USER VAGENT_URL_PASSWORD
 top=$(realpath -e -- repo) || exit
 dir=$top
 if [[ -n $VAGENT_PATH ]]; then
-	dir=$(realpath -e -- "repo/$VAGENT_PATH") || fail "path $(printf '%q' "$VAGENT_PATH") is not in the repository"
-	[[ $dir == "$top" || $dir == "$top"/* ]] || fail "path $(printf '%q' "$VAGENT_PATH") leaves the repository"
+	dir=$(realpath -e -- "repo/$VAGENT_PATH") || fail_in path "path $(printf '%q' "$VAGENT_PATH") is not in the repository"
+	[[ $dir == "$top" || $dir == "$top"/* ]] || fail_in path "path $(printf '%q' "$VAGENT_PATH") leaves the repository"
 fi
 run cd -- "$dir" || exit
+[[ -f PKGBUILD ]] || fail_in pkgbuild "no PKGBUILD in $(printf '%q' "${dir#/build/}")"
 
 export PACMAN=$ctl/pacman PKGDEST=/build/out
 mkdir -p /build/out || exit
-run makepkg --nobuild --syncdeps --needed --noconfirm || exit
+step makepkg --nobuild --syncdeps --needed --noconfirm
+makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
 step srcinfo
 srcinfo >/build/.SRCINFO || exit
 size=$(stat -c %s /build/.SRCINFO) || exit
@@ -209,4 +267,4 @@ esac
 
 export MAKEFLAGS=-j$VAGENT_JOBS
 step "MAKEFLAGS=$MAKEFLAGS" makepkg --syncdeps --needed --noconfirm --noextract
-makepkg --syncdeps --needed --noconfirm --noextract
+makepkg_run makepkg --syncdeps --needed --noconfirm --noextract
