@@ -122,6 +122,10 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	// Per-layer bars on a terminal while the base image is pulled.
+	popts, endProgress := terminalPullProgress(env)
+	defer endProgress()
+	ropts = append(ropts, popts...)
 	dataDir, cfg := f.af.dataDir, f.af.cfg
 	store, err := f.af.open(env, ropts...)
 	if err != nil {

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
+)
+
+// TestBuildNextToPKGBUILD: `vagent build DIR/PKGBUILD` writes the package
+// and devtools' build log next to the PKGBUILD, both the invoking user's;
+// a second build does not copy them, nor its own log being written (nor
+// the output directory of a third
+// one with --out inside the source), into the build.
+func TestBuildNextToPKGBUILD(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	src := filepath.Join(sandboxtest.Dir(t), "hello")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// build() fails when an earlier build's outputs were copied in.
+	pkgbuild := `pkgname=hello
+pkgver=1.0
+pkgrel=2
+epoch=1
+pkgdesc="vagent build test"
+arch=(any)
+license=(MIT)
+build() {
+	ls -A "$startdir"
+	if compgen -G "$startdir/*.pkg.tar*" || compgen -G "$startdir/*-build.log" || [[ -e $startdir/out ]]; then
+		echo "outputs of an earlier build were copied"; return 1
+	fi
+}
+package() { mkdir -p "$pkgdir/usr/share/hello"; echo hi >"$pkgdir/usr/share/hello/hi"; }
+`
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(pkgbuild), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SUDO_UID", "4242")
+	t.Setenv("SUDO_GID", "4343")
+	pkg := filepath.Join(src, "hello-1:1.0-2-any.pkg.tar.zst")
+	logFile := filepath.Join(src, "hello-1:1.0-2-x86_64-build.log")
+	for round := 1; round <= 2; round++ {
+		var stdout, stderr bytes.Buffer
+		code := run1(append(e.args(), filepath.Join(src, "PKGBUILD")), &stdout, &stderr)
+		if code != 0 {
+			t.Fatalf("round %d: exit %d\nstdout:\n%s\nstderr:\n%s", round, code, stdout.String(), stderr.String())
+		}
+		if !strings.Contains(stderr.String(), "build log: "+logFile) {
+			t.Errorf("round %d: stderr does not name the build log %s:\n%s", round, logFile, stderr.String())
+		}
+		data, err := os.ReadFile(logFile)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !bytes.Equal(data, stdout.Bytes()) {
+			t.Errorf("round %d: the build log is not what the build printed:\n%s\n---\n%s", round, data, stdout.String())
+		}
+		if round == 2 && !strings.Contains(stdout.String(), "without 3 output(s) of earlier builds") {
+			t.Errorf("round 2: the copy did not leave the outputs out:\n%s", stdout.String())
+		}
+		for _, p := range []string{pkg, logFile} {
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); st.Uid != 4242 || st.Gid != 4343 || fi.Mode().Perm() != 0o644 {
+				t.Errorf("%s: %v %d:%d, want 0644 4242:4343", p, fi.Mode(), st.Uid, st.Gid)
+			}
+		}
+	}
+	// --out inside the source: its contents stay out of the next build.
+	out := filepath.Join(src, "out")
+	var stdout, stderr bytes.Buffer
+	if code := run1(append(e.args(), "--out", out, src), &stdout, &stderr); code != 0 {
+		t.Fatalf("--out: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(out, filepath.Base(pkg))); err != nil {
+		t.Fatal(err)
+	}
+	stdout.Reset()
+	if code := run1(append(e.args(), "--out", out, src), &stdout, &stderr); code != 0 {
+		t.Fatalf("--out again: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "without 3 output(s) of earlier builds") {
+		t.Errorf("the copy did not leave --out and the outputs out:\n%s", stdout.String())
+	}
+}
+
+// TestBuildLoadedImage: the base image loaded from a `docker save` file
+// and from an OCI archive with `vagent image load`, under registry
+// references whose registry is unreachable, and `vagent build` on each
+// reference builds; with standard error on a terminal, the base image's
+// layers are shown as they are unpacked.
+func TestBuildLoadedImage(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	img, layoutDir, err := testkit.ArchLikeImage(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := sandboxtest.Dir(t)
+	dockerFile := filepath.Join(work, "arch.docker.tar")
+	tag, _ := name.NewTag("vagent-test/archlike:loaded")
+	if err := tarball.WriteToFile(dockerFile, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	ociFile := filepath.Join(work, "arch.oci.tar")
+	if out, err := exec.Command("tar", "-C", layoutDir, "-cf", ociFile, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	// Nothing listens there: the registry of the loaded names is down.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	data := filepath.Join(e.dir, "data")
+	src := filepath.Join(work, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(testPKGBUILD("loaded", "1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ file, ref string }{
+		{dockerFile, dead + "/loaded/docker:1"},
+		{ociFile, dead + "/loaded/oci:1"},
+	} {
+		t.Run(filepath.Base(tc.file), func(t *testing.T) {
+			code, stdout, stderr := vagent(t, "image", "load", "--data-dir", data, "--tag", tc.ref, tc.file)
+			if code != 0 || !strings.Contains(stdout, "loaded "+tc.ref) {
+				t.Fatalf("image load: exit %d\n%s\n%s", code, stdout, stderr)
+			}
+			ptm, pts := openPTY(t)
+			t.Setenv("TERM", "xterm")
+			read := make(chan string)
+			go func() {
+				b, _ := io.ReadAll(ptm)
+				read <- string(b)
+			}()
+			args := append(e.args(), "--out", filepath.Join(work, "out"), src)
+			for i, a := range args {
+				if a == "--base-image" {
+					args[i+1] = tc.ref
+				}
+			}
+			var out bytes.Buffer
+			code = run1(args, &out, pts)
+			pts.Close()
+			term := strings.ReplaceAll(<-read, "\r\n", "\n")
+			if code != 0 {
+				t.Fatalf("build on %s: exit %d\n%s\nterminal:\n%s", tc.ref, code, out.String(), term)
+			}
+			if !strings.Contains(term, "registry unreachable, using the image pulled") {
+				t.Errorf("the build did not say it used the loaded image:\n%s", term)
+			}
+			if _, err := os.Stat(filepath.Join(work, "out", "loaded-1-1-any.pkg.tar.zst")); err != nil {
+				t.Error(err)
+			}
+			if strings.Contains(tc.file, "docker") {
+				// A manifest of its own: its tree is unpacked, with bars.
+				lines := screen(term)
+				for i := 1; i <= 3; i++ {
+					re := regexp.MustCompile(`^layer ` + itoa(i) + `/3 [0-9a-f]{12}  unpacked`)
+					found := false
+					for _, l := range lines {
+						found = found || re.MatchString(l)
+					}
+					if !found {
+						t.Errorf("no bar for layer %d on the terminal:\n%s", i, strings.Join(lines, "\n"))
+					}
+				}
+			}
+		})
+	}
+}
