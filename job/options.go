@@ -38,6 +38,8 @@ type options struct {
 	cacheSet bool
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
+	// install are package files installed into every build (WithInstall).
+	install []string
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration
@@ -224,6 +226,31 @@ func WithCacheDir(dir string) Option {
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
+		return nil
+	}
+}
+
+// WithInstall installs the package files paths into every build with
+// pacman -U, before the build's dependencies are resolved (makechrootpkg
+// -I): a locally built dependency needs no repository. Each is checked as
+// a package the agent publishes (see CheckInstall) and copied for each
+// build. Default: none.
+func WithInstall(paths ...string) Option {
+	return func(o *options) error {
+		seen := map[string]bool{}
+		for _, p := range paths {
+			if !filepath.IsAbs(p) {
+				return fmt.Errorf("%w: package %q: must be an absolute path", ErrBadConfig, p)
+			}
+			if !isPackageName(filepath.Base(p)) {
+				return fmt.Errorf("%w: %s: not a package file name (name-version-release-arch.pkg.tar[.ext])", ErrBadConfig, p)
+			}
+			if seen[filepath.Base(p)] {
+				return fmt.Errorf("%w: two packages named %s", ErrBadConfig, filepath.Base(p))
+			}
+			seen[filepath.Base(p)] = true
+			o.install = append(o.install, p)
+		}
 		return nil
 	}
 }

@@ -166,6 +166,9 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 			return nil, setupFailed(ctx, "reading the source", err)
 		}
 	}
+	if err := b.copyInstall(ws.run.dir); err != nil {
+		return nil, setupFailed(ctx, "copying the packages to install", err)
+	}
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)

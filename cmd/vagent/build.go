@@ -45,6 +45,7 @@ type buildFlags struct {
 	timeout  time.Duration
 	repoURLs []string
 	seccomp  bool
+	install  []string // -I
 }
 
 func newBuildCmd(env *cliEnv) *cobra.Command {
@@ -77,6 +78,8 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	fs.DurationVar(&f.timeout, "timeout", poll.DefaultTimeout, "kill the build after `D`")
 	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
+	fs.StringArrayVarP(&f.install, "install", "I", nil, "install the package `FILE` into the build before its dependencies are resolved, "+
+		"as makechrootpkg -I does: a locally built dependency needs no repository (repeatable)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
 	return c
 }
@@ -106,6 +109,17 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		if err := job.ValidateJob(j, true); err != nil {
 			return usageError("%v", err)
 		}
+	}
+	var install []string
+	for _, p := range f.install {
+		abs, err := filepath.Abs(p)
+		if err == nil {
+			err = job.CheckInstall(abs)
+		}
+		if err != nil {
+			return fmt.Errorf("--install: %w", err)
+		}
+		install = append(install, abs)
 	}
 	outDir := f.out
 	if outDir == "" {
@@ -154,7 +168,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	defer bm.Close()
 	// The one Pacman cache of the data dir, shared with `vagent run`.
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
-	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true)}
+	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...)}
 	logLimit := int64(poll.DefaultLogLimit)
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()

@@ -188,3 +188,49 @@ func TestBuildLoadedImage(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildInstallLocal: -I installs a locally built dependency into the
+// build before its dependencies are resolved, so a package that needs it
+// builds with no repository holding it.
+func TestBuildInstallLocal(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	work := sandboxtest.Dir(t)
+	write := func(dir, content string) string {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "PKGBUILD"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	dep := write(filepath.Join(work, "localdep"), testPKGBUILD("localdep", "2.5"))
+	var stdout, stderr bytes.Buffer
+	if code := run1(append(e.args(), dep), &stdout, &stderr); code != 0 {
+		t.Fatalf("dependency: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
+	}
+	depPkg := filepath.Join(dep, "localdep-2.5-1-any.pkg.tar.zst")
+	needs := write(filepath.Join(work, "needs"), `pkgname=needs
+pkgver=1
+pkgrel=1
+arch=(any)
+license=(MIT)
+depends=(localdep)
+build() { cat /usr/share/localdep/version; }
+package() { mkdir -p "$pkgdir/usr/share/needs"; }
+`)
+	stdout.Reset()
+	stderr.Reset()
+	code := run1(append(e.args(), "-I", depPkg, needs), &stdout, &stderr)
+	log := stdout.String()
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, log, stderr.String())
+	}
+	for _, want := range []string{"+ /run/vagent/pacman -U --noconfirm -- /run/vagent/install/localdep-2.5-1-any.pkg.tar.zst",
+		"\n2.5\n", "vagent: success (wrote needs-1-1-any.pkg.tar.zst)"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+}

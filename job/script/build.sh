@@ -160,6 +160,10 @@ if [[ ${1-} != --builder ]]; then
 		tee -a /etc/pacman.conf <"$f" || exit
 	done
 	run "$ctl/pacman" -Syu --needed --noconfirm || failed upgrade
+	# Local packages (vagent build -I), before the build's dependencies.
+	if [[ -d $ctl/install ]]; then
+		run "$ctl/pacman" -U --noconfirm -- "$ctl"/install/* || failed install
+	fi
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
