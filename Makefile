@@ -42,7 +42,7 @@ export CGO_ENABLED := 1
 # serves a fresh clone in another directory too (the tests do not use them).
 export GOFLAGS := -trimpath $(GOFLAGS)
 
-.PHONY: help deps bench-deps build check-static install test unit test-stress lint fuzz bench demo testimages test-vm clean
+.PHONY: help deps bench-deps build check-static install test unit test-stress lint fuzz bench demo demo-stack testimages test-vm clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -116,6 +116,9 @@ bench: bench-deps testimages ## benchmarks with peer ratios (see docs/benchmarks
 
 demo: build testimages ## end to end on an embedded default: local registry, test images, test server
 	$(GO) run ./internal/testkit/cmd/demo -vagent bin/vagent
+
+demo-stack: build testimages ## the registry and test server of the demo, until Ctrl-C: try vagent build/run by hand (prints how)
+	$(GO) run ./internal/testkit/cmd/demo -stack -vagent bin/vagent
 
 clean: ## remove build output
 	rm -rf bin

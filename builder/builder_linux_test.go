@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -259,6 +260,58 @@ func TestMirrorListAndRepos(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "fake pacman: -Syu --needed --noconfirm --noprogressbar base-devel git extra/vim") {
 		t.Errorf("log:\n%s", log.String())
+	}
+}
+
+// stageLog records the stages of the preparations it follows.
+type stageLog struct {
+	sandboxtest.Buffer
+	mu     sync.Mutex
+	stages []builder.Stage
+}
+
+func (s *stageLog) Stage(st builder.Stage) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stages = append(s.stages, st)
+}
+
+// TestAcquireStages: a log that is a StageWriter hears a preparation's
+// stages, pulling then preparing; a fresh builder is leased without any.
+func TestAcquireStages(t *testing.T) {
+	e := newEnv(t)
+	reg := startRegistry(t)
+	base := pushed(t, reg, "stages", fakeBase(t, nil))
+	for i, want := range [][]builder.Stage{{builder.StagePulling, builder.StagePreparing}, nil} {
+		log := &stageLog{}
+		l, err := e.m.Acquire(t.Context(), base, log)
+		if err != nil {
+			t.Fatalf("Acquire %d: %v\n%s", i, err, log.String())
+		}
+		l.Release()
+		if !slices.Equal(log.stages, want) {
+			t.Errorf("Acquire %d: stages %v, want %v", i, log.stages, want)
+		}
+	}
+}
+
+// TestMirrorListUnused: a mirror list that no repository of the base
+// image's pacman.conf includes fails the setup, saying why, rather than
+// being ignored.
+func TestMirrorListUnused(t *testing.T) {
+	e := newEnv(t, builder.WithMirrorList("https://mirror.example/$repo/os/$arch"))
+	reg := startRegistry(t)
+	base := pushed(t, reg, "own-servers", fakeBase(t, map[string]string{"pacman.conf": "[options]\nArchitecture = auto\n\n[core]\nServer = https://elsewhere.example/$repo\n"}))
+	var log sandboxtest.Buffer
+	l, err := e.m.Acquire(t.Context(), base, &log)
+	if err == nil {
+		l.Release()
+		t.Fatalf("Acquire succeeded:\n%s", log.String())
+	}
+	const want = "==> ERROR: the Pacman mirrors (pacman_mirrors, --pacman-mirror) would not be used: no repository in the base image's /etc/pacman.conf includes /etc/pacman.d/mirrorlist"
+	var se *builder.SetupError
+	if !errors.As(err, &se) || !strings.Contains(string(se.Log), want) || strings.Contains(log.String(), "fake pacman:") {
+		t.Errorf("error %v; log:\n%s", err, log.String())
 	}
 }
 

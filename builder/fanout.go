@@ -12,10 +12,47 @@ const tailSize = 64 << 10
 // it (attached while they wait) and keeps its tail for the error. A writer
 // that fails is dropped; the preparation never stops because of a reader.
 type fanout struct {
-	mu   sync.Mutex
-	ws   map[int]io.Writer
-	next int
-	tail []byte
+	mu    sync.Mutex
+	ws    map[int]io.Writer
+	next  int
+	tail  []byte
+	stage Stage // the last one, for writers attached later
+}
+
+// Stage is what a preparation does, for callers that show progress.
+type Stage string
+
+const (
+	StagePulling   Stage = "pulling"   // resolving and fetching the base image
+	StagePreparing Stage = "preparing" // the setup, or waiting for another process's
+)
+
+// StageWriter is a log writer that also hears of the stages of the
+// preparation whose output it receives: Acquire, Refresh and Prepare tell
+// a log that implements it (a caller that joins a preparation under way
+// hears its current stage first).
+type StageWriter interface {
+	io.Writer
+	Stage(Stage)
+}
+
+// Stage tells the attached StageWriters.
+func (f *fanout) Stage(s Stage) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stage = s
+	for _, w := range f.ws {
+		if sw, ok := w.(StageWriter); ok {
+			sw.Stage(s)
+		}
+	}
+}
+
+// setStage tells out's StageWriters, if it has any, of s.
+func setStage(out io.Writer, s Stage) {
+	if sw, ok := out.(StageWriter); ok {
+		sw.Stage(s)
+	}
 }
 
 func newFanout() *fanout { return &fanout{ws: map[int]io.Writer{}} }
@@ -43,6 +80,9 @@ func (f *fanout) attach(w io.Writer) (detach func()) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if sw, ok := w.(StageWriter); ok && f.stage != "" {
+		sw.Stage(f.stage)
+	}
 	if len(f.tail) > 0 {
 		if _, err := w.Write(f.tail); err != nil {
 			return func() {}

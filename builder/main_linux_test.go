@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -161,9 +162,17 @@ func tarBytes(t testing.TB, ents ...tarEntry) []byte {
 }
 
 // fakeBase returns the busybox image with a fake pacman; flags are files
-// to create under /etc/fake-pacman ("v7", "fail", "slow") with contents.
+// to create under /etc/fake-pacman ("v7", "fail", "slow") with contents,
+// except "pacman.conf", the image's /etc/pacman.conf (default
+// fakePacmanConfFile).
 func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 	t.Helper()
+	conf := fakePacmanConfFile
+	if c, ok := flags["pacman.conf"]; ok {
+		conf = c
+		flags = maps.Clone(flags)
+		delete(flags, "pacman.conf")
+	}
 	bb, err := testkit.BusyboxImage()
 	if err != nil {
 		testkit.Unavailable(t, "busybox image: %v", err)
@@ -174,7 +183,7 @@ func fakeBase(t testing.TB, flags map[string]string) v1.Image {
 		{name: "usr/bin/pacman", body: fakePacman, mode: 0o755},
 		{name: "usr/bin/pacman-conf", body: fakePacmanConf, mode: 0o755},
 		{name: "etc/", dir: true, mode: 0o755},
-		{name: "etc/pacman.conf", body: fakePacmanConfFile, mode: 0o644},
+		{name: "etc/pacman.conf", body: conf, mode: 0o644},
 		{name: "etc/fake-pacman/", dir: true, mode: 0o755},
 		{name: "opt/", dir: true, mode: 0o755},
 		{name: "opt/changed", body: "v1\n", mode: 0o644},

@@ -43,6 +43,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 	if ok, err := flock(lf, true, false); err != nil {
 		return nil, false, err
 	} else if !ok {
+		setStage(out, StagePreparing)
 		fmt.Fprintf(out, "==> vagent: waiting for another process preparing the builder for %s\n", base)
 		if err := flockCtx(ctx, lf); err != nil {
 			return nil, false, err
@@ -62,6 +63,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		}
 	}()
 	fmt.Fprintf(out, "==> vagent: preparing a builder for %s\n", base)
+	setStage(out, StagePulling)
 	rf, err := m.store.Rootfs(ctx, base)
 	if err != nil {
 		return nil, false, fmt.Errorf("preparing a builder: %w", err)
@@ -72,6 +74,7 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		fmt.Fprintf(out, "==> vagent: the builder %s is fresh and its base unchanged\n", cur.Digest)
 		return cur, false, nil
 	}
+	setStage(out, StagePreparing)
 	md, err = m.build(ctx, out, base, rf)
 	if err != nil {
 		return nil, false, err

@@ -21,6 +21,9 @@ command -v pacman >/dev/null 2>&1 || die "pacman not found: not a pacman-based i
 [ -f "$conf" ] || die "$conf not found"
 
 if [ -n "${VAGENT_MIRRORLIST:-}" ]; then
+	# A mirror list no repository includes would be ignored in silence.
+	grep -Eq '^[[:space:]]*Include[[:space:]]*=[[:space:]]*/etc/pacman\.d/mirrorlist[[:space:]]*$' "$conf" ||
+		die "the Pacman mirrors (pacman_mirrors, --pacman-mirror) would not be used: no repository in the base image's $conf includes /etc/pacman.d/mirrorlist (its repositories name their servers themselves; add repositories with pacman_repos or --repo-url instead, or use a base image whose repositories include the mirror list)"
 	say "writing /etc/pacman.d/mirrorlist"
 	mkdir -p /etc/pacman.d
 	printf '%s' "$VAGENT_MIRRORLIST" >/etc/pacman.d/mirrorlist

@@ -4,14 +4,17 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
 // TestGitBranchPath builds from a git repository served on 127.0.0.1: a
@@ -53,6 +56,57 @@ func TestURLSource(t *testing.T) {
 	}
 	if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 1 || pkgs[0].Info.Name != "fromurl" {
 		t.Errorf("repository has %+v", pkgs)
+	}
+}
+
+// progressLog records what a job reports besides its log.
+type progressLog struct {
+	mu     sync.Mutex
+	phases []poll.Phase
+	header map[string]string
+}
+
+func (p *progressLog) Phase(ph poll.Phase) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.phases) == 0 || p.phases[len(p.phases)-1] != ph {
+		p.phases = append(p.phases, ph)
+	}
+}
+
+func (p *progressLog) Header(k, v string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.header[k] = v
+}
+
+// TestProgressReported: a build reports its phases (building, then
+// publishing) and, for the log's header, the digests of its base image and
+// of the builder it ran on — the one builder on disk.
+func TestProgressReported(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	warmBuilder(t, e)
+	url := serveFile(t, pkgbuild("progress", "0.1", "1"))
+	p := &progressLog{header: map[string]string{}}
+	var log sandboxtest.Buffer
+	r := build(poll.WithProgress(t.Context(), p), newBuilder(t, e), poll.Job{TargetID: 9, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base}, "", 0, &log)
+	wantStatus(t, r, log.String(), poll.ResultSuccess, 0)
+	infos, err := e.bm.List()
+	if err != nil || len(infos) == 0 {
+		t.Fatalf("builders %v: %v", infos, err)
+	}
+	var cur builder.Info
+	for _, in := range infos {
+		if in.Current {
+			cur = in
+		}
+	}
+	if p.header["builder digest"] != cur.Digest.String() || p.header["base image digest"] != cur.BaseDigest.String() || p.header["builder prepared"] == "" {
+		t.Errorf("header fields %v, want the current builder %s of base %s", p.header, cur.Digest, cur.BaseDigest)
+	}
+	if n := len(p.phases); n < 2 || p.phases[n-2] != poll.PhaseBuilding || p.phases[n-1] != poll.PhasePublishing {
+		t.Errorf("phases %v, want … building, publishing", p.phases)
 	}
 }
 

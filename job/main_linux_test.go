@@ -129,14 +129,8 @@ func newEnv() (e *env, skip string, err error) {
 		return e, "", err
 	}
 	e.ts = httptest.NewServer(e.srv)
-	for _, name := range []string{"base-devel", "git"} {
-		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any", Desc: "test meta-package"}, nil, vieterserver.Zstd)
-		if err != nil {
-			return e, "", err
-		}
-		if _, err := e.srv.Publish("deps", pkg); err != nil {
-			return e, "", err
-		}
+	if err := e.srv.PublishMetaPackages("deps", "base-devel", "git"); err != nil {
+		return e, "", err
 	}
 	if e.sb, err = sandbox.New(filepath.Join(e.dir, "sandbox"), sandbox.WithSeccomp(sandbox.SeccompSupported)); err != nil {
 		return e, "", err

@@ -198,6 +198,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
 	b.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo}).Debug("build starting")
+	poll.ReportPhase(ctx, poll.PhaseBuilding)
 	res, err := b.sb.Run(ctx, spec)
 	ws.run.closeFIFOs()
 	wg.Wait()
@@ -251,6 +252,7 @@ func (r *ran) verdict(ctx context.Context) (ending, bool) {
 // collect publishes the packages of a successful build (or copies them to
 // the output directory).
 func (b *Runner) collect(ctx context.Context, job poll.Job, r *ran, log io.Writer, built *Built) ending {
+	poll.ReportPhase(ctx, poll.PhasePublishing)
 	names, err := b.deliver(ctx, r.res.Upper, job.Repo, log)
 	built.Packages = names
 	if err != nil {

@@ -37,15 +37,41 @@ func (f ImagesFunc) Acquire(ctx context.Context, baseImage string, log io.Writer
 	return f(ctx, baseImage, log)
 }
 
-// BuilderImages returns the Images of a builder.Manager.
+// BuilderImages returns the Images of a builder.Manager. It reports the
+// preparation's stages as the job's phases (poll.PhasePulling,
+// poll.PhasePreparing) and the digests of the base image and the builder
+// as fields of the log's header (poll.ReportHeader).
 func BuilderImages(m *builder.Manager) Images {
 	return ImagesFunc(func(ctx context.Context, base string, log io.Writer) (string, func(), error) {
-		l, err := m.Acquire(ctx, base, log)
+		var out io.Writer
+		if log != nil {
+			out = stageLog{log, poll.ProgressFrom(ctx)}
+		}
+		l, err := m.Acquire(ctx, base, out)
 		if err != nil {
 			return "", nil, err
 		}
+		poll.ReportHeader(ctx, "base image digest", l.BaseDigest.String())
+		poll.ReportHeader(ctx, "builder digest", l.Digest.String())
+		poll.ReportHeader(ctx, "builder prepared", l.Created.UTC().Format(time.RFC3339))
 		return l.Rootfs, l.Release, nil
 	})
+}
+
+// stageLog is a job's log that turns a builder preparation's stages into
+// the job's phases.
+type stageLog struct {
+	io.Writer
+	progress poll.Progress
+}
+
+func (s stageLog) Stage(st builder.Stage) {
+	switch st {
+	case builder.StagePulling:
+		s.progress.Phase(poll.PhasePulling)
+	case builder.StagePreparing:
+		s.progress.Phase(poll.PhasePreparing)
+	}
 }
 
 // Sandbox runs a build's process tree: *sandbox.Manager implements it;

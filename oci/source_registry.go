@@ -199,6 +199,16 @@ func (e *endpoint) label() string {
 	return e.host
 }
 
+// served names the endpoint that served the manifest: "mirror HOST", or
+// the origin's host, with "(origin)" when mirrors were configured.
+func (s *registrySource) served() string {
+	e := s.endpoints[s.used]
+	if !e.mirror && len(s.endpoints) > 1 {
+		return e.host + " (origin)"
+	}
+	return e.label()
+}
+
 func (s *registrySource) resolve(ctx context.Context) ([]byte, v1.Hash, error) {
 	var tried []string
 	var last error

@@ -337,6 +337,11 @@ func (s *Store) resolve(ctx context.Context, r Reference) (_ *resolved, retErr e
 		}
 		return nil, fmt.Errorf("pulling %s: %w", refStr, err)
 	}
+	// Which endpoint served it — a mirror, or the origin after the
+	// mirrors failed — is what an air-gapped site needs to see.
+	if rs, ok := src.(*registrySource); ok {
+		log.WithFields(map[string]any{"digest": dgst.String(), "from": rs.served()}).Info("resolved")
+	}
 	s.progress(Progress{Ref: refStr, Phase: PhaseResolve, Blob: dgst, Index: -1})
 	if !s.hasBlob(dgst) {
 		if err := s.writeBlob(ctx, dgst, int64(len(raw)), bytes.NewReader(raw), nil); err != nil {

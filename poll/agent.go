@@ -38,6 +38,7 @@ type Agent struct {
 	stopping atomic.Bool
 	pending  atomic.Int64 // finished entries not delivered yet
 	polls    pollState
+	uploads  uploads // deliveries under way
 }
 
 // New returns an agent that polls api and runs jobs with exec.
@@ -54,7 +55,11 @@ func New(api API, exec Executor, opts ...Option) (*Agent, error) {
 	if o.arch == "" || o.dataDir == "" {
 		return nil, errors.New("poll: arch and data dir are required")
 	}
-	a := &Agent{api: api, exec: exec, opts: o, log: o.log,
+	log := o.log
+	if o.origin.Agent != "" {
+		log = log.WithField("agent", o.origin.Agent)
+	}
+	a := &Agent{api: api, exec: exec, opts: o, log: log,
 		wake: make(chan struct{}, 1), abort: make(chan struct{})}
 	for i := range o.slots {
 		a.slots = append(a.slots, &slot{id: i})
@@ -269,7 +274,9 @@ func (a *Agent) countEmpty() int {
 func (a *Agent) startBuild(bctx, dctx context.Context, j Job) {
 	for _, s := range a.slots {
 		if s.start() {
-			s.info.Store(&slotInfo{job: j, since: time.Now()})
+			info := &slotInfo{job: j, since: time.Now()}
+			info.setPhase(PhaseStarting)
+			s.info.Store(info)
 			a.builds.Add(1)
 			go a.build(bctx, dctx, s, j)
 			return
@@ -298,7 +305,8 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 	}()
 
 	start := time.Now()
-	e := &spoolEntry{ID: newEntryID(start, j), Job: j, Arch: a.opts.arch, Slot: s.id, Start: start.Unix()}
+	origin := a.opts.origin
+	e := &spoolEntry{ID: newEntryID(start, j), Job: j, Arch: a.opts.arch, Slot: s.id, Start: start.Unix(), Origin: &origin}
 	f, err := a.spool.create(e)
 	if err != nil {
 		// Without a spool the job cannot be reported: hand it back.
@@ -307,8 +315,13 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 		go func() { defer a.deliveries.Done(); a.requeueNow(dctx, j) }()
 		return
 	}
-	log.Info("build started")
-	rep := RunJob(bctx, a.exec, j, a.opts.defaultTimeout, a.opts.logLimit, f)
+	info := &slotInfo{job: j, since: start, log: e.ID}
+	info.setPhase(PhaseStarting)
+	s.info.Store(info)
+	prog := &jobProgress{info: info, spool: a.spool, e: e, f: f, log: log}
+	log.WithFields(logrus.Fields{"base_image": j.BaseImage, "source": RedactURL(j.URL)}).Info("build started")
+	rep := RunJob(WithProgress(bctx, prog), a.exec, j, a.opts.defaultTimeout, a.opts.logLimit, f)
+	prog.end()
 	end := rep.End
 	e.Start = rep.Start.Unix()
 	e.End = max(end.Unix(), e.Start)
@@ -319,7 +332,12 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 	}
 	a.pending.Add(1)
 	a.opts.obs.BuildFinished(e.Result, end.Sub(start))
-	log.WithFields(logrus.Fields{"result": e.Result, "exit_code": e.ExitCode, "duration": end.Sub(start).Round(time.Millisecond), "reason": rep.Reason}).Info("build finished")
+	fin := log.WithFields(logrus.Fields{"result": e.Result, "exit_code": e.ExitCode, "duration": end.Sub(start).Round(time.Millisecond), "reason": rep.Reason})
+	if e.Result == ResultSetupError {
+		fin.Warn("build finished: the agent could not set it up")
+	} else {
+		fin.Info("build finished")
+	}
 	// The slot is free once the build ran: recording its end (a file sync
 	// with fsync) and the delivery go on beside the next build. Until the
 	// header says finished, a crash makes the entry an interrupted build.
@@ -338,9 +356,13 @@ func (a *Agent) build(bctx, dctx context.Context, s *slot, j Job) {
 func (a *Agent) deliver(ctx context.Context, e *spoolEntry) {
 	defer a.deliveries.Done()
 	log := a.log.WithFields(logrus.Fields{"slot": e.Slot, "target": e.Job.TargetID, "repo": e.Job.Repo})
+	up := a.uploads.add(e)
+	defer a.uploads.remove(e.ID)
 	if e.Requeue && !e.Requeued {
+		up.setPhase(PhaseHandBack)
 		a.handBackEntry(ctx, e, log)
 	}
+	up.setPhase(PhaseUploading)
 	p := vieter.LogParams{TargetID: e.Job.TargetID, Start: time.Unix(e.Start, 0), End: time.Unix(e.End, 0), Arch: e.Arch, ExitCode: e.ExitCode}
 	var id int
 	err := a.retry(ctx, log, func(ctx context.Context) error {

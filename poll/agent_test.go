@@ -275,7 +275,7 @@ func TestBuildTimeout(t *testing.T) {
 	start(t, a)
 	waitFor(t, 10*time.Second, "the log", func() bool { return len(h.srv.Logs()) == 1 })
 	l := h.srv.Logs()[0]
-	if l.ExitCode != ExitTimeout || !strings.HasPrefix(string(l.Content), "\nvagent: timeout after 1 s; exit code 124; took ") {
+	if l.ExitCode != ExitTimeout || !strings.HasPrefix(logBody(t, l.Content), "\nvagent: timeout after 1 s; exit code 124; took ") {
 		t.Errorf("timeout log: exit %d %q", l.ExitCode, l.Content)
 	}
 	if c, _ := cause.Load().(error); !errors.Is(c, ErrJobTimeout) {

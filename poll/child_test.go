@@ -31,6 +31,7 @@ func childMain() int {
 	exec := instant
 	if os.Getenv(childEnv) == "block" {
 		exec = ExecutorFunc(func(ctx context.Context, j Job, log io.Writer) (Outcome, error) {
+			ReportHeader(ctx, "builder digest", "sha256:crash")
 			fmt.Fprintf(log, "started target %d\n", j.TargetID)
 			<-ctx.Done()
 			return Outcome{ExitCode: 1}, nil
@@ -51,7 +52,7 @@ func childMain() int {
 	}
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
-	a, err := New(c, exec, WithArch(testArch), WithDataDir(os.Getenv(childDirEnv)), WithSlots(3),
+	a, err := New(c, exec, WithArch(testArch), WithDataDir(os.Getenv(childDirEnv)), WithSlots(3), WithAgentName("child"),
 		WithPollInterval(interval), WithBackoff(5*time.Millisecond, 50*time.Millisecond), WithLogger(log), WithGracePeriod(grace))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

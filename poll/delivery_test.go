@@ -39,7 +39,7 @@ func TestFaultsNothingLost(t *testing.T) {
 	perTarget := map[int]int{}
 	for _, l := range h.srv.Logs() {
 		perTarget[l.TargetID]++
-		if want := fmt.Sprintf("log of target %d\n\nvagent: ", l.TargetID); !strings.HasPrefix(string(l.Content), want) || strings.Count(string(l.Content), "vagent: ") != 1 || l.ExitCode != l.TargetID%3 || l.Arch != testArch {
+		if want := fmt.Sprintf("log of target %d\n\nvagent: ", l.TargetID); !strings.HasPrefix(logBody(t, l.Content), want) || strings.Count(logBody(t, l.Content), "vagent: ") != 1 || l.ExitCode != l.TargetID%3 || l.Arch != testArch {
 			t.Errorf("log %d: exit %d %q", l.ID, l.ExitCode, l.Content)
 		}
 	}
@@ -197,7 +197,7 @@ func TestPendingLogsSurviveRestart(t *testing.T) {
 	waitFor(t, 10*time.Second, "4 delivered logs", func() bool { return len(h2.srv.Logs()) == 4 })
 	waitFor(t, 5*time.Second, "empty spool", func() bool { return len(spoolFiles(t, h.dir, "pending/*")) == 0 })
 	for _, l := range h2.srv.Logs() {
-		if !strings.HasPrefix(string(l.Content), fmt.Sprintf("building target %d\n\nvagent: success; exit code 0; took ", l.TargetID)) {
+		if !strings.HasPrefix(logBody(t, l.Content), fmt.Sprintf("building target %d\n\nvagent: success; exit code 0; took ", l.TargetID)) {
 			t.Errorf("log %q", l.Content)
 		}
 	}
@@ -281,7 +281,7 @@ func TestCrashMidUpload(t *testing.T) {
 	start(t, h.agent(t, instant))
 	waitFor(t, 10*time.Second, "the log after restart", func() bool { return len(h.srv.Logs()) == before+1 })
 	for _, l := range h.srv.Logs() {
-		if l.ExitCode != 0 || !strings.HasPrefix(string(l.Content), "building target 1\n\nvagent: success; exit code 0; took ") {
+		if l.ExitCode != 0 || !strings.HasPrefix(logBody(t, l.Content), "building target 1\n\nvagent: success; exit code 0; took ") {
 			t.Errorf("log: exit %d %q", l.ExitCode, l.Content)
 		}
 	}
@@ -329,8 +329,11 @@ func TestCrashMidBuild(t *testing.T) {
 	}
 	// The note says what happened, in order: the stop, then the requeue.
 	const want = "started target 1\n\nvagent: the agent stopped during this build; the job goes back to the server\nvagent: the job was handed back to the server\n"
-	if len(interrupted) != 1 || string(interrupted[0].Content) != want {
+	if len(interrupted) != 1 || logBody(t, interrupted[0].Content) != want {
 		t.Errorf("interrupted logs %+v, want one with %q", interrupted, want)
+	} else if f, _, _ := splitHeader(interrupted[0].Content); f["agent"] != "child" || f["builder digest"] != "sha256:crash" {
+		// What the build reported before the crash is in its header.
+		t.Errorf("interrupted log's header %v, want agent child and the reported builder digest", f)
 	}
 	if len(rebuilt) != 1 || rebuilt[0].ExitCode != 0 || rebuilt[0].TargetID != 1 {
 		t.Errorf("rebuild logs: %+v", rebuilt)

@@ -28,8 +28,10 @@
 // finished builds signal. It polls at once when a build finishes and
 // otherwise every poll interval; an idle agent sleeps between polls. Poll
 // failures back off exponentially with jitter up to the poll interval; a
-// rejected API key (401) is reported as a configuration error and retried
-// slowly.
+// rejected API key (401 or 403) is logged as an error that names api_key,
+// and polls, uploads and requeues are then retried every
+// WithUnauthorizedRetry (5 minutes), so a key fixed on the server needs no
+// restart.
 //
 // # Logs
 //
@@ -51,11 +53,30 @@
 // shared by the entries created together) and the file when the build
 // ends.
 //
+// # The log's header
+//
+// Every uploaded log starts with a LogHeader: the agent's name and
+// version (WithAgentName, WithVersion), the host, the slot, the start, the
+// job's target, repository, source and base image, then the fields the
+// executor reported with ReportHeader (the digests of the base image and
+// of the builder, known only once the builder is ready). The fields are
+// kept in the spool entry — bounded (MaxHeaderFields, MaxHeaderValueBytes)
+// so that its fixed-size header holds them — and the header is written in
+// front of the log when it is uploaded: an interrupted build's log has it
+// too.
+//
 // # Metrics and status
 //
 // An Observer is told about polls, builds and uploads, and Agent.Status
-// returns a snapshot of the slots; Pending reads a data directory's spool
-// without an agent.
+// returns a snapshot: each slot's job, its phase (ReportPhase: pulling,
+// preparing builder, building, publishing) and its log, whether the agent
+// polls (not while every slot is busy), and the finished builds whose
+// logs are on their way to the server (a slot is free for the next job as
+// soon as its build ended). The agent passes each job a Progress through
+// the context; ReportPhase and ReportHeader reach it from the executor.
+// Pending reads a data directory's spool without an agent; FollowLog
+// shows a build's log as it will be uploaded, and follows a running one
+// until it ends, also from another process.
 //
 // # Shutdown
 //

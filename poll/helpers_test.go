@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -146,4 +147,37 @@ func TestMain(m *testing.M) {
 		os.Exit(childMain())
 	}
 	os.Exit(m.Run())
+}
+
+// splitHeader parses the header at the top of an uploaded log (LogHeader):
+// its fields by key, and the rest of the log. ok is false when the log
+// does not start with a header.
+func splitHeader(content []byte) (fields map[string]string, body string, ok bool) {
+	s := string(content)
+	head, body, found := strings.Cut(s, "\n\n")
+	if !found || !strings.HasPrefix(s, "vagent: ") {
+		return nil, s, false
+	}
+	fields = map[string]string{}
+	for _, line := range strings.Split(head, "\n") {
+		kv, ok := strings.CutPrefix(line, "vagent: ")
+		k, v, ok2 := strings.Cut(kv, ": ")
+		if !ok || !ok2 {
+			return nil, s, false
+		}
+		fields[k] = v
+	}
+	return fields, body, true
+}
+
+// logBody returns an uploaded log without its header, failing t when it
+// has none.
+func logBody(t testing.TB, content []byte) string {
+	t.Helper()
+	fields, body, ok := splitHeader(content)
+	if !ok || fields["target"] == "" {
+		t.Errorf("the log does not start with a header: %q", content)
+		return string(content)
+	}
+	return body
 }

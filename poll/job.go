@@ -141,10 +141,15 @@ func RunJob(ctx context.Context, exec Executor, job Job, defaultTimeout time.Dur
 		if r.ExitCode == 0 {
 			r.ExitCode = ExitCancelled
 		}
-		if cause == nil || errors.Is(cause, context.Canceled) {
+		if cause == nil || cause == context.Canceled {
 			cause = errors.New("cancelled")
 		}
-		reason = fmt.Sprintf("cancelled (%v); the job goes back to the server", cause)
+		reason = fmt.Sprintf("cancelled (%v)", cause)
+		if errors.Is(cause, ErrShutdown) {
+			// An agent's shutdown hands the job back (Report.Requeue); a
+			// local build's Ctrl-C has no server to hand it to.
+			reason += "; the job goes back to the server"
+		}
 	case err != nil:
 		if r.Result == "" || r.Result == ResultSuccess {
 			r.Result = ResultSetupError

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -32,6 +33,7 @@ type options struct {
 	log               logrus.FieldLogger
 	obs               Observer
 	clock             Clock
+	origin            Origin // agent name, version, host: for log headers and Status
 }
 
 // silentLogger is the logger of a caller that sets none, or sets nil.
@@ -58,6 +60,54 @@ func defaultOptions() options {
 		log:               silentLogger(),
 		obs:               nopObserver{},
 		clock:             realClock{},
+		origin:            Origin{Host: hostname()},
+	}
+}
+
+// hostname is the host's name for log headers, one line of at most 64
+// bytes.
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	h = cleanHeaderValue(h)
+	return h[:min(len(h), maxNameBytes)]
+}
+
+// maxNameBytes bounds the agent's name, version and host name.
+const maxNameBytes = 64
+
+// checkName checks a name for log headers and Status: one line, at most
+// maxNameBytes.
+func checkName(what, s string) error {
+	if len(s) > maxNameBytes || cleanHeaderValue(s) != s {
+		return fmt.Errorf("%s %q: want one line of at most %d bytes", what, s, maxNameBytes)
+	}
+	return nil
+}
+
+// WithAgentName sets the agent's name (agent_name), shown in Status and
+// at the top of every build log. Default: none.
+func WithAgentName(name string) Option {
+	return func(o *options) error {
+		if err := checkName("agent name", name); err != nil {
+			return err
+		}
+		o.origin.Agent = name
+		return nil
+	}
+}
+
+// WithVersion sets the version of the program that runs the agent, shown
+// in Status and at the top of every build log. Default: none.
+func WithVersion(v string) Option {
+	return func(o *options) error {
+		if err := checkName("version", v); err != nil {
+			return err
+		}
+		o.origin.Version = v
+		return nil
 	}
 }
 

@@ -46,9 +46,31 @@ type spoolEntry struct {
 	// RequeueSent counts requeue requests that may have reached the
 	// server; it is saved before each request (see maxRequeueSends).
 	RequeueSent int `json:"requeue_sent,omitempty"`
+	// Origin and Fields make the log's header (LogHeader), written in
+	// front of the log when it is uploaded. Entries of earlier versions
+	// have neither, and their logs no header.
+	Origin *Origin       `json:"origin,omitempty"`
+	Fields []HeaderField `json:"fields,omitempty"`
 
 	seq  uint64 // sequence number of the header copy last written
 	slot int64  // size of one header copy, fixed when the entry is created
+}
+
+// Origin is who ran a build, for its log's header: the agent's name and
+// version and the host.
+type Origin struct {
+	Agent   string `json:"agent,omitempty"`
+	Version string `json:"version,omitempty"`
+	Host    string `json:"host,omitempty"`
+}
+
+// logHeader returns the header of e's log, nil for an entry without one.
+func (e *spoolEntry) logHeader() []byte {
+	if e.Origin == nil {
+		return nil
+	}
+	return LogHeader{Agent: e.Origin.Agent, Version: e.Origin.Version, Host: e.Origin.Host, Slot: e.Slot,
+		Arch: e.Arch, Job: e.Job, Start: time.Unix(e.Start, 0), Fields: e.Fields}.Text()
 }
 
 // The spool keeps each log in one file, <data_dir>/logs/pending/<id>.log,
@@ -146,6 +168,12 @@ func headerSize(e *spoolEntry) (int64, error) {
 	w := *e
 	w.End, w.ExitCode, w.Size = -1<<63, -1<<63, -1<<63
 	w.Result, w.State, w.Requeue, w.Requeued, w.RequeueSent = ResultInterrupted, stateFinished, true, true, maxRequeueSends
+	// The executor's header fields come later, up to their bounds; '<'
+	// is the byte JSON writes longest (\u003c).
+	w.Fields = nil
+	for i := range MaxHeaderFields {
+		w.Fields = append(w.Fields, HeaderField{Key: strings.Repeat(string(rune('a'+i)), 32), Value: strings.Repeat("<", MaxHeaderValueBytes)})
+	}
 	b, err := json.Marshal(&w)
 	if err != nil {
 		return 0, err
@@ -277,6 +305,20 @@ func (s *spool) update(f *os.File, e *spoolEntry) error {
 	return nil
 }
 
+// write writes e's header to its open file f without syncing: for what
+// a build reports while it runs (its header fields), which a power loss
+// may take back.
+func (s *spool) write(f *os.File, e *spoolEntry) error {
+	b, off, err := encodeCopy(e)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(b, off); err != nil {
+		return fmt.Errorf("writing log header: %w", err)
+	}
+	return nil
+}
+
 // save writes e's header.
 func (s *spool) save(e *spoolEntry) error {
 	f, err := os.OpenFile(s.logPath(e), os.O_WRONLY, 0)
@@ -286,7 +328,8 @@ func (s *spool) save(e *spoolEntry) error {
 	return errors.Join(s.update(f, e), f.Close())
 }
 
-// body opens e's log for reading. The caller closes the file.
+// body opens e's log for reading, as it is uploaded: its header
+// (LogHeader), then what the build wrote. The caller closes the file.
 func (s *spool) body(e *spoolEntry) (*os.File, *io.SectionReader, error) {
 	f, err := os.Open(s.logPath(e))
 	if err != nil {
@@ -301,7 +344,31 @@ func (s *spool) body(e *spoolEntry) (*os.File, *io.SectionReader, error) {
 	if e.Size >= 0 && e.Size < n {
 		n = e.Size
 	}
-	return f, io.NewSectionReader(f, e.bodyOffset(), max(n, 0)), nil
+	log := io.NewSectionReader(f, e.bodyOffset(), max(n, 0))
+	head := e.logHeader()
+	if len(head) == 0 {
+		return f, log, nil
+	}
+	return f, io.NewSectionReader(concatReaderAt{head, log}, 0, int64(len(head))+log.Size()), nil
+}
+
+// concatReaderAt reads head, then tail.
+type concatReaderAt struct {
+	head []byte
+	tail *io.SectionReader
+}
+
+func (c concatReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	h := int64(len(c.head))
+	if off >= h {
+		return c.tail.ReadAt(p, off-h)
+	}
+	n := copy(p, c.head[off:])
+	if n == len(p) {
+		return n, nil
+	}
+	m, err := c.tail.ReadAt(p[n:], 0)
+	return n + m, err
 }
 
 func syncDir(dir string) error {

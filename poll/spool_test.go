@@ -206,7 +206,7 @@ func TestInterruptedEntryDelivered(t *testing.T) {
 		}
 		codes[l.ExitCode] = string(l.Content)
 	}
-	if !strings.Contains(codes[ExitInterrupted], "agent stopped during this build") || !strings.HasPrefix(codes[0], "building target 1\n\nvagent: success") {
+	if _, body, _ := splitHeader([]byte(codes[0])); !strings.Contains(codes[ExitInterrupted], "agent stopped during this build") || !strings.HasPrefix(body, "building target 1\n\nvagent: success") {
 		t.Errorf("logs by exit code: %v", codes)
 	}
 	if rq := h.srv.Requests("jobs.queue"); rq != 1 {

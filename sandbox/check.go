@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -32,6 +33,8 @@ type hostFacts struct {
 	idBase, idSize uint32
 	idConflicts    []string // users or subuid entries in the mapped range
 	dataDir        string
+	probeDir       string // dataDir, or the existing directory above it
+	dataDirErr     error  // why builds cannot write to the data dir
 	freeBytes      uint64
 	freeErr        error
 	limits         string // what a probe build container saw of its limits
@@ -84,15 +87,30 @@ func evaluate(f hostFacts) []Requirement {
 		}
 	}
 
+	switch {
+	case f.dataDirErr != nil:
+		add("data dir", false, "%v", f.dataDirErr)
+	case f.probeDir != "" && f.probeDir != f.dataDir:
+		add("data dir", true, "%s does not exist yet: vagent run creates it in %s (probed there)", f.dataDir, f.probeDir)
+	default:
+		add("data dir", true, "%s is writable", f.dataDir)
+	}
+
 	if f.root {
-		if f.overlay != nil {
+		switch {
+		case errors.Is(f.overlay, errNotTried):
+			add("overlayfs", false, "%v", errNotTried)
+		case f.overlay != nil:
 			add("overlayfs", false, "cannot mount overlayfs: %v", f.overlay)
-		} else {
-			add("overlayfs", true, "mounted an overlay in %s", f.dataDir)
+		default:
+			add("overlayfs", true, "mounted an overlay in %s", f.probe())
 		}
-		if f.idmapped != nil {
+		switch {
+		case errors.Is(f.idmapped, errNotTried):
+			add("idmapped lower", false, "%v", errNotTried)
+		case f.idmapped != nil:
 			add("idmapped lower", false, "cannot use an idmapped lower layer: %v (the data directory's filesystem must support idmapped mounts)", f.idmapped)
-		} else {
+		default:
 			add("idmapped lower", true, "overlay over an idmapped bind mount works")
 		}
 	}
@@ -142,13 +160,21 @@ func evaluate(f hostFacts) []Requirement {
 
 	switch {
 	case f.freeErr != nil:
-		add("disk space", false, "%s: %v", f.dataDir, f.freeErr)
+		add("disk space", false, "%s: %v", f.probe(), f.freeErr)
 	case f.freeBytes < minFreeBytes:
-		add("disk space", false, "%s has %s free, need at least %s", f.dataDir, humanBytes(f.freeBytes), humanBytes(minFreeBytes))
+		add("disk space", false, "%s has %s free, need at least %s", f.probe(), humanBytes(f.freeBytes), humanBytes(minFreeBytes))
 	default:
-		add("disk space", true, "%s has %s free", f.dataDir, humanBytes(f.freeBytes))
+		add("disk space", true, "%s has %s free", f.probe(), humanBytes(f.freeBytes))
 	}
 	return reqs
+}
+
+// probe is the directory the probes ran in.
+func (f hostFacts) probe() string {
+	if f.probeDir != "" {
+		return f.probeDir
+	}
+	return f.dataDir
 }
 
 // parseKernel extracts major and minor from a release like "6.1.0-18-amd64".

@@ -16,10 +16,12 @@ import (
 
 // CheckHost probes whether this host can run sandboxes with the given
 // options and data directory, and returns one Requirement per item:
-// kernel, privileges, user namespaces, id range, overlayfs, idmapped
-// lower, cgroups, build limits, seccomp and disk space. It mounts and
-// removes a test overlay under dataDir (created if missing) and, as root,
-// runs what a build runs: a Manager on a directory under dataDir creates
+// kernel, privileges, user namespaces, id range, data dir, overlayfs,
+// idmapped lower, cgroups, build limits, seccomp and disk space. It
+// creates nothing that lasts: it mounts and removes a test overlay under
+// dataDir (or, when dataDir does not exist yet, under the directory that
+// will hold it) and, as root, runs what a build runs: a Manager on a
+// temporary directory there creates
 // a build cgroup with the default limits (WithDefaultLimits; a limit on
 // each controller when none are set) and starts a container in it that
 // reads the limits back from inside.
@@ -42,11 +44,15 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	}
 	f.seccompKernel = seccompInKernel()
 	f.cgroupVersion, f.controllers, f.swapAccounting = probeCgroups()
-	if err := os.MkdirAll(dataDir, 0o711); err != nil {
-		f.freeErr = err
+	// The probes run in the data dir, or, when it does not exist yet, in
+	// the directory it will be created in: a check creates nothing.
+	probeDir, err := probeDirOf(dataDir)
+	f.probeDir, f.dataDirErr = probeDir, err
+	if err != nil {
+		f.freeErr = errNotTried
 	} else {
 		var st unix.Statfs_t
-		if err := unix.Statfs(dataDir, &st); err != nil {
+		if err := unix.Statfs(probeDir, &st); err != nil {
 			f.freeErr = err
 		} else {
 			f.freeBytes = st.Bavail * uint64(st.Bsize)
@@ -62,19 +68,57 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	if usernsFD != nil {
 		defer usernsFD.Close()
 	}
-	if f.root && f.freeErr == nil {
-		f.overlay, f.idmapped = probeOverlay(dataDir, usernsFD)
+	switch {
+	case f.root && f.dataDirErr != nil:
+		f.overlay, f.idmapped = errNotTried, errNotTried
+	case f.root:
+		f.overlay, f.idmapped = probeOverlay(probeDir, usernsFD)
 	}
 	if f.root {
 		switch {
+		case f.dataDirErr != nil:
+			f.limitsErr = errNotTried
 		case f.overlay != nil || f.idmapped != nil || f.freeErr != nil:
 			f.limitsErr = errors.New("not tried: no overlay over an idmapped lower")
 		default:
-			f.limits, f.limitsErr = probeLimits(context.Background(), dataDir, probedLimits(o.limits),
+			f.limits, f.limitsErr = probeLimits(context.Background(), probeDir, probedLimits(o.limits),
 				append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
 		}
 	}
 	return evaluate(f), nil
+}
+
+// errNotTried: a probe that needs a writable data dir did not run.
+var errNotTried = errors.New("not tried: the data dir is not writable")
+
+// probeDirOf returns where the probes of dataDir run: dataDir itself when
+// it exists, else the nearest existing directory above it, where `vagent
+// run` will create it. An error says why builds could not write there.
+func probeDirOf(dataDir string) (string, error) {
+	dir := filepath.Clean(dataDir)
+	for {
+		fi, err := os.Stat(dir)
+		switch {
+		case err == nil && !fi.IsDir():
+			return dir, fmt.Errorf("%s is not a directory", dir)
+		case err == nil:
+			if err := unix.Access(dir, unix.W_OK); err != nil {
+				return dir, fmt.Errorf("%s is not writable: %w", dir, err)
+			}
+			var st unix.Statfs_t
+			if err := unix.Statfs(dir, &st); err == nil && st.Flags&unix.ST_RDONLY != 0 {
+				return dir, fmt.Errorf("%s is on a read-only file system", dir)
+			}
+			return dir, nil
+		case !errors.Is(err, os.ErrNotExist):
+			return dir, err
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return dir, err
+		}
+		dir = parent
+	}
 }
 
 // probedLimits are the limits CheckHost's probe build gets: the configured

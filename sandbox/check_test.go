@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 )
@@ -37,6 +38,11 @@ func TestEvaluate(t *testing.T) {
 		{"seccomp not in kernel", func(f *hostFacts) { f.seccompKernel = false }, map[string]string{"seccomp": "kernel"}},
 		{"disk full", func(f *hostFacts) { f.freeBytes = 100 << 20 }, map[string]string{"disk space": "100.0 MiB free, need at least 2.0 GiB"}},
 		{"rootless", func(f *hostFacts) { f.root, f.uid = false, 1000 }, map[string]string{"privileges": "builds need root"}},
+		{"read-only data dir", func(f *hostFacts) {
+			f.dataDirErr = errors.New("/var/lib/vagent is on a read-only file system")
+			f.overlay, f.idmapped, f.limitsErr, f.freeErr = errNotTried, errNotTried, errNotTried, errNotTried
+		}, map[string]string{"data dir": "read-only file system", "overlayfs": "not tried: the data dir is not writable",
+			"idmapped lower": "not tried", "build limits": "not tried", "disk space": "not tried"}},
 		{"limit not delegated", func(f *hostFacts) {
 			f.limitsErr = fmt.Errorf("%w: memory (controller \"memory\") not available", ErrLimitUnavailable)
 		}, map[string]string{"build limits": `memory (controller "memory")`}},
@@ -59,6 +65,40 @@ func TestEvaluate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestProbeDirOf: the probes run in the data dir, or the nearest existing
+// directory above it; a read-only or non-directory data dir is an error.
+func TestProbeDirOf(t *testing.T) {
+	dir := t.TempDir()
+	if got, err := probeDirOf(dir); got != dir || err != nil {
+		t.Errorf("existing: %q, %v", got, err)
+	}
+	if got, err := probeDirOf(dir + "/a/b/c"); got != dir || err != nil {
+		t.Errorf("missing: %q, %v; want %q", got, err, dir)
+	}
+	file := dir + "/file"
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := probeDirOf(file); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Errorf("a file: %v", err)
+	}
+	if _, err := probeDirOf(file + "/sub"); err == nil {
+		t.Error("below a file: no error")
+	}
+	if _, err := os.Stat(dir + "/a"); !errors.Is(err, os.ErrNotExist) {
+		t.Error("probeDirOf created a directory")
+	}
+	if os.Geteuid() != 0 { // root may write anywhere (W_OK); CheckHost's test covers a read-only mount
+		ro := dir + "/ro"
+		if err := os.Mkdir(ro, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := probeDirOf(ro); err == nil || !strings.Contains(err.Error(), "not writable") {
+			t.Errorf("read-only: %v", err)
+		}
 	}
 }
 

@@ -234,6 +234,35 @@ func (c *Client) Poll(ctx context.Context, arch string, max int) ([]Job, error) 
 	return jobs, nil
 }
 
+// Health asks whether the server is up (GET /health, without the API
+// key).
+func (c *Client) Health(ctx context.Context) error {
+	const op = "health"
+	a, err := c.send(ctx, op, http.MethodGet, c.endpoint("/health", nil), nil, -1, false)
+	if err != nil {
+		return err
+	}
+	if !ok(a.code) {
+		return c.statusError(op, a)
+	}
+	return nil
+}
+
+// CheckKey asks whether the server accepts the API key, changing nothing:
+// it lists one build log (GET /api/v1/logs?limit=1), a read any agent's
+// key may make. A rejected key is ErrUnauthorized.
+func (c *Client) CheckKey(ctx context.Context) error {
+	const op = "check api key"
+	a, err := c.send(ctx, op, http.MethodGet, c.endpoint("/api/v1/logs", url.Values{"limit": {"1"}}), nil, -1, true)
+	if err != nil {
+		return err
+	}
+	if !ok(a.code) {
+		return c.statusError(op, a)
+	}
+	return nil
+}
+
 // UploadLog uploads log as a build log with its exact Content-Length
 // (POST /api/v1/logs) and returns the log's id. log is read from its
 // start at every call.

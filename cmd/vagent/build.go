@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -179,6 +180,12 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	// The log's header first, as an agent's build log has it; the
+	// digests the build reports follow as header lines when known.
+	hj := j
+	if localDir != "" {
+		hj.Kind, hj.URL = "dir", "file://"+localDir
+	}
 	arch := pacman.Arch(runtime.GOARCH)
 	if cfg != nil {
 		arch = cfg.Arch
@@ -187,6 +194,11 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	host, _ := os.Hostname()
+	if _, err := blog.Write(poll.LogHeader{Version: version, Host: host, Slot: -1, Arch: arch, Job: hj, Start: time.Now()}.Text()); err != nil {
+		return err
+	}
+	ctx = poll.WithProgress(ctx, &headerLines{w: blog})
 	// The lifecycle of an agent's slot: the timeout, the classification
 	// and the log's footer are poll.RunJob's; the Runner builds.
 	var built *job.Built
@@ -211,6 +223,22 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return nil
 	}
 	return &exitError{code: max(rep.ExitCode, 1), err: fmt.Errorf("%s", rep.Reason)}
+}
+
+// headerLines prints the header fields a build reports (the digests of the
+// base image and the builder) as header lines of `vagent build`'s log,
+// which streams: they come once the builder is ready.
+type headerLines struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (h *headerLines) Phase(poll.Phase) {}
+
+func (h *headerLines) Header(key, value string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, _ = io.WriteString(h.w, poll.HeaderLine(key, value))
 }
 
 // localRepo is the repository name of a local build's job.

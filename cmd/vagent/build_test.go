@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,6 +62,14 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
 	log := stdout.String()
+	// The log's header first; the digests when the builder is ready.
+	for _, re := range []string{`^vagent: version: \S+\nvagent: host: \S+\nvagent: started: \S+\nvagent: repository: local\n` +
+		`vagent: arch: \S+\nvagent: source: dir file://` + regexp.QuoteMeta(src) + `\nvagent: path: sub\nvagent: base image: ` + regexp.QuoteMeta(e.base) + `\n\n`,
+		`(?m)^vagent: base image digest: sha256:[0-9a-f]{64}\nvagent: builder digest: sha256:[0-9a-f]{64}\n`} {
+		if !regexp.MustCompile(re).MatchString(log) {
+			t.Errorf("log lacks %s:\n%s", re, log)
+		}
+	}
 	for _, want := range []string{"+ cp -a /run/vagent-src/. /build/repo", "+ cd -- /build/repo/sub", "Finished making: local 0.3-1",
 		"vagent: success (wrote local-0.3-1-any.pkg.tar.zst); exit code 0"} {
 		if !strings.Contains(log, want) {
@@ -334,4 +345,66 @@ func treeState(t *testing.T, root string) string {
 		t.Fatal(err)
 	}
 	return b.String()
+}
+
+// TestBuildInterrupted: Ctrl-C (SIGINT) stops `vagent build` with exit
+// status 130 and a footer that says it was interrupted — a local build
+// has no server to hand a job back to, and says nothing of one.
+func TestBuildInterrupted(t *testing.T) {
+	testkit.RequireRoot(t)
+	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := make(chan struct{}, 1)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		<-r.Context().Done() // a registry that never answers
+	}))
+	defer hang.Close()
+	dir := sandboxtest.Dir(t)
+	src := filepath.Join(dir, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(testPKGBUILD("x", "1")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "build", "--data-dir", filepath.Join(dir, "data"), "--seccomp="+strconv.FormatBool(sandbox.SeccompSupported),
+		"--base-image", strings.TrimPrefix(hang.URL, "http://")+"/arch:1", src)
+	var stdout, stderr sandboxtest.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	}()
+	select {
+	case <-asked:
+	case <-time.After(time.Minute):
+		t.Fatalf("the build never asked the registry\n%s%s", stdout.String(), stderr.String())
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("vagent build did not stop after SIGINT\n%s%s", stdout.String(), stderr.String())
+	}
+	out := stdout.String()
+	if code := cmd.ProcessState.ExitCode(); code != 130 ||
+		!regexp.MustCompile(`\nvagent: cancelled \(interrupt signal received\); exit code 130; took \S+\n$`).MatchString(out) ||
+		!strings.Contains(stderr.String(), "vagent build: cancelled (interrupt signal received)") || strings.Contains(out+stderr.String(), "server") {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr.String())
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -20,22 +21,31 @@ var checkHost = sandbox.CheckHost
 func newCheckCmd(env *cliEnv) *cobra.Command {
 	var dataDir, config string
 	var idBase, idSize uint
+	var baseImages []string
 	c := &cobra.Command{
 		Use:   "check",
 		Short: "report whether this host can run builds, and why not",
 		Long: "Probe the host for what builds need (kernel, user namespaces, overlayfs, idmapped mounts,\n" +
 			"cgroups and each configured limit, seccomp, disk space, private data-dir trees) by running\n" +
-			"what a build runs, and print one line per requirement. Exit status 1 when one is missing.",
+			"what a build runs, and print one line per requirement. With --config, also check what the\n" +
+			"agent reaches: the server answers and accepts api_key, every registry mirror and origin\n" +
+			"answers, which one serves each base image (--base-image, default " + defaultBaseImage + "), and\n" +
+			"that the base images in the store use pacman_mirrors. It changes nothing: a data dir that\n" +
+			"does not exist is probed where it will be created. Exit status 1 when anything is missing.",
 		Args: noArgs,
-		RunE: func(*cobra.Command, []string) error {
+		RunE: func(c *cobra.Command, _ []string) error {
 			if idBase > 1<<32-1 || idSize > 1<<32-1 {
 				return usageError("id range out of bounds")
 			}
+			if len(baseImages) > 0 && config == "" {
+				return usageError("--base-image needs --config (the registries to ask are the configuration's)")
+			}
 			opts := []sandbox.Option{sandbox.WithIDMap(uint32(idBase), uint32(idSize))}
 			dir := dataDir
+			var cfg *Config
 			if config != "" {
-				cfg, err := loadAgentConfig(env, config, false)
-				if err != nil {
+				var err error
+				if cfg, err = loadAgentConfig(env, config, false); err != nil {
 					return err
 				}
 				dir, opts = cfg.DataDir, cfg.SandboxOptions()
@@ -44,15 +54,46 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return reportCheck(env, append(reqs, checkDataModes(dir)))
+			var lines []checkLine
+			for _, r := range append(reqs, checkDataModes(dir)) {
+				lines = append(lines, requirementLine(r))
+			}
+			if cfg != nil {
+				if len(baseImages) == 0 {
+					baseImages = []string{defaultBaseImage}
+				}
+				lines = append(lines, checkSetup(c.Context(), cfg, baseImages)...)
+			}
+			return reportCheck(env, lines, cfg != nil)
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then)")
-	fs.StringVar(&dataDir, "data-dir", defaultDataDir, "data directory for builds (a test overlay is mounted there)")
+	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then), "+
+		"and check its server, api_key, registries and pacman_mirrors")
+	dataDirVar(fs, &dataDir, defaultDataDir, "data directory for builds (a test overlay is mounted there)")
 	fs.UintVar(&idBase, "id-base", 100000, "first host id of the containers' id range")
 	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
+	fs.StringArrayVar(&baseImages, "base-image", nil, "with --config: check that the registries serve the base image `REF` (repeatable; default "+defaultBaseImage+")")
 	return c
+}
+
+// The statuses of a check line.
+const (
+	statusOK      = "ok"
+	statusMissing = "MISSING"
+	statusSkipped = "skipped" // could not be checked; not a failure
+)
+
+// checkLine is one line of `vagent check`.
+type checkLine struct {
+	status, name, detail string
+}
+
+func requirementLine(r sandbox.Requirement) checkLine {
+	if r.OK {
+		return checkLine{status: statusOK, name: r.Name, detail: r.Detail}
+	}
+	return checkLine{status: statusMissing, name: r.Name, detail: r.Detail}
 }
 
 // privateTrees are the directories of the data directory that hold files
@@ -74,6 +115,9 @@ func checkDataModes(dataDir string) sandbox.Requirement {
 			open = append(open, p)
 		}
 	}
+	if _, err := os.Stat(dataDir); errors.Is(err, os.ErrNotExist) {
+		return sandbox.Requirement{Name: "data dir modes", OK: true, Detail: dataDir + " does not exist yet: vagent run creates its trees private"}
+	}
 	if len(open) > 0 {
 		return sandbox.Requirement{Name: "data dir modes", Detail: "reachable by every host user (make them 0700, or restart the agent, which does): " + strings.Join(open, ", ")}
 	}
@@ -94,21 +138,23 @@ func reachableByAll(p string) bool {
 	}
 }
 
-// reportCheck prints one line per requirement and fails, naming them, when
-// any is missing.
-func reportCheck(env *cliEnv, reqs []sandbox.Requirement) error {
+// reportCheck prints one line per check and fails, naming them, when any
+// is missing.
+func reportCheck(env *cliEnv, lines []checkLine, withConfig bool) error {
 	var missing []string
-	for _, r := range reqs {
-		status := "ok"
-		if !r.OK {
-			status = "MISSING"
-			missing = append(missing, r.Name)
+	for _, l := range lines {
+		if l.status == statusMissing {
+			missing = append(missing, l.name)
 		}
-		fmt.Fprintf(env.stdout, "%-8s %-16s %s\n", status, r.Name, r.Detail)
+		fmt.Fprintf(env.stdout, "%-8s %-16s %s\n", l.status, l.name, l.detail)
 	}
 	if len(missing) > 0 {
-		return &exitError{code: exitFailure, err: errors.New("host cannot run builds, missing: " + strings.Join(missing, ", "))}
+		return &exitError{code: exitFailure, err: errors.New("cannot run builds, missing: " + strings.Join(slices.Compact(missing), ", "))}
 	}
-	fmt.Fprintln(env.stdout, "this host can run vagent builds")
+	if withConfig {
+		fmt.Fprintln(env.stdout, "this host and configuration can run vagent builds")
+	} else {
+		fmt.Fprintln(env.stdout, "this host can run vagent builds")
+	}
 	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 
@@ -43,6 +45,7 @@ type Config struct {
 	LogLevel              string   `yaml:"log_level"`
 
 	// vagent's own keys.
+	AgentName      string       `yaml:"agent_name"`
 	LogFormat      string       `yaml:"log_format"`
 	LogFile        string       `yaml:"log_file"`
 	MetricsAddress string       `yaml:"metrics_address"`
@@ -124,7 +127,8 @@ func defaultConfig() Config {
 		MaxConcurrentBuilds:   1,
 		PollingFrequency:      Duration(30 * time.Second),
 		ImageRebuildFrequency: Duration(1440 * time.Minute),
-		LogLevel:              "WARN",
+		LogLevel:              "INFO",
+		AgentName:             defaultAgentName(),
 		LogFormat:             "text",
 		BuildTimeout:          Duration(time.Hour),
 		ShutdownGrace:         Duration(5 * time.Minute),
@@ -137,6 +141,28 @@ func defaultConfig() Config {
 		PacmanCache:           PacmanCache{Enabled: true},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
+}
+
+// defaultAgentName is the host's name, or "vagent" when it has none that
+// makes an agent name.
+func defaultAgentName() string {
+	h, err := os.Hostname()
+	if err != nil || checkAgentName(h) != nil {
+		return "vagent"
+	}
+	return h
+}
+
+// maxAgentName bounds agent_name (poll's bound of names in log headers).
+const maxAgentName = 64
+
+// checkAgentName checks an agent_name: printable, at most 64 bytes.
+func checkAgentName(s string) error {
+	if s == "" || strings.TrimSpace(s) != s || len(s) > maxAgentName || !utf8.ValidString(s) ||
+		strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return fmt.Errorf("must be 1-%d printable characters without leading or trailing space, got %q", maxAgentName, excerptValue(s))
+	}
+	return nil
 }
 
 // Secret is a string that never prints: fmt, JSON and YAML show
@@ -397,6 +423,10 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	}
 	c := defaultConfig()
 	l := &loader{file: file, where: map[string]string{}}
+	if line, key, ok := looksLikeTOML(data); ok {
+		return nil, &configError{where: fmt.Sprintf("%s:%d", file, line), msg: fmt.Sprintf("this looks like TOML (%s = …), the reference agent's format: "+
+			"vagent reads YAML, one \"key: value\" per line (%s: …); agent.example.yaml has every key", key, key)}
+	}
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
@@ -424,6 +454,29 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	}
 	c.Warnings = l.warnings
 	return &c, nil
+}
+
+var (
+	tomlAssignRE = regexp.MustCompile(`^\s*([A-Za-z0-9_]+)\s*=\s*\S`)
+	yamlKeyRE    = regexp.MustCompile(`^\s*(- )?[A-Za-z0-9_."']+\s*:(\s|$)`)
+)
+
+// looksLikeTOML tells a TOML file (the reference agent's agent.toml:
+// key = "value") from YAML: an assignment line and no YAML key. It
+// returns the first assignment's line and key.
+func looksLikeTOML(data []byte) (line int, key string, ok bool) {
+	for i, l := range strings.Split(string(data), "\n") {
+		if t := strings.TrimSpace(l); t == "" || strings.HasPrefix(t, "#") {
+			continue
+		}
+		if yamlKeyRE.MatchString(l) {
+			return 0, "", false
+		}
+		if m := tomlAssignRE.FindStringSubmatch(l); m != nil && key == "" {
+			line, key = i+1, m[1]
+		}
+	}
+	return line, key, key != ""
 }
 
 // errLine orders errors: by line in the file, then the file's errors
@@ -517,7 +570,15 @@ func (l *loader) decode(n *yaml.Node, v reflect.Value, path, unit string) {
 			case k.Kind != yaml.ScalarNode:
 				l.fail(l.at(k), path, "keys must be strings")
 			case !ok:
-				l.fail(l.at(k), key, "unknown key")
+				names := map[string]bool{}
+				for n := range fields {
+					names[n] = true
+				}
+				if s := nearest(k.Value, names); s != "" {
+					l.fail(l.at(k), key, "unknown key; did you mean %s?", join(path, s))
+				} else {
+					l.fail(l.at(k), key, "unknown key")
+				}
 			case seen[k.Value]:
 				l.fail(l.at(k), key, "set twice")
 			default:
@@ -723,6 +784,9 @@ func (l *loader) validate(c *Config) {
 	if _, err := logLevel(c.LogLevel); err != nil {
 		check(false, "log_level", "%v", err)
 	}
+	if err := checkAgentName(c.AgentName); err != nil {
+		check(false, "agent_name", "%v", err)
+	}
 	check(c.LogFormat == "text" || c.LogFormat == "json", "log_format", "must be text or json, got %q", excerptValue(c.LogFormat))
 	check(c.LogFile == "" || c.LogFile == "-" || filepath.IsAbs(c.LogFile), "log_file", "must be an absolute path or -, got %q", excerptValue(c.LogFile))
 	if c.MetricsAddress != "" {
@@ -829,6 +893,8 @@ func (c *Config) PollOptions() []poll.Option {
 		poll.WithDefaultTimeout(c.BuildTimeout.D()),
 		poll.WithFsync(c.Fsync),
 		poll.WithLogLimit(int64(c.BuildLimits.Log)),
+		poll.WithAgentName(c.AgentName),
+		poll.WithVersion(version),
 	}
 }
 

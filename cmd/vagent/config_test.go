@@ -55,7 +55,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"max_concurrent_builds", c.MaxConcurrentBuilds, 1},
 		{"polling_frequency", c.PollingFrequency.D(), 30 * time.Second},
 		{"image_rebuild_frequency", c.ImageRebuildFrequency.D(), 1440 * time.Minute},
-		{"log_level", c.LogLevel, "WARN"},
+		{"log_level", c.LogLevel, "INFO"},
+		{"agent_name", c.AgentName, defaultAgentName()},
 		{"log_format", c.LogFormat, "text"},
 		{"log file", c.LogFilePath(), "/var/lib/vagent/vagent.log"},
 		{"metrics_address", c.MetricsAddress, ""},
@@ -198,10 +199,11 @@ func TestConfigErrors(t *testing.T) {
 		{"registries:\n  credentials:\n    ghcr.io: {username: a}", "agent.yaml:5: registries.credentials.ghcr.io: needs password or password_file (one of them)"},
 		{"registries:\n  credentials:\n    ghcr.io: {password: p}", "agent.yaml:5: registries.credentials.ghcr.io.username: required"},
 		{"registries:\n  credentials:\n    ghcr.io: {username: a, password: p, password_file: /f}", "agent.yaml:5: registries.credentials.ghcr.io: needs password or password_file (one of them)"},
-		{"registries:\n  credentials:\n    ghcr.io: {username: a, pasword: p}", "agent.yaml:5: registries.credentials.ghcr.io.pasword: unknown key"},
+		{"registries:\n  credentials:\n    ghcr.io: {username: a, pasword: p}", "agent.yaml:5: registries.credentials.ghcr.io.pasword: unknown key; did you mean registries.credentials.ghcr.io.password?"},
 		// Unknown and repeated keys.
-		{"max_concurent_builds: 2", "agent.yaml:3: max_concurent_builds: unknown key"},
-		{"build_limits:\n  memroy: 1G", "agent.yaml:4: build_limits.memroy: unknown key"},
+		{"max_concurent_builds: 2", "agent.yaml:3: max_concurent_builds: unknown key; did you mean max_concurrent_builds?"},
+		{"build_limits:\n  memroy: 1G", "agent.yaml:4: build_limits.memroy: unknown key; did you mean build_limits.memory?"},
+		{"colour: blue", "agent.yaml:3: colour: unknown key"},
 		{"arch: x86_64\narch: aarch64", "re:agent.yaml:4: arch: (set twice|mapping key \"arch\" already defined.*)"},
 		{"key: [unclosed", "re:^agent.yaml:[0-9]+: did not find expected .*"},
 		{"\tbad: indent", "re:^agent.yaml:[0-9]+: found a tab character that violates indentation$"},
@@ -311,6 +313,7 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_REGISTRIES_INSECURE":      "r1:5000,r2",
 		"VIETER_REGISTRIES_CA_FILE":       "/ca.pem",
 		"VIETER_REGISTRIES_DOCKER_CONFIG": "/dc.json",
+		"VIETER_AGENT_NAME":               "build-02",
 	}
 	// The file's values are all overridden.
 	file := minimal + "arch: x86_64\nmax_concurrent_builds: 8\nbuild_limits: {memory: 1G}\n"
@@ -321,7 +324,7 @@ func TestConfigEnv(t *testing.T) {
 	want := Config{
 		Address: "http://10.0.0.2:8000", APIKey: "from-file-key", Arch: "aarch64", DataDir: "/data", MaxConcurrentBuilds: 3,
 		PollingFrequency: Duration(5 * time.Second), ImageRebuildFrequency: Duration(30 * time.Minute), LogLevel: "INFO",
-		LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
+		AgentName: "build-02", LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
 		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20},
@@ -436,7 +439,7 @@ func TestConfigHelpers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(c.PollOptions()); n != 11 {
+	if n := len(c.PollOptions()); n != 13 {
 		t.Errorf("%d poll options", n)
 	}
 	opts, err := c.OCIOptions()

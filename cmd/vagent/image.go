@@ -35,7 +35,7 @@ type storeFlags struct {
 }
 
 func (f *storeFlags) register(fs *pflag.FlagSet) {
-	fs.StringVar(&f.dataDir, "data-dir", defaultDataDir, "vagent's data `DIR` (images are in DIR/images)")
+	dataDirVar(fs, &f.dataDir, defaultDataDir, "vagent's data `DIR` (images are in DIR/images)")
 }
 
 // open opens (creating it if needed) the image store of the data dir.
@@ -60,6 +60,39 @@ func (f *storeFlags) openExisting(env *cliEnv) (*oci.Store, error) {
 	}
 	return f.open(env)
 }
+
+// dataDirVar defines --data-dir: a relative DIR is taken from the current
+// directory, as a shell user expects, and held as an absolute path (the
+// data dir's trees are mounted and compared by path: data_dir in a
+// configuration must be absolute).
+func dataDirVar(fs *pflag.FlagSet, p *string, def, usage string) {
+	*p = def
+	fs.Var(absPathValue{p}, "data-dir", usage)
+}
+
+// absPathValue is a flag holding an absolute path.
+type absPathValue struct{ p *string }
+
+func (v absPathValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v absPathValue) Set(s string) error {
+	if s == "" {
+		return errors.New("empty path")
+	}
+	abs, err := filepath.Abs(s)
+	if err != nil {
+		return err
+	}
+	*v.p = abs
+	return nil
+}
+
+func (absPathValue) Type() string { return "string" }
 
 // errNoDataDir: the data dir of a command that does not create one does
 // not exist.

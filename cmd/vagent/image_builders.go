@@ -74,7 +74,7 @@ func (f *agentFlags) load(env *cliEnv, c *cobra.Command) error {
 func loadAgentConfig(env *cliEnv, path string, needServer bool) (*Config, error) {
 	cfg, err := LoadConfig(path, os.Getenv)
 	if missing := missingServerKeys(err); err != nil && !needServer && len(missing) > 0 {
-		placeholder := map[string]string{"VIETER_ADDRESS": "http://server.invalid", "VIETER_API_KEY": "unused-by-this-command"}
+		placeholder := map[string]string{"VIETER_ADDRESS": placeholderAddress, "VIETER_API_KEY": placeholderKey}
 		cfg, err = LoadConfig(path, func(k string) string {
 			if v, ok := placeholder[k]; ok && missing[k] {
 				return v
@@ -93,6 +93,12 @@ func loadAgentConfig(env *cliEnv, path string, needServer bool) (*Config, error)
 	}
 	return cfg, nil
 }
+
+// The address and api_key of a configuration loaded without them.
+const (
+	placeholderAddress = "http://server.invalid"
+	placeholderKey     = "unused-by-this-command"
+)
 
 // missingServerKeys returns the variables of the server's keys (address,
 // api_key) that err reports as required.

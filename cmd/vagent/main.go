@@ -61,7 +61,7 @@ var exitStatuses = []struct {
 	meaning string
 }{
 	{"0", "success"},
-	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a failed probe)"},
+	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a check that found something missing, no such log; `vagent build`: the build made no package, or it could not be written to --out)"},
 	{"2", "usage error: unknown command or flag, wrong arguments, invalid flag value"},
 	{"78", "invalid configuration (agent.yaml or VIETER_* variables; EX_CONFIG, for RestartPreventExitStatus=78)"},
 	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},

@@ -108,9 +108,9 @@ func (p *pullProgress) update(u oci.Progress) {
 	}
 	if !p.tty {
 		log := p.env.log.WithField("image", u.Ref)
+		// The store logs the resolution itself, with the endpoint that
+		// served it.
 		switch u.Phase {
-		case oci.PhaseResolve:
-			log.WithField("digest", u.Blob.String()).Info("resolved")
 		case oci.PhaseCached:
 			log.Infof("layer %d/%d %s: cached", u.Index+1, u.Count, shortHash(u.Blob))
 		case oci.PhaseVerified:

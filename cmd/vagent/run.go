@@ -102,7 +102,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		return errors.New("this vagent binary has no build executor")
 	}
 	m := metrics.New()
-	if err := m.SetBuildInfo(version, commit); err != nil {
+	if err := m.SetBuildInfo(version, commit, cfg.AgentName); err != nil {
 		return err
 	}
 	client, err := cfg.Client()
@@ -121,7 +121,22 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			}
 		}()
 	}
-	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(m))...)
+	// The start line waits for the server's first answer: until then a
+	// wrong address or api_key must not look like a running agent.
+	configName := config
+	if configName == "" {
+		configName = "(VIETER_* variables)"
+	}
+	metricsAddr := cfg.MetricsAddress
+	if metricsAddr == "" {
+		metricsAddr = "off"
+	}
+	obs := &startObserver{Observer: m, log: log, onFirst: func() {
+		logLifecycle(env.log, logrus.Fields{"version": version, "config": configName, "server": cfg.Address, "arch": cfg.Arch,
+			"slots": cfg.MaxConcurrentBuilds, "agent": cfg.AgentName, "poll_interval": cfg.PollingFrequency.D(),
+			"metrics_address": metricsAddr, "data_dir": cfg.DataDir}, "vagent running")
+	}}
+	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(obs))...)
 	if err != nil {
 		return err
 	}
@@ -177,9 +192,8 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		}
 	})
 	defer endSignals()
-	logLifecycle(env.log, logrus.Fields{"version": version, "server": cfg.Address, "arch": cfg.Arch,
-		"slots": cfg.MaxConcurrentBuilds, "data_dir": cfg.DataDir}, "vagent running")
-	if err := sdNotify("READY=1"); err != nil {
+	log.WithFields(logrus.Fields{"server": cfg.Address, "agent": cfg.AgentName}).Info("vagent started: polling the server")
+	if err := sdNotify("READY=1\nSTATUS=polling " + cfg.Address + ": no answer yet"); err != nil {
 		log.WithError(err).Warn("telling the service manager")
 	}
 	if err := agent.Run(ctx); err != nil {

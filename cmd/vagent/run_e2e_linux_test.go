@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -115,7 +116,30 @@ package() {`, 1)
 			t.Fatalf("agent exited early: %v\n%s", err, out.String())
 		}
 	}
+	// /status has the phase of each running build: they are seen
+	// preparing the builder and building.
+	phases := map[string]bool{}
+	statusDone := make(chan struct{})
+	stopStatus := make(chan struct{})
+	go func() {
+		defer close(statusDone)
+		for {
+			for _, s := range agentStatus(t, metrics.metrics).Slots {
+				phases[string(s.Phase)] = true
+			}
+			select {
+			case <-stopStatus:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
 	waitLogs(2)
+	close(stopStatus)
+	<-statusDone
+	if !phases["preparing builder"] || !phases["building"] {
+		t.Errorf("phases seen in /status: %v; want preparing builder and building", phases)
+	}
 	// /metrics counts the builds as they finish (the log is uploaded after
 	// the build is counted).
 	const successes = `vagent_builds_total{result="success"}`
@@ -189,6 +213,42 @@ package() {`, 1)
 	for _, name := range []string{"e2e-lib", "e2e-tool", "e2e-app"} {
 		if !got[name] {
 			t.Errorf("package %s not published; repository has %v", name, got)
+		}
+	}
+	// Every log starts with its header: the agent, the target, the base
+	// image, and the digests of the base image and of the builder, which
+	// is the one builder on disk.
+	builderDigest := ""
+	for _, l := range logs {
+		head, _, ok := strings.Cut(string(l.Content), "\n\n")
+		fields := map[string]string{}
+		for _, line := range strings.Split(head, "\n") {
+			kv, ok1 := strings.CutPrefix(line, "vagent: ")
+			k, v, ok2 := strings.Cut(kv, ": ")
+			ok = ok && ok1 && ok2
+			fields[k] = v
+		}
+		hexRE := regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+		if !ok || fields["agent"] == "" || fields["version"] != version || fields["target"] != strconv.Itoa(l.TargetID) ||
+			fields["base image"] != st.BaseImage || !hexRE.MatchString(fields["base image digest"]) || !hexRE.MatchString(fields["builder digest"]) {
+			t.Errorf("target %d: header %v:\n%s", l.TargetID, fields, head)
+			continue
+		}
+		if builderDigest != "" && fields["builder digest"] != builderDigest {
+			t.Errorf("target %d built on %s, another on %s", l.TargetID, fields["builder digest"], builderDigest)
+		}
+		builderDigest = fields["builder digest"]
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "builders", "b", strings.TrimPrefix(builderDigest, "sha256:"))); err != nil {
+		t.Errorf("the header's builder digest %s names no builder on disk: %v", builderDigest, err)
+	}
+	// The agent said what each job did, at the level the stack's agent.yaml
+	// sets, INFO (the default).
+	for _, id := range []int{lib, tool, app} {
+		for _, msg := range []string{"build started", "build finished", "build log uploaded"} {
+			if !regexp.MustCompile(`msg="` + msg + `".* target=` + strconv.Itoa(id) + `\b`).MatchString(out.String()) {
+				t.Errorf("no %q line for target %d", msg, id)
+			}
 		}
 	}
 	for _, l := range logs {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,8 +32,13 @@ func init() {
 	}
 }
 
+// gateEnv names a file the "gate" builds of testExecutor wait for.
+const gateEnv = "VAGENT_TEST_GATE"
+
 // testExecutor is a test double selected by the job's repo: "ok" succeeds
-// at once, "block" runs until cancelled, "stuck" ignores cancellation.
+// at once, "block" runs until cancelled, "stuck" ignores cancellation,
+// "gate" reports the building phase and a builder digest, writes a line
+// and waits until the file $VAGENT_TEST_GATE exists.
 var testExecutor = poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
 	fmt.Fprintf(log, "test build of target %d (%s)\n", j.TargetID, j.Repo)
 	switch j.Repo {
@@ -41,6 +47,21 @@ var testExecutor = poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log i
 		return poll.Outcome{ExitCode: 1}, nil
 	case "stuck":
 		select {}
+	case "gate":
+		poll.ReportHeader(ctx, "builder digest", "sha256:test")
+		poll.ReportPhase(ctx, poll.PhaseBuilding)
+		fmt.Fprintln(log, "waiting at the gate")
+		for {
+			if _, err := os.Stat(os.Getenv(gateEnv)); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return poll.Outcome{ExitCode: 1}, nil
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		fmt.Fprintln(log, "through the gate")
 	}
 	return poll.Outcome{}, nil
 })
@@ -76,8 +97,13 @@ func newRunEnv(t *testing.T, extra string) *runEnv {
 	if err := os.WriteFile(keyFile, []byte(testKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf("address: %s\narch: x86_64\ndata_dir: %s\nmax_concurrent_builds: 2\npolling_frequency: 1\nlog_level: debug\nmetrics_address: %s\nfsync: false\n%s",
-		ts.URL, e.dir, e.metrics, extra)
+	level := "log_level: debug\n"
+	if strings.Contains(extra, "log_level:") {
+		level = "" // extra's, or "log_level: default" for none
+		extra = strings.ReplaceAll(extra, "log_level: default\n", "")
+	}
+	cfg := fmt.Sprintf("address: %s\narch: x86_64\ndata_dir: %s\nmax_concurrent_builds: 2\npolling_frequency: 1\n%smetrics_address: %s\nfsync: false\n%s",
+		ts.URL, e.dir, level, e.metrics, extra)
 	if err := os.WriteFile(e.cfg, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -249,6 +275,83 @@ func TestRunSignals(t *testing.T) {
 	}
 	if code := waitExit(t, cmd); code != 130 {
 		t.Fatalf("exit %d after three signals, want 130", code)
+	}
+}
+
+// TestRunLifecycleLines: at the default log level (INFO) `vagent run`
+// says that it started, then — once the server answered — that it runs
+// (with its configuration file, server, arch, slots, agent name, poll
+// interval and metrics address), and for every job that it started,
+// finished (with result and duration), uploaded its log and handed a job
+// back; no DEBUG line.
+func TestRunLifecycleLines(t *testing.T) {
+	t.Setenv("VIETER_LOG_LEVEL", "")
+	e := newRunEnv(t, "log_level: default\nshutdown_grace: 0s\nagent_name: build-07\n")
+	e.add(t, "ok")
+	cmd := e.start(t)
+	eventually(t, "the log", func() bool { return len(e.srv.Logs()) == 1 })
+	e.add(t, "block")
+	eventually(t, "a running build", func() bool { return e.metric(t, `vagent_slots{state="running"}`) == "1" })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := waitExit(t, cmd); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	b, _ := os.ReadFile(e.stderrPath)
+	out := string(b)
+	want := []string{
+		`level=info msg="vagent started: polling the server" agent=build-07 server="http://127.0.0.1:\d+"`,
+		`level=info msg="vagent running" agent=build-07 arch=x86_64 config=\S+agent.yaml data_dir=\S+ metrics_address="` + e.metrics + `" poll_interval=1s server="http://\S+" slots=2 version=`,
+		`level=info msg="build started" agent=build-07 base_image="archlinux:base-devel" repo=ok slot=\d source="https://example.org/ok.git" target=1`,
+		`level=info msg="build finished" agent=build-07 duration=\S+ exit_code=0 reason=success repo=ok result=success slot=\d target=1`,
+		`level=info msg="build log uploaded" agent=build-07 log_id=1 repo=ok slot=\d target=1`,
+		`level=info msg="build finished" agent=build-07 duration=\S+ exit_code=1 reason="cancelled \(agent shutting down\); the job goes back to the server" repo=block result=cancelled slot=\d target=2`,
+		`level=info msg="job handed back to the server" agent=build-07 repo=block slot=\d target=2`,
+		`level=info msg="build log uploaded" agent=build-07 log_id=2 repo=block slot=\d target=2`,
+	}
+	last := 0
+	for _, w := range want {
+		loc := regexp.MustCompile(w).FindStringIndex(out[last:])
+		if loc == nil {
+			t.Errorf("no line %s after the previous one in:\n%s", w, out)
+			continue
+		}
+		last += loc[1]
+	}
+	if strings.Contains(out, "level=debug") {
+		t.Errorf("DEBUG lines at the default level:\n%s", out)
+	}
+	if strings.Index(out, "vagent running") < strings.Index(out, "vagent started") {
+		t.Error("the start line came before the first poll")
+	}
+}
+
+// TestRunWrongKey: an agent whose api_key the server rejects says so and
+// never says it runs.
+func TestRunWrongKey(t *testing.T) {
+	e := newRunEnv(t, "")
+	bad := filepath.Join(t.TempDir(), "bad-key")
+	if err := os.WriteFile(bad, []byte("not-the-servers-key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("VIETER_API_KEY_FILE", bad)
+	cmd := e.start(t)
+	// Said as an error, with the documented retry (docs/configuration.md).
+	rejected := regexp.MustCompile(`level=error msg="the server rejected the api key: check api_key" .*retry_in=5m0s`)
+	eventually(t, "the rejected key", func() bool {
+		b, _ := os.ReadFile(e.stderrPath)
+		return rejected.Match(b)
+	})
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := waitExit(t, cmd); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	b, _ := os.ReadFile(e.stderrPath)
+	if strings.Contains(string(b), "vagent running") || strings.Contains(string(b), "not-the-servers-key") {
+		t.Errorf("a rejected key looks like a running agent, or shows:\n%s", b)
 	}
 }
 

@@ -66,7 +66,8 @@ func cmdStatus(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // scriptImage is a one-layer OCI image for the agent's platform holding
-// /etc/os-release (ID=vagent-test) and /bin/marker.
+// /etc/os-release (ID=vagent-test), an /etc/pacman.conf whose repository
+// names its server (no mirror list) and /bin/marker.
 func scriptImage() (v1.Image, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -78,6 +79,8 @@ func scriptImage() (v1.Image, error) {
 	}{
 		{"etc/", "", tar.TypeDir, 0o755},
 		{"etc/os-release", "ID=vagent-test\n", tar.TypeReg, 0o644},
+		// Repositories that name their servers: a mirror list is not used.
+		{"etc/pacman.conf", "[options]\nArchitecture = auto\n\n[core]\nServer = https://elsewhere.example/$repo/os/$arch\n", tar.TypeReg, 0o644},
 		{"bin/", "", tar.TypeDir, 0o755},
 		{"bin/marker", "#!/bin/sh\necho marker\n", tar.TypeReg, 0o755},
 	} {

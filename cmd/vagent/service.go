@@ -1,16 +1,20 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/vieter-v/vagent/poll"
 )
 
 // What `vagent run` does for a service manager: readiness and stopping
@@ -105,4 +109,39 @@ func logLifecycle(log *logrus.Logger, fields logrus.Fields, msg string) {
 	}
 	l := &logrus.Logger{Out: log.Out, Formatter: log.Formatter, Hooks: log.Hooks, Level: logrus.InfoLevel, ExitFunc: log.ExitFunc}
 	l.WithFields(fields).Info(msg)
+}
+
+// startObserver passes what the agent does on to its metrics, logs the
+// start line once the server answered a poll for the first time, and
+// keeps the service manager's status line (systemctl status) saying
+// whether the agent reaches the server.
+type startObserver struct {
+	poll.Observer
+	log     logrus.FieldLogger
+	onFirst func()
+
+	once   sync.Once
+	mu     sync.Mutex
+	status string
+}
+
+func (o *startObserver) Polled(jobs int, err error) {
+	o.Observer.Polled(jobs, err)
+	status := "running: polling the server"
+	switch {
+	case err == nil:
+		o.once.Do(o.onFirst)
+	case errors.Is(err, poll.ErrUnauthorized):
+		status = "not polling: the server rejected the api key"
+	default:
+		status = "polling fails: " + poll.ErrorKind(err)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if status != o.status {
+		o.status = status
+		if err := sdNotify("STATUS=" + status); err != nil {
+			o.log.WithError(err).Warn("telling the service manager")
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -39,6 +40,25 @@ func readNotify(t *testing.T, conn *net.UnixConn) string {
 		t.Fatalf("no sd_notify message: %v", err)
 	}
 	return string(buf[:n])
+}
+
+// readState returns the next datagram that sets more than STATUS, and the
+// STATUS values read on the way (including its own).
+func readState(t *testing.T, conn *net.UnixConn) (state string, statuses []string) {
+	t.Helper()
+	for {
+		var rest []string
+		for _, line := range strings.Split(readNotify(t, conn), "\n") {
+			if v, ok := strings.CutPrefix(line, "STATUS="); ok {
+				statuses = append(statuses, v)
+			} else {
+				rest = append(rest, line)
+			}
+		}
+		if len(rest) > 0 {
+			return strings.Join(rest, "\n"), statuses
+		}
+	}
 }
 
 func TestSdNotify(t *testing.T) {
@@ -98,10 +118,12 @@ func TestLogLifecycle(t *testing.T) {
 }
 
 // TestRunService: `vagent run` as systemd runs it (Type=notify, stderr to
-// the journal, JSON logs, the default level WARN): READY=1 once running,
-// the start line with version, server, arch, slots and data dir, durations
-// as strings, no log file besides the journal; SIGHUP does not end it (a
-// job after it is built); SIGTERM sends STOPPING=1 and exits 0.
+// the journal, JSON logs, level WARN): READY=1 once running, a STATUS that
+// says whether it reaches the server, the start line once the server
+// answered, with version, configuration file, server, arch, slots, agent
+// name, poll interval, metrics address and data dir, durations as strings,
+// no log file besides the journal; SIGHUP does not end it (a job after it
+// is built); SIGTERM sends STOPPING=1 and exits 0.
 func TestRunService(t *testing.T) {
 	e := newRunEnv(t, "log_format: json\nshutdown_grace: 5m\n")
 	t.Setenv("VIETER_LOG_LEVEL", "WARN")
@@ -109,8 +131,9 @@ func TestRunService(t *testing.T) {
 	e.env = []string{"NOTIFY_SOCKET=" + path}
 	e.stderrAsJournal = true
 	cmd := e.start(t)
-	if got := readNotify(t, conn); got != "READY=1" {
-		t.Fatalf("first notification %q, want READY=1", got)
+	got, statuses := readState(t, conn)
+	if got != "READY=1" || len(statuses) != 1 || !strings.HasPrefix(statuses[0], "polling http") {
+		t.Fatalf("first notification %q %q, want READY=1 and a STATUS polling the server", got, statuses)
 	}
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
@@ -120,8 +143,8 @@ func TestRunService(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if got := readNotify(t, conn); got != "STOPPING=1" {
-		t.Errorf("notification %q, want STOPPING=1", got)
+	if got, statuses = readState(t, conn); got != "STOPPING=1" || !slices.Contains(statuses, "running: polling the server") {
+		t.Errorf("notification %q after %q, want STOPPING=1 after STATUS=running…", got, statuses)
 	}
 	if code := waitExit(t, cmd); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -147,7 +170,8 @@ func TestRunService(t *testing.T) {
 		}
 	}
 	if start == nil || start["level"] != "info" || start["version"] != version || start["server"] == nil ||
-		start["arch"] != "x86_64" || start["slots"] != 2.0 || start["data_dir"] != e.dir {
+		start["arch"] != "x86_64" || start["slots"] != 2.0 || start["data_dir"] != e.dir || start["config"] != e.cfg ||
+		start["agent"] != defaultAgentName() || start["poll_interval"] != "1s" || start["metrics_address"] != e.metrics {
 		t.Errorf("start line %v:\n%s", start, stderr)
 	}
 	if stopping == nil || stopping["grace"] != "5m0s" {

@@ -87,7 +87,7 @@ func newStatusCmd(env *cliEnv) *cobra.Command {
 	}
 	fs := c.Flags()
 	fs.StringVar(&address, "address", "", "the agent's metrics_address: ask its /status endpoint")
-	fs.StringVar(&dataDir, "data-dir", "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
+	dataDirVar(fs, &dataDir, "", "read the log spool of this data `DIR` (default "+defaultDataDir+")")
 	fs.StringVar(&config, "config", "", "agent.yaml: use its metrics_address if set, else its data_dir")
 	fs.BoolVar(&asJSON, "json", false, "print JSON")
 	return c
@@ -144,16 +144,20 @@ func ago(now, t time.Time) string {
 	return now.Sub(t).Round(time.Second).String() + " ago"
 }
 
-// clean makes server-supplied text safe for a terminal.
-func clean(s string) string {
+// clean makes server-supplied text safe for a terminal, and short.
+func clean(s string) string { return cleanN(s, 60) }
+
+// cleanN makes text from elsewhere safe for a terminal: control
+// characters become '?', and it is cut at n bytes.
+func cleanN(s string, n int) string {
 	s = strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
 			return '?'
 		}
 		return r
 	}, s)
-	if len(s) > 60 {
-		s = s[:60] + "…"
+	if len(s) > n {
+		s = s[:n] + "…"
 	}
 	return s
 }
@@ -163,22 +167,45 @@ func printAgentStatus(w io.Writer, st *poll.Status, now time.Time) {
 	if st.Stopping {
 		state = "stopping"
 	}
-	fmt.Fprintf(w, "agent: %s, arch %s, up %s\n", state, clean(st.Arch), now.Sub(st.Started).Round(time.Second))
+	name := ""
+	if st.Agent != "" {
+		name = " " + clean(st.Agent)
+	}
+	fmt.Fprintf(w, "agent%s: %s, arch %s, up %s\n", name, state, clean(st.Arch), now.Sub(st.Started).Round(time.Second))
 	line := "last poll " + ago(now, st.LastPoll)
 	if st.LastPollError != "" {
 		line += ", failed: " + clean(st.LastPollError) + "; last success " + ago(now, st.LastPollOK)
 	}
+	switch {
+	case st.Stopping:
+		line = "not polling: stopping (" + line + ")"
+	case !st.Polling && len(st.Slots) > 0:
+		line = "not polling: all slots busy (" + line + ")"
+	}
 	fmt.Fprintln(w, line)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tSTATE\tTARGET\tREPO\tSOURCE\tFOR")
+	fmt.Fprintln(tw, "SLOT\tSTATE\tPHASE\tTARGET\tREPO\tSOURCE\tFOR")
 	for _, s := range st.Slots {
 		if s.Job == nil {
-			fmt.Fprintf(tw, "%d\t%s\t-\t-\t-\t-\n", s.Slot, s.State)
+			fmt.Fprintf(tw, "%d\t%s\t-\t-\t-\t-\t-\n", s.Slot, s.State)
 			continue
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\n", s.Slot, s.State, s.Job.TargetID, clean(s.Job.Repo), clean(s.Job.URL), now.Sub(s.Since).Round(time.Second))
+		phase := string(s.Phase)
+		if phase == "" {
+			phase = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%s\t%s\t%s\n", s.Slot, s.State, clean(phase), s.Job.TargetID, clean(s.Job.Repo), clean(s.Job.URL), now.Sub(s.Since).Round(time.Second))
 	}
 	tw.Flush()
+	if len(st.Uploads) > 0 {
+		fmt.Fprintln(w, "finished builds on their way to the server:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SLOT\tPHASE\tTARGET\tREPO\tFOR")
+		for _, u := range st.Uploads {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\n", u.Slot, clean(string(u.Phase)), u.Job.TargetID, clean(u.Job.Repo), now.Sub(u.Since).Round(time.Second))
+		}
+		tw.Flush()
+	}
 	fmt.Fprintf(w, "logs pending upload: %d\n", st.PendingLogs)
 }
 

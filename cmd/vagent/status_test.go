@@ -43,6 +43,7 @@ func statusAgent(t *testing.T) (dir, metricsAddr string, srv *vieterserver.Serve
 		if j.TargetID == 1 {
 			return poll.Outcome{ExitCode: 4}, nil // finishes; its log stays pending
 		}
+		poll.ReportPhase(ctx, poll.PhaseBuilding)
 		select {
 		case <-release:
 		case <-ctx.Done():
@@ -53,7 +54,7 @@ func statusAgent(t *testing.T) (dir, metricsAddr string, srv *vieterserver.Serve
 	m := metrics.New()
 	a, err := poll.New(c, exec, poll.WithArch("x86_64"), poll.WithDataDir(dir), poll.WithSlots(2),
 		poll.WithPollInterval(50*time.Millisecond), poll.WithBackoff(5*time.Millisecond, 20*time.Millisecond),
-		poll.WithGracePeriod(0), poll.WithDeliverTimeout(100*time.Millisecond), poll.WithObserver(m))
+		poll.WithGracePeriod(0), poll.WithDeliverTimeout(100*time.Millisecond), poll.WithObserver(m), poll.WithAgentName("build-01"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,8 +100,10 @@ func TestStatus(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{`(?m)^agent: running, arch x86_64, up `, `(?m)^SLOT +STATE +TARGET +REPO +SOURCE +FOR$`,
-		`(?m)^\d +running +2 +core\?\[31m +https://example.org/p1.git +\d+s$`, `(?m)^\d +empty +- +- +- +-$`,
+	for _, want := range []string{`(?m)^agent build-01: running, arch x86_64, up `, `(?m)^last poll \d+s ago$`,
+		`(?m)^SLOT +STATE +PHASE +TARGET +REPO +SOURCE +FOR$`,
+		`(?m)^\d +running +building +2 +core\?\[31m +https://example.org/p1.git +\d+s$`, `(?m)^\d +empty +- +- +- +- +-$`,
+		`(?m)^finished builds on their way to the server:\n`, `(?m)^\d +uploading log +1 +bur +\d+s$`,
 		`(?m)^logs pending upload: 1$`} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("output lacks %s:\n%s", want, out)
@@ -112,8 +115,25 @@ func TestStatus(t *testing.T) {
 	code, out, _ = runCLI("status", "-address", "http://"+addr+"/", "-json")
 	var body metrics.StatusJSON
 	err := json.Unmarshal([]byte(out), &body)
-	if st, derr := body.Decode(); code != 0 || err != nil || derr != nil || len(st.Slots) != 2 || st.PollInterval != 50*time.Millisecond {
+	st, derr := body.Decode()
+	if code != 0 || err != nil || derr != nil || len(st.Slots) != 2 || st.PollInterval != 50*time.Millisecond || st.Agent != "build-01" || !st.Polling {
 		t.Errorf("-json: exit %d, %v, %v: %s", code, err, derr, out)
+	}
+	// The running build's phase, the pending log's delivery.
+	phases := map[int]poll.Phase{}
+	for _, sl := range st.Slots {
+		if sl.Job != nil {
+			phases[sl.Job.TargetID] = sl.Phase
+			if !strings.Contains(sl.Log, "-t2-") {
+				t.Errorf("slot %d: log id %q does not name target 2", sl.Slot, sl.Log)
+			}
+		}
+	}
+	if len(phases) != 1 || phases[2] != poll.PhaseBuilding {
+		t.Errorf("-json: phases %v, want target 2 building", phases)
+	}
+	if len(st.Uploads) != 1 || st.Uploads[0].Job.TargetID != 1 || st.Uploads[0].Phase != poll.PhaseUploading {
+		t.Errorf("-json: uploads %+v, want target 1's log uploading", st.Uploads)
 	}
 	if !strings.Contains(out, `"poll_interval": "50ms"`) {
 		t.Errorf("-json: durations are not strings:\n%s", out)
@@ -138,6 +158,29 @@ func TestStatus(t *testing.T) {
 	}
 	if code, out, errOut := runCLI("status", "-config", cfg); code != 0 || !strings.Contains(out, "logs pending upload: 1") {
 		t.Errorf("-config: exit %d: %s%s", code, out, errOut)
+	}
+}
+
+// TestStatusNotPolling: with every slot busy `vagent status` says the
+// agent does not poll, and why, rather than how long ago it last polled.
+func TestStatusNotPolling(t *testing.T) {
+	now := time.Now()
+	job := &poll.Job{TargetID: 7, Repo: "extra", URL: "https://example.org/x.git"}
+	st := &poll.Status{Agent: "a1", Arch: "x86_64", Started: now.Add(-time.Hour), LastPoll: now.Add(-54 * time.Second),
+		LastPollOK: now.Add(-54 * time.Second), Slots: []poll.SlotStatus{
+			{Slot: 0, State: "running", Job: job, Since: now.Add(-time.Minute), Phase: poll.PhasePreparing}}}
+	var b bytes.Buffer
+	printAgentStatus(&b, st, now)
+	for _, want := range []string{`(?m)^not polling: all slots busy \(last poll 54s ago\)$`, `(?m)^0 +running +preparing builder +7 +extra `} {
+		if !regexp.MustCompile(want).MatchString(b.String()) {
+			t.Errorf("output lacks %s:\n%s", want, b.String())
+		}
+	}
+	st.Stopping = true
+	b.Reset()
+	printAgentStatus(&b, st, now)
+	if !strings.Contains(b.String(), "not polling: stopping") {
+		t.Errorf("stopping:\n%s", b.String())
 	}
 }
 

@@ -102,12 +102,13 @@ func New() *Metrics {
 	return m
 }
 
-// SetBuildInfo exports vagent_build_info{version,commit,go} = 1, the
-// build's version and commit and the Go version it was built with.
-func (m *Metrics) SetBuildInfo(version, commit string) error {
+// SetBuildInfo exports vagent_build_info{version,commit,go,agent} = 1, the
+// build's version and commit, the Go version it was built with and the
+// agent's name (agent_name).
+func (m *Metrics) SetBuildInfo(version, commit, agent string) error {
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "vagent_build_info",
-		Help: "The running vagent: always 1, with its version, commit and Go version as labels."}, []string{"version", "commit", "go"})
-	g.WithLabelValues(version, commit, runtime.Version()).Set(1)
+		Help: "The running vagent: always 1, with its version, commit, Go version and agent name as labels."}, []string{"version", "commit", "go", "agent"})
+	g.WithLabelValues(version, commit, runtime.Version(), agent).Set(1)
 	return m.reg.Register(g)
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -415,7 +416,7 @@ func TestDocumentedMetricsExist(t *testing.T) {
 		t.Fatalf("found %d metrics in docs/configuration.md: the table changed", len(documented))
 	}
 	m := New()
-	if err := m.SetBuildInfo("1.2.3", "abc"); err != nil {
+	if err := m.SetBuildInfo("1.2.3", "abc", "build-01"); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.WatchAgent(fixed{}); err != nil {
@@ -434,7 +435,11 @@ func TestDocumentedMetricsExist(t *testing.T) {
 			exported[f.GetName()] = true
 		}
 		if f.GetName() == "vagent_build_info" {
-			if l := f.GetMetric()[0].GetLabel(); len(l) != 3 || f.GetMetric()[0].GetGauge().GetValue() != 1 {
+			labels := map[string]string{}
+			for _, l := range f.GetMetric()[0].GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if len(labels) != 4 || labels["agent"] != "build-01" || labels["version"] != "1.2.3" || f.GetMetric()[0].GetGauge().GetValue() != 1 {
 				t.Errorf("vagent_build_info %v", f.GetMetric()[0])
 			}
 		}
@@ -449,4 +454,90 @@ func TestDocumentedMetricsExist(t *testing.T) {
 			t.Errorf("%s is exported but not documented in docs/configuration.md", name)
 		}
 	}
+}
+
+// TestLogsEndpoint: /logs/slot/N and /logs/target/ID serve a build's log
+// (header first), ?follow=true streams it as the build writes; a server
+// shutdown ends a followed log at once; bad and unknown selectors are
+// 400 and 404.
+func TestLogsEndpoint(t *testing.T) {
+	gate := make(chan struct{})
+	exec := poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
+		fmt.Fprintf(log, "line one of %d\n", j.TargetID)
+		select {
+		case <-gate:
+		case <-ctx.Done():
+		}
+		return poll.Outcome{}, nil
+	})
+	s := start(t, exec, 1, time.Minute)
+	defer close(gate)
+	s.addJobs(t, 1)
+	waitFor(t, "the running build", func() bool { return s.agent.Status().Slots[0].Log != "" })
+
+	h, err := Handler(New(), s.agent, WithDataDir(s.dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- Serve(ctx, ln, h) }()
+	defer cancel()
+
+	for path, want := range map[string]int{"/logs/slot/x": 400, "/logs/target/0": 400, "/logs/slot/3": 404,
+		"/logs/target/99": 404, "/logs/slot/0?follow=maybe": 400} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("%s: %s, want %d", path, resp.Status, want)
+		}
+	}
+	resp, err := http.Get(base + "/logs/target/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/plain; charset=utf-8" ||
+		!strings.HasPrefix(string(b), "vagent: ") || !strings.HasSuffix(string(b), "\n\nline one of 1\n") {
+		t.Errorf("/logs/target/1: %s %q %q", resp.Status, resp.Header.Get("Content-Type"), b)
+	}
+
+	resp, err = http.Get(base + "/logs/slot/0?follow=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("followed log ended early: %v", err)
+		}
+		if line == "line one of 1\n" {
+			break
+		}
+	}
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the server did not stop while a log was followed")
+	}
+	if _, err := io.ReadAll(br); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("followed log after the shutdown: %v", err)
+	}
+	t.Logf("shutdown with a followed log took %v", time.Since(start))
 }

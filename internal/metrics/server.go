@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -70,7 +71,9 @@ func silentLogger() logrus.FieldLogger {
 }
 
 // Handler serves /metrics, /healthz, /readyz and /status for the agent
-// src, whose metrics are m.
+// src, whose metrics are m, and, with WithDataDir, the build logs of its
+// spool: /logs/slot/N and /logs/target/ID (?follow=true follows a running
+// build).
 func Handler(m *Metrics, src StatusSource, opts ...Option) (http.Handler, error) {
 	o := options{margin: 10 * time.Second, now: time.Now, log: silentLogger()}
 	for _, opt := range opts {
@@ -97,7 +100,73 @@ func Handler(m *Metrics, src StatusSource, opts ...Option) (http.Handler, error)
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, NewStatusJSON(src.Status()))
 	})
+	logs := func(w http.ResponseWriter, r *http.Request, sel poll.LogSelector) {
+		serveLog(w, r, o.dataDir, sel)
+	}
+	mux.HandleFunc("GET /logs/slot/{slot}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.PathValue("slot"))
+		if err != nil || n < 0 {
+			http.Error(w, "want /logs/slot/N, a slot number", http.StatusBadRequest)
+			return
+		}
+		logs(w, r, poll.LogSelector{Slot: n})
+	})
+	mux.HandleFunc("GET /logs/target/{target}", func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.PathValue("target"))
+		if err != nil || n <= 0 {
+			http.Error(w, "want /logs/target/ID, a target id", http.StatusBadRequest)
+			return
+		}
+		logs(w, r, poll.LogSelector{Slot: -1, Target: n})
+	})
 	return mux, nil
+}
+
+// serveLog writes a build log of the spool of dataDir (poll.FollowLog),
+// following it with ?follow=true; every write is flushed, so the client
+// sees the build's lines as they come.
+func serveLog(w http.ResponseWriter, r *http.Request, dataDir string, sel poll.LogSelector) {
+	if dataDir == "" {
+		http.Error(w, "this agent serves no logs (no data dir)", http.StatusNotFound)
+		return
+	}
+	follow := false
+	if v := r.URL.Query().Get("follow"); v != "" {
+		var err error
+		if follow, err = strconv.ParseBool(v); err != nil {
+			http.Error(w, "follow: want true or false", http.StatusBadRequest)
+			return
+		}
+	}
+	fw := &flushWriter{w: w}
+	err := poll.FollowLog(r.Context(), dataDir, sel, follow, fw)
+	switch {
+	case err == nil:
+	case !fw.wrote && errors.Is(err, poll.ErrNoLog):
+		http.Error(w, err.Error()+" (an uploaded log is on the server)", http.StatusNotFound)
+	case !fw.wrote:
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
+}
+
+// flushWriter sends every write to the client at once.
+type flushWriter struct {
+	w     http.ResponseWriter
+	wrote bool
+}
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	if !f.wrote {
+		f.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		f.w.Header().Set("Cache-Control", "no-store")
+		f.w.Header().Set("X-Content-Type-Options", "nosniff")
+		f.wrote = true
+	}
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = http.NewResponseController(f.w).Flush()
+	}
+	return n, err
 }
 
 type logAdapter struct{ l logrus.FieldLogger }
@@ -208,9 +277,14 @@ func writable(dir string) error {
 
 // Serve serves h on ln until ctx is done, then shuts the server down.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+	// Requests outlive ctx (the agent's polling) but not the server: a
+	// followed log (/logs/…?follow=true) ends when the server shuts down.
+	base, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context {
-		return context.WithoutCancel(ctx)
+		return base
 	}}
+	srv.RegisterOnShutdown(cancel)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

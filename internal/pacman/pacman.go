@@ -172,3 +172,32 @@ func MirrorList(servers []string) string {
 	}
 	return b.String()
 }
+
+// MirrorListPath is where the mirror list is, and what a repository
+// includes to use it.
+const MirrorListPath = "/etc/pacman.d/mirrorlist"
+
+// MirrorListUsers returns the repositories of a pacman.conf whose section
+// includes the mirror list (Include = /etc/pacman.d/mirrorlist): those a
+// configured mirror list serves. Files included from the options or
+// included files are not read.
+func MirrorListUsers(conf string) []string {
+	var users []string
+	section := ""
+	for _, line := range strings.Split(conf, "\n") {
+		line = strings.TrimSpace(line)
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = strings.TrimSpace(line[:i])
+		}
+		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
+			section = strings.TrimSpace(line[1 : len(line)-1])
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if ok && strings.TrimSpace(k) == "Include" && strings.TrimSpace(v) == MirrorListPath && section != "" && section != "options" &&
+			(len(users) == 0 || users[len(users)-1] != section) {
+			users = append(users, section)
+		}
+	}
+	return users
+}

@@ -2,6 +2,7 @@ package pacman
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -60,6 +61,18 @@ func TestConfWritesEachRepositoryOnce(t *testing.T) {
 	}
 	if MirrorList(nil) != "" || MirrorList([]string{"https://m/$repo"}) != "# Written by vagent (mirror list of its configuration).\nServer = https://m/$repo\n" {
 		t.Error("MirrorList")
+	}
+}
+
+func TestMirrorListUsers(t *testing.T) {
+	for conf, want := range map[string]string{
+		"[options]\nInclude = /etc/pacman.d/mirrorlist\n[core]\nInclude = /etc/pacman.d/mirrorlist\n#[testing]\n#Include = /etc/pacman.d/mirrorlist\n[extra]\n  Include=/etc/pacman.d/mirrorlist # comment\n": "core extra",
+		"[core]\nServer = https://example.org/$repo\n[extra]\nInclude = /etc/pacman.d/other\n":                                                                                                                "",
+		"Include = /etc/pacman.d/mirrorlist\n": "",
+	} {
+		if got := strings.Join(MirrorListUsers(conf), " "); got != want {
+			t.Errorf("%q: %q, want %q", conf, got, want)
+		}
 	}
 }
 

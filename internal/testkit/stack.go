@@ -76,14 +76,8 @@ func StartStack(ctx context.Context, dir string, log logrus.FieldLogger) (s *Sta
 	if s.Server, err = vieterserver.New(vieterserver.WithAPIKey(StackAPIKey), vieterserver.WithDataDir(filepath.Join(dir, "vieter"))); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"base-devel", "git"} {
-		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any", Desc: "meta-package for the test stack"}, nil, vieterserver.Zstd)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := s.Server.Publish(DepsRepo, pkg); err != nil {
-			return nil, err
-		}
+	if err := s.Server.PublishMetaPackages(DepsRepo, "base-devel", "git"); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -76,6 +76,22 @@ func (s *Server) Publish(repo string, data []byte) (bool, error) {
 	return err == nil && len(p.Archs) > 0, err
 }
 
+// PublishMetaPackages publishes an empty "any" package (version 1-1) for
+// each name into repo: what a builder needs of base-devel and git on a
+// machine without Arch repositories (the test stack, make demo-stack).
+func (s *Server) PublishMetaPackages(repo string, names ...string) error {
+	for _, name := range names {
+		pkg, err := MakePackage(PkgInfo{Name: name, Version: "1-1", Arch: "any", Desc: "meta-package of the Vieter test server"}, nil, Zstd)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Publish(repo, pkg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // publish adds a package and returns the arch-repos it was added to.
 func (s *Server) publish(repo string, data []byte) (Published, error) {
 	if !validName(repo) {

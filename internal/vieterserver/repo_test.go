@@ -337,3 +337,17 @@ func TestVerCmp(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishMetaPackages: the builder's meta-packages are served, with
+// a database, from the repository they were published to.
+func TestPublishMetaPackages(t *testing.T) {
+	s, ts := newServer(t, WithDefaultArch("x86_64"))
+	if err := s.PublishMetaPackages("deps", "base-devel", "git"); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/deps/x86_64/deps.db", "/deps/x86_64/base-devel-1-1", "/deps/x86_64/git-1-1"} {
+		if resp, _ := do(t, ts, "HEAD", path, "-", nil); resp.StatusCode != 200 {
+			t.Errorf("HEAD %s: %d", path, resp.StatusCode)
+		}
+	}
+}

@@ -1,7 +1,12 @@
 // Command demo runs vagent end to end on one machine, with nothing from the
 // network but Debian packages: it starts a local registry with the Arch-like
 // base image, a Vieter-compatible test server with two build targets, and
-// `vagent run` against them. Two packages build at once; then a third whose
+// `vagent run` against them.
+//
+// With -stack it starts only the registry and the test server (with a
+// repository holding base-devel and git, and one queued job), writes an
+// agent.yaml and a sample PKGBUILD, prints ready-to-paste `vagent build`
+// and `vagent run` command lines, and runs until Ctrl-C (make demo-stack). Two packages build at once; then a third whose
 // PKGBUILD depends on the first is built, pacman installing that dependency
 // from the server's repository. The demo stops the agent with SIGTERM (its
 // graceful shutdown), prints the logs the server received and what the
@@ -38,6 +43,7 @@ func run() error {
 	bin := flag.String("vagent", "bin/vagent", "the vagent binary to run")
 	keep := flag.Bool("keep", false, "keep the demo's directory (data dir, logs) instead of removing it")
 	timeout := flag.Duration("timeout", 30*time.Minute, "give up after this long")
+	stackOnly := flag.Bool("stack", false, "start only the registry and the test server, print how to use them, and run until Ctrl-C")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (containers, overlay mounts): run `sudo make demo`")
@@ -51,6 +57,9 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *stackOnly {
+		return serveStack(ctx, vagent, *keep, os.Stdout)
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 

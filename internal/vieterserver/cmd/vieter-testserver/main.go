@@ -3,7 +3,14 @@
 // a Vieter server: state is in memory (and mirrored to -data).
 //
 //	vieter-testserver -addr 127.0.0.1:0 -api-key KEY -data DIR \
-//	    -target '{"kind":"url","url":"http://…/PKGBUILD","repo":"demo"}' -enqueue x86_64
+//	    -target '{"kind":"url","url":"http://…/PKGBUILD","repo":"demo"}' -enqueue x86_64 \
+//	    -builder-repo deps
+//
+// -builder-repo NAME publishes empty base-devel and git packages into the
+// repository NAME, so that a builder made from an image without Arch
+// repositories (the test images) can install them: point the agent's
+// pacman_repos (or `vagent build --repo-url ADDR/NAME`) at it. `make
+// demo-stack` starts it with a registry and prints how to use both.
 //
 // It prints "listening on http://HOST:PORT" on stdout once it accepts
 // connections, and stops on SIGINT or SIGTERM.
@@ -60,6 +67,7 @@ func run() error {
 	faultRate := flag.Float64("fault-rate", 0, "fraction of API requests that fail (5xx, dropped connection, malformed JSON)")
 	seed := flag.Uint64("seed", 1, "seed for -fault-rate")
 	verbose := flag.Bool("v", false, "log every request")
+	builderRepo := flag.String("builder-repo", "", "publish empty base-devel and git packages into this repository (for builders of images without Arch repositories)")
 	flag.Var(&targets, "target", "add a target, as JSON (kind, url, branch, path, repo, arches, base_image, timeout); repeatable")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -88,6 +96,11 @@ func run() error {
 	srv, err := vieterserver.New(opts...)
 	if err != nil {
 		return err
+	}
+	if *builderRepo != "" {
+		if err := srv.PublishMetaPackages(*builderRepo, "base-devel", "git"); err != nil {
+			return fmt.Errorf("-builder-repo: %w", err)
+		}
 	}
 	for _, t := range targets {
 		id := srv.AddTarget(t)
