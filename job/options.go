@@ -40,6 +40,8 @@ type options struct {
 	upperHook func(dir string)
 	// install are package files installed into every build (WithInstall).
 	install []string
+	// check compares the packages with the repositories' (WithCheck).
+	check bool
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration
@@ -251,6 +253,19 @@ func WithInstall(paths ...string) Option {
 			seen[filepath.Base(p)] = true
 			o.install = append(o.install, p)
 		}
+		return nil
+	}
+}
+
+// WithCheck compares, after each successful build, every package with the
+// version the build's repositories hold, as devtools' checkpkg does:
+// files added and removed, sonames provided and needed added and removed,
+// printed into the log (job/script/checkpkg). The repositories' versions
+// are downloaded before the build, while the build has the network; the
+// comparison never fails the build. Default: off.
+func WithCheck(on bool) Option {
+	return func(o *options) error {
+		o.check = on
 		return nil
 	}
 }

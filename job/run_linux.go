@@ -183,6 +183,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
 			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
+			"VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
 		},
 		Dir:      "/",
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)

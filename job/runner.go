@@ -15,10 +15,10 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The build script, the pacman wrapper and git's credential helper,
-// constants of the binary.
+// The build script, the pacman wrapper, git's credential helper and the
+// package check, constants of the binary.
 //
-//go:embed script/build.sh script/pacman script/git-credential
+//go:embed script/build.sh script/pacman script/git-credential script/checkpkg
 var scripts embed.FS
 
 // Images lends builder root filesystems for base images.

@@ -47,6 +47,7 @@ type buildFlags struct {
 	repoURLs []string
 	seccomp  bool
 	install  []string // -I
+	check    bool
 }
 
 func newBuildCmd(env *cliEnv) *cobra.Command {
@@ -81,6 +82,8 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
 	fs.StringArrayVarP(&f.install, "install", "I", nil, "install the package `FILE` into the build before its dependencies are resolved, "+
 		"as makechrootpkg -I does: a locally built dependency needs no repository (repeatable)")
+	fs.BoolVar(&f.check, "check", false, "after a successful build, compare each package with the version in the build's repositories, "+
+		"as checkpkg does: files added and removed, sonames provided and needed changed")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
 	return c
 }
@@ -169,7 +172,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	defer bm.Close()
 	// The one Pacman cache of the data dir, shared with `vagent run`.
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
-	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...)}
+	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check)}
 	logLimit := int64(poll.DefaultLogLimit)
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
@@ -231,6 +232,96 @@ package() { mkdir -p "$pkgdir/usr/share/needs"; }
 		"\n2.5\n", "vagent: success (wrote needs-1-1-any.pkg.tar.zst)"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+}
+
+// TestBuildCheck: --check compares the package built with the older
+// version the build's repository holds (fixture packages with real shared
+// libraries): a file added and one removed, the soname provided changed,
+// a soname needed added.
+func TestBuildCheck(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	testkit.RequireTool(t, "gcc", "build-essential")
+	work := sandboxtest.Dir(t)
+	// Two versions of a library: the soname changes, and 2 needs libm.
+	lib := func(soname string, args ...string) []byte {
+		t.Helper()
+		c := filepath.Join(work, "demo.c")
+		if err := os.WriteFile(c, []byte("#include <math.h>\ndouble demo(double x) { return sqrt(x); }\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out := filepath.Join(work, soname)
+		cmd := exec.Command("gcc", append([]string{"-shared", "-fPIC", "-Wl,--no-as-needed", "-Wl,-soname," + soname, "-o", out, c}, args...)...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("gcc: %v\n%s", err, b)
+		}
+		data, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	old := lib("libdemo.so.1")
+	newer := lib("libdemo.so.2", "-lm")
+	pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: "vagent-check-demo", Version: "1.0-1", Arch: "x86_64"},
+		map[string]string{"usr/lib/libdemo.so.1": string(old), "usr/share/demo/README": "demo\n"}, vieterserver.Zstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.srv.Publish("deps", pkg); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(work, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "libdemo.so.2"), newer, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(`pkgname=vagent-check-demo
+pkgver=1.1
+pkgrel=1
+arch=(x86_64)
+license=(MIT)
+source=(libdemo.so.2)
+sha256sums=(SKIP)
+package() {
+	install -Dm755 libdemo.so.2 "$pkgdir/usr/lib/libdemo.so.2"
+	mkdir -p "$pkgdir/usr/share/demo"
+	echo demo >"$pkgdir/usr/share/demo/README"
+	echo news >"$pkgdir/usr/share/demo/NEWS"
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run1(append(e.args(), "--check", src), &stdout, &stderr)
+	log := stdout.String()
+	if code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, log, stderr.String())
+	}
+	var report []string
+	for _, l := range strings.Split(log, "\n") {
+		if strings.HasPrefix(l, "  ") && strings.Contains(l, ": ") && (strings.Contains(l, "file ") || strings.Contains(l, "soname ")) {
+			report = append(report, l)
+		}
+	}
+	want := []string{
+		"  file added: usr/lib/libdemo.so.2",
+		"  file added: usr/share/demo/NEWS",
+		"  file removed: usr/lib/libdemo.so.1",
+		"  soname provided added: libdemo.so.2",
+		"  soname provided removed: libdemo.so.1",
+		"  soname needed added: libm.so.6",
+	}
+	if strings.Join(report, "\n") != strings.Join(want, "\n") {
+		t.Errorf("check report:\n%s\nwant:\n%s\nlog:\n%s", strings.Join(report, "\n"), strings.Join(want, "\n"), log)
+	}
+	for _, w := range []string{"vagent: check: vagent-check-demo 1.1-1 against 1.0-1 in repository deps",
+		"vagent: check: the sonames vagent-check-demo provides changed"} {
+		if !strings.Contains(log, w) {
+			t.Errorf("log lacks %q:\n%s", w, log)
 		}
 	}
 }

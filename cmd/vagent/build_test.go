@@ -103,6 +103,7 @@ type localBuildEnv struct {
 	registry        string // host:port of the registry holding base
 
 	reg *testkit.Registry
+	srv *vieterserver.Server // serves deps
 	ts  *httptest.Server
 }
 
@@ -164,7 +165,7 @@ func startLocalBuildEnv() (e *localBuildEnv, err error) {
 			return nil, err
 		}
 	}
-	e.ts = httptest.NewServer(srv)
+	e.srv, e.ts = srv, httptest.NewServer(srv)
 	e.deps = e.ts.URL + "/deps"
 	return e, nil
 }

@@ -254,6 +254,12 @@ step makepkg --nobuild --syncdeps --needed --noconfirm
 makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
 step srcinfo
 srcinfo >/build/.SRCINFO || exit
+if [[ $VAGENT_CHECK == true ]]; then
+	# The repositories' versions of the packages, while the network is
+	# there (vagent build --check).
+	mapfile -t names < <(sed -n 's/^pkgname = //p' /build/.SRCINFO)
+	run "$ctl/checkpkg" fetch "${names[@]}"
+fi
 size=$(stat -c %s /build/.SRCINFO) || exit
 {
 	printf '%s\n' "$size"
@@ -272,3 +278,6 @@ esac
 export MAKEFLAGS=-j$VAGENT_JOBS
 step "MAKEFLAGS=$MAKEFLAGS" makepkg --syncdeps --needed --noconfirm --noextract
 makepkg_run makepkg --syncdeps --needed --noconfirm --noextract
+if [[ $VAGENT_CHECK == true ]]; then
+	run "$ctl/checkpkg" compare /build/out
+fi
