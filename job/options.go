@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
@@ -42,6 +43,8 @@ type options struct {
 	install []string
 	// check compares the packages with the repositories' (WithCheck).
 	check bool
+	// inspect selects the builds that keep their tree (WithInspect).
+	inspect func(poll.Result) bool
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration
@@ -266,6 +269,18 @@ func WithInstall(paths ...string) Option {
 func WithCheck(on bool) Option {
 	return func(o *options) error {
 		o.check = on
+		return nil
+	}
+}
+
+// WithInspect keeps, after each build whose result keep selects (failure,
+// timeout, success...; a build stopped before its sandbox ran keeps
+// nothing), the build's tree and everything it ran on — the builder lease,
+// the control directory, the package cache — for Built.Inspect, until
+// Built.Release, which the caller must then call. Default: none.
+func WithInspect(keep func(poll.Result) bool) Option {
+	return func(o *options) error {
+		o.inspect = keep
 		return nil
 	}
 }

@@ -48,13 +48,35 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 	if ws == nil {
 		return e
 	}
-	defer ws.release()
+	kept := false
+	defer func() {
+		if !kept {
+			ws.release()
+		}
+	}()
 	ran, e := b.runSandbox(ctx, job, srcDir, ws, log)
 	if ran == nil {
 		return e
 	}
-	defer ran.release()
+	defer func() {
+		if !kept {
+			ran.release()
+		}
+	}()
 	built.SrcInfo = ran.decision.info
+	e = b.finish(ctx, job, ran, log, built)
+	// A build to inspect keeps its tree and everything it ran on until
+	// the caller's Built.Release.
+	if b.opts.inspect != nil && ran.res.Upper != nil && b.opts.inspect(inspectResult(ctx, e.result)) {
+		kept = true
+		built.kept = &keptBuild{b: b, job: job, ws: ws, ran: ran}
+	}
+	return e
+}
+
+// finish ends a build whose sandbox ran: its verdict, then, for a build
+// that succeeded, its packages.
+func (b *Runner) finish(ctx context.Context, job poll.Job, ran *ran, log io.Writer, built *Built) ending {
 	if e, done := ran.verdict(ctx); done {
 		return e
 	}
@@ -176,25 +198,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		defer wg.Done()
 		decided <- b.negotiate(ctx, ws.run, job)
 	}()
-	spec := sandbox.Spec{
-		Lower: ws.rootfs,
-		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
-		Env: []string{
-			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
-			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
-			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
-			"VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
-		},
-		Dir:      "/",
-		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
-		Mounts: []sandbox.Mount{
-			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
-			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
-		},
-		Limits:    b.opts.limits,
-		KeepUpper: true,
-		Output:    log,
-	}
+	spec := b.spec(job, ws, log)
 	if srcDir != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
@@ -218,6 +222,30 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		}
 	}
 	return r, ending{}
+}
+
+// spec is the sandbox run of the build script on the workspace, for the
+// build (runSandbox) and an inspection (Built.Inspect).
+func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
+	return sandbox.Spec{
+		Lower: ws.rootfs,
+		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
+		Env: []string{
+			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
+			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
+			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
+			"VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
+		},
+		Dir:      "/",
+		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
+		Mounts: []sandbox.Mount{
+			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
+			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
+		},
+		Limits:    b.opts.limits,
+		KeepUpper: true,
+		Output:    log,
+	}
 }
 
 // verdict ends the build unless the script ran to a successful end after

@@ -48,6 +48,7 @@ type buildFlags struct {
 	seccomp  bool
 	install  []string // -I
 	check    bool
+	inspect  string // never, failure, always
 }
 
 func newBuildCmd(env *cliEnv) *cobra.Command {
@@ -84,6 +85,8 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 		"as makechrootpkg -I does: a locally built dependency needs no repository (repeatable)")
 	fs.BoolVar(&f.check, "check", false, "after a successful build, compare each package with the version in the build's repositories, "+
 		"as checkpkg does: files added and removed, sonames provided and needed changed")
+	fs.StringVar(&f.inspect, "inspect", "never", "open a shell as the builder user in the build's tree after a build that failed (`WHEN` failure) "+
+		"or after any build (always), as makechrootpkg -x does; needs a terminal; everything is removed when the shell exits")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
 	return c
 }
@@ -91,6 +94,13 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error {
 	if f.timeout <= 0 {
 		return usageError("--timeout must be positive")
+	}
+	keep, err := inspectWhen(f.inspect)
+	if err != nil {
+		return err
+	}
+	if keep != nil && !isTerminalFile(env.stdin) {
+		return usageError("--inspect %s needs a terminal on standard input", f.inspect)
 	}
 	repos, err := parseRepoURLs(f.repoURLs)
 	if err != nil {
@@ -173,6 +183,9 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	// The one Pacman cache of the data dir, shared with `vagent run`.
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
 	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check)}
+	if keep != nil {
+		opts = append(opts, job.WithInspect(keep))
+	}
 	logLimit := int64(poll.DefaultLogLimit)
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()
@@ -222,10 +235,52 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	} else {
 		fmt.Fprintf(env.stderr, "build log: %s\n", logPath)
 	}
+	if built.Kept() {
+		defer built.Release()
+		inspectBuild(ctx, env, built, rep)
+	}
 	if rep.Result == poll.ResultSuccess {
 		return nil
 	}
 	return &exitError{code: max(rep.ExitCode, 1), err: fmt.Errorf("%s", rep.Reason)}
+}
+
+// inspectWhen reads --inspect: the builds whose tree is kept for a shell
+// (nil: none).
+func inspectWhen(when string) (func(poll.Result) bool, error) {
+	switch when {
+	case "", "never":
+		return nil, nil
+	case "failure":
+		return func(r poll.Result) bool { return r == poll.ResultFailure || r == poll.ResultTimeout }, nil
+	case "always":
+		// Not after Ctrl-C: who interrupts a build wants it gone.
+		return func(r poll.Result) bool { return r != poll.ResultCancelled }, nil
+	}
+	return nil, usageError("--inspect %q: want never, failure or always", when)
+}
+
+// inspectBuild opens the shell of --inspect in the kept build on the
+// user's terminal; the build's own result stays the command's.
+func inspectBuild(ctx context.Context, env *cliEnv, built *job.Built, rep poll.Report) {
+	out, ok := env.stdout.(*os.File)
+	if !ok {
+		out = env.stdin
+	}
+	ut, err := openUserTerminal(env.stdin, out)
+	if err != nil {
+		env.log.WithError(err).Error("--inspect: cannot use the terminal")
+		return
+	}
+	fmt.Fprintf(env.stderr, "vagent build: %s; a shell in its tree follows\r\n", rep.Reason)
+	code, err := built.Inspect(ctx, job.Shell{Term: os.Getenv("TERM"), Attach: ut.attach})
+	ut.restore()
+	built.Release()
+	if err != nil {
+		env.log.WithError(err).Error("--inspect")
+		return
+	}
+	fmt.Fprintf(env.stderr, "vagent build: the shell exited with status %d; the build's tree is removed\n", code)
 }
 
 // headerLines prints the header fields a build reports (the digests of the

@@ -2,15 +2,22 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -324,4 +331,178 @@ package() {
 			t.Errorf("log lacks %q:\n%s", w, log)
 		}
 	}
+}
+
+// TestBuildInspect drives `vagent build --inspect failure` through a
+// pseudo-terminal, as a packager at a terminal: the build fails, a shell
+// as the builder opens in the PKGBUILD's directory of the failed tree,
+// what is typed runs there, and `exit` ends it; then nothing of the build
+// is left (no mount, sandbox directory, cgroup or process) and the exit
+// status is the build's.
+func TestBuildInspect(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	bin, err := exec.LookPath("vagent")
+	if err != nil {
+		t.Fatalf("the test binary as vagent (testscript.Main): %v", err)
+	}
+	src := filepath.Join(sandboxtest.Dir(t), "broken")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(`pkgname=broken
+pkgver=1
+pkgrel=1
+arch=(any)
+license=(MIT)
+build() { echo "half-built by $(id -un)" >"$srcdir/marker"; return 1; }
+package() { :; }
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ptm, pts := openPTY(t)
+	cmd := exec.Command(bin, append(e.args(), "--inspect", "failure", src)...)
+	cmd.Env = append(os.Environ(), "TERM=xterm")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	tr := newTranscript(ptm)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+	})
+	tr.waitFor(t, "[vagent inspect repo]$ ", exited)
+	if _, err := io.WriteString(ptm, "cat src/marker; echo typed-$((6*7)) in $PWD\r"); err != nil {
+		t.Fatal(err)
+	}
+	tr.waitFor(t, "typed-42 in /build/repo", exited)
+	if _, err := io.WriteString(ptm, "exit\r"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err = <-exited:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("vagent did not end after the shell's exit:\n%s", tr.String())
+	}
+	out := tr.String()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Errorf("vagent build ended with %v, want the build's exit status 4:\n%s", err, out)
+	}
+	for _, want := range []string{
+		"vagent build: failure (build() failed: makepkg exit status 4, a function of the PKGBUILD failed); a shell in its tree follows",
+		"vagent: a shell as builder in /build/repo",
+		"half-built by builder",
+		"vagent build: the shell exited with status 0; the build's tree is removed",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the terminal lacks %q:\n%s", want, out)
+		}
+	}
+	data := filepath.Join(e.dir, "data")
+	for _, l := range buildLeftovers(t, data) {
+		t.Errorf("left behind: %s", l)
+	}
+}
+
+// transcript collects what a terminal shows.
+type transcript struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	more chan struct{}
+}
+
+func newTranscript(r io.Reader) *transcript {
+	tr := &transcript{more: make(chan struct{}, 1)}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := r.Read(b)
+			tr.mu.Lock()
+			tr.buf.Write(b[:n])
+			tr.mu.Unlock()
+			select {
+			case tr.more <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return tr
+}
+
+func (tr *transcript) String() string {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return strings.ReplaceAll(tr.buf.String(), "\r\n", "\n")
+}
+
+// waitFor waits until the terminal shows s, failing when the command
+// exits first or 3 minutes pass (the build comes first).
+func (tr *transcript) waitFor(t *testing.T, s string, exited <-chan error) {
+	t.Helper()
+	deadline := time.After(3 * time.Minute)
+	for !strings.Contains(tr.String(), s) {
+		select {
+		case <-tr.more:
+		case err := <-exited:
+			t.Fatalf("vagent ended (%v) before the terminal showed %q:\n%s", err, s, tr.String())
+		case <-deadline:
+			t.Fatalf("the terminal did not show %q:\n%s", s, tr.String())
+		}
+	}
+}
+
+// buildLeftovers lists what builds of the data dir left: mounts below it,
+// entries of the sandbox's state, runs and kept directories, processes
+// whose root is below it, and the sandbox's cgroup parents
+// (vagent-<sha256 of the sandbox directory>, sandbox.New's name).
+func buildLeftovers(t *testing.T, data string) []string {
+	t.Helper()
+	var l []string
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], data+"/") {
+			l = append(l, "mount "+f[4])
+		}
+	}
+	sb := filepath.Join(data, "sandbox")
+	_ = filepath.WalkDir(sb, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return nil
+		}
+		switch d.Name() {
+		case "state", "runs", "kept":
+			entries, _ := os.ReadDir(p)
+			for _, e := range entries {
+				l = append(l, "sandbox "+filepath.Join(p, e.Name()))
+			}
+			return filepath.SkipDir
+		}
+		return nil
+	})
+	roots, _ := filepath.Glob("/proc/[0-9]*/root")
+	for _, r := range roots {
+		if target, err := os.Readlink(r); err == nil && strings.HasPrefix(target, data+"/") {
+			cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(r), "cmdline"))
+			l = append(l, fmt.Sprintf("process %s %q", filepath.Dir(r), cmdline))
+		}
+	}
+	real, err := filepath.EvalSymlinks(sb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(real))
+	parent := "vagent-" + hex.EncodeToString(sum[:6])
+	cgs, _ := filepath.Glob("/sys/fs/cgroup/*/" + parent)
+	cgs2, _ := filepath.Glob("/sys/fs/cgroup/" + parent)
+	for _, c := range append(cgs, cgs2...) {
+		l = append(l, "cgroup "+c)
+	}
+	return l
 }

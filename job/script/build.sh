@@ -144,6 +144,25 @@ copy_dir() {
 	chmod --reference="$src" -- "$dst" && touch -h --reference="$src" -- "$dst"
 }
 
+if [[ ${1-} == --inspect ]]; then
+	# vagent build --inspect: an interactive shell as the builder, on the
+	# build's tree as the build left it, in the PKGBUILD's directory. The
+	# terminal (the container's own) becomes the builder's, so that
+	# programs that open /dev/tty work.
+	home=$(getent passwd builder | cut -d: -f6)
+	export HOME=${home:-/build} USER=builder LOGNAME=builder
+	dir=/build
+	if [[ -f /build/.vagent-dir ]]; then
+		IFS= read -r d </build/.vagent-dir && [[ -d $d ]] && dir=$d
+	fi
+	cd -- "$dir" || exit
+	if t=$(tty); then
+		chown builder -- "$t"
+	fi
+	printf 'vagent: a shell as builder in %s, on the tree the build left (exit or Ctrl-D ends it; everything is removed then)\n' "$dir"
+	exec setpriv --reuid=builder --regid=builder --init-groups -- env 'PS1=[vagent inspect \W]\$ ' /bin/bash --norc -i
+fi
+
 if [[ ${1-} != --builder ]]; then
 	# Root: the job's repository, an up-to-date system, the build directory.
 	# Each repository once: a section the builder's pacman.conf has already
@@ -246,6 +265,7 @@ if [[ -n $VAGENT_PATH ]]; then
 	[[ $dir == "$top" || $dir == "$top"/* ]] || fail_in path "path $(printf '%q' "$VAGENT_PATH") leaves the repository"
 fi
 run cd -- "$dir" || exit
+printf '%s\n' "$dir" >/build/.vagent-dir
 [[ -f PKGBUILD ]] || fail_in pkgbuild "no PKGBUILD in $(printf '%q' "${dir#/build/}")"
 
 export PACMAN=$ctl/pacman PKGDEST=/build/out
