@@ -85,7 +85,9 @@ func (e *env) open(t testing.TB, extra ...builder.Option) *builder.Manager {
 // fakePacman stands in for pacman in the busybox base: it prints its
 // arguments, fails when /etc/fake-pacman/fail exists, sleeps when
 // /etc/fake-pacman/slow exists, waits for a gate (see newGate) when
-// /etc/fake-pacman/gate holds its URL, and otherwise "installs" each package as
+// /etc/fake-pacman/gate holds its URL, leaves a sparse file /opt/huge of
+// the size /etc/fake-pacman/sparse holds (as a hostile base image's pacman
+// could), and otherwise "installs" each package as
 // a file and changes the tree the way an upgrade does (a file changed, a
 // directory deleted, a directory replaced, hardlinks, a symlink, a fifo).
 const fakePacman = `#!/bin/sh
@@ -99,6 +101,10 @@ if [ -e /etc/fake-pacman/gate ]; then
 	g=$(cat /etc/fake-pacman/gate)
 	wget -q -O /dev/null "$g/started" || exit 1
 	until wget -q -O /dev/null "$g/open"; do sleep 0.05; done
+fi
+if [ -e /etc/fake-pacman/sparse ]; then
+	dd if=/dev/zero of=/opt/huge bs=1 count=0 seek="$(cat /etc/fake-pacman/sparse)" 2>/dev/null || exit 1
+	echo "left a sparse file of $(stat -c %s /opt/huge) bytes"
 fi
 mkdir -p /usr/share/fake-pacman
 for a in "$@"; do

@@ -59,6 +59,11 @@ type flight struct {
 	md      *meta
 	rebuilt bool
 	err     error
+	// waiters counts the callers waiting for it (m.mu); background is set
+	// for a refresh no caller started. A preparation that callers started
+	// is cancelled when the last of them gives up (its context ended).
+	waiters    int
+	background bool
 }
 
 // Lease is a builder in use by a build. Rootfs stays valid, and the
@@ -285,22 +290,38 @@ func (m *Manager) run(ctx context.Context, key, base string, mode prepMode, log 
 		if f == nil {
 			f = m.startLocked(ctx, key, base, mode)
 		}
+		f.waiters++
 		detach := f.out.attach(log)
 		m.mu.Unlock()
 		select {
 		case <-f.done:
 			detach()
+			m.leave(f, false)
 			return f.md, f.rebuilt, f.err
 		case <-ctx.Done():
 			detach()
+			m.leave(f, true)
 			return nil, false, ctx.Err()
 		}
 	}
 }
 
+// leave ends a caller's wait for f. When the last caller of a preparation
+// they started gives up, the preparation stops: a job that timed out or an
+// agent shutting down does not leave a setup or a layer write running.
+func (m *Manager) leave(f *flight, gaveUp bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f.waiters--
+	if gaveUp && f.waiters == 0 && !f.background {
+		f.cancel()
+	}
+}
+
 // startLocked starts a preparation; m.mu is held. The preparation is not
 // bound to the context of the caller that started it (other callers may
-// wait for it, and its result outlives them): it ends with Close.
+// wait for it, and its result outlives them): it ends with Close, or when
+// every caller waiting for it gave up (leave).
 func (m *Manager) startLocked(ctx context.Context, key, base string, mode prepMode) *flight {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f := &flight{mode: mode, out: newFanout(), cancel: cancel, done: make(chan struct{})}
@@ -312,9 +333,13 @@ func (m *Manager) startLocked(ctx context.Context, key, base string, mode prepMo
 		md, rebuilt, err := m.prepare(pctx, f.out, key, base, mode)
 		m.mu.Lock()
 		delete(m.flights, key)
-		if err != nil {
+		switch {
+		case err != nil && pctx.Err() != nil:
+			// Stopped (its callers gave up, or Close): not a failure of
+			// the base that a background refresh should wait out.
+		case err != nil:
 			m.failed[key] = m.o.now()
-		} else {
+		default:
 			delete(m.failed, key)
 		}
 		f.md, f.rebuilt, f.err = md, rebuilt, err
@@ -339,6 +364,7 @@ func (m *Manager) refreshInBackground(ctx context.Context, key, base string) {
 	log := m.o.log.WithField("image", base)
 	log.Info("builder is stale: preparing a new one in the background")
 	f := m.startLocked(ctx, key, base, prepIfNeeded)
+	f.background = true
 	go func() {
 		<-f.done
 		if f.err != nil {

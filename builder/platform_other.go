@@ -7,13 +7,15 @@ import (
 	"errors"
 	"io"
 	"os"
+
+	"github.com/vieter-v/vagent/oci"
 )
 
 func flock(*os.File, bool, bool) (bool, error)       { return false, errors.ErrUnsupported }
 func flockCtx(context.Context, *os.File) error       { return errors.ErrUnsupported }
 func sameFile(*os.File, string) bool                 { return false }
 func linkTree(context.Context, string, string) error { return errors.ErrUnsupported }
-func upperTar(io.Writer, string, string, uint32, uint32, uint32) error {
+func upperTar(context.Context, io.Writer, string, string, uint32, uint32, uint32, oci.Budget) error {
 	return errors.ErrUnsupported
 }
 

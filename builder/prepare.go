@@ -131,7 +131,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	fmt.Fprintf(out, "==> vagent: writing the builder layer\n")
 	_, _, idSize := m.sb.IDRange() // the upper is owned by the sandbox's host ids
 	layer, err := writeGzipLayer(filepath.Join(tmp, "layer.tar.gz"), mt, func(w io.Writer) error {
-		return upperTar(w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize)
+		return upperTar(ctx, w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize, m.store.Budget())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("writing the builder layer: %w", err)

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/oci"
 )
 
 // mountPoints are the paths the sandbox mounts over. When the base image
@@ -26,7 +29,13 @@ var mountPoints = []string{"dev", "proc", "sys", "tmp", "etc/resolv.conf", "etc/
 // (container ids = host ids - base, within [0, idSize)), hardlinks inside
 // the upper are kept as such. Mount points the sandbox made that lower (the
 // base rootfs) does not have are left out, as are sockets.
-func upperTar(w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32) error {
+//
+// The upper is what a base image's code wrote: the layer is held to the
+// image budget (entries, path depth, and the declared sizes of its files —
+// a sparse file counts its size, holes included, as it would be written
+// out), checked before a file is read, and the walk and every copy stop
+// within a read of at most 1 MiB once ctx ends.
+func upperTar(ctx context.Context, w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32, budget oci.Budget) error {
 	skip := map[string]bool{}
 	for _, p := range mountPoints {
 		if _, err := os.Lstat(filepath.Join(lower, p)); err != nil {
@@ -36,6 +45,7 @@ func upperTar(w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32)
 	tw := tar.NewWriter(w)
 	links := map[[2]uint64]string{}
 	buf := make([]byte, 1<<20)
+	var entries, declared int64
 	shift := func(rel string, uid, gid uint32) (int, int, error) {
 		if uid < uidBase || gid < gidBase || uid-uidBase >= idSize || gid-gidBase >= idSize {
 			return 0, 0, fmt.Errorf("%s: owner %d:%d outside the sandbox's id range", rel, uid, gid)
@@ -53,7 +63,16 @@ func upperTar(w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32)
 		if rel == "." {
 			return nil
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rel = filepath.ToSlash(rel)
+		if entries++; entries > budget.Entries {
+			return fmt.Errorf("%w: the builder layer has more than %d entries", oci.ErrBudgetExceeded, budget.Entries)
+		}
+		if d := strings.Count(rel, "/") + 1; d > budget.Depth {
+			return fmt.Errorf("%w: %s is %d components deep, budget %d", oci.ErrBudgetExceeded, rel, d, budget.Depth)
+		}
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
@@ -105,6 +124,10 @@ func upperTar(w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32)
 			if st.Nlink > 1 {
 				links[key] = rel
 			}
+			if st.Size > budget.Bytes-declared {
+				return fmt.Errorf("%w: the builder layer's files are more than %d bytes (%s declares %d)", oci.ErrBudgetExceeded, budget.Bytes, rel, st.Size)
+			}
+			declared += st.Size
 			hdr.Typeflag, hdr.Size = tar.TypeReg, st.Size
 			if content, err = os.Open(p); err != nil {
 				return err
@@ -128,7 +151,7 @@ func upperTar(w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32)
 			return err
 		}
 		if content != nil {
-			n, err := io.CopyBuffer(tw, io.LimitReader(content, st.Size), buf)
+			n, err := io.CopyBuffer(tw, ctxReader{ctx, io.LimitReader(content, st.Size)}, buf)
 			if err != nil {
 				return fmt.Errorf("%s: %w", rel, err)
 			}
@@ -148,6 +171,19 @@ func upperTar(w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32)
 		return err
 	}
 	return tw.Close()
+}
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // readXattrs returns the extended attributes of p worth keeping in an

@@ -22,6 +22,7 @@ import (
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
 
@@ -76,14 +77,16 @@ func TestAgentWithBuilder(t *testing.T) {
 	}
 }
 
-// TestConcurrentBuildsShareCache runs two builds at once that both install
-// the same dependency, on one Runner, then a third: the dependency comes
-// from a repository behind a counting proxy and is downloaded exactly once
-// (pacman calls are serialised on the shared cache, so the second finds it
-// there), and the cache holds one intact copy and no partial download.
+// TestTargetCaches: every target has a package cache of its own, used by
+// one build at a time. A dependency comes from a repository behind a
+// counting proxy: the second build of a target does not download it again
+// (a cache hit), two builds of one target at once get the target's cache
+// and a private one (two downloads at most, never a shared writable
+// tree), and another target downloads it into its own cache. The cache
+// holds one intact copy and no partial download.
 // The repository has SigLevel Never: pacman 6.0 downloads a cached package
 // again when its signature is not cached (an unsigned repository).
-func TestConcurrentBuildsShareCache(t *testing.T) {
+func TestTargetCaches(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
 	depRepo := newRepo()
@@ -108,44 +111,116 @@ func TestConcurrentBuildsShareCache(t *testing.T) {
 	defer proxy.Close()
 	b := newBuilder(t, e, job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{proxy.URL + "/$repo/$arch"}, SigLevel: "Never"}))
 	repo := newRepo()
+	build := func(id int, name string) string {
+		t.Helper()
+		url := serveFile(t, pkgbuild(name, "1", "1", "depends=(bigdep)"))
+		r, log := runJob(t, b, poll.Job{TargetID: id, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+		if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing bigdep") {
+			t.Errorf("build of target %d: %s\n%s", id, r.Reason, log)
+		}
+		return log
+	}
+	build(20, "user0")
+	if n := downloads.Load(); n != 1 {
+		t.Fatalf("bigdep downloaded %d times by the first build", n)
+	}
+	build(20, "user1")
+	if n := downloads.Load(); n != 1 {
+		t.Errorf("the second build of target 20 downloaded bigdep again (%d downloads in all)", n)
+	}
+
 	var wg sync.WaitGroup
+	logs := make([]string, 2)
 	for i := range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			url := serveFile(t, pkgbuild(fmt.Sprintf("user%d", i), "1", "1", "depends=(bigdep)"))
-			r, log := runJob(t, b, poll.Job{TargetID: 20 + i, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
-			if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing bigdep") {
-				t.Errorf("build %d: %s\n%s", i, r.Reason, log)
-			}
+			logs[i] = build(20, fmt.Sprintf("user%d", 2+i))
 		}()
 	}
 	wg.Wait()
 	if t.Failed() {
 		return
 	}
-	url := serveFile(t, pkgbuild("user2", "1", "1", "depends=(bigdep)"))
-	r, log := runJob(t, b, poll.Job{TargetID: 22, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
-	wantStatus(t, r, log, poll.ResultSuccess, 0)
-	if !strings.Contains(log, "installing bigdep") {
-		t.Errorf("third build did not install bigdep:\n%s", log)
+	private := 0
+	for _, log := range logs {
+		if strings.Contains(log, "another build of this target holds its package cache") {
+			private++
+		}
 	}
-	if n := downloads.Load(); n != 1 {
-		t.Errorf("bigdep downloaded %d times by three builds sharing a cache, want once", n)
+	n := downloads.Load()
+	t.Logf("two builds of one target at once: %d with a private cache, %d download(s)", private, n-1)
+	if n-1 != int32(private) {
+		t.Errorf("%d download(s) by two builds of target 20 at once, %d of them with a private cache: want one per private cache", n-1, private)
 	}
-	cached, err := os.ReadFile(filepath.Join(cacheDirOf(t, b), "bigdep-1-1-any.pkg.tar"))
-	if err != nil {
-		t.Fatalf("dependency not in the shared cache: %v", err)
+
+	build(21, "other")
+	if d := downloads.Load() - n; d != 1 {
+		t.Errorf("target 21 downloaded bigdep %d times, want once, into its own cache", d)
 	}
-	if !bytes.Equal(cached, dep) {
-		t.Errorf("cached package differs from the published one (%d vs %d bytes)", len(cached), len(dep))
-	}
-	if parts, _ := filepath.Glob(filepath.Join(cacheDirOf(t, b), "*.part")); len(parts) > 0 {
-		t.Errorf("partial downloads left in the cache: %v", parts)
+	for _, id := range []int{20, 21} {
+		tree := job.CacheTree(b, poll.Job{TargetID: id})
+		cached, err := os.ReadFile(filepath.Join(tree, "bigdep-1-1-any.pkg.tar"))
+		if err != nil {
+			t.Fatalf("dependency not in the cache of target %d: %v", id, err)
+		}
+		if !bytes.Equal(cached, dep) {
+			t.Errorf("cached package differs from the published one (%d vs %d bytes)", len(cached), len(dep))
+		}
+		if parts, _ := filepath.Glob(filepath.Join(tree, "*.part")); len(parts) > 0 {
+			t.Errorf("partial downloads left in the cache: %v", parts)
+		}
 	}
 }
 
-func cacheDirOf(t testing.TB, b *job.Runner) string { return job.CacheDir(b) }
+// TestCacheMaxSize: three targets each download an 8 MiB dependency with
+// pacman_cache.max_size at 12 MiB: after every build the caches together
+// fit the bound (as the disk limit counts them), the target just built
+// keeps its dependency, and the least recently used targets' caches went.
+func TestCacheMaxSize(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	depRepo := newRepo()
+	blob := make([]byte, 8<<20)
+	rand.Read(blob)
+	dep, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: "sizedep", Version: "1-1", Arch: "any"},
+		map[string]string{"usr/share/sizedep/blob": string(blob)}, vieterserver.NoCompression)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.srv.Publish(depRepo, dep); err != nil {
+		t.Fatal(err)
+	}
+	const maxSize = 12 << 20
+	b := newBuilder(t, e, job.WithCacheMaxSize(maxSize),
+		job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Never"}))
+	repo := newRepo()
+	for i, id := range []int{30, 31, 32} {
+		url := serveFile(t, pkgbuild(fmt.Sprintf("sized%d", i), "1", "1", "depends=(sizedep)"))
+		r, log := runJob(t, b, poll.Job{TargetID: id, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
+		if r.Result != poll.ResultSuccess || !strings.Contains(log, "installing sizedep") {
+			t.Fatalf("build of target %d: %s\n%s", id, r.Reason, log)
+		}
+		tree := job.CacheTree(b, poll.Job{TargetID: id})
+		caches := filepath.Dir(filepath.Dir(tree))
+		total, err := sandbox.DiskUsage(caches)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("after target %d: the caches hold %.1f MiB", id, float64(total)/(1<<20))
+		if total > maxSize {
+			t.Errorf("after target %d's build the caches hold %d bytes, more than %d", id, total, maxSize)
+		}
+		if _, err := os.Stat(filepath.Join(tree, "sizedep-1-1-any.pkg.tar")); err != nil {
+			t.Errorf("target %d's cache lost the dependency it just downloaded: %v", id, err)
+		}
+		if i > 0 {
+			if _, err := os.Stat(job.CacheTree(b, poll.Job{TargetID: id - 1})); !os.IsNotExist(err) {
+				t.Errorf("target %d's cache is still there after target %d's build: %v", id-1, id, err)
+			}
+		}
+	}
+}
 
 // TestAgentLogFlood: a build that writes 300 MiB of output through the
 // real sandbox, run by the agent with a 1 MiB log limit. The host is what

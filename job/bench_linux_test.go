@@ -2,6 +2,11 @@ package job_test
 
 import (
 	"bytes"
+	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,12 +14,17 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/internal/vieterserver"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 // stampLog records when lines starting with given prefixes arrive.
@@ -161,4 +171,111 @@ for f in *.pkg*; do curl -fsS -H "X-Api-Key: $KEY" --data-binary "@$f" "$SERVER/
 	ratio := float64(median(overheads)) / float64(median(poverheads))
 	b.ReportMetric(ratio, "overhead-vs-podman")
 	b.Logf("podman: total %s, overhead %s; vagent/podman overhead ratio %.2f", median(ptotals), median(poverheads), ratio)
+}
+
+// mirrorRate is the speed of the benchmark's package mirror: 100 Mbit/s.
+const mirrorRate = 100e6 / 8
+
+// throttled sends at most rate bytes per second.
+type throttled struct {
+	http.ResponseWriter
+	rate  float64
+	start time.Time
+	sent  int64
+}
+
+func (t *throttled) Write(p []byte) (int, error) {
+	n, err := t.ResponseWriter.Write(p)
+	t.sent += int64(n)
+	if ahead := time.Duration(float64(t.sent)/t.rate*float64(time.Second)) - time.Since(t.start); ahead > 0 {
+		time.Sleep(ahead)
+	}
+	return n, err
+}
+
+// BenchmarkCacheHit measures the package cache's purpose and the cost of
+// the disk limit on whole builds, interleaved in each round: a build whose
+// dependency (a 32 MiB package from a mirror at 100 Mbit/s, a throttling
+// and counting proxy) is in its target's
+// cache ("hit"), the same build with the caches off, so that it downloads
+// the dependency ("miss"), and the hit with build_limits.disk set
+// ("hit-disk": RLIMIT_FSIZE and the watcher). Every build is forced (it
+// always builds and publishes). A hit that downloads the dependency fails
+// the benchmark. Medians of VAGENT_BENCH_ROUNDS (default 5) rounds after a
+// warm-up that prepares the builder and fills the targets' caches.
+func BenchmarkCacheHit(b *testing.B) {
+	e := setup(b)
+	rounds := 5
+	if n, err := strconv.Atoi(os.Getenv("VAGENT_BENCH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	depRepo := newRepo()
+	blob := make([]byte, 32<<20)
+	rand.Read(blob)
+	dep, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: "benchdep", Version: "1-1", Arch: "any"},
+		map[string]string{"usr/share/benchdep/blob": string(blob)}, vieterserver.NoCompression)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.srv.Publish(depRepo, dep); err != nil {
+		b.Fatal(err)
+	}
+	target, _ := neturl.Parse(e.ts.URL)
+	var downloads atomic.Int32
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "benchdep-1-1-any.pkg") && !strings.HasSuffix(r.URL.Path, ".sig") {
+			downloads.Add(1)
+			w = &throttled{ResponseWriter: w, rate: mirrorRate, start: time.Now()}
+		}
+		httputil.NewSingleHostReverseProxy(target).ServeHTTP(w, r)
+	}))
+	defer proxy.Close()
+	repos := job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{proxy.URL + "/$repo/$arch"}, SigLevel: "Never"})
+	url := serveFile(b, pkgbuild("benchuser", "1", "1", "depends=(benchdep)"))
+	repo := newRepo()
+	type variant struct {
+		name      string
+		runner    *job.Runner
+		job       poll.Job
+		downloads bool // expected to download
+		totals    []time.Duration
+	}
+	variants := []*variant{
+		{name: "hit", runner: newBuilder(b, e, repos), job: poll.Job{TargetID: 90}},
+		{name: "miss", runner: newBuilder(b, e, repos, job.WithCacheDir("")), job: poll.Job{TargetID: 91}, downloads: true},
+		{name: "hit-disk", runner: newBuilder(b, e, repos, job.WithLimits(sandbox.Limits{Disk: 8 << 30})), job: poll.Job{TargetID: 92}},
+	}
+	for _, v := range variants {
+		v.job.Kind, v.job.URL, v.job.Repo, v.job.BaseImage, v.job.Force = "url", url, repo, e.base, true
+		if r, log := runJob(b, v.runner, v.job); r.Result != poll.ResultSuccess {
+			b.Fatalf("warm-up of %s: %s\n%s", v.name, r.Reason, log)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		for i := 0; i < rounds; i++ {
+			for k := range variants {
+				v := variants[(i+k)%len(variants)] // the order rotates
+				before := downloads.Load()
+				var log bytes.Buffer
+				r := build(b.Context(), v.runner, v.job, "", poll.DefaultLogLimit, &log)
+				if r.Result != poll.ResultSuccess || !strings.Contains(log.String(), "benchdep") {
+					b.Fatalf("%s round %d: %s\n%s", v.name, i, r.Reason, log.String())
+				}
+				if got := downloads.Load() - before; (got > 0) != v.downloads {
+					b.Fatalf("%s round %d downloaded the dependency %d times", v.name, i, got)
+				}
+				v.totals = append(v.totals, r.End.Sub(r.Start))
+			}
+		}
+	}
+	b.StopTimer()
+	med := map[string]time.Duration{}
+	for _, v := range variants {
+		med[v.name] = median(v.totals)
+		b.ReportMetric(med[v.name].Seconds(), v.name+"-s")
+	}
+	b.ReportMetric(float64(med["hit"])/float64(med["miss"]), "hit/miss")
+	b.ReportMetric(float64(med["hit-disk"])/float64(med["hit"]), "disk/hit")
+	b.Logf("%d rounds, medians: hit %s, miss %s, hit with a disk limit %s", rounds, med["hit"], med["miss"], med["hit-disk"])
 }

@@ -1,8 +1,10 @@
 package job
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -10,165 +12,323 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vieter-v/vagent/internal/testkit"
+	"github.com/vieter-v/vagent/poll"
 )
 
-// TestRunCache checks where a build's package cache comes from: the shared
-// directory by default or as configured, a private one removed after the
-// build when the shared cache is off.
-func TestRunCache(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		opts   []Option
-		shared func(dir string) string // "" for a private cache
-	}{
-		{"default", nil, func(dir string) string { return filepath.Join(dir, "pacman-cache") }},
-		{"configured", []Option{WithCacheDir("/CACHE")}, nil},
-		{"off", []Option{WithCacheDir("")}, func(string) string { return "" }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			o := defaultOptions()
-			for _, opt := range tc.opts {
-				if err := opt(o); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want := ""
-			if tc.shared != nil {
-				want = tc.shared(dir)
-			} else {
-				want = filepath.Join(dir, "shared-cache")
-				o.cacheDir = want
-			}
-			b := &Runner{opts: o, dir: dir}
-			if err := b.prepareDir(); err != nil {
-				t.Fatal(err)
-			}
-			got, drop, err := b.runCache()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := os.Stat(filepath.Join(got, ".vagent.lock")); err != nil {
-				t.Errorf("cache %s has no lock file: %v", got, err)
-			}
-			if want != "" {
-				if want = filepath.Join(want, cacheTree); got != want {
-					t.Errorf("cache = %s, want the shared %s", got, want)
-				}
-				drop()
-				if _, err := os.Stat(got); err != nil {
-					t.Errorf("shared cache removed after the build: %v", err)
-				}
-				return
-			}
-			if filepath.Dir(filepath.Dir(got)) != b.runsDir() {
-				t.Errorf("private cache %s is not under %s", got, b.runsDir())
-			}
-			drop()
-			if _, err := os.Stat(filepath.Dir(got)); !os.IsNotExist(err) {
-				t.Errorf("private cache %s still there after the build: %v", got, err)
-			}
-		})
+// newCacheRunner returns a Runner with only what the cache code needs.
+func newCacheRunner(t *testing.T, opts ...Option) *Runner {
+	t.Helper()
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := &Runner{opts: o, dir: t.TempDir(), rootUID: os.Getuid(), rootGID: os.Getgid()}
+	if err := b.prepareDir(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func lease(t *testing.T, b *Runner, j poll.Job) (*cacheLease, string) {
+	t.Helper()
+	var log bytes.Buffer
+	l, err := b.leaseCache(j, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l, log.String()
+}
+
+// TestLeaseCache checks which cache a build gets: its target's, the same
+// for the next build of the target and another for another target; a
+// private one, removed after the build, while another build holds the
+// target's or when the caches are off.
+func TestLeaseCache(t *testing.T) {
+	b := newCacheRunner(t)
+	a1, log := lease(t, b, poll.Job{TargetID: 7})
+	if want := filepath.Join(b.dir, "pacman-cache", targetsDir, "7", cacheTree); a1.tree != want || log != "" {
+		t.Errorf("target 7's cache: %s (log %q), want %s", a1.tree, log, want)
+	}
+	// The same target at the same time: a private cache, said in the log.
+	a2, log := lease(t, b, poll.Job{TargetID: 7})
+	if a2.tree == a1.tree || filepath.Dir(filepath.Dir(a2.tree)) != b.runsDir() || !strings.Contains(log, "private") {
+		t.Errorf("second build of target 7: %s (log %q), want a private cache under %s", a2.tree, log, b.runsDir())
+	}
+	// Another target: its own.
+	c, _ := lease(t, b, poll.Job{TargetID: 8})
+	if c.tree == a1.tree || filepath.Base(filepath.Dir(c.tree)) != "8" {
+		t.Errorf("target 8's cache: %s", c.tree)
+	}
+	a2.release()
+	if _, err := os.Stat(filepath.Dir(a2.tree)); !os.IsNotExist(err) {
+		t.Errorf("private cache %s still there after the build: %v", a2.tree, err)
+	}
+	if err := os.WriteFile(filepath.Join(a1.tree, "dep-1-1-any.pkg.tar.zst"), []byte("pkg"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a1.release()
+	c.release()
+	a3, log := lease(t, b, poll.Job{TargetID: 7})
+	defer a3.release()
+	if a3.tree != a1.tree || log != "" {
+		t.Errorf("next build of target 7: %s (log %q), want %s", a3.tree, log, a1.tree)
+	}
+	if _, err := os.Stat(filepath.Join(a3.tree, "dep-1-1-any.pkg.tar.zst")); err != nil {
+		t.Errorf("the next build of the target does not find what the first downloaded: %v", err)
+	}
+
+	// Off: a private cache for every build.
+	off := newCacheRunner(t, WithCacheDir(""))
+	p, _ := lease(t, off, poll.Job{TargetID: 7})
+	if filepath.Dir(filepath.Dir(p.tree)) != off.runsDir() {
+		t.Errorf("cache with the caches off: %s, want a private one", p.tree)
+	}
+	p.release()
+	if _, err := os.Stat(p.tree); !os.IsNotExist(err) {
+		t.Errorf("private cache still there: %v", err)
 	}
 	if err := WithCacheDir("relative/dir")(defaultOptions()); err == nil {
 		t.Error("WithCacheDir accepted a relative path")
 	}
+	if err := WithCacheMaxSize(-1)(defaultOptions()); err == nil {
+		t.Error("WithCacheMaxSize accepted a negative size")
+	}
+}
+
+// TestCacheKey: a target's id, or for a job without one a hash of its
+// source that differs with any of its parts.
+func TestCacheKey(t *testing.T) {
+	base := poll.Job{Kind: "dir", URL: "file:///src/a", Path: "pkg"}
+	keys := map[string]poll.Job{}
+	for _, j := range []poll.Job{
+		base,
+		{Kind: "dir", URL: "file:///src/b", Path: "pkg"},
+		{Kind: "git", URL: "file:///src/a", Path: "pkg"},
+		{Kind: "dir", URL: "file:///src/a", Path: "pkg", Branch: "x"},
+		{Kind: "dir", URL: "file:///src/a"},
+		{TargetID: 12, Kind: "git", URL: "https://example.com/x"},
+	} {
+		k := cacheKey(j)
+		if other, ok := keys[k]; ok {
+			t.Errorf("%+v and %+v share the cache key %s", j, other, k)
+		}
+		keys[k] = j
+		if strings.ContainsAny(k, "/.") || k == "" {
+			t.Errorf("key %q is not a plain name", k)
+		}
+	}
+	if k := cacheKey(poll.Job{TargetID: 12}); k != "12" {
+		t.Errorf("key of target 12: %q", k)
+	}
+	if cacheKey(poll.Job{Kind: "dir", URL: "file:///src/a", Path: "pkg"}) != cacheKey(base) {
+		t.Error("the key of a source changes")
+	}
 }
 
 // TestCacheLayout checks the modes and owners of a package cache: the
-// directory itself private to root, the tree builds see owned by the mapped
-// root, so that nothing a build writes there is reachable by a host user.
+// directories private to root, the tree builds see owned by the mapped
+// root, so that nothing a build writes there is reachable by a host user;
+// the lock beside the tree, never in it.
 func TestCacheLayout(t *testing.T) {
 	testkit.RequireRoot(t)
-	dir := filepath.Join(t.TempDir(), "cache")
-	tree, err := initCache(dir, 100000, 100001)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := newCacheRunner(t)
+	b.rootUID, b.rootGID = 100000, 100001
+	l, _ := lease(t, b, poll.Job{TargetID: 3})
+	defer l.release()
+	top := b.cacheDir()
 	for _, c := range []struct {
 		path     string
 		mode     os.FileMode
 		uid, gid uint32
-	}{{dir, 0o700, 0, 0}, {tree, 0o755, 100000, 100001}} {
+		dir      bool
+	}{
+		{top, 0o700, 0, 0, true},
+		{filepath.Join(top, targetsDir), 0o700, 0, 0, true},
+		{filepath.Dir(l.tree), 0o700, 0, 0, true},
+		{filepath.Join(filepath.Dir(l.tree), lockName), 0o600, 0, 0, false},
+		{l.tree, 0o755, 100000, 100001, true},
+	} {
 		fi, err := os.Lstat(c.path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := fi.Sys().(*syscall.Stat_t)
-		if !fi.IsDir() || fi.Mode().Perm() != c.mode || st.Uid != c.uid || st.Gid != c.gid {
-			t.Errorf("%s: %v %d:%d, want a directory %v %d:%d", c.path, fi.Mode(), st.Uid, st.Gid, c.mode, c.uid, c.gid)
+		if fi.IsDir() != c.dir || fi.Mode().Perm() != c.mode || st.Uid != c.uid || st.Gid != c.gid {
+			t.Errorf("%s: %v %d:%d, want %v %d:%d (directory %v)", c.path, fi.Mode(), st.Uid, st.Gid, c.mode, c.uid, c.gid, c.dir)
 		}
+	}
+	if ents, _ := os.ReadDir(l.tree); len(ents) != 0 {
+		t.Errorf("the tree builds see holds %v", ents)
 	}
 }
 
-// TestCacheLockPlanted: a build may replace the cache lock by a symbolic
-// link (O_CREATE would create its target as root), a FIFO (an open would
-// block the agent) or a directory. initCache replaces it by a regular file
-// and never touches the link's target.
-func TestCacheLockPlanted(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		plant func(t *testing.T, lock, target string)
-	}{
-		{"symlink", func(t *testing.T, lock, target string) {
-			if err := os.Symlink(target, lock); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"fifo", func(t *testing.T, lock, target string) {
-			if err := unix.Mkfifo(lock, 0o666); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"directory", func(t *testing.T, lock, target string) {
-			if err := os.MkdirAll(filepath.Join(lock, "sub"), 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"hardlink", func(t *testing.T, lock, target string) {
-			if err := os.WriteFile(target, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Link(target, lock); err != nil {
-				t.Fatal(err)
-			}
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			base := t.TempDir()
-			dir := filepath.Join(base, "cache")
-			tree, err := initCache(dir, os.Getuid(), os.Getgid())
-			if err != nil {
-				t.Fatal(err)
-			}
-			lock := filepath.Join(tree, lockName)
-			if err := os.Remove(lock); err != nil {
-				t.Fatal(err)
-			}
-			target := filepath.Join(base, "nologin")
-			tc.plant(t, lock, target)
-			done := make(chan error, 1)
-			go func() { _, err := initCache(dir, os.Getuid(), os.Getgid()); done <- err }()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Fatal("initCache blocked on the planted lock")
-			}
-			fi, err := os.Lstat(lock)
-			if err != nil || !fi.Mode().IsRegular() {
-				t.Fatalf("lock after initCache: %v, %v; want a regular file", fi, err)
-			}
-			_, err = os.Lstat(target)
-			if tc.name == "hardlink" {
-				if err != nil {
-					t.Errorf("the hardlinked file went away: %v", err)
-				}
-			} else if !os.IsNotExist(err) {
-				t.Errorf("initCache created the link's target %s: %v", target, err)
-			}
-		})
+// TestOldSharedCacheRemoved: the one tree every build shared in earlier
+// versions (<cache dir>/pkg and its lock) goes at the next start; another
+// pkg/ stays.
+func TestOldSharedCacheRemoved(t *testing.T) {
+	dir := t.TempDir()
+	cache := filepath.Join(dir, "pacman-cache")
+	if err := os.MkdirAll(filepath.Join(cache, cacheTree), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{".vagent.lock", "dep-1-1-any.pkg.tar.zst"} {
+		if err := os.WriteFile(filepath.Join(cache, cacheTree, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := &Runner{opts: defaultOptions(), dir: dir, rootUID: os.Getuid(), rootGID: os.Getgid()}
+	if err := b.prepareDir(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(cache, cacheTree)); !os.IsNotExist(err) {
+		t.Errorf("the shared tree of an earlier version is still there: %v", err)
+	}
+	// A pkg/ without the old lock is not ours (pacman_cache.dir may name a
+	// directory with a pkg/ of its own): it stays.
+	theirs := filepath.Join(t.TempDir(), "cache")
+	if err := os.MkdirAll(filepath.Join(theirs, cacheTree), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(theirs, cacheTree, "glibc-2.40-1-x86_64.pkg.tar.zst"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b = &Runner{opts: defaultOptions(), dir: t.TempDir(), rootUID: os.Getuid(), rootGID: os.Getgid()}
+	b.opts.cacheDir, b.opts.cacheSet = theirs, true
+	if err := b.prepareDir(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(theirs, cacheTree, "glibc-2.40-1-x86_64.pkg.tar.zst")); err != nil {
+		t.Errorf("a pkg/ that was not the agent's was removed: %v", err)
 	}
 }
+
+// TestCacheCleaned: what a build leaves in its cache that is not a regular
+// file — a symbolic link to a host path, a FIFO, a directory with a link
+// inside, a socket — is removed after the build without following or
+// opening it; regular files (hard links included) stay.
+func TestCacheCleaned(t *testing.T) {
+	b := newCacheRunner(t)
+	l, _ := lease(t, b, poll.Job{TargetID: 1})
+	outside := t.TempDir()
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("host file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tree := l.tree
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.WriteFile(filepath.Join(tree, "dep-1-1-any.pkg.tar.zst"), []byte("pkg"), 0o644))
+	must(os.Link(filepath.Join(tree, "dep-1-1-any.pkg.tar.zst"), filepath.Join(tree, "hard.pkg.tar.zst")))
+	must(os.Symlink(victim, filepath.Join(tree, "link.pkg.tar.zst")))
+	must(os.Symlink(outside, filepath.Join(tree, "dirlink")))
+	must(unix.Mkfifo(filepath.Join(tree, "fifo.pkg.tar.zst"), 0o666))
+	must(os.MkdirAll(filepath.Join(tree, "download-x", "sub"), 0o755))
+	must(os.Symlink(victim, filepath.Join(tree, "download-x", "sub", "link")))
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
+	must(err)
+	must(unix.Bind(fd, &unix.SockaddrUnix{Name: filepath.Join(tree, "sock")}))
+	unix.Close(fd)
+
+	done := make(chan struct{})
+	go func() { l.release(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("release blocked on what the build left")
+	}
+	var names []string
+	ents, err := os.ReadDir(tree)
+	must(err)
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "dep-1-1-any.pkg.tar.zst hard.pkg.tar.zst" {
+		t.Errorf("cache after the build: %v, want the two regular files only", names)
+	}
+	if data, err := os.ReadFile(victim); err != nil || string(data) != "host file" {
+		t.Errorf("the link's target: %q, %v", data, err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("the linked directory went: %v", err)
+	}
+}
+
+// TestCachePrune: after a build the caches together fit their bound: the
+// least recently used targets (by when a build last took them, which no
+// build can change) go whole, a target in use stays, and a target larger
+// than the bound on its own loses its oldest files.
+func TestCachePrune(t *testing.T) {
+	const mib = 1 << 20
+	b := newCacheRunner(t, WithCacheMaxSize(12*mib))
+	fill := func(tree, name string, size int, age time.Duration) {
+		t.Helper()
+		p := filepath.Join(tree, name)
+		if err := os.WriteFile(p, bytes.Repeat([]byte{'x'}, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		when := time.Now().Add(-age)
+		if err := os.Chtimes(p, when, when); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stamp := func(key string, age time.Duration) {
+		t.Helper()
+		when := time.Now().Add(-age)
+		if err := os.Chtimes(filepath.Join(b.cacheDir(), targetsDir, key, lockName), when, when); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Targets 1 (used 3 h ago), 2 (2 h), 3 (1 h, in use now), 4 MiB each.
+	for i, key := range []int{1, 2, 3} {
+		l, _ := lease(t, b, poll.Job{TargetID: key})
+		fill(l.tree, "dep.pkg.tar.zst", 4*mib, 0)
+		// A build's file times are its own: target 1 claims its file is
+		// new, which changes nothing.
+		l.release()
+		stamp(cacheKeyOf(key), time.Duration(3-i)*time.Hour)
+	}
+	in, _ := lease(t, b, poll.Job{TargetID: 3})
+	defer in.release()
+	stamp("3", 3*time.Hour+time.Minute) // oldest, but in use
+	// Target 4 downloads 3 MiB: 15 MiB in all, over 12.
+	l4, _ := lease(t, b, poll.Job{TargetID: 4})
+	fill(l4.tree, "new.pkg.tar.zst", 3*mib, 0)
+	l4.release()
+	exists := func(key string) bool {
+		_, err := os.Stat(filepath.Join(b.cacheDir(), targetsDir, key))
+		return err == nil
+	}
+	if exists("1") || !exists("2") || !exists("3") || !exists("4") {
+		t.Errorf("after target 4's build: 1 %v, 2 %v, 3 %v, 4 %v; want target 1 (least recently used, not in use) gone only",
+			exists("1"), exists("2"), exists("3"), exists("4"))
+	}
+
+	// Target 4 alone downloads more than the bound: its oldest files go,
+	// by their own times (they only order its own files).
+	l4, _ = lease(t, b, poll.Job{TargetID: 4})
+	fill(l4.tree, "old.pkg.tar.zst", 6*mib, 2*time.Hour)
+	fill(l4.tree, "newer.pkg.tar.zst", 6*mib, time.Hour)
+	l4.release()
+	if exists("2") {
+		t.Error("target 2 survived a prune that needed its space")
+	}
+	ents, _ := os.ReadDir(filepath.Join(b.cacheDir(), targetsDir, "4", cacheTree))
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "new.pkg.tar.zst" {
+		t.Errorf("target 4 keeps %v, want its newest file only", names)
+	}
+	if !exists("3") {
+		t.Error("the cache of a target in use was removed")
+	}
+}
+
+func cacheKeyOf(id int) string { return cacheKey(poll.Job{TargetID: id}) }

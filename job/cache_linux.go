@@ -1,134 +1,439 @@
 package job
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/internal/lockfile"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
-// A package cache directory holds one subdirectory, cacheTree, which is what
-// builds see on /var/cache/pacman/pkg:
+// The package cache: one per target, never shared writably by two builds.
 //
-//	<cache dir>/       0700, host root: no host user can enter
-//	  pkg/             0755, owned by the mapped root (sandbox IDRange)
-//	    .vagent.lock   the flock of the pacman wrapper
-//	    *.pkg.tar*     what pacman downloaded
+//	<cache dir>/           0700, host root: no host user can enter
+//	  targets/             0700, host root
+//	    <key>/             0700, host root: one target's cache
+//	      lock             0600, host root: flock'd by the agent for the
+//	                       build that uses this cache; never mounted
+//	      pkg/             0755, owned by the mapped root (sandbox
+//	                       IDRange): mounted on /var/cache/pacman/pkg
+//
+// A build of a target gets its target's pkg/ while the agent holds the
+// target's lock (an exclusive flock, taken without waiting, in the agent's
+// process: a build cannot open it, it is not in any mount). A second build
+// of the same target at the same time (by this agent or by `vagent build`
+// on the same data directory) gets a private cache instead, removed with
+// it. So no two builds ever have the same cache at once: a file in pkg/ is
+// only ever written by builds of its target, one after the other, each of
+// which ended (every process of its container killed) before the next one
+// got the cache. See docs/security.md for the argument.
 //
 // pkg/ is bind-mounted without id mapping: container root writes there as
 // the unprivileged mapped root, never as host root, and whatever a build
-// leaves there (setuid or setgid files, file capabilities, files chowned to
-// any id of the range) lies behind a directory only host root may enter.
-const lockName = ".vagent.lock"
+// leaves there (setuid files, file capabilities, links, FIFOs) lies behind
+// directories only host root may enter. After each build the agent removes
+// from pkg/ everything that is not a regular file (opened and removed
+// without following links), then prunes the whole cache to its size
+// (WithCacheMaxSize): least recently used targets first, whole; then, if
+// the target just built is larger than the bound on its own, its oldest
+// files. "Recently used" is the mtime of the target's lock, which the
+// agent sets when a build takes the cache: a build cannot change it. File
+// times inside pkg/ are the builds' and only order files of one target.
+const (
+	targetsDir = "targets"
+	lockName   = "lock"
+	// cacheTree is the subdirectory of a target's cache (or of a private
+	// cache) that builds see.
+	cacheTree = "pkg"
+)
 
-// initCache prepares the package cache directory dir for builds whose
-// container root is host uid:gid and returns the directory to mount.
-// Everything below pkg/ may have been planted by a build: it is reached
-// only through descriptors opened without following links.
-func initCache(dir string, uid, gid int) (string, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("creating the package cache: %w", err)
+// cacheKey names the cache of a job: its target id, or for a job without
+// one (`vagent build`) a hash of its source, so that building the same
+// source again finds its dependencies.
+func cacheKey(job poll.Job) string {
+	if job.TargetID > 0 {
+		return strconv.Itoa(job.TargetID)
 	}
-	// dir is the operator's path (its parents may be links), not the
-	// build's: only what is below it is opened without following links.
-	top, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", fmt.Errorf("opening the package cache: %w", err)
-	}
-	defer unix.Close(top)
-	if os.Geteuid() == 0 {
-		if err := unix.Fchown(top, 0, 0); err != nil {
-			return "", fmt.Errorf("chown %s: %w", dir, err)
-		}
-	}
-	if err := unix.Fchmod(top, 0o700); err != nil {
-		return "", fmt.Errorf("chmod %s: %w", dir, err)
-	}
-	if err := unix.Mkdirat(top, cacheTree, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
-		return "", fmt.Errorf("creating %s/%s: %w", dir, cacheTree, err)
-	}
-	tree, err := unix.Openat(top, cacheTree, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", fmt.Errorf("opening %s/%s: %w", dir, cacheTree, err)
-	}
-	defer unix.Close(tree)
-	if os.Geteuid() == 0 {
-		if err := unix.Fchown(tree, uid, gid); err != nil {
-			return "", fmt.Errorf("chown %s/%s: %w", dir, cacheTree, err)
-		}
-	}
-	if err := unix.Fchmod(tree, 0o755); err != nil {
-		return "", fmt.Errorf("chmod %s/%s: %w", dir, cacheTree, err)
-	}
-	path := filepath.Join(dir, cacheTree)
-	if err := ensureLock(tree, path); err != nil {
-		return "", fmt.Errorf("creating the cache lock: %w", err)
-	}
-	return path, nil
+	h := sha256.Sum256([]byte(job.Kind + "\x00" + job.URL + "\x00" + job.Branch + "\x00" + job.Path))
+	return "src-" + hex.EncodeToString(h[:8])
 }
 
-// ensureLock makes sure that the directory tree (whose path is path) holds a
-// regular file lockName. A build may have replaced it by anything: a
-// symbolic link (which O_CREATE would follow to create a root-owned file
-// anywhere), a FIFO (whose open would block), a directory. The lock is
-// opened without following links and without blocking, checked to be a
-// regular file, and replaced when it is not.
-func ensureLock(tree int, path string) error {
-	for range 3 {
-		fd, err := unix.Openat(tree, lockName, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+// prepareCache creates the cache directory and removes the one shared tree
+// of earlier versions (<cache dir>/pkg with its .vagent.lock, which every
+// build wrote).
+func (b *Runner) prepareCache() error {
+	dir := b.cacheDir()
+	if dir == "" {
+		return nil
+	}
+	if err := privateRootDir(dir); err != nil {
+		return fmt.Errorf("creating the package cache: %w", err)
+	}
+	if err := privateRootDir(filepath.Join(dir, targetsDir)); err != nil {
+		return fmt.Errorf("creating the package cache: %w", err)
+	}
+	// Only a tree that is surely the earlier version's: it held the
+	// pacman wrapper's lock (a directory the operator named may hold a pkg/
+	// of its own).
+	old := filepath.Join(dir, cacheTree)
+	if _, err := os.Lstat(filepath.Join(old, ".vagent.lock")); err == nil {
+		if err := os.RemoveAll(old); err != nil {
+			return fmt.Errorf("removing the shared package cache of an earlier version: %w", err)
+		}
+	}
+	return nil
+}
+
+// privateRootDir creates dir if needed and makes it 0700 and root's (when
+// the agent is root). The directories it is used for are the operator's
+// (which may be links) or below a root-only one: no build reaches them.
+func privateRootDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if os.Geteuid() == 0 {
+		if err := unix.Fchown(fd, 0, 0); err != nil {
+			return fmt.Errorf("chown %s: %w", dir, err)
+		}
+	}
+	if err := unix.Fchmod(fd, 0o700); err != nil {
+		return fmt.Errorf("chmod %s: %w", dir, err)
+	}
+	return nil
+}
+
+// buildTree creates (or takes as it is) the directory name below the open
+// directory parent that builds write to, owned by container root
+// (uid:gid), and returns its path.
+func buildTree(parent int, parentPath, name string, uid, gid int) (string, error) {
+	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		return "", fmt.Errorf("creating %s/%s: %w", parentPath, name, err)
+	}
+	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("opening %s/%s: %w", parentPath, name, err)
+	}
+	defer unix.Close(fd)
+	if os.Geteuid() == 0 {
+		if err := unix.Fchown(fd, uid, gid); err != nil {
+			return "", fmt.Errorf("chown %s/%s: %w", parentPath, name, err)
+		}
+	}
+	if err := unix.Fchmod(fd, 0o755); err != nil {
+		return "", fmt.Errorf("chmod %s/%s: %w", parentPath, name, err)
+	}
+	return filepath.Join(parentPath, name), nil
+}
+
+// cacheLease is the package cache of one build.
+type cacheLease struct {
+	tree string // the directory to mount on /var/cache/pacman/pkg
+	// release ends the lease after the build: a target's cache is cleaned
+	// and the whole cache pruned; a private one is removed.
+	release func()
+}
+
+// errCacheGone means a target's cache was removed (pruned) between opening
+// and locking it.
+var errCacheGone = errors.New("target cache removed meanwhile")
+
+// leaseCache returns the package cache of a build of job: its target's,
+// or a private one when the caches are off or another build holds
+// the target's (said in the log).
+func (b *Runner) leaseCache(job poll.Job, log io.Writer) (*cacheLease, error) {
+	dir := b.cacheDir()
+	if dir == "" {
+		return b.privateCache()
+	}
+	key := cacheKey(job)
+	for range 10 {
+		l, err := b.lockTargetCache(dir, key)
 		switch {
-		case err == nil:
-			var st unix.Stat_t
-			err := unix.Fstat(fd, &st)
-			unix.Close(fd)
-			if err != nil {
-				return err
-			}
-			if st.Mode&unix.S_IFMT == unix.S_IFREG {
-				return nil
-			}
-		case errors.Is(err, unix.ENOENT):
-			fd, err := unix.Openat(tree, lockName, unix.O_RDONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
-			if err == nil {
-				unix.Close(fd)
-				return nil
-			}
-			if !errors.Is(err, unix.EEXIST) {
-				return err
-			}
+		case errors.Is(err, errCacheGone):
 			continue
-		case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENXIO):
-			// a symbolic link, a socket: remove it below
-		default:
-			return err
+		case err != nil:
+			return nil, err
+		case l == nil:
+			fmt.Fprintf(log, "vagent: another build of this target holds its package cache; this build gets a private one\n")
+			return b.privateCache()
 		}
-		// os.RemoveAll removes a link, not its target, and walks a
-		// directory without following links.
-		if err := os.RemoveAll(filepath.Join(path, lockName)); err != nil {
-			return err
-		}
+		return l, nil
 	}
-	return fmt.Errorf("%s/%s keeps changing", path, lockName)
+	return nil, fmt.Errorf("the package cache of %s keeps being removed", key)
 }
 
-// runCache returns the package cache tree of one build (the directory to
-// mount): the shared one, or a private one removed by drop when the
-// shared cache is off.
-func (b *Runner) runCache() (tree string, drop func(), err error) {
-	if dir := b.cacheDir(); dir != "" {
-		tree, err := initCache(dir, b.rootUID, b.rootGID)
-		return tree, func() {}, err
+// lockTargetCache takes the cache of target key, or returns nil when
+// another build holds it.
+func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) {
+	tdir := filepath.Join(dir, targetsDir, key)
+	if err := privateRootDir(tdir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, errCacheGone
+		}
+		return nil, fmt.Errorf("creating the package cache %s: %w", tdir, err)
 	}
+	lockPath := filepath.Join(tdir, lockName)
+	fd, err := unix.Open(lockPath, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
+	if errors.Is(err, unix.ENOENT) {
+		return nil, errCacheGone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", lockPath, err)
+	}
+	lock := os.NewFile(uintptr(fd), lockPath)
+	defer func() {
+		if retErr != nil {
+			lock.Close()
+		}
+	}()
+	ok, err := lockfile.Lock(lock, true, false)
+	if err != nil {
+		return nil, fmt.Errorf("locking %s: %w", lockPath, err)
+	}
+	if !ok {
+		lock.Close()
+		return nil, nil
+	}
+	// A prune removes a target's cache, lock included, while holding the
+	// lock: a lock taken on the removed file is no lock.
+	if !sameFileAt(lock, lockPath) {
+		return nil, errCacheGone
+	}
+	now := time.Now()
+	if err := os.Chtimes(lockPath, now, now); err != nil { // the LRU stamp
+		return nil, err
+	}
+	top, err := unix.Open(tdir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	tree, err := buildTree(top, tdir, cacheTree, b.rootUID, b.rootGID)
+	unix.Close(top)
+	if err != nil {
+		return nil, err
+	}
+	// What a build left that a crashed agent did not clean up.
+	if err := cleanTree(tree); err != nil {
+		return nil, fmt.Errorf("cleaning the package cache %s: %w", tree, err)
+	}
+	return &cacheLease{tree: tree, release: func() {
+		if err := cleanTree(tree); err != nil {
+			b.opts.log.WithError(err).WithField("cache", tree).Warn("cleaning a package cache")
+		}
+		if err := b.pruneCaches(key); err != nil {
+			b.opts.log.WithError(err).Warn("pruning the package cache")
+		}
+		lock.Close()
+	}}, nil
+}
+
+// privateCache returns a cache of the build's own, removed after it.
+func (b *Runner) privateCache() (*cacheLease, error) {
 	dir, err := os.MkdirTemp(b.runsDir(), "cache-")
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	drop = func() { _ = os.RemoveAll(dir) }
-	if tree, err = initCache(dir, b.rootUID, b.rootGID); err != nil {
+	drop := func() { _ = os.RemoveAll(dir) }
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
 		drop()
-		return "", nil, err
+		return nil, err
 	}
-	return tree, drop, nil
+	tree, err := buildTree(fd, dir, cacheTree, b.rootUID, b.rootGID)
+	unix.Close(fd)
+	if err != nil {
+		drop()
+		return nil, err
+	}
+	return &cacheLease{tree: tree, release: drop}, nil
+}
+
+// sameFileAt tells whether path still names f's file.
+func sameFileAt(f *os.File, path string) bool {
+	a, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Lstat(path)
+	return err == nil && os.SameFile(a, b)
+}
+
+// cleanTree removes from the cache tree dir everything that is not a
+// regular file: links, FIFOs, sockets, devices and directories a build
+// left there (os.RemoveAll removes a link, never its target, and walks a
+// directory without following links).
+func cleanTree(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	var errs []error
+	for {
+		ents, rerr := d.ReadDir(256)
+		for _, e := range ents {
+			if e.Type().IsRegular() {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// targetCache is one target's cache as a prune sees it.
+type targetCache struct {
+	key  string
+	used time.Time // the lock's mtime
+	size int64
+}
+
+// pruneCaches brings the whole cache within the size bound: it removes the
+// caches of the least recently used targets not in use, whole, then the
+// oldest files of the target own (whose lock the caller holds).
+func (b *Runner) pruneCaches(own string) error {
+	limit := b.opts.cacheMaxSize
+	if limit <= 0 {
+		return nil
+	}
+	root := filepath.Join(b.cacheDir(), targetsDir)
+	ents, err := os.ReadDir(root)
+	if err != nil {
+		return err
+	}
+	var total int64
+	var all []targetCache
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		tc := targetCache{key: e.Name()}
+		if fi, err := os.Lstat(filepath.Join(root, e.Name(), lockName)); err == nil {
+			tc.used = fi.ModTime()
+		}
+		n, err := sandbox.DiskUsage(filepath.Join(root, e.Name(), cacheTree))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// Not measurable (a tree a crash left uncleaned): a cache
+			// is worth less than a working prune.
+			b.opts.log.WithError(err).WithField("cache", e.Name()).Warn("removing a package cache that cannot be measured")
+			if e.Name() != own {
+				if _, err := removeTargetCache(filepath.Join(root, e.Name())); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		tc.size = n
+		total += n
+		all = append(all, tc)
+	}
+	if total <= limit {
+		return nil
+	}
+	slices.SortFunc(all, func(a, c targetCache) int { return a.used.Compare(c.used) })
+	for _, tc := range all {
+		if total <= limit {
+			return nil
+		}
+		if tc.key == own {
+			continue
+		}
+		removed, err := removeTargetCache(filepath.Join(root, tc.key))
+		if err != nil {
+			return err
+		}
+		if removed {
+			total -= tc.size
+		}
+	}
+	if total <= limit {
+		return nil
+	}
+	return pruneFiles(filepath.Join(root, own, cacheTree), total-limit)
+}
+
+// removeTargetCache removes the cache of one target unless a build holds
+// it: lock, tree and directory, all while holding its lock (see
+// lockTargetCache).
+func removeTargetCache(tdir string) (bool, error) {
+	lockPath := filepath.Join(tdir, lockName)
+	// Created when missing (a directory a crash left half made): nothing
+	// is removed without holding the lock a build would take.
+	fd, err := unix.Open(lockPath, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0o600)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil // removed meanwhile
+	}
+	if err != nil {
+		return false, err
+	}
+	lock := os.NewFile(uintptr(fd), lockPath)
+	defer lock.Close()
+	if ok, err := lockfile.Lock(lock, true, false); err != nil || !ok {
+		return false, err
+	}
+	if !sameFileAt(lock, lockPath) {
+		return false, nil
+	}
+	if err := os.RemoveAll(filepath.Join(tdir, cacheTree)); err != nil {
+		return false, err
+	}
+	if err := os.Remove(lockPath); err != nil {
+		return true, err
+	}
+	return true, os.Remove(tdir)
+}
+
+// pruneFiles removes the oldest regular files (by mtime) of the tree dir
+// until at least need bytes are freed.
+func pruneFiles(dir string, need int64) error {
+	type file struct {
+		name  string
+		mtime time.Time
+		size  int64
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var files []file
+	for _, e := range ents {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(dir, e.Name()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		files = append(files, file{e.Name(), time.Unix(st.Mtim.Unix()), max(st.Blocks*512, 4096)})
+	}
+	slices.SortFunc(files, func(a, c file) int { return a.mtime.Compare(c.mtime) })
+	for _, f := range files {
+		if need <= 0 {
+			break
+		}
+		if err := os.Remove(filepath.Join(dir, f.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		need -= f.size
+	}
+	return nil
 }

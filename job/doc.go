@@ -68,8 +68,13 @@
 // (RESOLVE_BENEATH, no symbolic links, no mount crossing: the upper's own
 // path may cross both, e.g. a data directory on a filesystem of its own);
 // at most 4096 entries are read there and at most 64 packages of at most
-// MaxPackageSize each taken, each opened O_NOFOLLOW|O_NONBLOCK and checked
-// to be a regular file. The cache lock is handled likewise (see below).
+// MaxPackageSize each taken. Before any is published or copied, every
+// package file name must be valid (pacman.ValidatePackageFile: Arch's
+// characters, at most 200 bytes) and every package opened
+// O_NOFOLLOW|O_NONBLOCK must be a regular file without holes (SEEK_HOLE: a
+// sparse file would be written out whole); a copy takes exactly the bytes
+// the build wrote (lockfile.Write). What a build leaves in its package
+// cache is removed without being followed (see below).
 //
 // The script and the agent talk through two FIFOs in the control directory:
 // the script writes the .SRCINFO (length-prefixed) to one and reads the
@@ -107,24 +112,26 @@
 //
 // # Package cache
 //
-// A host directory (<data dir>/pacman-cache by default) holds the cache
-// shared by every build. Builds see its subdirectory pkg/ on
-// /var/cache/pacman/pkg. The directory itself is 0700 and host root's;
-// pkg/ is owned by the mapped root (sandbox Manager.IDRange) and
-// bind-mounted without id mapping. So container root writes there as the
-// unprivileged mapped root, never as host root, and nothing a build leaves
-// there (setuid or setgid files, file capabilities) can be reached by a
-// host user: the root-only parent stops them. pacman 6.0 downloads into
-// "<file>.part" in the cache directory, so two concurrent downloads of one
-// file would interleave: every pacman call that may download runs under
-// flock(1) on pkg/.vagent.lock, through the wrapper /run/vagent/pacman
-// (also given to makepkg as $PACMAN). A build can replace that lock by a
-// link or a FIFO: the agent opens it with O_NOFOLLOW|O_NONBLOCK, checks
-// that it is a regular file, and replaces it otherwise. A build is root in
-// its container and can write into the cache; pacman checks every package
-// against the checksum in the repository database and deletes a corrupted
-// file (with --noconfirm), so a poisoned cache entry fails one build
-// rather than entering another.
+// A host directory (<data dir>/pacman-cache by default) holds one cache per
+// target (targets/<key>/pkg; the key is the target id, or for a local
+// build a hash of its source), mounted on /var/cache/pacman/pkg for one
+// build of the target at a time: the agent holds an exclusive flock on
+// targets/<key>/lock, beside the tree and in no mount, while the build
+// runs, and a second build of the target at the same time gets a private
+// cache, removed with it. So no build ever writes a file another build is
+// reading or will read at the same time, and only builds of the same
+// target, one after another, share a cache (docs/security.md, "Package
+// caches"). The directories are 0700 and host root's; pkg/ is owned by the
+// mapped root (sandbox Manager.IDRange) and bind-mounted without id
+// mapping. So container root writes there as the unprivileged mapped root,
+// never as host root, and nothing a build leaves there (setuid or setgid
+// files, file capabilities) can be reached by a host user: the root-only
+// parents stop them. After each build the agent removes from pkg/ what is
+// not a regular file (links, FIFOs, directories: removed, never followed
+// or opened) and prunes all caches to WithCacheMaxSize: the least recently
+// used targets (by the lock's mtime, which only the agent sets) go whole,
+// then the oldest files of the target just built. What the cache holds
+// counts toward the build's disk limit as it grows.
 //
 // The Runner's own directory (run control directories, private caches) is
 // 0700 and root's: when the container's init (the mapped root) cannot

@@ -3,6 +3,8 @@ package job
 import (
 	"path/filepath"
 	"time"
+
+	"github.com/vieter-v/vagent/poll"
 )
 
 // WithUpperHook makes the Runner call f with the upper directory of every
@@ -14,9 +16,11 @@ func WithUpperHook(f func(dir string)) Option {
 	}
 }
 
-// CacheDir returns the directory of the shared package cache that builds
-// see on /var/cache/pacman/pkg.
-func CacheDir(b *Runner) string { return filepath.Join(b.cacheDir(), cacheTree) }
+// CacheTree returns the package cache that builds of j's target see on
+// /var/cache/pacman/pkg.
+func CacheTree(b *Runner, j poll.Job) string {
+	return filepath.Join(b.cacheDir(), targetsDir, cacheKey(j), cacheTree)
+}
 
 // WithSrcInfoWithin replaces SrcInfoWithin, the time the length line and
 // the .SRCINFO have to arrive once the first byte did.

@@ -34,6 +34,9 @@ type script struct {
 	// the kernel killed it for memory.
 	exitCode int
 	oom      bool
+	// disk says that the sandbox stopped it over its disk limit (it may
+	// also have exited 0 first: the last measurement found it over).
+	disk bool
 	// block makes the build run until its context is done, as a build
 	// that runs into the job's timeout does.
 	block bool
@@ -211,6 +214,7 @@ func (f *fakeSandbox) play(ctx context.Context, ctl, upper string, out io.Writer
 		return 128 + int(syscall.SIGTERM)
 	}
 	res.OOMKilled = s.oom
+	res.DiskExceeded = s.disk
 	if s.exitCode != 0 {
 		fmt.Fprintln(out, "==> ERROR: A failure occurred in build().")
 	}

@@ -206,7 +206,7 @@ func TestHostileBuilds(t *testing.T) {
 		if upperSeen.Load() < 6 || len(upperErrs) > 0 {
 			t.Errorf("upper: %d privileged files, reachable by nobody: %v", upperSeen.Load(), upperErrs)
 		}
-		cache := job.CacheDir(b)
+		cache := job.CacheTree(b, poll.Job{TargetID: 50})
 		for _, name := range []string{"hostile-suid", "hostile-sgid", "hostile-caps"} {
 			fi, err := os.Lstat(filepath.Join(cache, name))
 			if err != nil {
@@ -227,51 +227,51 @@ func TestHostileBuilds(t *testing.T) {
 		}
 	})
 
-	// The agent opens the cache lock at start. A build replaces it by a
-	// symbolic link to a host path or by a FIFO: the next start neither
-	// creates the link's target as root nor blocks, and restores the lock.
-	for _, plant := range []string{"symlink", "fifo"} {
-		t.Run("cache lock "+plant, func(t *testing.T) {
-			t.Parallel()
-			target := "/etc/vagent-hostile-" + token(t)
-			t.Cleanup(func() { os.Remove(target) })
-			cmd := `sudo ln -s ` + target + ` /var/cache/pacman/pkg/.vagent.lock`
-			if plant == "fifo" {
-				cmd = `sudo mkfifo -m 666 /var/cache/pacman/pkg/.vagent.lock`
+	// The cache holds no lock a build could take: the agent's lock of the
+	// target's cache lies beside the tree it mounts. What a build plants
+	// in its cache — a link to a host path, a FIFO, a directory — is removed
+	// after it without being followed or opened, and the target's next
+	// build is not held up by it.
+	t.Run("cache plants", func(t *testing.T) {
+		t.Parallel()
+		target := "/etc/vagent-hostile-" + token(t)
+		t.Cleanup(func() { os.Remove(target) })
+		script := `	sudo ls -A /var/cache/pacman/pkg | sed 's/^/CACHE /'
+	sudo ln -s ` + target + ` /var/cache/pacman/pkg/link-1-1-any.pkg.tar.zst || return 1
+	sudo mkfifo -m 666 /var/cache/pacman/pkg/fifo-1-1-any.pkg.tar.zst || return 1
+	sudo mkdir -p /var/cache/pacman/pkg/dir.pkg.tar.zst/sub || return 1
+	echo planted`
+		b := newBuilder(t, e)
+		j := poll.Job{TargetID: 51, Kind: "url", URL: serveFile(t, hostileScript("plants", script)), Repo: newRepo(), BaseImage: e.base, Force: true}
+		r, log := runJob(t, b, j)
+		wantStatus(t, r, log, poll.ResultSuccess, 0)
+		if !strings.Contains(log, "planted") {
+			t.Fatalf("the attack did not run:\n%s", log)
+		}
+		if strings.Contains(log, "CACHE ") {
+			t.Errorf("the build found files in its fresh cache (a lock?):\n%s", log)
+		}
+		tree := job.CacheTree(b, j)
+		if ents, err := os.ReadDir(tree); err != nil || len(ents) > 0 {
+			t.Errorf("the cache after the build: %v, %v; want what was planted removed", ents, err)
+		}
+		if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the agent created %s: %v", target, err)
+		}
+		done := make(chan result, 1)
+		go func() {
+			r, _ := runJob(t, b, j)
+			done <- r
+		}()
+		select {
+		case r := <-done:
+			if r.Result != poll.ResultSuccess {
+				t.Errorf("the target's next build: %s", r.Reason)
 			}
-			script := "\tsudo rm -f /var/cache/pacman/pkg/.vagent.lock || return 1\n\t" + cmd + " || return 1\n\techo planted"
-			dir := filepath.Join(sandboxtest.Dir(t), "build")
-			b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, log := runJob(t, b, poll.Job{TargetID: 51, Kind: "url", URL: serveFile(t, hostileScript("lock"+plant, script)), Repo: newRepo(), BaseImage: e.base})
-			wantStatus(t, r, log, poll.ResultSuccess, 0)
-			lock := filepath.Join(job.CacheDir(b), ".vagent.lock")
-			if fi, err := os.Lstat(lock); err != nil || fi.Mode().IsRegular() {
-				t.Fatalf("the build did not replace the lock: %v, %v", fi, err)
-			}
-			done := make(chan error, 1)
-			go func() {
-				_, err := job.New(e.sb, e.images, dir)
-				done <- err
-			}()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("restart: %v", err)
-				}
-			case <-time.After(time.Minute):
-				t.Fatal("restart blocked on the planted lock")
-			}
-			if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("the agent created %s: %v", target, err)
-			}
-			if fi, err := os.Lstat(lock); err != nil || !fi.Mode().IsRegular() {
-				t.Errorf("lock after restart: %v, %v", fi, err)
-			}
-		})
-	}
+		case <-time.After(5 * time.Minute):
+			t.Fatal("the target's next build did not end")
+		}
+	})
 
 	// 256 MiB without a line break into the srcinfo FIFO while the
 	// PKGBUILD is read: the build fails, the agent's heap stays bounded.
@@ -385,6 +385,27 @@ func TestHostileBuilds(t *testing.T) {
 			t.Errorf("repository has %+v", pkgs)
 		}
 	})
+	// A 3 GiB sparse file named like a package beside the real one: it
+	// takes nothing on the build's disk but would be uploaded whole. The
+	// build fails with a line that says why, and nothing is published,
+	// not even the real package.
+	t.Run("sparse package", func(t *testing.T) {
+		t.Parallel()
+		script := `	truncate -s 3G /build/out/sparse-1-1-any.pkg.tar.zst || return 1
+	echo planted`
+		repo := newRepo()
+		r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 62, Kind: "url", URL: serveFile(t, hostileScript("sparsepkg", script)), Repo: repo, BaseImage: e.base})
+		if !strings.Contains(log, "planted") {
+			t.Fatalf("the attack did not run:\n%s", log)
+		}
+		wantStatus(t, r, log, poll.ResultFailure, job.ExitPublish)
+		if !strings.Contains(r.Reason, "sparse-1-1-any.pkg.tar.zst is a sparse file (3221225472 bytes") || !strings.Contains(lastLine(log), "sparse file") {
+			t.Errorf("reason %q, last line %q: want the sparse file named", r.Reason, lastLine(log))
+		}
+		if n := len(e.srv.Packages(repo, "x86_64")); n != 0 {
+			t.Errorf("%d packages published", n)
+		}
+	})
 	t.Run("PKGDEST a link to a host directory", func(t *testing.T) {
 		t.Parallel()
 		hostDir := t.TempDir()
@@ -474,6 +495,71 @@ func TestHostileBuilds(t *testing.T) {
 			if ents, err := os.ReadDir(filepath.Join(data, "sandbox", d)); err != nil || len(ents) > 0 {
 				t.Errorf("sandbox/%s after the build: %v %v", d, ents, err)
 			}
+		}
+	})
+
+	// Writing twice the disk limit, in files each below it, into the
+	// build directory and the package cache, then waiting: the watcher
+	// stops the build, whose footer names the limit; the file system of
+	// the data directory (a tmpfs of the test's own) never held much more
+	// than the limit for it.
+	t.Run("disk flood", func(t *testing.T) {
+		t.Parallel()
+		const mib = 1 << 20
+		const limit = 192 * mib
+		data := filepath.Join(sandboxtest.Dir(t), "data")
+		mkdirs(t, data)
+		mount(t, "tmpfs", data, "tmpfs", 0, "mode=0711,size=1g")
+		sb, err := sandbox.New(filepath.Join(data, "sandbox"), sandbox.WithSeccomp(sandbox.SeccompSupported))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Close()
+		b, err := job.New(sb, e.images, filepath.Join(data, "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"),
+			job.WithLimits(sandbox.Limits{Disk: limit}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := `	for i in $(seq 12); do dd if=/dev/zero of=/build/fill$i bs=1M count=16 status=none; done
+	for i in $(seq 12); do sudo dd if=/dev/zero of=/var/cache/pacman/pkg/fill$i bs=1M count=16 status=none; done
+	echo "flood written"
+	sleep 600`
+		var before unix.Statfs_t
+		if err := unix.Statfs(data, &before); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		peak := make(chan int64, 1)
+		go func() {
+			var low uint64 = before.Bfree
+			for {
+				var s unix.Statfs_t
+				if unix.Statfs(data, &s) == nil && s.Bfree < low {
+					low = s.Bfree
+				}
+				select {
+				case <-stop:
+					peak <- int64(before.Bfree-low) * before.Bsize
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}()
+		r, log := runJob(t, b, poll.Job{TargetID: 61, Kind: "url", URL: serveFile(t, hostileScript("diskflood", script)), Repo: newRepo(), BaseImage: e.base, Timeout: 600})
+		close(stop)
+		grew := <-peak
+		t.Logf("the data directory's file system grew by at most %d MiB during the build (limit %d MiB)", grew/mib, limit/mib)
+		if r.Result != poll.ResultFailure || !strings.Contains(r.Reason, "exceeded its disk limit of 201326592 bytes") {
+			t.Errorf("status %s (%s), want a failure naming the disk limit:\n%s", r.Result, r.Reason, log[max(0, len(log)-3000):])
+		}
+		if !strings.Contains(log, "(build_limits.disk): stopped") {
+			t.Errorf("no line naming build_limits.disk in the log")
+		}
+		if strings.Contains(log, "flood written") {
+			t.Errorf("the build wrote twice its limit before it was stopped")
+		}
+		if grew > limit+limit/2 {
+			t.Errorf("the file system grew by %d MiB, limit %d MiB", grew/mib, limit/mib)
 		}
 	})
 

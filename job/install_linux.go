@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/internal/pacman"
 )
 
 // installDir is the control directory's copy of the packages of
@@ -16,8 +18,9 @@ import (
 const installDir = "install"
 
 // CheckInstall checks a package file for WithInstall as the agent checks
-// a package it publishes: a package file's name, a regular file (a link
-// is not followed), at most MaxPackageSize bytes.
+// a package it publishes: a package file's name (pacman.ValidatePackageFile),
+// a regular file (a link is not followed), at most MaxPackageSize bytes,
+// no holes.
 func CheckInstall(path string) error {
 	f, err := openPackage(path)
 	if err != nil {
@@ -29,8 +32,8 @@ func CheckInstall(path string) error {
 // openPackage opens the package file path, checked (see CheckInstall).
 func openPackage(path string) (*os.File, error) {
 	name := filepath.Base(path)
-	if !isPackageName(name) {
-		return nil, fmt.Errorf("%s: not a package file name (name-version-release-arch.pkg.tar[.ext])", path)
+	if err := pacman.ValidatePackageFile(name); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Dir(path), err)
 	}
 	dir, err := os.Open(filepath.Dir(path))
 	if err != nil {

@@ -33,10 +33,12 @@ type options struct {
 	localImages    bool
 	// publishObserver is told how each package was confirmed ("" for not).
 	publishObserver func(confirmedBy string)
-	// cacheDir is the shared package cache; cacheSet tells whether
-	// WithCacheDir chose it ("" then means no shared cache).
+	// cacheDir is the package caches' directory; cacheSet tells whether
+	// WithCacheDir chose it ("" then means private caches only).
 	cacheDir string
 	cacheSet bool
+	// cacheMaxSize bounds the package cache (0: no bound).
+	cacheMaxSize int64
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
 	// install are package files installed into every build (WithInstall).
@@ -50,8 +52,13 @@ type options struct {
 	srcInfoWithin time.Duration
 }
 
-// DefaultArch is the architecture of this binary in Arch Linux terms.
-const DefaultArch = "x86_64"
+// Defaults.
+const (
+	// DefaultArch is the architecture of this binary in Arch Linux terms.
+	DefaultArch = "x86_64"
+	// DefaultCacheMaxSize is the default bound of the package caches.
+	DefaultCacheMaxSize = 16 << 30
+)
 
 func defaultOptions() *options {
 	return &options{
@@ -62,6 +69,7 @@ func defaultOptions() *options {
 		publishObserver: func(string) {},
 		outUID:          -1,
 		outGID:          -1,
+		cacheMaxSize:    DefaultCacheMaxSize,
 		srcInfoWithin:   SrcInfoWithin,
 	}
 }
@@ -210,17 +218,34 @@ func WithRetry(attempts int, first time.Duration) Option {
 	}
 }
 
-// WithCacheDir sets the host directory of the Pacman package cache that
-// every build shares (mounted on /var/cache/pacman/pkg), so dependencies
-// are downloaded once. An empty dir turns the shared cache off: each build
-// then gets a private cache that is removed with it. Default: DIR/pacman-cache
-// under the Runner's directory.
+// WithCacheDir sets the host directory of the Pacman package caches: one
+// per target, mounted on /var/cache/pacman/pkg for one build of the target
+// at a time, so that a target's dependencies are downloaded once and no
+// build ever writes a file another build of another target reads (see
+// cache_linux.go). An empty dir turns the caches off: each build then gets
+// a private cache that is removed with it. Default: DIR/pacman-cache under
+// the Runner's directory.
 func WithCacheDir(dir string) Option {
 	return func(o *options) error {
 		if dir != "" && !filepath.IsAbs(dir) {
 			return fmt.Errorf("cache dir %q: must be an absolute path", dir)
 		}
 		o.cacheDir, o.cacheSet = dir, true
+		return nil
+	}
+}
+
+// WithCacheMaxSize bounds the size of the package caches together (as the
+// disk limit counts: allocated blocks, each file at least 4 KiB): after each
+// build the least recently used targets' caches are removed until the
+// caches fit, then, if needed, the oldest files of the target just built.
+// 0 means no bound. Default: DefaultCacheMaxSize (16 GiB).
+func WithCacheMaxSize(n int64) Option {
+	return func(o *options) error {
+		if n < 0 {
+			return fmt.Errorf("%w: negative package cache size %d", ErrBadConfig, n)
+		}
+		o.cacheMaxSize = n
 		return nil
 	}
 }
@@ -247,8 +272,8 @@ func WithInstall(paths ...string) Option {
 			if !filepath.IsAbs(p) {
 				return fmt.Errorf("%w: package %q: must be an absolute path", ErrBadConfig, p)
 			}
-			if !isPackageName(filepath.Base(p)) {
-				return fmt.Errorf("%w: %s: not a package file name (name-version-release-arch.pkg.tar[.ext])", ErrBadConfig, p)
+			if err := pacman.ValidatePackageFile(filepath.Base(p)); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrBadConfig, filepath.Dir(p), err)
 			}
 			if seen[filepath.Base(p)] {
 				return fmt.Errorf("%w: two packages named %s", ErrBadConfig, filepath.Base(p))

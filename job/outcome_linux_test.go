@@ -60,7 +60,7 @@ var (
 	splitBuild   = script{srcinfo: lengthPrefixed(splitSrcInfo), packages: []vieterserver.PkgInfo{splitA, splitB}}
 	splitFiles   = "split-a-1.0-1-any.pkg.tar.zst, split-b-1.0-1-any.pkg.tar.zst"
 	splitHeld    = []string{"split-a 1.0-1", "split-b 1.0-1"}
-	testLimits   = sandbox.Limits{Memory: 512 << 20, Pids: 256, CPUQuota: 1.5}
+	testLimits   = sandbox.Limits{Memory: 512 << 20, Pids: 256, CPUQuota: 1.5, Disk: 64 << 20}
 	outcomeJob   = poll.Job{TargetID: 7, Kind: "git", URL: "https://example.org/split.git", Branch: "x;touch${IFS}/pwned", Path: "pkgs/split", Repo: "bur", BaseImage: "archlinux:base-devel"}
 	errNoSpace   = errors.New("creating container: no space left on device")
 	errNoBuilder = errors.New("registry unreachable")
@@ -164,6 +164,19 @@ func TestOutcomeMatrix(t *testing.T) {
 		name: "out of memory", script: withScript(splitBuild, func(s *script) { s.exitCode, s.oom = 137, true }),
 		status: poll.ResultFailure, code: 137,
 		footer: "vagent: failure (out of memory); exit code 137; took ",
+		ran:    true, posts: 0,
+	}, {
+		name: "over the disk limit", script: withScript(splitBuild, func(s *script) { s.exitCode, s.disk = 137, true }),
+		status: poll.ResultFailure, code: 137,
+		footer: "vagent: failure (exceeded its disk limit of 67108864 bytes); exit code 137; took ",
+		log:    []string{"vagent: the build wrote more than its disk limit of 67108864 bytes (build_limits.disk): stopped\n"},
+		ran:    true, posts: 0,
+	}, {
+		// The build ended, then the last measurement found it over: its
+		// packages are not published.
+		name: "over the disk limit at the end", script: withScript(splitBuild, func(s *script) { s.disk = true }),
+		status: poll.ResultFailure, code: 1,
+		footer: "vagent: failure (exceeded its disk limit of 67108864 bytes); exit code 1; took ",
 		ran:    true, posts: 0,
 	}, {
 		name: "timeout", job: func(j *poll.Job) { j.Timeout = 1 }, script: withScript(splitBuild, func(s *script) { s.block = true }),

@@ -12,14 +12,17 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vieter-v/vagent/internal/lockfile"
+	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// isPackageName tells whether a file in PKGDEST is a package to publish:
-// name-ver-rel-arch.pkg.tar[.ext], not a signature.
+// isPackageName tells whether a file in PKGDEST is meant as a package to
+// publish: a name with ".pkg.tar" that is not a signature or hidden. Such
+// a name must then be valid (pacman.ValidatePackageFile), or the build
+// fails before anything is published or copied.
 func isPackageName(name string) bool {
-	return strings.Contains(name, ".pkg.tar") && !strings.HasSuffix(name, ".sig") &&
-		!strings.HasPrefix(name, ".") && !strings.ContainsFunc(name, isSpaceOrControl)
+	return strings.Contains(name, ".pkg.tar") && !strings.HasSuffix(name, ".sig") && !strings.HasPrefix(name, ".")
 }
 
 // Bounds of what the agent takes from a build's PKGDEST.
@@ -70,7 +73,7 @@ func packageDir(upper *sandbox.Upper) (*os.File, []string, error) {
 
 // listPackages returns the sorted names of the regular package files in
 // dir, reading at most maxPackageDirEntries entries and accepting at most
-// maxPackages packages.
+// maxPackages packages, each with a valid name.
 func listPackages(dir *os.File) ([]string, error) {
 	var names []string
 	seen := 0
@@ -78,6 +81,9 @@ func listPackages(dir *os.File) ([]string, error) {
 		entries, err := dir.ReadDir(256)
 		for _, e := range entries {
 			if e.Type().IsRegular() && isPackageName(e.Name()) {
+				if err := pacman.ValidatePackageFile(e.Name()); err != nil {
+					return nil, fmt.Errorf("%w: /%s: %w", ErrBadPackage, outDir, err)
+				}
 				names = append(names, e.Name())
 			}
 		}
@@ -99,7 +105,10 @@ func listPackages(dir *os.File) ([]string, error) {
 	}
 }
 
-// openIn opens the regular file name in dir, refusing a link.
+// openIn opens the regular file name in dir, refusing a link, a file
+// larger than MaxPackageSize and a sparse file: a package has no holes,
+// and a hole would be written out whole by a copy or an upload (gigabytes
+// from a file that takes nothing on the build's disk).
 func openIn(dir *os.File, name string) (*os.File, error) {
 	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
@@ -113,12 +122,35 @@ func openIn(dir *os.File, name string) (*os.File, error) {
 		err = fmt.Errorf("%s is not a regular file", name)
 	case fi.Size() > MaxPackageSize:
 		err = fmt.Errorf("%s: %d bytes, more than %d", name, fi.Size(), int64(MaxPackageSize))
+	default:
+		err = refuseHoles(f, name, fi.Size())
 	}
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
 	return f, nil
+}
+
+// refuseHoles fails for a file of size bytes that has a hole: the first
+// hole SEEK_HOLE finds is at its end (every file system that supports
+// SEEK_HOLE reports holes; the others report none, and the copy is bounded
+// by the size anyway).
+func refuseHoles(f *os.File, name string, size int64) error {
+	if size == 0 {
+		return nil
+	}
+	hole, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_HOLE)
+	if err != nil {
+		return fmt.Errorf("%s: looking for holes: %w", name, err)
+	}
+	if _, err := unix.Seek(int(f.Fd()), 0, io.SeekStart); err != nil {
+		return err
+	}
+	if hole < size {
+		return fmt.Errorf("%w: %s is a sparse file (%d bytes, a hole at byte %d)", ErrBadPackage, name, size, hole)
+	}
+	return nil
 }
 
 // deliver publishes the packages of a finished build to the server, or
@@ -129,6 +161,15 @@ func (b *Runner) deliver(ctx context.Context, upper *sandbox.Upper, repo string,
 		return nil, err
 	}
 	defer dir.Close()
+	// Every package is checked before any is published or copied: a build
+	// fails whole, never half-delivered.
+	for _, name := range names {
+		f, err := openIn(dir, name)
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+	}
 	var done []string
 	for _, name := range names {
 		open := func() (*os.File, error) { return openIn(dir, name) }
@@ -155,8 +196,9 @@ func (b *Runner) deliver(ctx context.Context, upper *sandbox.Upper, repo string,
 }
 
 // copyOut writes one package into the output directory, owned by the
-// configured user, atomically.
-func (b *Runner) copyOut(open func() (*os.File, error), name string) (retErr error) {
+// configured user, atomically (lockfile.Write), copying exactly the bytes
+// the build wrote.
+func (b *Runner) copyOut(open func() (*os.File, error), name string) error {
 	if _, err := os.Lstat(b.opts.outDir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(b.opts.outDir, 0o755); err != nil {
 			return err
@@ -170,31 +212,23 @@ func (b *Runner) copyOut(open func() (*os.File, error), name string) (retErr err
 		return err
 	}
 	defer src.Close()
-	tmp, err := os.CreateTemp(b.opts.outDir, "."+name+".tmp-*")
+	fi, err := src.Stat()
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if retErr != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := io.Copy(tmp, io.LimitReader(src, MaxPackageSize)); err != nil {
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if b.opts.outUID >= 0 || b.opts.outGID >= 0 {
-		if err := tmp.Chown(b.opts.outUID, b.opts.outGID); err != nil {
+	return lockfile.Write(filepath.Join(b.opts.outDir, name), lockfile.WriteOptions{Perm: 0o644}, func(w *os.File) error {
+		n, err := io.Copy(w, io.LimitReader(src, fi.Size()+1))
+		if err != nil {
 			return err
 		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(b.opts.outDir, name))
+		if n != fi.Size() {
+			return fmt.Errorf("%s changed while it was copied (%d bytes, then %d)", name, fi.Size(), n)
+		}
+		if b.opts.outUID >= 0 || b.opts.outGID >= 0 {
+			return w.Chown(b.opts.outUID, b.opts.outGID)
+		}
+		return nil
+	})
 }
 
 // failedStepFile is where the script records the step a failed build

@@ -115,7 +115,7 @@ type workspace struct {
 	rootfs string  // the builder's rootfs, leased
 	url    string  // the job's URL without credentials (splitCredentials)
 	run    *runDir // the control directory
-	cache  string  // the package cache tree to mount
+	cache  string  // the package cache tree to mount (see cache_linux.go)
 	undo   []func()
 }
 
@@ -157,12 +157,12 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 		return nil, setupFailed(ctx, "preparing the build", err)
 	}
 	ws.undo = append(ws.undo, ws.run.remove)
-	cache, dropCache, err := b.runCache()
+	cache, err := b.leaseCache(job, log)
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the package cache", err)
 	}
-	ws.cache = cache
-	ws.undo = append(ws.undo, dropCache)
+	ws.cache = cache.tree
+	ws.undo = append(ws.undo, cache.release)
 	ok = true
 	return ws, ending{}
 }
@@ -172,6 +172,8 @@ type ran struct {
 	res      *sandbox.Result
 	decision decision
 	release  func()
+	// diskLimit names the disk limit for an ending over it.
+	diskLimit string
 }
 
 // runSandbox runs the build script in the sandbox on the workspace, with
@@ -207,9 +209,15 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 	res, err := b.sb.Run(ctx, spec)
 	ws.run.closeFIFOs()
 	wg.Wait()
-	r := &ran{res: res, decision: <-decided, release: func() {}}
+	r := &ran{res: res, decision: <-decided, release: func() {}, diskLimit: "its disk limit"}
 	if err != nil {
 		return nil, setupFailed(ctx, "starting the build", err)
+	}
+	if b.opts.limits != nil && b.opts.limits.Disk > 0 {
+		r.diskLimit = fmt.Sprintf("its disk limit of %d bytes", b.opts.limits.Disk)
+	}
+	if res.DiskExceeded {
+		fmt.Fprintf(log, "vagent: the build wrote more than %s (build_limits.disk): stopped\n", r.diskLimit)
 	}
 	if res.Upper != nil {
 		if b.opts.upperHook != nil {
@@ -255,6 +263,8 @@ func (r *ran) verdict(ctx context.Context) (ending, bool) {
 	switch {
 	case res.TimedOut, res.Cancelled, ctx.Err() != nil:
 		return stopped, true
+	case res.DiskExceeded:
+		return ending{result: poll.ResultFailure, code: max(res.ExitCode, 1), detail: "exceeded " + r.diskLimit}, true
 	case res.ExitCode != 0:
 		e := ending{result: poll.ResultFailure, code: res.ExitCode}
 		switch {

@@ -14,7 +14,7 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 	return ending{result: poll.ResultSetupError, code: poll.ExitSetupError, err: errors.ErrUnsupported, setup: true}
 }
 
-func initCache(dir string, uid, gid int) (string, error) { return "", errors.ErrUnsupported }
+func (b *Runner) prepareCache() error { return errors.ErrUnsupported }
 
 type keptBuild struct{}
 

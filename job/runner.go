@@ -15,10 +15,10 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The build script, the pacman wrapper, git's credential helper and the
-// package check, constants of the binary.
+// The build script, git's credential helper and the package check,
+// constants of the binary.
 //
-//go:embed script/build.sh script/pacman script/git-credential script/checkpkg
+//go:embed script/build.sh script/git-credential script/checkpkg
 var scripts embed.FS
 
 // Images lends builder root filesystems for base images.
@@ -109,7 +109,7 @@ const (
 )
 
 // New returns a Runner that runs builds with sb on the builders of
-// images, keeping its state (the shared package cache, run control
+// images, keeping its state (the package caches, run control
 // directories) in dir. dir is made private to root (0700): when the
 // container's init cannot reach the source of a bind mount, libcontainer
 // opens it on the host side, as root, so no other user (the mapped root
@@ -151,10 +151,8 @@ func (b *Runner) prepareDir() error {
 			return err
 		}
 	}
-	if dir := b.cacheDir(); dir != "" {
-		if _, err := initCache(dir, b.rootUID, b.rootGID); err != nil {
-			return err
-		}
+	if err := b.prepareCache(); err != nil {
+		return err
 	}
 	entries, err := os.ReadDir(b.runsDir())
 	if err != nil {
@@ -169,11 +167,8 @@ func (b *Runner) prepareDir() error {
 	return nil
 }
 
-// cacheTree is the subdirectory of a package cache directory that builds
-// see (see cache_linux.go).
-const cacheTree = "pkg"
-
-// cacheDir is the shared package cache, "" when builds have private ones.
+// cacheDir is the package cache directory (see cache_linux.go), "" when
+// builds have private ones.
 func (b *Runner) cacheDir() string {
 	if b.opts.cacheSet {
 		return b.opts.cacheDir

@@ -37,6 +37,7 @@ type Store struct {
 	boot         string // this boot's id, "" if unknown
 	client       *registryClient
 	flight       singleflight.Group
+	budget       Budget // of every unpack (WithBudget)
 }
 
 // Image is an image whose manifest and config are in the store.
@@ -151,6 +152,7 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 			return nil, err
 		}
 	}
+	s.budget = uo.budget
 	if uo.uidShift != 0 || uo.gidShift != 0 {
 		s.rootfsSuffix = fmt.Sprintf("-%d-%d", uo.uidShift, uo.gidShift)
 	}
@@ -164,6 +166,11 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
+
+// Budget returns the budget of the store's unpacks (WithBudget, with the
+// defaults filled in): what one image may cost. Layers made from a run's
+// upper directory (builder images) are held to it too.
+func (s *Store) Budget() Budget { return s.budget }
 
 func (s *Store) blobPath(h v1.Hash) (string, error) {
 	n, err := blobName(h)

@@ -124,10 +124,10 @@ func probeDirOf(dataDir string) (string, error) {
 // probedLimits are the limits CheckHost's probe build gets: the configured
 // ones, or one limit per controller.
 func probedLimits(l Limits) Limits {
-	if !l.isZero() {
+	if !l.cgroupZero() {
 		return l
 	}
-	return Limits{Memory: 512 << 20, Pids: 1024, CPUWeight: 100, CPUQuota: 1}
+	return Limits{Memory: 512 << 20, Pids: 1024, CPUWeight: 100, CPUQuota: 1, Disk: l.Disk}
 }
 
 func seccompInKernel() bool {

@@ -154,6 +154,14 @@ func TestCrashRecovery(t *testing.T) {
 	if !started {
 		t.Fatal("helper agent did not start its container")
 	}
+	// "started" comes from the container's shell, which may print it
+	// before its backgrounded sleeps have been exec'd: wait for them.
+	for deadline := time.Now().Add(30 * time.Second); len(findProcs("sleep 1237.5")) == 0 || len(findProcs("sleep 1238.5")) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the container's processes never appeared")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}

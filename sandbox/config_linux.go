@@ -78,7 +78,7 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		Devices:       devices,
 		MaskPaths:     maskedPaths,
 		ReadonlyPaths: readonlyPaths,
-		Rlimits:       []configs.Rlimit{nofileRlimit()},
+		Rlimits:       rlimits(limits),
 		Cgroups: &cgroups.Cgroup{
 			Path:      path.Join(m.cg.parent, id),
 			Resources: resources(limits, m.cg.v2, m.cg.swap),
@@ -210,6 +210,22 @@ func weightToShares(w uint64) uint64 {
 		}
 	}
 	return lo
+}
+
+// rlimits are the resource limits of a run's processes: the open files
+// limit, and with a disk limit the largest file (RLIMIT_FSIZE, see
+// disk_linux.go).
+func rlimits(l Limits) []configs.Rlimit {
+	out := []configs.Rlimit{nofileRlimit()}
+	if l.Disk > 0 {
+		n := uint64(l.Disk)
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_FSIZE, &cur); err == nil {
+			n = min(n, cur.Max) // raising it needs CAP_SYS_RESOURCE
+		}
+		out = append(out, configs.Rlimit{Type: unix.RLIMIT_FSIZE, Hard: n, Soft: n})
+	}
+	return out
 }
 
 // nofileRlimit raises the open files limit as far as the agent may.

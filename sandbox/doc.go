@@ -44,6 +44,11 @@
 //     a private cgroup namespace and inside a Kubernetes pod's cgroup. A
 //     limit whose controller is not available is refused with
 //     [ErrLimitUnavailable] (docs/sandbox.md, "cgroups").
+//   - a disk limit ([Limits.Disk]) on what the run adds to its upper and
+//     writable mounts: RLIMIT_FSIZE, and a watcher in the agent that kills a
+//     run whose trees hold more ([Result.DiskExceeded]); no cgroup, quota
+//     or loop device, so it works rootless too ([DiskUsage] measures a tree
+//     the same way; docs/sandbox.md, "Disk limit").
 //
 // Output: the process's stdout and stderr are one pipe copied live, in
 // order, to [Spec.Output]; nothing is buffered whole.
@@ -86,9 +91,10 @@
 //
 // When the agent runs as a non-root user, [New] switches to rootless mode:
 // only the agent's own uid and gid can be mapped (to container 0), so
-// [Spec.UID] and [Spec.GID] must be 0; limits are not applied (cgroup
-// directories are not writable without delegation) and a Spec with limits is
-// refused with [ErrRootless]. See docs/sandbox.md for details.
+// [Spec.UID] and [Spec.GID] must be 0; cgroup limits are not applied
+// (cgroup directories are not writable without delegation) and a Spec with
+// them is refused with [ErrRootless]; the disk limit works. See
+// docs/sandbox.md for details.
 //
 // # Host requirements
 //

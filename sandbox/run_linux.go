@@ -50,7 +50,7 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) 
 		if spec.UID != 0 || spec.GID != 0 || len(spec.Groups) > 0 {
 			return nil, fmt.Errorf("user %d:%d: %w", spec.UID, spec.GID, ErrRootless)
 		}
-		if !limits.isZero() {
+		if !limits.cgroupZero() {
 			return nil, fmt.Errorf("limits: %w", ErrRootless)
 		}
 		if !spec.ReadOnly {
@@ -95,6 +95,18 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 	rootfs := r.dirs.rootfs
 	if m.rootless {
 		rootfs = spec.Lower
+	}
+	var disk *diskWatch
+	if limits.Disk > 0 {
+		var err error
+		if disk, err = newDiskWatch(limits.Disk, r.writableTrees()); err != nil {
+			return nil, fmt.Errorf("disk limit: %w", err)
+		}
+		defer disk.halt()
+	}
+	diskExceeded := make(<-chan struct{})
+	if disk != nil {
+		diskExceeded = disk.exceeded
 	}
 	cfg := m.containerConfig(spec, r.id, rootfs, limits)
 	c, err := libcontainer.Create(m.stateDir, r.id, cfg)
@@ -180,6 +192,9 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		}
 		r.log.WithField("cause", context.Cause(ctx)).Debug("stopping container")
 		ps = r.stop(p, waitCh)
+	case <-diskExceeded:
+		r.log.Debug("disk limit exceeded: killing the container")
+		ps = r.kill(p, waitCh)
 	case <-cp.panicked:
 		ps = r.stop(p, waitCh)
 	}
@@ -198,6 +213,14 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		res.ExitCode = -1
 	}
 	res.OOMKilled = r.oomKilled()
+	if disk != nil {
+		// Before teardown, which moves the upper away.
+		var reason string
+		res.DiskExceeded, res.DiskUsage, reason = disk.finish()
+		if res.DiskExceeded {
+			r.log.WithField("reason", reason).Debug("disk limit exceeded")
+		}
+	}
 	if err := r.teardown(); err != nil {
 		return nil, err
 	}
@@ -207,6 +230,22 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 	}
 	res.Upper = r.upper
 	return res, nil
+}
+
+// writableTrees lists the host directories the run can write to: its
+// upper directory (none for a read-only run) and the sources of its
+// writable directory mounts.
+func (r *run) writableTrees() []string {
+	var roots []string
+	if !r.spec.ReadOnly {
+		roots = append(roots, r.dirs.upper)
+	}
+	for _, mnt := range r.spec.Mounts {
+		if fi, err := os.Stat(mnt.Source); !mnt.ReadOnly && err == nil && fi.IsDir() {
+			roots = append(roots, mnt.Source)
+		}
+	}
+	return roots
 }
 
 // finish tears down a run that never got a process and returns res.

@@ -69,9 +69,19 @@ type Limits struct {
 	CPUWeight uint64
 	// CPUQuota is the number of CPUs the run may use (e.g. 1.5).
 	CPUQuota float64
+	// Disk bounds, in bytes, what the run adds to the host's disk: its
+	// upper directory and its writable mounts, beyond what they held when
+	// it started (see disk_linux.go). No file may grow past it (the kernel
+	// refuses, RLIMIT_FSIZE) and a run whose trees hold more is stopped
+	// (Result.DiskExceeded). It needs no cgroup and works rootless.
+	Disk int64
 }
 
-func (l Limits) isZero() bool { return l == Limits{} }
+// cgroupZero tells whether l sets no cgroup limit (Disk is not one).
+func (l Limits) cgroupZero() bool {
+	l.Disk = 0
+	return l == Limits{}
+}
 
 // Spec describes one run.
 type Spec struct {
@@ -147,6 +157,13 @@ type Result struct {
 	// OOMKilled is set when the kernel killed a process of the run because
 	// the memory limit was hit.
 	OOMKilled bool
+	// DiskExceeded is set when the run added more than Limits.Disk to the
+	// disk (or a tree too deep to measure): it was stopped with SIGKILL
+	// once seen, or it had ended already and the last measurement found it.
+	DiskExceeded bool
+	// DiskUsage is what the run had added to the disk at the last
+	// measurement, with Limits.Disk set (bytes; see Limits.Disk).
+	DiskUsage int64
 	// Upper is the kept overlay upper directory when Spec.KeepUpper was set.
 	Upper *Upper
 }
@@ -254,7 +271,7 @@ func (s *Spec) validate() error {
 
 func (l *Limits) validate() error {
 	switch {
-	case l.Memory < 0, l.Pids < 0, l.CPUQuota < 0:
+	case l.Memory < 0, l.Pids < 0, l.CPUQuota < 0, l.Disk < 0:
 		return fmt.Errorf("%w: negative limit", ErrInvalidSpec)
 	case l.MemorySwap != 0 && l.MemorySwap != -1 && l.MemorySwap < l.Memory:
 		return fmt.Errorf("%w: memory+swap limit below memory limit", ErrInvalidSpec)

@@ -36,6 +36,17 @@ func (r *run) stop(p *libcontainer.Process, waitCh <-chan *os.ProcessState) *os.
 	return <-waitCh
 }
 
+// kill ends a running container at once: SIGKILL to every process, no
+// grace (a run over its disk limit would go on writing). It returns the
+// init's status.
+func (r *run) kill(p *libcontainer.Process, waitCh <-chan *os.ProcessState) *os.ProcessState {
+	if err := r.c.Signal(unix.SIGKILL); err != nil && !errors.Is(err, libcontainer.ErrNotRunning) {
+		r.log.WithError(err).Warn("killing container init")
+	}
+	r.signalAll(p, unix.SIGKILL)
+	return <-waitCh
+}
+
 // signalAll sends sig to every process of the container: the members of
 // its cgroup, or, without one (rootless), of its pid namespace.
 func (r *run) signalAll(p *libcontainer.Process, sig unix.Signal) {

@@ -180,7 +180,8 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return fmt.Errorf("builder images: %w", err)
 	}
 	defer bm.Close()
-	// The one Pacman cache of the data dir, shared with `vagent run`.
+	// The package caches of the data dir, shared with `vagent run` (one
+	// per target; a local build's is keyed by its source).
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
 	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check)}
 	if keep != nil {
@@ -190,7 +191,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()
 		logLimit = int64(cfg.BuildLimits.Log)
-		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(cfg.Limits()))
+		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(cfg.Limits()), job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)))
 	}
 	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(dataDir, "build"), append(opts, job.WithCacheDir(cacheDir))...)
 	if err != nil {

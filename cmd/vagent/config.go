@@ -25,6 +25,7 @@ import (
 
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
@@ -87,14 +88,18 @@ type BuildLimits struct {
 	CPUWeight  uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
 	Tmp Size `yaml:"tmp"`
+	// Disk bounds what a build adds to the disk (sandbox.Limits.Disk).
+	Disk Size `yaml:"disk"`
 	// Log caps a build's log (poll.WithLogLimit).
 	Log Size `yaml:"log"`
 }
 
-// PacmanCache is the package cache shared by builds.
+// PacmanCache is the package caches of the targets' builds.
 type PacmanCache struct {
 	Enabled bool   `yaml:"enabled"`
 	Dir     string `yaml:"dir"`
+	// MaxSize bounds the caches together (job.WithCacheMaxSize).
+	MaxSize Size `yaml:"max_size"`
 }
 
 // PacmanRepo is an extra Pacman repository of builders and builds.
@@ -138,7 +143,7 @@ func defaultConfig() Config {
 		Fsync:                 true,
 		IDRange:               IDRange{Base: 100000, Size: 65536},
 		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: poll.DefaultLogLimit},
-		PacmanCache:           PacmanCache{Enabled: true},
+		PacmanCache:           PacmanCache{Enabled: true, MaxSize: job.DefaultCacheMaxSize},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
 }
@@ -808,6 +813,8 @@ func (l *loader) validate(c *Config) {
 	check(bl.CPUWeight <= 10000, "build_limits.cpu_weight", "must be 1–10000 or 0 (the default weight), got %d", bl.CPUWeight)
 	check(bl.Tmp >= 1<<20, "build_limits.tmp", "must be a size of at least 1MiB, got %v", bl.Tmp)
 	check(bl.Log >= 4<<10, "build_limits.log", "must be a size of at least 4KiB, got %v", bl.Log)
+	check(bl.Disk == 0 || bl.Disk >= 64<<20, "build_limits.disk", "must be a size of at least 64MiB or 0 (no limit), got %v", bl.Disk)
+	check(c.PacmanCache.MaxSize >= 0, "pacman_cache.max_size", "must be a size or 0 (no bound), got %v", c.PacmanCache.MaxSize)
 	check(c.PacmanCache.Dir == "" || filepath.IsAbs(c.PacmanCache.Dir), "pacman_cache.dir", "must be an absolute path, got %q", excerptValue(c.PacmanCache.Dir))
 	for i, p := range c.BuilderPkgs {
 		check(pkgRE.MatchString(p), fmt.Sprintf("builder_packages[%d]", i), "not a package name: %q", excerptValue(p))
@@ -938,7 +945,7 @@ func (c *Config) OCIOptions() ([]oci.Option, error) {
 // Limits returns the build limits as sandbox limits.
 func (c *Config) Limits() sandbox.Limits {
 	bl := c.BuildLimits
-	return sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs}
+	return sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs, Disk: int64(bl.Disk)}
 }
 
 // SandboxOptions returns the sandbox options of the configuration.
@@ -974,8 +981,8 @@ func (c *Config) builderRepos() []pacman.Repo {
 	return out
 }
 
-// PacmanCacheDir is the directory of the shared package cache, "" when
-// the cache is off.
+// PacmanCacheDir is the directory of the package caches, "" when the
+// caches are off.
 func (c *Config) PacmanCacheDir() string {
 	switch {
 	case !c.PacmanCache.Enabled:
@@ -986,8 +993,8 @@ func (c *Config) PacmanCacheDir() string {
 	return filepath.Join(c.DataDir, pacmanCacheDir)
 }
 
-// pacmanCacheDir is the data dir's one Pacman package cache, of `vagent
-// run` and `vagent build` alike.
+// pacmanCacheDir is the data dir's Pacman package caches (one per target),
+// of `vagent run` and `vagent build` alike.
 const pacmanCacheDir = "pacman-cache"
 
 // LogFilePath is where the agent writes its log besides stderr, "" for

@@ -93,6 +93,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 		job.WithArch(cfg.Arch),
 		job.WithLimits(cfg.Limits()),
 		job.WithCacheDir(cfg.PacmanCacheDir()),
+		job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)),
 		job.WithLogger(deps.log))
 	if err != nil {
 		return nil, nil, fmt.Errorf("builds: %w", err)

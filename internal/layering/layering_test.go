@@ -28,7 +28,7 @@ var allowed = map[string][]string{
 	// Builder images compose images and the sandbox.
 	"builder": {"internal/lockfile", "internal/pacman", "oci", "sandbox"},
 	// A job composes everything below the CLI.
-	"job":              {"builder", "internal/pacman", "oci", "poll", "sandbox", "vieter"},
+	"job":              {"builder", "internal/lockfile", "internal/pacman", "oci", "poll", "sandbox", "vieter"},
 	"internal/metrics": {"oci", "poll"},
 	"cmd/vagent":       {"builder", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
 	// Test infrastructure and its commands.

@@ -38,6 +38,32 @@ type Repo struct {
 // path segment of a Vieter server and a file name (<name>.db).
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
 
+// MaxPackageFile is the longest package file name ValidatePackageFile
+// accepts, in bytes: room below the usual 255-byte limit of a file name
+// for the temporaries a copy makes beside it.
+const MaxPackageFile = 200
+
+// packageFileRE is a package file name as makepkg makes it,
+// name-[epoch:]pkgver-pkgrel-arch.pkg.tar[.ext], in Arch's character set
+// (letters, digits and "@._+-"; the name does not start with "-" or ".")
+// plus the colon of an epoch.
+var packageFileRE = regexp.MustCompile(`^[A-Za-z0-9@_+][A-Za-z0-9@._+-]*-(?:[0-9]+:)?[A-Za-z0-9._+]+-[0-9][A-Za-z0-9.]*-[A-Za-z0-9_]+\.pkg\.tar(?:\.[A-Za-z0-9]+)?$`)
+
+// ValidatePackageFile checks the file name of a package a build made
+// before the agent copies or publishes it: the form makepkg gives it, in
+// Arch's character set, at most MaxPackageFile bytes. So no name with
+// Unicode direction marks, invalid UTF-8 or a length that would make a
+// copy fail half-way reaches a repository or an output directory.
+func ValidatePackageFile(name string) error {
+	switch {
+	case len(name) > MaxPackageFile:
+		return fmt.Errorf("%w: package file name of %d bytes, more than %d", ErrInvalid, len(name), MaxPackageFile)
+	case !packageFileRE.MatchString(name):
+		return fmt.Errorf("%w: package file name %q (want name-[epoch:]version-release-arch.pkg.tar[.ext] of letters, digits and @._+-)", ErrInvalid, name)
+	}
+	return nil
+}
+
 // ValidateName checks a repository name: a letter or digit, then letters,
 // digits and "._+-", at most 128 characters, and not "options" (pacman's
 // own section).

@@ -64,6 +64,27 @@ func TestConfWritesEachRepositoryOnce(t *testing.T) {
 	}
 }
 
+func TestValidatePackageFile(t *testing.T) {
+	for _, ok := range []string{
+		"trivial-1-1-any.pkg.tar.zst", "gnome-shell-1:45.0-1-x86_64.pkg.tar.zst", "lib32-gcc-libs-13.2.1+r1-2-x86_64.pkg.tar.xz",
+		"python-foo_bar-1.0.r12.gabc-1.1-any.pkg.tar", "a@b-1-1-aarch64.pkg.tar.gz", "x-1_2-3-armv7h.pkg.tar.zst",
+	} {
+		if err := ValidatePackageFile(ok); err != nil {
+			t.Errorf("%q refused: %v", ok, err)
+		}
+	}
+	long := strings.Repeat("a", MaxPackageFile) + "-1-1-any.pkg.tar.zst"
+	for _, bad := range []string{
+		"", "x.pkg.tar.zst", "-x-1-1-any.pkg.tar.zst", ".x-1-1-any.pkg.tar.zst", "x-1-1-any.pkg.tar.zst.sig",
+		"x y-1-1-any.pkg.tar.zst", "x\n-1-1-any.pkg.tar.zst", "evil\u202egpj-1-1-any.pkg.tar.zst", "x\xff-1-1-any.pkg.tar.zst",
+		"x-1:2:3-1-any.pkg.tar.zst", "x-a:1-1-any.pkg.tar.zst", "x-1-1-any.pkg.tar.zst/..", "x/y-1-1-any.pkg.tar.zst", long,
+	} {
+		if err := ValidatePackageFile(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%q accepted (%v)", bad, err)
+		}
+	}
+}
+
 func TestMirrorListUsers(t *testing.T) {
 	for conf, want := range map[string]string{
 		"[options]\nInclude = /etc/pacman.d/mirrorlist\n[core]\nInclude = /etc/pacman.d/mirrorlist\n#[testing]\n#Include = /etc/pacman.d/mirrorlist\n[extra]\n  Include=/etc/pacman.d/mirrorlist # comment\n": "core extra",

@@ -9,15 +9,22 @@
 #   VAGENT_BRANCH  the git branch ("" = the default branch)
 #   VAGENT_PATH    the directory of the clone holding the PKGBUILD ("" = top)
 #   VAGENT_JOBS    N of MAKEFLAGS=-jN
+#   VAGENT_CHECK   true: compare the packages with the repositories'
+#                  (vagent build --check, the checkpkg script)
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
-# by the agent from validated values), pacman (pacman serialised on the shared package
-# cache, also makepkg's $PACMAN), this script, git-credential (git's
-# credential helper), credentials when the job's URL had a user or password
-# (two lines, readable by root only: the agent took them out of
-# VAGENT_URL, since every host user can read command lines), and two FIFOs:
-# srcinfo (the .SRCINFO, length-prefixed, to the agent) and decision (one
-# line from the agent: "build", "skip REASON" or "fail REASON").
+# by the agent from validated values), this script, git-credential (git's
+# credential helper), checkpkg, credentials when the job's URL had a user
+# or password (two lines, readable by root only: the agent took them out
+# of VAGENT_URL, since every host user can read command lines), install/
+# (packages of vagent build -I, checked by the agent), exclude (a local
+# source's paths the copy leaves out), and two FIFOs: srcinfo (the
+# .SRCINFO, length-prefixed, to the agent) and decision (one line from the
+# agent: "build", "skip REASON" or "fail REASON").
+#
+# With --inspect it opens a shell as the builder on the tree a build left
+# (vagent build --inspect). A failed build names the step that failed in
+# /build/.vagent-failed (see failed).
 set -uo pipefail
 ctl=/run/vagent
 
@@ -178,10 +185,10 @@ if [[ ${1-} != --builder ]]; then
 		step tee -a /etc/pacman.conf '<' "$f"
 		tee -a /etc/pacman.conf <"$f" || exit
 	done
-	run "$ctl/pacman" -Syu --needed --noconfirm || failed upgrade
+	run pacman -Syu --needed --noconfirm || failed upgrade
 	# Local packages (vagent build -I), before the build's dependencies.
 	if [[ -d $ctl/install ]]; then
-		run "$ctl/pacman" -U --noconfirm -- "$ctl"/install/* || failed install
+		run pacman -U --noconfirm -- "$ctl"/install/* || failed install
 	fi
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
@@ -268,7 +275,7 @@ run cd -- "$dir" || exit
 printf '%s\n' "$dir" >/build/.vagent-dir
 [[ -f PKGBUILD ]] || fail_in pkgbuild "no PKGBUILD in $(printf '%q' "${dir#/build/}")"
 
-export PACMAN=$ctl/pacman PKGDEST=/build/out
+export PKGDEST=/build/out
 mkdir -p /build/out || exit
 step makepkg --nobuild --syncdeps --needed --noconfirm
 makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
