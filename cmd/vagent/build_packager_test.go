@@ -235,7 +235,7 @@ package() { mkdir -p "$pkgdir/usr/share/needs"; }
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, log, stderr.String())
 	}
-	for _, want := range []string{"+ /run/vagent/pacman -U --noconfirm -- /run/vagent/install/localdep-2.5-1-any.pkg.tar.zst",
+	for _, want := range []string{"+ pacman -U --noconfirm -- /run/vagent/install/localdep-2.5-1-any.pkg.tar.zst",
 		"\n2.5\n", "vagent: success (wrote needs-1-1-any.pkg.tar.zst)"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
@@ -387,6 +387,11 @@ package() { :; }
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("vagent did not end after the shell's exit:\n%s", tr.String())
 	}
+	select {
+	case <-tr.eof: // all vagent wrote is read
+	case <-time.After(10 * time.Second):
+		t.Errorf("the terminal is still open after vagent ended")
+	}
 	out := tr.String()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
@@ -413,11 +418,13 @@ type transcript struct {
 	mu   sync.Mutex
 	buf  bytes.Buffer
 	more chan struct{}
+	eof  chan struct{} // the terminal's last writer closed it
 }
 
 func newTranscript(r io.Reader) *transcript {
-	tr := &transcript{more: make(chan struct{}, 1)}
+	tr := &transcript{more: make(chan struct{}, 1), eof: make(chan struct{})}
 	go func() {
+		defer close(tr.eof)
 		b := make([]byte, 4096)
 		for {
 			n, err := r.Read(b)
