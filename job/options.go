@@ -47,6 +47,9 @@ type options struct {
 	check bool
 	// inspect selects the builds that keep their tree (WithInspect).
 	inspect func(poll.Result) bool
+	// sourceCache keeps makepkg's sources in each target's cache
+	// (WithSourceCache).
+	sourceCache bool
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration
@@ -306,6 +309,23 @@ func WithCheck(on bool) Option {
 func WithInspect(keep func(poll.Result) bool) Option {
 	return func(o *options) error {
 		o.inspect = keep
+		return nil
+	}
+}
+
+// WithSourceCache keeps makepkg's sources (SRCDEST: downloaded files,
+// bare mirrors of VCS sources, which makepkg updates) in each target's
+// cache beside its packages, so that a target's next build downloads
+// nothing again; makepkg checks every source against the PKGBUILD's
+// checksums as usual. It follows the package cache: one per target, one
+// build of the target at a time, none for a build that gets a private
+// cache or when the caches are off (WithCacheDir("")), and counted in
+// WithCacheMaxSize. Per target, never shared across targets: a cache a
+// build of one target could write and another read would be a way to
+// poison the other's sources. Default: off (on in `vagent build`).
+func WithSourceCache(on bool) Option {
+	return func(o *options) error {
+		o.sourceCache = on
 		return nil
 	}
 }

@@ -22,7 +22,10 @@ const (
 	ctlMount   = "/run/vagent"
 	srcMount   = "/run/vagent-src"
 	cacheMount = "/var/cache/pacman/pkg"
-	outDir     = "build/out" // PKGDEST, relative to the root
+	// srcCacheMount is makepkg's SRCDEST when the target has a source
+	// cache (WithSourceCache).
+	srcCacheMount = "/var/cache/vagent/sources"
+	outDir        = "build/out" // PKGDEST, relative to the root
 )
 
 // containerPath is the PATH of the reference agent's builds.
@@ -116,7 +119,9 @@ type workspace struct {
 	url    string  // the job's URL without credentials (splitCredentials)
 	run    *runDir // the control directory
 	cache  string  // the package cache tree to mount (see cache_linux.go)
-	undo   []func()
+	// sources is the target's source cache tree to mount ("": none).
+	sources string
+	undo    []func()
 }
 
 func (w *workspace) release() {
@@ -161,7 +166,7 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the package cache", err)
 	}
-	ws.cache = cache.tree
+	ws.cache, ws.sources = cache.tree, cache.src
 	ws.undo = append(ws.undo, cache.release)
 	ok = true
 	return ws, ending{}
@@ -235,7 +240,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 // spec is the sandbox run of the build script on the workspace, for the
 // build (runSandbox) and an inspection (Built.Inspect).
 func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
-	return sandbox.Spec{
+	spec := sandbox.Spec{
 		Lower: ws.rootfs,
 		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
 		Env: []string{
@@ -254,6 +259,11 @@ func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 		KeepUpper: true,
 		Output:    log,
 	}
+	if ws.sources != "" {
+		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: ws.sources, Target: srcCacheMount}) // the mapped root's, as the package cache
+		spec.Env = append(spec.Env, "VAGENT_SRCDEST="+srcCacheMount)
+	}
+	return spec
 }
 
 // verdict ends the build unless the script ran to a successful end after

@@ -49,6 +49,7 @@ type buildFlags struct {
 	install  []string // -I
 	check    bool
 	inspect  string // never, failure, always
+	sources  bool   // --source-cache
 }
 
 func newBuildCmd(env *cliEnv) *cobra.Command {
@@ -87,6 +88,8 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 		"as checkpkg does: files added and removed, sonames provided and needed changed")
 	fs.StringVar(&f.inspect, "inspect", "never", "open a shell as the builder user in the build's tree after a build that failed (`WHEN` failure) "+
 		"or after any build (always), as makechrootpkg -x does; needs a terminal; everything is removed when the shell exits")
+	fs.BoolVar(&f.sources, "source-cache", true, "keep makepkg's sources (SRCDEST: downloads, bare mirrors of VCS sources) in the source's cache of the data dir, "+
+		"so the next build of the source downloads nothing again (checked against the PKGBUILD's checksums as usual)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
 	return c
 }
@@ -183,7 +186,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	// The package caches of the data dir, shared with `vagent run` (one
 	// per target; a local build's is keyed by its source).
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
-	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check)}
+	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check), job.WithSourceCache(f.sources)}
 	if keep != nil {
 		opts = append(opts, job.WithInspect(keep))
 	}

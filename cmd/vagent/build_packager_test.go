@@ -9,12 +9,15 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -512,4 +515,59 @@ func buildLeftovers(t *testing.T, data string) []string {
 		l = append(l, "cgroup "+c)
 	}
 	return l
+}
+
+// TestBuildSourceCache: the second build of a package with remote
+// sources downloads nothing again: its file comes from the source cache
+// (the server counts requests), its git source's bare mirror is updated,
+// not cloned again.
+func TestBuildSourceCache(t *testing.T) {
+	e := newLocalBuildEnv(t)
+	var downloads atomic.Int32
+	const data = "cached source data\n"
+	files := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/data.txt" {
+			http.NotFound(w, r)
+			return
+		}
+		downloads.Add(1)
+		_, _ = io.WriteString(w, data)
+	}))
+	t.Cleanup(files.Close)
+	g := testkit.NewGitServer(t)
+	gitURL := g.Commit(t, "upstream", "", map[string]string{"README": "upstream\n"})
+	sum := sha256.Sum256([]byte(data))
+	src := filepath.Join(sandboxtest.Dir(t), "cached")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(`pkgname=cached
+pkgver=1
+pkgrel=1
+arch=(any)
+license=(MIT)
+source=("data.txt::`+files.URL+`/data.txt" "upstream::git+`+gitURL+`")
+sha256sums=('`+hex.EncodeToString(sum[:])+`' 'SKIP')
+package() {
+	install -Dm644 data.txt "$pkgdir/usr/share/cached/data.txt"
+	install -Dm644 upstream/README "$pkgdir/usr/share/cached/README"
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for round, want := range []string{"Cloning upstream git repo", "Updating upstream git repo"} {
+		var stdout, stderr bytes.Buffer
+		if code := run1(append(e.args(), src), &stdout, &stderr); code != 0 {
+			t.Fatalf("build %d: exit %d\n%s\n%s", round+1, code, stdout.String(), stderr.String())
+		}
+		if n := downloads.Load(); n != 1 {
+			t.Errorf("after build %d: %d downloads of data.txt, want 1", round+1, n)
+		}
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("build %d: log lacks %q:\n%s", round+1, want, stdout.String())
+		}
+		if round == 1 && !strings.Contains(stdout.String(), "Found data.txt") {
+			t.Errorf("build 2 did not find data.txt in the source cache:\n%s", stdout.String())
+		}
+	}
 }

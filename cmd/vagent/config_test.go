@@ -67,6 +67,7 @@ func TestConfigDefaults(t *testing.T) {
 		{"build_limits", c.BuildLimits, BuildLimits{Pids: 4096, Tmp: 1 << 30, Log: 64 << 20}},
 		{"pacman cache", c.PacmanCacheDir(), "/var/lib/vagent/pacman-cache"},
 		{"pacman_cache.max_size", c.PacmanCache.MaxSize, Size(16 << 30)},
+		{"pacman_cache.sources", c.PacmanCache.Sources, false},
 		{"builder_packages", c.BuilderPkgs, []string{"base-devel", "git"}},
 	}
 	for _, ch := range checks {
@@ -109,6 +110,7 @@ func TestConfigKeys(t *testing.T) {
 		{"build_limits: {disk: 10G}", func(c *Config) any { return c.Limits().Disk }, int64(10 << 30)},
 		{"pacman_cache: {max_size: 4GiB}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(4 << 30)},
 		{"pacman_cache: {max_size: 0}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(0)},
+		{"pacman_cache: {sources: true}", func(c *Config) any { return c.PacmanCache.Sources }, true},
 		{"build_limits: {memory: 512M, memory_swap: -1}", func(c *Config) any { return c.Limits().MemorySwap }, int64(-1)},
 		{"build_limits: {memory: 2GB}", func(c *Config) any { return c.Limits().Memory }, int64(2e9)},
 		{"build_limits: {memory: 1.5GiB}", func(c *Config) any { return c.Limits().Memory }, int64(3 << 29)},
@@ -316,6 +318,7 @@ func TestConfigEnv(t *testing.T) {
 		"VIETER_PACMAN_CACHE_ENABLED":     "true",
 		"VIETER_PACMAN_CACHE_DIR":         "/pc",
 		"VIETER_PACMAN_CACHE_MAX_SIZE":    "2GiB",
+		"VIETER_PACMAN_CACHE_SOURCES":     "true",
 		"VIETER_BUILDER_PACKAGES":         "base-devel, git,cmake",
 		"VIETER_PACMAN_MIRRORS":           "https://m1/$repo/os/$arch,https://m2/$repo/os/$arch",
 		"VIETER_REGISTRIES_INSECURE":      "r1:5000,r2",
@@ -336,7 +339,7 @@ func TestConfigEnv(t *testing.T) {
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
 		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20, Disk: 30 << 30},
-		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc", MaxSize: 2 << 30}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
+		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc", MaxSize: 2 << 30, Sources: true}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		PacmanMirrors: []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
 		Registries:    Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
 	}

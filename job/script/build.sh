@@ -11,6 +11,8 @@
 #   VAGENT_JOBS    N of MAKEFLAGS=-jN
 #   VAGENT_CHECK   true: compare the packages with the repositories'
 #                  (vagent build --check, the checkpkg script)
+#   VAGENT_SRCDEST the target's source cache, makepkg's SRCDEST (unset:
+#                  none)
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
 # by the agent from validated values), this script, git-credential (git's
@@ -66,7 +68,7 @@ failed() {
 # opened again by path as the builder).
 makepkg_run() {
 	local rc what out pid
-	exec {out}> >(grep -aoE 'A failure occurred in [a-z_]+\(\)|Failure while downloading|did not pass the validity check|signatures could not be verified|was not found in the build directory|Failed to extract|Could not resolve all dependencies|Failed to install missing dependencies' |
+	exec {out}> >(grep -aoE 'A failure occurred in [a-z_]+\(\)|Failure while downloading|Failure while creating working copy|did not pass the validity check|signatures could not be verified|was not found in the build directory|Failed to extract|Could not resolve all dependencies|Failed to install missing dependencies' |
 		tail -n 1 >/build/.vagent-makepkg)
 	pid=$!
 	"$@" 2>&1 {out}>&- | tee /dev/fd/"$out"
@@ -193,6 +195,11 @@ if [[ ${1-} != --builder ]]; then
 	if [[ ! -d /build ]]; then
 		run install -d -o builder -g builder -m 0755 /build || exit
 	fi
+	# The target's source cache (makepkg's SRCDEST) is the builder's; what
+	# is in it, earlier builds of the target wrote as the builder.
+	if [[ -n ${VAGENT_SRCDEST-} ]]; then
+		chown builder:builder -- "$VAGENT_SRCDEST" || exit
+	fi
 	if [[ $VAGENT_KIND == dir ]]; then
 		copy_source || exit
 		run chown -R -h builder:builder /build/repo || exit
@@ -264,6 +271,10 @@ dir) ;;
 *) fail "unknown source kind" ;;
 esac
 unset VAGENT_URL_USER VAGENT_URL_PASSWORD
+# The protocols allowed are the job URL's clone's: makepkg makes the
+# working copy of a VCS source from its bare mirror (file://), and what a
+# PKGBUILD fetches is its own business, as on a packager's machine.
+unset GIT_ALLOW_PROTOCOL
 
 top=$(realpath -e -- repo) || exit
 dir=$top
@@ -276,6 +287,9 @@ printf '%s\n' "$dir" >/build/.vagent-dir
 [[ -f PKGBUILD ]] || fail_in pkgbuild "no PKGBUILD in $(printf '%q' "${dir#/build/}")"
 
 export PKGDEST=/build/out
+if [[ -n ${VAGENT_SRCDEST-} ]]; then
+	export SRCDEST=$VAGENT_SRCDEST
+fi
 mkdir -p /build/out || exit
 step makepkg --nobuild --syncdeps --needed --noconfirm
 makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
