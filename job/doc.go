@@ -143,5 +143,23 @@
 // Without WithServer there is no skip check and nothing is published: with
 // WithOutDir the packages are copied to a directory instead. Run with a
 // source directory builds a local directory holding a PKGBUILD, mounted
-// read-only into the container and copied there. This is `vagent build`.
+// read-only into the container and copied there without the outputs of
+// earlier builds (packages and build logs next to the PKGBUILD, the output
+// directory: source.go). This is `vagent build`, which adds what devtools
+// users expect: WithInstall (local packages installed with pacman -U
+// before the dependencies, makechrootpkg -I), WithCheck (checkpkg: each
+// package against the repositories' version, script/checkpkg),
+// WithInspect (the build's tree kept for Built.Inspect, an interactive
+// shell as the builder in a second sandbox run on the kept upper, until
+// Built.Release) and WithSourceCache (makepkg's SRCDEST in the target's
+// cache, cache_linux.go).
+//
+// # Failures
+//
+// A failed build names the step that failed: the script writes it to
+// /build/.vagent-failed (the clone, the download, the path, a source
+// without PKGBUILD, the upgrade, the packages of -I, and for makepkg the
+// sources, the dependencies or the function, from makepkg's own message),
+// the agent reads it beneath the upper (bounded, no link followed) and the
+// footer says it with what makepkg's exit status means (failure.go).
 package job
