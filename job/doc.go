@@ -22,15 +22,19 @@
 //     ("[repo]", "Server = <address>/$repo/$arch", "SigLevel = Optional")
 //     and run pacman -Syu; then, as the builder user, fetch the sources (a
 //     shallow git clone of url, branch and path; or the PKGBUILD downloaded
-//     from url), run makepkg --nobuild --syncdeps, and print the fields of
-//     a .SRCINFO the agent needs (the PKGBUILD sourced as makepkg sources
-//     it: makepkg --printsrcinfo takes seconds to load libmakepkg);
+//     from url) and print the fields of a .SRCINFO the agent needs (the
+//     PKGBUILD sourced as makepkg sources it: makepkg --printsrcinfo takes
+//     seconds to load libmakepkg). A PKGBUILD with pkgver() (its version
+//     comes from its sources: VCS) and every offline build run makepkg
+//     --nobuild --syncdeps first; any other is sourced as it is, so that
+//     makepkg runs once in all;
 //  3. the agent reads that .SRCINFO, parses it (ParseSrcInfo) and, unless
 //     the job is forced, asks the server whether every package name at
 //     [epoch:]pkgver-pkgrel is already there (HEAD
 //     <address>/<repo>/<arch>/<pkgname>-<version>); it tells the script to
 //     build or to stop;
-//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps --noextract;
+//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps (--noextract after a --nobuild
+//     pass);
 //  5. the agent takes the packages from the run's overlay upper directory
 //     and publishes each to <address>/<repo>/publish.
 //

@@ -19,6 +19,7 @@ var failedSteps = map[string]failStep{
 	"download":     {"downloading the PKGBUILD failed", "command"},
 	"path":         {"the path is not in the repository", ""},
 	"pkgbuild":     {"the source has no PKGBUILD", ""},
+	"srcinfo":      {"reading the PKGBUILD failed", "command"},
 	"sources":      {"the sources failed (download, checksums, signatures or extraction)", "makepkg"},
 	"dependencies": {"installing the dependencies failed", "makepkg"},
 	"makepkg":      {"makepkg failed", "makepkg"},

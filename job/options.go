@@ -50,6 +50,10 @@ type options struct {
 	// sourceCache keeps makepkg's sources in each target's cache
 	// (WithSourceCache).
 	sourceCache bool
+	// twoPasses runs makepkg --nobuild first even without pkgver(): the
+	// flow of earlier versions, for the benchmarks' comparison
+	// (export_test.go).
+	twoPasses bool
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration

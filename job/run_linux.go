@@ -259,6 +259,9 @@ func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 		KeepUpper: true,
 		Output:    log,
 	}
+	if b.opts.twoPasses {
+		spec.Env = append(spec.Env, "VAGENT_PASSES=2")
+	}
 	if ws.sources != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: ws.sources, Target: srcCacheMount}) // the mapped root's, as the package cache
 		spec.Env = append(spec.Env, "VAGENT_SRCDEST="+srcCacheMount)

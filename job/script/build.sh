@@ -13,6 +13,8 @@
 #                  (vagent build --check, the checkpkg script)
 #   VAGENT_SRCDEST the target's source cache, makepkg's SRCDEST (unset:
 #                  none)
+#   VAGENT_PASSES  2: makepkg --nobuild first even without pkgver() (the
+#                  flow of earlier versions, for comparisons)
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
 # by the agent from validated values), this script, git-credential (git's
@@ -86,9 +88,10 @@ makepkg_run() {
 	(exit "$rc") || failed "$what"
 }
 # srcinfo prints the part of a .SRCINFO the agent reads (pkgbase, pkgver,
-# pkgrel, epoch, arch, every pkgname) from the PKGBUILD as makepkg --nobuild
-# left it (pkgver() applied), sourced in a subshell after makepkg.conf as
-# makepkg sources it; whatever the PKGBUILD prints goes to the log. It
+# pkgrel, epoch, arch, every pkgname) from the PKGBUILD as it is, or as
+# makepkg --nobuild left it (pkgver() applied), sourced in a subshell after
+# makepkg.conf as makepkg sources it; whatever the PKGBUILD prints goes to
+# the log. It
 # replaces makepkg --printsrcinfo, which loads all of libmakepkg first: about
 # 4 s on a small VM against milliseconds. The agent validates every value.
 srcinfo() (
@@ -152,6 +155,19 @@ copy_dir() {
 	shopt -u dotglob nullglob
 	chmod --reference="$src" -- "$dst" && touch -h --reference="$src" -- "$dst"
 }
+
+# has_pkgver tells whether the PKGBUILD in the working directory has a
+# pkgver() function (sourced as srcinfo sources it, its output dropped).
+has_pkgver() (
+	set +u
+	# shellcheck disable=SC1091
+	source /etc/makepkg.conf >/dev/null 2>&1
+	# shellcheck disable=SC2034
+	srcdir=$PWD/src pkgdir=$PWD/pkg startdir=$PWD
+	# shellcheck disable=SC1091
+	source ./PKGBUILD >/dev/null 2>&1
+	declare -F pkgver >/dev/null
+)
 
 if [[ ${1-} == --inspect ]]; then
 	# vagent build --inspect: an interactive shell as the builder, on the
@@ -291,10 +307,21 @@ if [[ -n ${VAGENT_SRCDEST-} ]]; then
 	export SRCDEST=$VAGENT_SRCDEST
 fi
 mkdir -p /build/out || exit
-step makepkg --nobuild --syncdeps --needed --noconfirm
-makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
+# One makepkg run (sources, dependencies, build() and package() in one)
+# when the version is known before makepkg: a PKGBUILD without pkgver(),
+# whose .SRCINFO is what sourcing it gives, so the agent decides first.
+# makepkg loads itself once less: seconds on a small VM. A pkgver() (a VCS
+# PKGBUILD) sets the version from the sources, and an offline build needs
+# the sources and dependencies before the agent cuts the network: those
+# run makepkg --nobuild first, and the rest after the decision.
+passes=1
+if has_pkgver || [[ ${VAGENT_OFFLINE-} == 1 || ${VAGENT_PASSES-} == 2 ]]; then
+	passes=2
+	step makepkg --nobuild --syncdeps --needed --noconfirm
+	makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
+fi
 step srcinfo
-srcinfo >/build/.SRCINFO || exit
+srcinfo >/build/.SRCINFO || failed srcinfo
 if [[ $VAGENT_CHECK == true ]]; then
 	# The repositories' versions of the packages, while the network is
 	# there (vagent build --check).
@@ -317,8 +344,10 @@ skip\ *)
 esac
 
 export MAKEFLAGS=-j$VAGENT_JOBS
-step "MAKEFLAGS=$MAKEFLAGS" makepkg --syncdeps --needed --noconfirm --noextract
-makepkg_run makepkg --syncdeps --needed --noconfirm --noextract
+args=(makepkg --syncdeps --needed --noconfirm)
+((passes == 1)) || args+=(--noextract)
+step "MAKEFLAGS=$MAKEFLAGS" "${args[@]}"
+makepkg_run "${args[@]}"
 if [[ $VAGENT_CHECK == true ]]; then
 	run "$ctl/checkpkg" compare /build/out
 fi
