@@ -90,8 +90,8 @@ makepkg_run() {
 # srcinfo prints the part of a .SRCINFO the agent reads (pkgbase, pkgver,
 # pkgrel, epoch, arch, every pkgname) from the PKGBUILD as it is, or as
 # makepkg --nobuild left it (pkgver() applied), sourced in a subshell after
-# makepkg.conf as makepkg sources it; whatever the PKGBUILD prints goes to
-# the log. It
+# makepkg.conf as makepkg sources it, and marks a PKGBUILD with pkgver() in
+# /build/.vagent-pkgver; whatever the PKGBUILD prints goes to the log. It
 # replaces makepkg --printsrcinfo, which loads all of libmakepkg first: about
 # 4 s on a small VM against milliseconds. The agent validates every value.
 srcinfo() (
@@ -103,6 +103,10 @@ srcinfo() (
 	# shellcheck disable=SC1091
 	source ./PKGBUILD >&2 || exit
 	local a n
+	# A pkgver() makes the version the sources' (see the passes below).
+	if declare -F pkgver >/dev/null; then
+		: >/build/.vagent-pkgver
+	fi
 	printf 'pkgbase = %s\n' "${pkgbase:-${pkgname[0]}}"
 	printf '\tpkgver = %s\n\tpkgrel = %s\n' "$pkgver" "$pkgrel"
 	if [[ -n $epoch ]]; then printf '\tepoch = %s\n' "$epoch"; fi
@@ -155,19 +159,6 @@ copy_dir() {
 	shopt -u dotglob nullglob
 	chmod --reference="$src" -- "$dst" && touch -h --reference="$src" -- "$dst"
 }
-
-# has_pkgver tells whether the PKGBUILD in the working directory has a
-# pkgver() function (sourced as srcinfo sources it, its output dropped).
-has_pkgver() (
-	set +u
-	# shellcheck disable=SC1091
-	source /etc/makepkg.conf >/dev/null 2>&1
-	# shellcheck disable=SC2034
-	srcdir=$PWD/src pkgdir=$PWD/pkg startdir=$PWD
-	# shellcheck disable=SC1091
-	source ./PKGBUILD >/dev/null 2>&1
-	declare -F pkgver >/dev/null
-)
 
 if [[ ${1-} == --inspect ]]; then
 	# vagent build --inspect: an interactive shell as the builder, on the
@@ -314,14 +305,16 @@ mkdir -p /build/out || exit
 # PKGBUILD) sets the version from the sources, and an offline build needs
 # the sources and dependencies before the agent cuts the network: those
 # run makepkg --nobuild first, and the rest after the decision.
+step srcinfo
+srcinfo >/build/.SRCINFO || failed srcinfo
 passes=1
-if has_pkgver || [[ ${VAGENT_OFFLINE-} == 1 || ${VAGENT_PASSES-} == 2 ]]; then
+if [[ -e /build/.vagent-pkgver || ${VAGENT_OFFLINE-} == 1 || ${VAGENT_PASSES-} == 2 ]]; then
 	passes=2
 	step makepkg --nobuild --syncdeps --needed --noconfirm
 	makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
+	step srcinfo
+	srcinfo >/build/.SRCINFO || failed srcinfo
 fi
-step srcinfo
-srcinfo >/build/.SRCINFO || failed srcinfo
 if [[ $VAGENT_CHECK == true ]]; then
 	# The repositories' versions of the packages, while the network is
 	# there (vagent build --check).
