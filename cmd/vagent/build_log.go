@@ -41,7 +41,8 @@ func createBuildLog(out io.Writer, dir string, uid, gid int) (*buildLog, error) 
 	if err != nil {
 		return nil, fmt.Errorf("build log: %w", err)
 	}
-	if err := f.Chmod(0o644); err == nil && (uid >= 0 || gid >= 0) {
+	err = f.Chmod(0o644)
+	if err == nil && (uid >= 0 || gid >= 0) {
 		err = f.Chown(uid, gid)
 	}
 	if err != nil {
