@@ -16,12 +16,14 @@ BENCH_COUNT ?= 1
 
 # Every Debian package the build, the tests, the benchmarks and the demo need.
 # BENCH_PACKAGES are the benchmarks' peers, installed by `make bench` only.
+# passt gives pasta, the isolated network of builds (docs/security.md);
+# slirp4netns is its peer in BenchmarkNetworkStacks.
 DEB_PACKAGES := \
 	build-essential pkg-config libseccomp-dev git ca-certificates curl \
 	docker-registry busybox-static debootstrap umoci skopeo runc \
 	pacman-package-manager makepkg fakeroot libarchive-tools zstd pigz xz-utils \
-	uidmap iproute2 procps
-BENCH_PACKAGES := podman
+	uidmap iproute2 procps passt
+BENCH_PACKAGES := podman slirp4netns
 # STRESS_PACKAGES load the CPUs for `make test-stress`.
 STRESS_PACKAGES := stress
 # VM_PACKAGES boot the cgroup v2 VM of `make test-vm` (contrib/vm).

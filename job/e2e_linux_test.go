@@ -26,7 +26,7 @@ func TestGitBranchPath(t *testing.T) {
 	g.Commit(t, "pkgs", "", map[string]string{"README": "main branch\n"})
 	url := g.Commit(t, "pkgs", "release", map[string]string{"pkgs/hello/PKGBUILD": pkgbuild("hello", "1.2", "3")})
 	repo := newRepo()
-	b := newBuilder(t, e)
+	b := newBuilder(t, e, netOpt(url)) // the git server: forwarded
 	r, log := runJob(t, b, poll.Job{TargetID: 1, Kind: "git", URL: url, Branch: "release", Path: "pkgs/hello", Repo: repo, BaseImage: e.base})
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 	for _, want := range []string{"+ git clone --single-branch --depth 1 --branch=release -- " + url + " repo", "+ cd -- /build/repo/pkgs/hello", "+ MAKEFLAGS=", "building hello", "+ vagent: publish hello-1.2-3-any.pkg.tar.zst"} {
@@ -149,7 +149,7 @@ func TestSplitSkipForce(t *testing.T) {
 	g := testkit.NewGitServer(t)
 	url := g.Commit(t, "split", "", map[string]string{"PKGBUILD": splitPKGBUILD})
 	repo := newRepo()
-	b := newBuilder(t, e)
+	b := newBuilder(t, e, netOpt(url))
 	j := poll.Job{TargetID: 3, Kind: "git", URL: url, Repo: repo, BaseImage: e.base}
 
 	r, log := runJob(t, b, j)
@@ -289,7 +289,7 @@ func TestFailureSteps(t *testing.T) {
 			t.Parallel()
 			j := tc.job
 			j.TargetID, j.Repo, j.BaseImage = 50, newRepo(), e.base
-			r, log := runJob(t, newBuilder(t, e), j)
+			r, log := runJob(t, newBuilder(t, e, netOpt(gitURL)), j)
 			wantStatus(t, r, log, poll.ResultFailure, tc.code)
 			want := fmt.Sprintf("vagent: failure (%s); exit code %d; took ", tc.want, tc.code)
 			if got := lastLine(log); !strings.HasPrefix(got, want) {
@@ -307,7 +307,7 @@ func TestDumbHTTPGit(t *testing.T) {
 	e := setup(t)
 	g := testkit.NewDumbGitServer(t)
 	url := g.Commit(t, "dumb", "", map[string]string{"PKGBUILD": pkgbuild("dumb", "1", "1")})
-	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 51, Kind: "git", URL: url, Repo: newRepo(), BaseImage: e.base})
+	r, log := runJob(t, newBuilder(t, e, netOpt(url)), poll.Job{TargetID: 51, Kind: "git", URL: url, Repo: newRepo(), BaseImage: e.base})
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 	for _, want := range []string{"dumb http transport does not support shallow", "vagent: the server speaks git's dumb HTTP protocol, which cannot clone shallow: cloning the whole history",
 		"+ git clone --single-branch -- " + url + " repo", "+ vagent: publish dumb-1-1-any.pkg.tar.zst"} {

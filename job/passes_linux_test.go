@@ -48,7 +48,7 @@ package() { install -Dm644 "$srcdir/upstream/README" "$pkgdir/usr/share/vcs-git/
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			url := serveFile(t, tc.pkgbuild)
-			b := newBuilder(t, e)
+			b := newBuilder(t, e, netOpt(upstream))
 			j := poll.Job{TargetID: 60, Kind: "url", URL: url, Repo: newRepo(), BaseImage: e.base}
 			r, log := runJob(t, b, j)
 			wantStatus(t, r, log, poll.ResultSuccess, 0)
@@ -82,7 +82,7 @@ package() { install -Dm644 "$srcdir/upstream/README" "$pkgdir/usr/share/vcs-git/
 			// packages.
 			j2 := j
 			j2.Repo = newRepo()
-			r, log = runJob(t, newBuilder(t, e, job.WithTwoPasses()), j2)
+			r, log = runJob(t, newBuilder(t, e, netOpt(upstream), job.WithTwoPasses()), j2)
 			wantStatus(t, r, log, poll.ResultSuccess, 0)
 			if n := strings.Count(log, "==> Making package: "); n != 2 {
 				t.Errorf("forced two passes: %d makepkg runs:\n%s", n, log)

@@ -115,10 +115,11 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 // workspace is what a build needs before its sandbox runs. release undoes
 // all of it, in reverse order; it runs once.
 type workspace struct {
-	rootfs string  // the builder's rootfs, leased
-	url    string  // the job's URL without credentials (splitCredentials)
-	run    *runDir // the control directory
-	cache  string  // the package cache tree to mount (see cache_linux.go)
+	rootfs string        // the builder's rootfs, leased
+	url    string        // the job's URL without credentials (splitCredentials)
+	repos  []pacman.Repo // the repositories added to the build's pacman.conf
+	run    *runDir       // the control directory
+	cache  string        // the package cache tree to mount (see cache_linux.go)
 	// sources is the target's source cache tree to mount ("": none).
 	sources string
 	undo    []func()
@@ -155,6 +156,7 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 	if err != nil {
 		return nil, setupFailed(ctx, "checking the repository", err)
 	}
+	ws.repos = repos
 	var creds *urlCredentials
 	ws.url, creds = splitCredentials(job.URL)
 	ws.run, err = b.newRun(repos, creds)
@@ -198,14 +200,23 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 	if err := b.copyInstall(ws.run.dir); err != nil {
 		return nil, setupFailed(ctx, "copying the packages to install", err)
 	}
+	// An offline build(): the agent cuts the network before it answers
+	// "build".
+	var ctl *sandbox.NetworkControl
+	var cut func() error
+	if b.opts.offline {
+		ctl = sandbox.NewNetworkControl()
+		cut = ctl.Cut
+	}
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		decided <- b.negotiate(ctx, ws.run, job)
+		decided <- b.negotiate(ctx, ws.run, job, cut)
 	}()
 	spec := b.spec(job, ws, log)
+	spec.NetworkControl = ctl
 	if srcDir != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
@@ -240,6 +251,12 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 // spec is the sandbox run of the build script on the workspace, for the
 // build (runSandbox) and an inspection (Built.Inspect).
 func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
+	// An offline build(): the agent cuts the network before it answers
+	// "build" (runSandbox's NetworkControl).
+	offline := "0"
+	if b.opts.offline {
+		offline = "1"
+	}
 	spec := sandbox.Spec{
 		Lower: ws.rootfs,
 		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
@@ -247,7 +264,7 @@ func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
 			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
-			"VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
+			"VAGENT_OFFLINE=" + offline, "VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
 		},
 		Dir:      "/",
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
@@ -258,6 +275,8 @@ func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 		Limits:    b.opts.limits,
 		KeepUpper: true,
 		Output:    log,
+		Network:   b.opts.network,
+		Forward:   b.forwards(ws.repos),
 	}
 	if b.opts.twoPasses {
 		spec.Env = append(spec.Env, "VAGENT_PASSES=2")
@@ -343,4 +362,22 @@ func (b *Runner) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([
 		}
 	}
 	return append(repos, b.opts.repos...), nil
+}
+
+// forwards are the endpoints an isolated build reaches besides the
+// network: those of the Runner's configuration (WithNetwork), the server
+// and the repositories of its pacman.conf (the job's repository is on the
+// server). The sandbox forwards those that are the host's.
+func (b *Runner) forwards(repos []pacman.Repo) []string {
+	if b.opts.network != sandbox.NetworkIsolated {
+		return nil
+	}
+	var urls []string
+	if b.opts.server != nil {
+		urls = append(urls, b.opts.server.Address())
+	}
+	for _, r := range repos {
+		urls = append(urls, r.Servers...)
+	}
+	return sandbox.ForwardsFor(b.opts.forward, urls...)
 }

@@ -39,6 +39,8 @@ type hostFacts struct {
 	freeErr        error
 	limits         string // what a probe build container saw of its limits
 	limitsErr      error  // why a build with limits could not run
+	network        string // what the isolated network probe made
+	networkErr     error  // why an isolated network could not be made
 }
 
 // minFreeBytes is the free space the data directory needs for builds.
@@ -147,6 +149,12 @@ func evaluate(f hostFacts) []Requirement {
 		} else {
 			add("build limits", true, "%s", f.limits)
 		}
+	}
+
+	if f.networkErr != nil {
+		add("isolated network", false, "%v", f.networkErr)
+	} else {
+		add("isolated network", true, "%s", f.network)
 	}
 
 	switch {

@@ -30,8 +30,11 @@ func TestHelperRootless(t *testing.T) {
 	}
 	defer m.Close()
 	var out bytes.Buffer
+	// The isolated network needs a namespace container root does not own.
+	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], ReadOnly: true, Args: []string{"true"}})
+	fmt.Printf("ISOLATED %v\n", err)
 	res, err := m.Run(context.Background(), sandbox.Spec{
-		Lower: f[1], ReadOnly: true, Env: pathEnv, Output: &out, Hostname: "rootless",
+		Lower: f[1], ReadOnly: true, Env: pathEnv, Output: &out, Hostname: "rootless", Network: sandbox.NetworkNone,
 		Args: []string{"sh", "-c", `echo "$(id -u) $(hostname) $(cat /proc/self/uid_map | tr -s ' ')"; echo x > /tmp/y && cat /tmp/y; touch /x 2>/dev/null || echo ro`},
 	})
 	if err != nil {
@@ -39,7 +42,7 @@ func TestHelperRootless(t *testing.T) {
 	}
 	fmt.Printf("RESULT %d\n%s", res.ExitCode, out.String())
 	// A build's sandbox: an overlay root filesystem, as build runs it.
-	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], Args: []string{"true"}})
+	_, err = m.Run(context.Background(), sandbox.Spec{Lower: f[1], Args: []string{"true"}, Network: sandbox.NetworkNone})
 	fmt.Printf("OVERLAY %v\n", err)
 	reqs, err := sandbox.CheckHost(filepath.Join(f[0], "check"))
 	if err != nil {
@@ -55,7 +58,7 @@ func TestHelperRootless(t *testing.T) {
 	// The disk limit needs no privilege: a run writing twice its limit
 	// into a writable mount is stopped.
 	res, err = m.Run(context.Background(), sandbox.Spec{
-		Lower: f[1], ReadOnly: true, Env: pathEnv, Limits: &sandbox.Limits{Disk: 64 << 20},
+		Lower: f[1], ReadOnly: true, Env: pathEnv, Limits: &sandbox.Limits{Disk: 64 << 20}, Network: sandbox.NetworkNone,
 		Mounts: []sandbox.Mount{{Source: f[2], Target: "/w"}},
 		Args:   []string{"sh", "-c", `i=0; while [ $i -lt 8 ]; do dd if=/dev/zero of=/w/f$i bs=1M count=16 2>/dev/null; i=$((i+1)); done; sleep 60`},
 	})
@@ -71,10 +74,11 @@ func TestHelperRootless(t *testing.T) {
 // TestRootless runs the test binary as nobody and checks that a rootless
 // Manager runs a read-only container as container root mapped to nobody,
 // and refuses what rootless mode cannot do — a build's overlay root
-// filesystem among it — and that CheckHost (`vagent check`) says so: its
-// verdict matches what a build does. The disk limit works rootless: a run
-// writing twice its limit into a writable mount is stopped, and a
-// directory the agent cannot read counts as unmeasurable, not empty.
+// filesystem and the isolated network among it — and that CheckHost
+// (`vagent check`) says so: its verdict matches what a build does. The disk
+// limit works rootless: a run writing twice its limit into a writable mount
+// is stopped, and a directory the agent cannot read counts as unmeasurable,
+// not empty.
 func TestRootless(t *testing.T) {
 	needRoot(t) // to become nobody
 	setpriv, err := osexec.LookPath("setpriv")
@@ -129,8 +133,9 @@ func TestRootless(t *testing.T) {
 	if err != nil {
 		t.Fatalf("rootless helper: %v\n%s", err, out)
 	}
-	want := "RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n" +
-		"CHECK missing: privileges\nDISK exceeded true, exit 137\nUNREADABLE true\n"
+	want := "ISOLATED isolated network (use NetworkNone or NetworkHost): not supported when running as a non-root user\n" +
+		"RESULT 0\n0 rootless  0 65534 1\nx\nro\nOVERLAY overlay root filesystem (use Spec.ReadOnly): not supported when running as a non-root user\n" +
+		"CHECK missing: privileges, isolated network\nDISK exceeded true, exit 137\nUNREADABLE true\n"
 	if !strings.Contains(string(out), want) {
 		t.Errorf("rootless helper output:\n%s\nwant it to contain:\n%s", out, want)
 	}

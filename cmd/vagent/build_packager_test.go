@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -557,7 +558,9 @@ package() {
 	}
 	for round, want := range []string{"Cloning upstream git repo", "Updating upstream git repo"} {
 		var stdout, stderr bytes.Buffer
-		if code := run1(append(e.args(), src), &stdout, &stderr); code != 0 {
+		// The PKGBUILD's servers on the host's loopback, let in.
+		args := append(e.args(), "--forward", strings.TrimPrefix(files.URL, "http://"), "--forward", hostPort(t, gitURL), src)
+		if code := run1(args, &stdout, &stderr); code != 0 {
 			t.Fatalf("build %d: exit %d\n%s\n%s", round+1, code, stdout.String(), stderr.String())
 		}
 		if n := downloads.Load(); n != 1 {
@@ -570,4 +573,14 @@ package() {
 			t.Errorf("build 2 did not find data.txt in the source cache:\n%s", stdout.String())
 		}
 	}
+}
+
+// hostPort is the host:port of an http URL.
+func hostPort(t *testing.T, u string) string {
+	t.Helper()
+	p, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Host
 }

@@ -15,6 +15,8 @@
 #                  none)
 #   VAGENT_PASSES  2: makepkg --nobuild first even without pkgver() (the
 #                  flow of earlier versions, for comparisons)
+#   VAGENT_OFFLINE 1 when build() and package() run offline: the agent cuts
+#                  the network before it answers "build"
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
 # by the agent from validated values), this script, git-credential (git's
@@ -58,10 +60,14 @@ fail_in() {
 # steps only), and exits with the status of the command before it.
 failed() {
 	local rc=$?
-	printf '%s\n' "$1" >/build/.vagent-failed 2>/dev/null
+	record_failed "$1"
 	exit "$rc"
 }
-# makepkg_run runs makepkg and, when it fails, records the step makepkg
+record_failed() {
+	printf '%s\n' "$1" >/build/.vagent-failed 2>/dev/null
+}
+# makepkg_run runs makepkg and returns its status; when it fails, it
+# records the step makepkg
 # names: the PKGBUILD function (prepare(), build(), check(), package(),
 # pkgver()), the sources (download, checksums, signatures, extraction), the
 # dependencies, or makepkg itself. Its output reaches the log unchanged
@@ -85,7 +91,8 @@ makepkg_run() {
 	?*) what=sources ;;
 	*) what=makepkg ;;
 	esac
-	(exit "$rc") || failed "$what"
+	record_failed "$what"
+	return "$rc"
 }
 # srcinfo prints the part of a .SRCINFO the agent reads (pkgbase, pkgver,
 # pkgrel, epoch, arch, every pkgname) from the PKGBUILD as it is, or as
@@ -303,15 +310,16 @@ mkdir -p /build/out || exit
 # whose .SRCINFO is what sourcing it gives, so the agent decides first.
 # makepkg loads itself once less: seconds on a small VM. A pkgver() (a VCS
 # PKGBUILD) sets the version from the sources, and an offline build needs
-# the sources and dependencies before the agent cuts the network: those
-# run makepkg --nobuild first, and the rest after the decision.
+# the sources and dependencies before the agent cuts the network (with
+# VAGENT_OFFLINE=1 it cuts it between the passes): those run makepkg
+# --nobuild first, and the rest after the decision.
 step srcinfo
 srcinfo >/build/.SRCINFO || failed srcinfo
 passes=1
 if [[ -e /build/.vagent-pkgver || ${VAGENT_OFFLINE-} == 1 || ${VAGENT_PASSES-} == 2 ]]; then
 	passes=2
 	step makepkg --nobuild --syncdeps --needed --noconfirm
-	makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm
+	makepkg_run makepkg --nobuild --syncdeps --needed --noconfirm || exit
 	step srcinfo
 	srcinfo >/build/.SRCINFO || failed srcinfo
 fi
@@ -337,10 +345,21 @@ skip\ *)
 esac
 
 export MAKEFLAGS=-j$VAGENT_JOBS
+offline=${VAGENT_OFFLINE:-0}
+if [[ $offline == 1 ]]; then
+	printf 'vagent: offline build (build_network.offline_build): the agent has cut the network; build() and package() run without it\n'
+fi
 args=(makepkg --syncdeps --needed --noconfirm)
 ((passes == 1)) || args+=(--noextract)
 step "MAKEFLAGS=$MAKEFLAGS" "${args[@]}"
 makepkg_run "${args[@]}"
+status=$?
+if ((status != 0)); then
+	if [[ $offline == 1 ]]; then
+		printf 'vagent: build() or package() failed without network (build_network.offline_build): downloads are not possible there; list every file the build needs in source=()\n'
+	fi
+	exit "$status"
+fi
 if [[ $VAGENT_CHECK == true ]]; then
 	run "$ctl/checkpkg" compare /build/out
 fi
