@@ -196,7 +196,7 @@ func BenchmarkLocalBuild(b *testing.B) {
 	}
 	runner := func(opts ...job.Option) *job.Runner {
 		r, err := job.New(e.sb, e.images, filepath.Join(b.TempDir(), "build"),
-			append([]job.Option{job.WithOutDir(b.TempDir(), -1, -1), job.WithLocalImages(true), netOpt()}, opts...)...)
+			append([]job.Option{job.WithOutDir(b.TempDir(), -1, -1), job.WithLocalImages(true), netOpt(e.ts.URL)}, opts...)...)
 		if err != nil {
 			b.Fatal(err)
 		}
