@@ -27,12 +27,20 @@ func init() { register(newBuildCmd) }
 
 const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 
-SOURCE is a git repository URL, the URL of a PKGBUILD (http(s)://.../PKGBUILD)
-or a local directory holding a PKGBUILD (copied into the sandbox; it is not
-changed). The build runs as on an agent, in a fresh sandbox on the builder
-image of --base-image, without a server: no skip check, nothing published.
-The packages are written to --out, owned by the invoking user (SUDO_UID under
-sudo); the log streams to standard output. The exit status is the build's.`
+SOURCE is a local directory holding a PKGBUILD (copied into the sandbox without
+the outputs of earlier builds; it is not changed), a PKGBUILD file, a git
+repository URL or the URL of a PKGBUILD (http(s)://.../PKGBUILD). The build runs
+as on an agent, in a fresh sandbox on the builder image of --base-image, without
+a server: no skip check, nothing published. The packages and the build log
+(<pkgbase>-<version>-<arch>-build.log) are written next to the PKGBUILD (the
+working directory for a remote SOURCE) or to --out, owned by the invoking user
+(SUDO_UID under sudo); the log streams to standard output. A failed build says
+which step failed. The exit status is the build's.
+
+-I installs local packages first (makechrootpkg -I), --check compares the
+packages with the repositories' (checkpkg), --inspect failure opens a shell in a
+failed build's tree (makechrootpkg -x); makepkg's sources are kept in the data
+dir for the next build (SRCDEST).`
 
 // buildFlags are the flags of `vagent build`.
 type buildFlags struct {
