@@ -238,6 +238,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	}
 	host, _ := os.Hostname()
 	if _, err := blog.Write(poll.LogHeader{Version: version, Host: host, Slot: -1, Arch: arch, Job: hj, Start: time.Now()}.Text()); err != nil {
+		_, _ = blog.finish(nil, arch)
 		return err
 	}
 	ctx = poll.WithProgress(ctx, &headerLines{w: blog})
