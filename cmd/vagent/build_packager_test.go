@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -185,17 +184,7 @@ func TestBuildLoadedImage(t *testing.T) {
 			}
 			if strings.Contains(tc.file, "docker") {
 				// A manifest of its own: its tree is unpacked, with bars.
-				lines := screen(term)
-				for i := 1; i <= 3; i++ {
-					re := regexp.MustCompile(`^layer ` + itoa(i) + `/3 [0-9a-f]{12}  unpacked`)
-					found := false
-					for _, l := range lines {
-						found = found || re.MatchString(l)
-					}
-					if !found {
-						t.Errorf("no bar for layer %d on the terminal:\n%s", i, strings.Join(lines, "\n"))
-					}
-				}
+				wantUnpackedBars(t, screen(term), 3)
 			}
 		})
 	}
