@@ -145,7 +145,11 @@
 // or opened) and prunes all caches to WithCacheMaxSize: the least recently
 // used targets (by the lock's mtime, which only the agent sets) go whole,
 // then the oldest files of the target just built. What the cache holds
-// counts toward the build's disk limit as it grows.
+// counts toward the build's disk limit as it grows. With WithSourceCache a
+// target's cache also has src/, makepkg's SRCDEST (mounted on
+// /var/cache/vagent/sources, given to the builder user by the script),
+// under the same lease, cleaning (links, FIFOs removed at any depth) and
+// bound; never one shared across targets.
 //
 // The Runner's own directory (run control directories, private caches) is
 // 0700 and root's: when the container's init (the mapped root) cannot
