@@ -29,6 +29,7 @@ import (
 
 // cliEnv carries what every command needs from the process.
 type cliEnv struct {
+	stdin  *os.File // a terminal for vagent build --inspect
 	stdout io.Writer
 	stderr io.Writer
 	log    *logrus.Logger
@@ -69,6 +70,9 @@ type closedStdout struct {
 	onClose func()
 	closed  atomic.Bool
 }
+
+// Unwrap returns the standard output itself (a terminal for --inspect).
+func (c *closedStdout) Unwrap() io.Writer { return c.w }
 
 func (c *closedStdout) Write(p []byte) (int, error) {
 	if c.closed.Load() {
@@ -136,8 +140,8 @@ func run1(args []string, stdout, stderr io.Writer) int {
 	// kill vagent by SIGPIPE in the middle of a build, leaving its mounts
 	// and cgroups behind: with SIGPIPE caught, the write fails with EPIPE
 	// and the command is cancelled like by Ctrl-C, cleaning up. (Caught,
-	// not ignored: an ignored signal stays ignored in the builds vagent
-	// starts, where `yes | head` would then never end.)
+	// not ignored: an ignored signal would stay ignored in the builds
+	// vagent starts.)
 	pipe := make(chan os.Signal, 1)
 	signal.Notify(pipe, syscall.SIGPIPE)
 	defer signal.Stop(pipe)
@@ -145,7 +149,7 @@ func run1(args []string, stdout, stderr io.Writer) int {
 	defer cancel(nil)
 	out := &closedStdout{w: stdout, onClose: func() { cancel(errStdoutClosed) }}
 
-	env := &cliEnv{stdout: out, stderr: stderr, log: log}
+	env := &cliEnv{stdin: os.Stdin, stdout: out, stderr: stderr, log: log}
 	root := newRootCmd(env)
 	root.SetArgs(singleDashLongFlags(root, args))
 	cmd, err := root.ExecuteContextC(ctx)
