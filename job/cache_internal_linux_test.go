@@ -333,20 +333,19 @@ func TestCachePrune(t *testing.T) {
 
 func cacheKeyOf(id int) string { return cacheKey(poll.Job{TargetID: id}) }
 
-// TestCacheFollowsIDRange: when the data dir's id range changes (vagent
+// TestCacheOfAnotherRange: when the data dir's id range changes (vagent
 // picked a free range for a data dir of the old default 100000, or
-// id_range changed), what the earlier builds left in a target's cache is
-// given the same ids of the new range when the cache is next leased; links
-// are not followed, ids outside the old range stay.
-func TestCacheFollowsIDRange(t *testing.T) {
+// id_range changed), a target's cache that builds of the old range wrote
+// is emptied when it is next leased (its files belong to ids no build has
+// any more), without following a link in it; a tree a build of this range
+// gave to its builder user is kept.
+func TestCacheOfAnotherRange(t *testing.T) {
 	testkit.RequireRoot(t)
-	b := newCacheRunner(t)
+	b := newCacheRunner(t, WithSourceCache(true))
 	b.rootUID, b.rootGID, b.idSize = 100000, 100000, 65536
 	l, _ := lease(t, b, poll.Job{TargetID: 9})
-	pkg := l.tree
+	pkg, src := l.tree, l.src
 	l.release()
-	// What the old range's builds left (and a link a crashed agent did
-	// not clean away).
 	host := filepath.Join(t.TempDir(), "host-file")
 	mustWrite := func(p string, uid, gid int) {
 		t.Helper()
@@ -358,38 +357,47 @@ func TestCacheFollowsIDRange(t *testing.T) {
 		}
 	}
 	mustWrite(host, 0, 0)
+	// The builder user's source tree (build.sh gives it to builder).
+	if err := os.Chown(src, 101000, 101000); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(filepath.Join(src, "data.tar.gz"), 101000, 101000)
 	mustWrite(filepath.Join(pkg, "a-1-1-any.pkg.tar.zst"), 100000, 100000)
-	mustWrite(filepath.Join(pkg, "b-1-1-any.pkg.tar.zst.part"), 101000, 101001)
-	mustWrite(filepath.Join(pkg, "root-owned"), 0, 0)
-	if err := os.Symlink(host, filepath.Join(pkg, "link")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Lchown(filepath.Join(pkg, "link"), 100000, 100000); err != nil {
-		t.Fatal(err)
-	}
-	b.rootUID, b.rootGID = 600000, 600000
+
+	// The same range: everything stays.
 	l2, _ := lease(t, b, poll.Job{TargetID: 9})
-	defer l2.release()
-	if l2.tree != pkg {
-		t.Fatalf("second lease %s, want the target's %s", l2.tree, pkg)
+	l2.release()
+	for _, p := range []string{filepath.Join(src, "data.tar.gz"), filepath.Join(pkg, "a-1-1-any.pkg.tar.zst")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the same range's %s went: %v", p, err)
+		}
 	}
-	for _, c := range []struct {
-		path     string
-		uid, gid uint32
-	}{
-		{pkg, 600000, 600000},
-		{filepath.Join(pkg, "a-1-1-any.pkg.tar.zst"), 600000, 600000},
-		{filepath.Join(pkg, "b-1-1-any.pkg.tar.zst.part"), 601000, 601001},
-		{filepath.Join(pkg, "root-owned"), 0, 0},
-		{host, 0, 0},
-	} {
+	if err := os.Symlink(host, filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(src, 101000, 101000); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another range: both trees are emptied and the new root's.
+	b.rootUID, b.rootGID = 600000, 600000
+	l3, _ := lease(t, b, poll.Job{TargetID: 9})
+	defer l3.release()
+	if l3.tree != pkg || l3.src != src {
+		t.Fatalf("lease %s %s, want the target's %s %s", l3.tree, l3.src, pkg, src)
+	}
+	for _, dir := range []string{pkg, src} {
+		ents, err := os.ReadDir(dir)
+		if err != nil || len(ents) != 0 {
+			t.Errorf("%s after the range changed: %v %v, want empty", dir, ents, err)
+		}
 		var st syscall.Stat_t
-		if err := syscall.Lstat(c.path, &st); err != nil {
-			t.Fatal(err)
+		if err := syscall.Stat(dir, &st); err != nil || st.Uid != 600000 || st.Gid != 600000 {
+			t.Errorf("%s: %d:%d %v, want the new root's 600000", dir, st.Uid, st.Gid, err)
 		}
-		if st.Uid != c.uid || st.Gid != c.gid {
-			t.Errorf("%s: %d:%d, want %d:%d", c.path, st.Uid, st.Gid, c.uid, c.gid)
-		}
+	}
+	if _, err := os.Stat(host); err != nil {
+		t.Errorf("the link's target went: %v", err)
 	}
 }
 

@@ -129,8 +129,8 @@ func privateRootDir(dir string) error {
 // buildTree creates (or takes as it is) the directory name below the open
 // directory parent that builds write to, owned by container root
 // (uid:gid, of a range of size ids), and returns its path. A tree that
-// builds of another id range wrote (the data dir's range changed) is moved
-// to this one first (followRange): the caller holds it alone.
+// builds of another id range wrote (the data dir's range changed) is
+// emptied first (inOtherRange): the caller holds it alone.
 func buildTree(parent int, parentPath, name string, uid, gid int, size uint32) (string, error) {
 	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return "", fmt.Errorf("creating %s/%s: %w", parentPath, name, err)
@@ -139,10 +139,21 @@ func buildTree(parent int, parentPath, name string, uid, gid int, size uint32) (
 	if err != nil {
 		return "", fmt.Errorf("opening %s/%s: %w", parentPath, name, err)
 	}
-	defer unix.Close(fd)
-	if err := followRange(fd, filepath.Join(parentPath, name), uid, gid, size); err != nil {
-		return "", err
+	if inOtherRange(fd, uid, gid, size) {
+		unix.Close(fd)
+		// The parent is root's and out of every build's reach: the path
+		// is ours; RemoveTree follows no link below it.
+		if err := lockfile.RemoveTree(filepath.Join(parentPath, name)); err != nil {
+			return "", fmt.Errorf("emptying %s/%s of another id range: %w", parentPath, name, err)
+		}
+		if err := unix.Mkdirat(parent, name, 0o755); err != nil {
+			return "", fmt.Errorf("creating %s/%s: %w", parentPath, name, err)
+		}
+		if fd, err = unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return "", fmt.Errorf("opening %s/%s: %w", parentPath, name, err)
+		}
 	}
+	defer unix.Close(fd)
 	if os.Geteuid() == 0 {
 		if err := unix.Fchown(fd, uid, gid); err != nil {
 			return "", fmt.Errorf("chown %s/%s: %w", parentPath, name, err)
