@@ -23,7 +23,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newBuildCmd) }
 
 const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 

@@ -16,7 +16,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newBuilderCmd) }
 
 func newBuilderCmd(env *cliEnv) *cobra.Command {
 	return newGroup("builder", "prepare, list and remove builder images (build, ls, rm, prune)",
