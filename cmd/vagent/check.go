@@ -13,7 +13,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-
 // checkHost probes the host; tests replace it.
 var checkHost = sandbox.CheckHost
 

@@ -16,7 +16,6 @@ import (
 	"github.com/vieter-v/vagent/oci"
 )
 
-
 const defaultDataDir = "/var/lib/vagent"
 
 func newImageCmd(env *cliEnv) *cobra.Command {

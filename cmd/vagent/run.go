@@ -20,7 +20,6 @@ import (
 	"github.com/vieter-v/vagent/vieter"
 )
 
-
 // runDeps is what `vagent run` hands the executor factory.
 type runDeps struct {
 	log     logrus.FieldLogger

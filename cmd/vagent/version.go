@@ -14,7 +14,6 @@ var (
 	commit  = "unknown"
 )
 
-
 func newVersionCmd(env *cliEnv) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
