@@ -23,8 +23,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newBuildCmd) }
-
 const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 
 SOURCE is a local directory holding a PKGBUILD (copied into the sandbox without

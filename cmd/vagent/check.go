@@ -13,8 +13,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newCheckCmd) }
-
 // checkHost probes the host; tests replace it.
 var checkHost = sandbox.CheckHost
 

@@ -16,8 +16,6 @@ import (
 	"github.com/vieter-v/vagent/oci"
 )
 
-func init() { register(newImageCmd) }
-
 const defaultDataDir = "/var/lib/vagent"
 
 func newImageCmd(env *cliEnv) *cobra.Command {

@@ -16,8 +16,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newBuilderCmd) }
-
 func newBuilderCmd(env *cliEnv) *cobra.Command {
 	return newGroup("builder", "prepare, list and remove builder images (build, ls, rm, prune)",
 		"A builder is BASE plus pacman -Syu --needed --noconfirm base-devel git (builder_packages),\n"+

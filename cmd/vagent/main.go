@@ -35,13 +35,19 @@ type cliEnv struct {
 	log    *logrus.Logger
 }
 
-// commands are the constructors of vagent's subcommands. They are
-// registered from init functions, which also run in every container
-// start: keep registering to a slice append. run1 builds a fresh command
-// tree on each call.
-var commands []func(env *cliEnv) *cobra.Command
-
-func register(newCmd func(env *cliEnv) *cobra.Command) { commands = append(commands, newCmd) }
+// commands are the constructors of vagent's subcommands, all of them, in
+// one place (`vagent help` lists them sorted by name). run1 builds a fresh
+// command tree on each call.
+var commands = []func(env *cliEnv) *cobra.Command{
+	newRunCmd,
+	newBuildCmd,
+	newCheckCmd,
+	newStatusCmd,
+	newLogsCmd,
+	newImageCmd,
+	newBuilderCmd,
+	newVersionCmd,
+}
 
 // Exit statuses. A build's own status passes through `vagent build`.
 const (

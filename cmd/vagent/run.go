@@ -21,8 +21,6 @@ import (
 	"github.com/vieter-v/vagent/vieter"
 )
 
-func init() { register(newRunCmd) }
-
 // runDeps is what `vagent run` hands the executor factory.
 type runDeps struct {
 	log     logrus.FieldLogger
