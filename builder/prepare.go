@@ -35,7 +35,9 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		return nil, false, fmt.Errorf("preparing a builder for %s: no image store or sandbox", base)
 	}
 	log := m.logger(base)
-	lf, err := os.OpenFile(m.lockPath(key), os.O_CREATE|os.O_RDWR, 0o600)
+	// One preparation of a base at a time, whatever its recipe (Prune
+	// spares the layout entries of a base being prepared).
+	lf, err := os.OpenFile(m.lockPath(baseKey(base)), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, false, err
 	}

@@ -743,6 +743,18 @@ func (s *Store) lookupRef(ref string) (refRecord, bool) {
 	return rec, ok
 }
 
+// Recorded returns the manifest digest that ref resolved to when the
+// store last pulled it, and false when the store has no record of ref. It
+// reads the store's records only: no network.
+func (s *Store) Recorded(ref string) (v1.Hash, bool) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return v1.Hash{}, false
+	}
+	rec, ok := s.lookupRef(r.String())
+	return rec.Digest, ok
+}
+
 // List returns the images in the store, sorted by reference.
 func (s *Store) List() ([]ImageInfo, error) {
 	idx, err := s.readIndex()
