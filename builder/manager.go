@@ -550,7 +550,7 @@ func (m *Manager) lease(md *meta) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	ok, err := flock(f, false, false)
+	ok, err := lockfile.Lock(f, false, false)
 	if err != nil || !ok || !sameFile(f, dir) {
 		f.Close()
 		if err != nil {
@@ -606,7 +606,7 @@ func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurre
 		return false, 0, 0, err
 	}
 	defer f.Close()
-	if ok, err := flock(f, true, false); err != nil || !ok {
+	if ok, err := lockfile.Lock(f, true, false); err != nil || !ok {
 		return false, 0, 0, err
 	}
 	md, merr := readMeta(dir)
@@ -687,7 +687,7 @@ func (m *Manager) info(md *meta) Info {
 	m.mu.Unlock()
 	if !in.InUse {
 		if f, err := os.Open(m.builderDir(md.ID)); err == nil {
-			ok, err := flock(f, true, false)
+			ok, err := lockfile.Lock(f, true, false)
 			in.InUse = err == nil && !ok
 			f.Close()
 		}
@@ -778,7 +778,7 @@ func (m *Manager) preparing(base string) bool {
 		return false
 	}
 	defer f.Close()
-	ok, err := flock(f, true, false)
+	ok, err := lockfile.Lock(f, true, false)
 	return err == nil && !ok
 }
 

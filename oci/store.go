@@ -17,8 +17,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/vieter-v/vagent/internal/lockfile"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // Store is the content-addressed image store under a data directory:
@@ -522,7 +523,7 @@ func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
 		return nil, fmt.Errorf("pulling %s: %w", res.img.Ref, err)
 	}
 	if s.o.sync {
-		if err := syncfs(s.dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		if err := lockfile.SyncFS(s.dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 			return nil, fmt.Errorf("syncing store: %w", err)
 		}
 	}
@@ -633,7 +634,7 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 	}
 	mark := s.boot
 	if s.o.sync || mark == "" {
-		if err := syncfs(dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		if err := lockfile.SyncFS(dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 			return fmt.Errorf("syncing rootfs: %w", err)
 		}
 		mark = syncedMark

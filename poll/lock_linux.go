@@ -2,14 +2,13 @@ package poll
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // DataDirLock is the agent lock of a data directory, DIR/vagent.lock: one
@@ -33,12 +32,13 @@ func LockDataDir(dir string) (*DataDirLock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("locking data dir: %w", err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		defer f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, &lockedError{dir: dir, pid: lockHolder(f)}
-		}
+	switch ok, err := lockfile.Lock(f, true, false); {
+	case err != nil:
+		f.Close()
 		return nil, fmt.Errorf("locking data dir: %w", err)
+	case !ok:
+		defer f.Close()
+		return nil, &lockedError{dir: dir, pid: lockHolder(f)}
 	}
 	pid := []byte(strconv.Itoa(os.Getpid()) + "\n")
 	if err := f.Truncate(0); err == nil {

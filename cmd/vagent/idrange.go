@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/vieter-v/vagent/internal/lockfile"
 	"github.com/vieter-v/vagent/sandbox"
@@ -157,7 +156,7 @@ func withDataDirLock(dataDir string, fn func() error) error {
 		return err
 	}
 	defer d.Close()
-	if err := unix.Flock(int(d.Fd()), unix.LOCK_EX); err != nil {
+	if _, err := lockfile.Lock(d, true, true); err != nil {
 		return fmt.Errorf("locking %s: %w", dataDir, err)
 	}
 	return fn()

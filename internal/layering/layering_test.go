@@ -25,7 +25,7 @@ var allowed = map[string][]string{
 	// Images: no process, no server.
 	"oci": {"internal/lockfile"},
 	// The agent loop: no root, no images, no containers.
-	"poll": {"vieter"},
+	"poll": {"internal/lockfile", "vieter"},
 	// Builder images compose images and the sandbox.
 	"builder": {"internal/lockfile", "internal/pacman", "oci", "sandbox"},
 	// A job composes everything below the CLI.
