@@ -20,6 +20,7 @@ import (
 
 	"github.com/vieter-v/vagent/builder"
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
 
@@ -331,14 +332,21 @@ func TestBadOptions(t *testing.T) {
 		"retry after negative": builder.WithRetryAfter(-time.Second),
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := builder.New(nil, nil, t.TempDir(), opt)
+			_, err := builder.Open(t.TempDir(), opt)
 			if !errors.Is(err, builder.ErrBadConfig) {
-				t.Errorf("New: %v, want ErrBadConfig", err)
+				t.Errorf("Open: %v, want ErrBadConfig", err)
 			}
 		})
 	}
-	if _, err := builder.New(nil, nil, filepath.Join(t.TempDir(), "a,b")); !errors.Is(err, builder.ErrBadConfig) {
+	if _, err := builder.Open(filepath.Join(t.TempDir(), "a,b")); !errors.Is(err, builder.ErrBadConfig) {
 		t.Errorf("directory with a comma: %v", err)
+	}
+	// A Manager prepares: it needs an image store and a sandbox.
+	if _, err := builder.New(nil, nil, t.TempDir()); !errors.Is(err, builder.ErrBadConfig) {
+		t.Errorf("New without store and sandbox: %v", err)
+	}
+	if _, err := builder.New(nil, (*sandbox.Manager)(nil), t.TempDir()); !errors.Is(err, builder.ErrBadConfig) {
+		t.Errorf("New with a nil *sandbox.Manager: %v", err)
 	}
 }
 

@@ -62,9 +62,9 @@ func currentKey(base, recipe string) string { return baseKey(base + "\x00" + rec
 // currentKeyOf is the current link a builder may be the target of.
 func currentKeyOf(md *meta) string { return currentKey(md.Base, md.Recipe) }
 
-func (m *Manager) builderDir(id string) string { return filepath.Join(m.dir, buildersDir, id) }
-func (m *Manager) currentLink(key string) string {
-	return filepath.Join(m.dir, currentDirName, key)
+func (c *Catalogue) builderDir(id string) string { return filepath.Join(c.dir, buildersDir, id) }
+func (c *Catalogue) currentLink(key string) string {
+	return filepath.Join(c.dir, currentDirName, key)
 }
 
 // validID accepts what builder directories are named: a manifest digest's
@@ -93,8 +93,8 @@ func readMeta(dir string) (*meta, error) {
 }
 
 // setCurrent points the base's current link at builder id, atomically.
-func (m *Manager) setCurrent(key, id string) error {
-	link := m.currentLink(key)
+func (c *Catalogue) setCurrent(key, id string) error {
+	link := c.currentLink(key)
 	tmp := link + ".tmp-" + id[:12]
 	os.Remove(tmp)
 	if err := os.Symlink(filepath.Join("..", buildersDir, id), tmp); err != nil {
@@ -108,8 +108,8 @@ func (m *Manager) setCurrent(key, id string) error {
 }
 
 // currentID returns the id of the base's current builder, "" if none.
-func (m *Manager) currentID(key string) (string, error) {
-	t, err := os.Readlink(m.currentLink(key))
+func (c *Catalogue) currentID(key string) (string, error) {
+	t, err := os.Readlink(c.currentLink(key))
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -118,19 +118,19 @@ func (m *Manager) currentID(key string) (string, error) {
 	}
 	id := filepath.Base(t)
 	if !validID(id) {
-		return "", fmt.Errorf("current builder link %s: bad target %q", m.currentLink(key), t)
+		return "", fmt.Errorf("current builder link %s: bad target %q", c.currentLink(key), t)
 	}
 	return id, nil
 }
 
 // newTemp creates a directory under tmp/, locked exclusively by the
 // returned file until it is closed (or the process dies).
-func (m *Manager) newTemp(prefix string) (string, *os.File, error) {
-	return lockfile.MkdirTemp(filepath.Join(m.dir, tmpDirName), prefix)
+func (c *Catalogue) newTemp(prefix string) (string, *os.File, error) {
+	return lockfile.MkdirTemp(filepath.Join(c.dir, tmpDirName), prefix)
 }
 
 // removeStaleTemps removes the temporaries whose writer is gone: the
 // half-prepared builders of a crashed process.
-func (m *Manager) removeStaleTemps() (int, error) {
-	return lockfile.RemoveStale(filepath.Join(m.dir, tmpDirName))
+func (c *Catalogue) removeStaleTemps() (int, error) {
+	return lockfile.RemoveStale(filepath.Join(c.dir, tmpDirName))
 }

@@ -31,11 +31,19 @@ func LayoutTag(base string) string {
 // base (the previous builder of base keeps its entry, untagged, until it
 // is removed).
 func (m *Manager) addImage(ctx context.Context, img v1.Image, base, id string) error {
-	return m.layout.Put(ctx, img, LayoutTag(base), map[string]string{annotationBase: base, annotationBuilder: id})
+	lay, err := m.layout()
+	if err != nil {
+		return err
+	}
+	return lay.Put(ctx, img, LayoutTag(base), map[string]string{annotationBase: base, annotationBuilder: id})
 }
 
 // removeImage drops builder id from the index and collects the blobs no
 // remaining entry uses.
-func (m *Manager) removeImage(ctx context.Context, id string) (blobs int, bytes int64, err error) {
-	return m.layout.Retain(ctx, func(d v1.Descriptor) bool { return d.Annotations[annotationBuilder] != id })
+func (c *Catalogue) removeImage(ctx context.Context, id string) (blobs int, bytes int64, err error) {
+	lay, err := c.layout()
+	if err != nil {
+		return 0, 0, err
+	}
+	return lay.Retain(ctx, func(d v1.Descriptor) bool { return d.Annotations[annotationBuilder] != id })
 }

@@ -2,6 +2,7 @@ package builder_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,8 +99,8 @@ func TestExpiryRebuildsAndCollectsAfterLastBuild(t *testing.T) {
 }
 
 // TestRestartReusesFreshBuilderOffline: after a restart, a fresh builder
-// is found on disk and leased with the registry stopped, and with neither
-// an image store nor a sandbox to prepare anything.
+// is found on disk and leased with the registry stopped, by a Manager whose
+// sandbox fails the test if anything is prepared.
 func TestRestartReusesFreshBuilderOffline(t *testing.T) {
 	e := newEnv(t)
 	reg := startRegistry(t)
@@ -118,7 +119,7 @@ func TestRestartReusesFreshBuilderOffline(t *testing.T) {
 	}
 	reg.Close()
 
-	m, err := builder.New(nil, nil, filepath.Join(e.dir, "builders"))
+	m, err := builder.New(e.store, noSetup{t, e.sb}, filepath.Join(e.dir, "builders"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,3 +322,16 @@ func TestCrashDuringSetupIsCleanedUp(t *testing.T) {
 	}
 	l.Release()
 }
+
+// noSetup is a builder.Sandbox that fails the test when a setup runs.
+type noSetup struct {
+	t  *testing.T
+	sb builder.Sandbox
+}
+
+func (n noSetup) Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Result, error) {
+	n.t.Errorf("a builder setup ran: %q", spec.Args)
+	return nil, errors.New("no setup expected")
+}
+
+func (n noSetup) IDRange() (uid, gid, size uint32) { return n.sb.IDRange() }

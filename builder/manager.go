@@ -20,24 +20,51 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// Manager prepares and hands out builders under one directory
-// (<data_dir>/builders). It is safe for concurrent use, and several
-// processes (the agent and `vagent image` commands) may use the same
-// directory at once.
-type Manager struct {
-	store  *oci.Store
-	sb     *sandbox.Manager
-	layout *oci.Layout // the builders' images, DIR/oci
+// Sandbox runs a builder's setup: *sandbox.Manager implements it, and
+// job's builds take the same interface (job.Sandbox), so that tests can put
+// a fake in its place.
+type Sandbox interface {
+	// Run runs spec to completion (see sandbox.Manager.Run).
+	Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Result, error)
+	// IDRange returns the host ids container ids map to (see
+	// sandbox.Manager.IDRange).
+	IDRange() (uid, gid, size uint32)
+}
+
+var _ Sandbox = (*sandbox.Manager)(nil)
+
+// Catalogue is what is on disk under a builder directory
+// (<data_dir>/builders): it lists the builders (List), and removes them
+// (Remove, Prune) when asked, but never prepares one. Open returns one that
+// has changed nothing; a Manager is a Catalogue that also prepares. It is
+// safe for concurrent use, and several processes (the agent and `vagent
+// builder` commands) may use the same directory at once.
+type Catalogue struct {
 	dir    string
 	o      *options
 	recipe string
+	store  *oci.Store // nil for a Catalogue of Open
 
-	mu      sync.Mutex
+	layoutOnce sync.Once
+	layoutErr  error
+	lay        *oci.Layout // the builders' images, DIR/oci (openLayout)
+
+	mu     sync.Mutex
+	metas  map[string]*meta // by builder id (meta.json never changes)
+	leases map[string]int   // by builder id: leases held in this process
+}
+
+// Manager prepares and hands out builders under one directory: a
+// Catalogue with an image store to take base images from and a sandbox to
+// run the setup in.
+type Manager struct {
+	*Catalogue
+	sb Sandbox
+
+	// Guarded by the Catalogue's mu.
 	closed  bool
 	flights map[string]*flight   // by base: the preparation under way
 	failed  map[string]time.Time // by base: last failed background refresh
-	metas   map[string]*meta     // by builder id (meta.json never changes)
-	leases  map[string]int       // by builder id: leases held in this process
 	wg      sync.WaitGroup
 }
 
@@ -121,13 +148,31 @@ type PruneReport struct {
 // errGone means a builder was removed between finding and leasing it.
 var errGone = errors.New("builder removed")
 
-// New opens (creating it if needed) the builder directory dir, typically
-// <data_dir>/builders, and removes what a crashed process left behind:
-// half-prepared builders and, when store and sb are given (an agent
-// starting), superseded builders no one uses any more. store and sb are
-// needed to prepare builders; with nil ones the Manager can still list,
-// lease existing builders and prune.
-func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Manager, error) {
+// Open opens the builder directory dir, typically <data_dir>/builders, as
+// a Catalogue: it creates nothing and removes nothing (a crashed process's
+// leftovers are New's and Prune's business), so `vagent builder ls` and
+// `vagent image ls` change nothing on disk. A directory that is not a
+// complete builder directory is an error wrapping fs.ErrNotExist. The
+// options matter for what List reports (the recipe of "other settings",
+// the maximum age of "stale").
+func Open(dir string, opts ...Option) (*Catalogue, error) {
+	c, err := newCatalogue(nil, dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{buildersDir, currentDirName, locksDirName, tmpDirName, layoutDirName} {
+		fi, err := os.Stat(filepath.Join(c.dir, d))
+		if err == nil && !fi.IsDir() {
+			err = fmt.Errorf("%s is not a directory", d)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("builder directory %s: %w", c.dir, err)
+		}
+	}
+	return c, nil
+}
+
+func newCatalogue(store *oci.Store, dir string, opts []Option) (*Catalogue, error) {
 	o := defaultOptions()
 	for _, opt := range opts {
 		if err := opt(o); err != nil {
@@ -141,45 +186,74 @@ func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Ma
 	if strings.ContainsAny(abs, ",:\\") {
 		return nil, fmt.Errorf("%w: builder directory %q: ',', ':' and '\\' cannot be used in an overlay lower", ErrBadConfig, abs)
 	}
+	return &Catalogue{
+		dir: abs, o: o, recipe: o.recipe(), store: store,
+		metas:  map[string]*meta{},
+		leases: map[string]int{},
+	}, nil
+}
+
+// layout returns the builders' image layout, opened (and created) at the
+// first change: a Catalogue that only lists never opens it.
+func (c *Catalogue) layout() (*oci.Layout, error) {
+	c.layoutOnce.Do(func() {
+		c.lay, c.layoutErr = oci.OpenLayout(filepath.Join(c.dir, layoutDirName), c.store)
+		if c.layoutErr != nil {
+			c.layoutErr = fmt.Errorf("opening the builders' image layout: %w", c.layoutErr)
+		}
+	})
+	return c.lay, c.layoutErr
+}
+
+// New opens (creating it if needed) the builder directory dir, typically
+// <data_dir>/builders, to prepare builders of base images from store in
+// sb, and removes what a crashed process left behind: half-prepared
+// builders and superseded builders no one uses any more. store and sb are
+// required (a nil one is ErrBadConfig); a caller that only lists or
+// removes builders uses Open.
+func New(store *oci.Store, sb Sandbox, dir string, opts ...Option) (*Manager, error) {
+	if m, ok := sb.(*sandbox.Manager); store == nil || sb == nil || (ok && m == nil) {
+		return nil, fmt.Errorf("%w: a Manager needs an image store and a sandbox (builder.Open lists without them)", ErrBadConfig)
+	}
+	c, err := newCatalogue(store, dir, opts)
+	if err != nil {
+		return nil, err
+	}
 	for _, d := range []string{buildersDir, currentDirName, locksDirName, tmpDirName} {
-		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("creating the builder directory: %w", err)
 		}
 	}
 	m := &Manager{
-		store: store, sb: sb, dir: abs, o: o, recipe: o.recipe(),
+		Catalogue: c, sb: sb,
 		flights: map[string]*flight{},
 		failed:  map[string]time.Time{},
-		metas:   map[string]*meta{},
-		leases:  map[string]int{},
 	}
-	if m.layout, err = oci.OpenLayout(filepath.Join(abs, layoutDirName), store); err != nil {
-		return nil, fmt.Errorf("creating the builders' image layout: %w", err)
+	if _, err := c.layout(); err != nil {
+		return nil, err
 	}
 	if n, err := m.removeStaleTemps(); err != nil {
 		return nil, err
 	} else if n > 0 {
-		o.log.WithField("count", n).Info("removed half-prepared builders of an interrupted run")
+		c.o.log.WithField("count", n).Info("removed half-prepared builders of an interrupted run")
 	}
 	m.migrateLinks()
-	if store != nil && sb != nil {
-		// An agent starting: collect what a killed one left.
-		if rep, err := m.collectSuperseded(context.Background(), false); err != nil {
-			o.log.WithError(err).Warn("collecting superseded builders")
-		} else if rep.Builders > 0 {
-			o.log.WithField("count", rep.Builders).Info("removed superseded builders")
-		}
+	// An agent starting: collect what a killed one left.
+	if rep, err := m.collectSuperseded(context.Background(), false); err != nil {
+		c.o.log.WithError(err).Warn("collecting superseded builders")
+	} else if rep.Builders > 0 {
+		c.o.log.WithField("count", rep.Builders).Info("removed superseded builders")
 	}
 	return m, nil
 }
 
-// Dir returns the Manager's directory.
-func (m *Manager) Dir() string { return m.dir }
+// Dir returns the Catalogue's directory.
+func (c *Catalogue) Dir() string { return c.dir }
 
 // LayoutDir returns the OCI image layout that holds the builder images,
 // each tagged (annotation org.opencontainers.image.ref.name) with its base
 // reference: `skopeo copy oci:LAYOUT:BASE ...`.
-func (m *Manager) LayoutDir() string { return m.layout.Dir() }
+func (c *Catalogue) LayoutDir() string { return filepath.Join(c.dir, layoutDirName) }
 
 // Acquire returns a lease on a ready builder for baseImage made the way
 // this Manager makes them: its recipe (packages, repositories, mirror
@@ -395,25 +469,25 @@ func (m *Manager) refreshInBackground(ctx context.Context, key, base string) {
 // migrateLinks renames the current links of older vagents, one per base
 // (current/<baseKey(base)>), to the recipe's: their builders stay current
 // for the settings they were made with.
-func (m *Manager) migrateLinks() {
-	links, err := os.ReadDir(filepath.Join(m.dir, currentDirName))
+func (c *Catalogue) migrateLinks() {
+	links, err := os.ReadDir(filepath.Join(c.dir, currentDirName))
 	if err != nil {
 		return
 	}
 	for _, l := range links {
-		id, err := m.currentID(l.Name())
+		id, err := c.currentID(l.Name())
 		if err != nil || id == "" {
 			continue
 		}
-		md, err := readMeta(m.builderDir(id))
+		md, err := readMeta(c.builderDir(id))
 		if err != nil || l.Name() != baseKey(md.Base) || l.Name() == currentKeyOf(md) {
 			continue
 		}
-		to := m.currentLink(currentKeyOf(md))
+		to := c.currentLink(currentKeyOf(md))
 		if _, err := os.Lstat(to); errors.Is(err, fs.ErrNotExist) {
-			_ = os.Rename(m.currentLink(l.Name()), to)
+			_ = os.Rename(c.currentLink(l.Name()), to)
 		} else {
-			_ = os.Remove(m.currentLink(l.Name()))
+			_ = os.Remove(c.currentLink(l.Name()))
 		}
 	}
 }
@@ -442,32 +516,32 @@ func (m *Manager) Close() error {
 }
 
 // current returns the base's current builder, nil if it has none.
-func (m *Manager) current(key string) (*meta, error) {
-	id, err := m.currentID(key)
+func (c *Catalogue) current(key string) (*meta, error) {
+	id, err := c.currentID(key)
 	if err != nil || id == "" {
 		return nil, err
 	}
-	md, err := m.loadMeta(id)
+	md, err := c.loadMeta(id)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil // a dangling link: removed by Prune
 	}
 	return md, err
 }
 
-func (m *Manager) loadMeta(id string) (*meta, error) {
-	m.mu.Lock()
-	md := m.metas[id]
-	m.mu.Unlock()
+func (c *Catalogue) loadMeta(id string) (*meta, error) {
+	c.mu.Lock()
+	md := c.metas[id]
+	c.mu.Unlock()
 	if md != nil {
 		return md, nil
 	}
-	md, err := readMeta(m.builderDir(id))
+	md, err := readMeta(c.builderDir(id))
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	m.metas[id] = md
-	m.mu.Unlock()
+	c.mu.Lock()
+	c.metas[id] = md
+	c.mu.Unlock()
 	return md, nil
 }
 
@@ -482,9 +556,6 @@ func (m *Manager) fresh(md *meta) bool {
 // again since, by `vagent image pull` or another recipe's preparation).
 // It reads the store's records: no network.
 func (m *Manager) baseChanged(md *meta) bool {
-	if m.store == nil {
-		return false
-	}
 	d, ok := m.store.Recorded(md.Base)
 	return ok && d != md.BaseDigest
 }
@@ -511,13 +582,13 @@ func (m *Manager) sayWhyPreparing(log io.Writer, base string, cur *meta) {
 }
 
 // otherRecipes tells whether base has builders made with another recipe.
-func (m *Manager) otherRecipes(base string) bool {
-	ents, _ := os.ReadDir(filepath.Join(m.dir, buildersDir))
+func (c *Catalogue) otherRecipes(base string) bool {
+	ents, _ := os.ReadDir(filepath.Join(c.dir, buildersDir))
 	for _, e := range ents {
 		if !validID(e.Name()) {
 			continue
 		}
-		if md, err := m.loadMeta(e.Name()); err == nil && md.Base == base && md.Recipe != m.recipe {
+		if md, err := c.loadMeta(e.Name()); err == nil && md.Base == base && md.Recipe != c.recipe {
 			return true
 		}
 	}
@@ -535,14 +606,14 @@ func shortID(hex string) string {
 // and List go by age only: a `vagent builder` command may run with other
 // settings than the agent, and must not take the agent's builders for
 // stale because of that.
-func (m *Manager) expired(md *meta) bool {
-	return m.o.now().Sub(md.Created) >= m.o.maxAge
+func (c *Catalogue) expired(md *meta) bool {
+	return c.o.now().Sub(md.Created) >= c.o.maxAge
 }
 
 // lease takes a shared lock on the builder's directory (Prune and removal
 // need an exclusive one) and counts the lease.
-func (m *Manager) lease(md *meta) (*Lease, error) {
-	dir := m.builderDir(md.ID)
+func (c *Catalogue) lease(md *meta) (*Lease, error) {
+	dir := c.builderDir(md.ID)
 	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errGone
@@ -558,27 +629,27 @@ func (m *Manager) lease(md *meta) (*Lease, error) {
 		}
 		return nil, errGone
 	}
-	m.mu.Lock()
-	m.leases[md.ID]++
-	m.mu.Unlock()
+	c.mu.Lock()
+	c.leases[md.ID]++
+	c.mu.Unlock()
 	l := &Lease{
 		Rootfs: filepath.Join(dir, rootfsName), Base: md.Base,
 		BaseDigest: md.BaseDigest, Digest: md.Digest, Created: md.Created,
 	}
 	l.release = sync.OnceFunc(func() {
 		f.Close()
-		m.mu.Lock()
-		if m.leases[md.ID]--; m.leases[md.ID] <= 0 {
-			delete(m.leases, md.ID)
+		c.mu.Lock()
+		if c.leases[md.ID]--; c.leases[md.ID] <= 0 {
+			delete(c.leases, md.ID)
 		}
-		last := m.leases[md.ID] == 0
-		m.mu.Unlock()
+		last := c.leases[md.ID] == 0
+		c.mu.Unlock()
 		if !last {
 			return
 		}
-		if id, err := m.currentID(currentKeyOf(md)); err == nil && id != md.ID {
-			if _, err := m.removeBuilder(context.Background(), md.ID, false); err != nil {
-				m.o.log.WithError(err).WithField("builder", md.ID[:12]).Warn("removing a superseded builder")
+		if id, err := c.currentID(currentKeyOf(md)); err == nil && id != md.ID {
+			if _, err := c.removeBuilder(context.Background(), md.ID, false); err != nil {
+				c.o.log.WithError(err).WithField("builder", md.ID[:12]).Warn("removing a superseded builder")
 			}
 		}
 	})
@@ -589,15 +660,15 @@ func (m *Manager) lease(md *meta) (*Lease, error) {
 // false). The current link of its base is removed with it if it points
 // to it. A builder directory is moved to tmp/ first, so that a crash in
 // the middle leaves a stale temporary, never half a builder.
-func (m *Manager) removeBuilder(ctx context.Context, id string, unlinkCurrent bool) (bool, error) {
-	ok, _, _, err := m.removeBuilderBlobs(ctx, id, unlinkCurrent)
+func (c *Catalogue) removeBuilder(ctx context.Context, id string, unlinkCurrent bool) (bool, error) {
+	ok, _, _, err := c.removeBuilderBlobs(ctx, id, unlinkCurrent)
 	return ok, err
 }
 
 // removeBuilderBlobs is removeBuilder that also reports the layout blobs
 // it collected.
-func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurrent bool) (_ bool, blobs int, size int64, _ error) {
-	dir := m.builderDir(id)
+func (c *Catalogue) removeBuilderBlobs(ctx context.Context, id string, unlinkCurrent bool) (_ bool, blobs int, size int64, _ error) {
+	dir := c.builderDir(id)
 	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, 0, 0, nil
@@ -612,16 +683,16 @@ func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurre
 	md, merr := readMeta(dir)
 	if merr == nil {
 		key := currentKeyOf(md)
-		if cur, err := m.currentID(key); err == nil && cur == id {
+		if cur, err := c.currentID(key); err == nil && cur == id {
 			if !unlinkCurrent {
 				return false, 0, 0, nil
 			}
-			if err := os.Remove(m.currentLink(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := os.Remove(c.currentLink(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return false, 0, 0, err
 			}
 		}
 	}
-	tmp, lock, err := m.newTemp("rm-")
+	tmp, lock, err := c.newTemp("rm-")
 	if err != nil {
 		return false, 0, 0, err
 	}
@@ -630,25 +701,25 @@ func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurre
 		lockfile.RemoveTree(tmp)
 		return false, 0, 0, err
 	}
-	m.mu.Lock()
-	delete(m.metas, id)
-	m.mu.Unlock()
+	c.mu.Lock()
+	delete(c.metas, id)
+	c.mu.Unlock()
 	if err := lockfile.RemoveTree(tmp); err != nil {
 		return true, 0, 0, err
 	}
-	blobs, size, err = m.removeImage(ctx, id)
+	blobs, size, err = c.removeImage(ctx, id)
 	if err != nil {
 		return true, blobs, size, err
 	}
-	m.o.log.WithField("builder", id[:12]).Info("removed builder")
+	c.o.log.WithField("builder", id[:12]).Info("removed builder")
 	return true, blobs, size, nil
 }
 
 // collectSuperseded removes the builders that are not current, the stale
 // current ones of other recipes than this Manager's (and, with stale, its
 // own stale current ones) unless in use.
-func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneReport, err error) {
-	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
+func (c *Catalogue) collectSuperseded(ctx context.Context, stale bool) (rep PruneReport, err error) {
+	ents, err := os.ReadDir(filepath.Join(c.dir, buildersDir))
 	if err != nil {
 		return rep, err
 	}
@@ -657,36 +728,36 @@ func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneR
 		if !validID(id) {
 			continue
 		}
-		md, err := readMeta(m.builderDir(id))
+		md, err := readMeta(c.builderDir(id))
 		isCurrent := false
 		if err == nil {
-			cur, _ := m.currentID(currentKeyOf(md))
+			cur, _ := c.currentID(currentKeyOf(md))
 			isCurrent = cur == id
 		}
-		if isCurrent && (!m.expired(md) || (!stale && md.Recipe == m.recipe)) {
+		if isCurrent && (!c.expired(md) || (!stale && md.Recipe == c.recipe)) {
 			continue
 		}
-		if err := rep.remove(ctx, m, id); err != nil {
+		if err := rep.remove(ctx, c, id); err != nil {
 			return rep, err
 		}
 	}
 	return rep, nil
 }
 
-func (m *Manager) info(md *meta) Info {
+func (c *Catalogue) info(md *meta) Info {
 	in := Info{
 		ID: md.ID, Base: md.Base, BaseDigest: md.BaseDigest, Digest: md.Digest,
-		Created: md.Created, Size: md.Size, LayerSize: md.LayerSize, Stale: m.expired(md),
-		OtherSettings: md.Recipe != m.recipe,
+		Created: md.Created, Size: md.Size, LayerSize: md.LayerSize, Stale: c.expired(md),
+		OtherSettings: md.Recipe != c.recipe,
 	}
-	if cur, err := m.currentID(currentKeyOf(md)); err == nil {
+	if cur, err := c.currentID(currentKeyOf(md)); err == nil {
 		in.Current = cur == md.ID
 	}
-	m.mu.Lock()
-	in.InUse = m.leases[md.ID] > 0
-	m.mu.Unlock()
+	c.mu.Lock()
+	in.InUse = c.leases[md.ID] > 0
+	c.mu.Unlock()
 	if !in.InUse {
-		if f, err := os.Open(m.builderDir(md.ID)); err == nil {
+		if f, err := os.Open(c.builderDir(md.ID)); err == nil {
 			ok, err := lockfile.Lock(f, true, false)
 			in.InUse = err == nil && !ok
 			f.Close()
@@ -697,8 +768,8 @@ func (m *Manager) info(md *meta) Info {
 
 // List returns the builders on disk, sorted by base and age (newest
 // first).
-func (m *Manager) List() ([]Info, error) {
-	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
+func (c *Catalogue) List() ([]Info, error) {
+	ents, err := os.ReadDir(filepath.Join(c.dir, buildersDir))
 	if err != nil {
 		return nil, err
 	}
@@ -707,11 +778,11 @@ func (m *Manager) List() ([]Info, error) {
 		if !validID(e.Name()) {
 			continue
 		}
-		md, err := m.loadMeta(e.Name())
+		md, err := c.loadMeta(e.Name())
 		if err != nil {
 			continue // being removed, or not readable: Prune's business
 		}
-		out = append(out, m.info(md))
+		out = append(out, c.info(md))
 	}
 	sortInfos(out)
 	return out, nil
@@ -734,35 +805,39 @@ func sortInfos(in []Info) {
 // Prune removes the builders that are superseded or stale, unless in use,
 // dangling current links, index entries without a builder, the layout
 // blobs nothing uses, and the leftovers of crashed processes.
-func (m *Manager) Prune(ctx context.Context) (PruneReport, error) {
-	temps, err := m.removeStaleTemps()
+func (c *Catalogue) Prune(ctx context.Context) (PruneReport, error) {
+	temps, err := c.removeStaleTemps()
 	if err != nil {
 		return PruneReport{Temps: temps}, err
 	}
-	rep, err := m.collectSuperseded(ctx, true)
+	rep, err := c.collectSuperseded(ctx, true)
 	rep.Temps = temps
 	if err != nil {
 		return rep, err
 	}
 	// Dangling current links.
-	links, err := os.ReadDir(filepath.Join(m.dir, currentDirName))
+	links, err := os.ReadDir(filepath.Join(c.dir, currentDirName))
 	if err != nil {
 		return rep, err
 	}
 	for _, l := range links {
-		p := filepath.Join(m.dir, currentDirName, l.Name())
+		p := filepath.Join(c.dir, currentDirName, l.Name())
 		if _, err := os.Stat(p); errors.Is(err, fs.ErrNotExist) {
 			os.Remove(p)
 		}
 	}
-	blobs, size, err := m.layout.Retain(ctx, func(d v1.Descriptor) bool {
+	lay, err := c.layout()
+	if err != nil {
+		return rep, err
+	}
+	blobs, size, err := lay.Retain(ctx, func(d v1.Descriptor) bool {
 		id := d.Annotations[annotationBuilder]
 		if id != "" && validID(id) {
-			if _, err := os.Stat(m.builderDir(id)); err == nil {
+			if _, err := os.Stat(c.builderDir(id)); err == nil {
 				return true
 			}
 		}
-		return m.preparing(d.Annotations[annotationBase])
+		return c.preparing(d.Annotations[annotationBase])
 	})
 	rep.Blobs += blobs
 	rep.Bytes += size
@@ -772,8 +847,8 @@ func (m *Manager) Prune(ctx context.Context) (PruneReport, error) {
 // preparing tells whether a builder for base is being prepared (by any
 // process): its image may be in the layout before its directory is
 // published.
-func (m *Manager) preparing(base string) bool {
-	f, err := os.Open(m.lockPath(baseKey(base)))
+func (c *Catalogue) preparing(base string) bool {
+	f, err := os.Open(c.lockPath(baseKey(base)))
 	if err != nil {
 		return false
 	}
@@ -782,11 +857,11 @@ func (m *Manager) preparing(base string) bool {
 	return err == nil && !ok
 }
 
-func (m *Manager) lockPath(key string) string {
-	return filepath.Join(m.dir, locksDirName, key+".lock")
+func (c *Catalogue) lockPath(key string) string {
+	return filepath.Join(c.dir, locksDirName, key+".lock")
 }
 
 // logger returns the Manager's logger with the image field.
-func (m *Manager) logger(base string) logrus.FieldLogger {
-	return m.o.log.WithField("image", base)
+func (c *Catalogue) logger(base string) logrus.FieldLogger {
+	return c.o.log.WithField("image", base)
 }

@@ -31,9 +31,6 @@ const (
 // prepares a base, and reports whether it made a new builder. The
 // preparation observer hears of every attempt to make one.
 func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, mode prepMode) (md *meta, rebuilt bool, err error) {
-	if m.store == nil || m.sb == nil {
-		return nil, false, fmt.Errorf("preparing a builder for %s: no image store or sandbox", base)
-	}
 	log := m.logger(base)
 	// One preparation of a base at a time, whatever its recipe (Prune
 	// spares the layout entries of a base being prepared).

@@ -17,9 +17,9 @@ type RemoveReport struct {
 // Remove removes every builder of base (as Info.Base names it), the
 // current one included, except those in use: the next build of base
 // prepares a new builder. A base without builders removes nothing.
-func (m *Manager) Remove(ctx context.Context, base string) (RemoveReport, error) {
+func (c *Catalogue) Remove(ctx context.Context, base string) (RemoveReport, error) {
 	var rep RemoveReport
-	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
+	ents, err := os.ReadDir(filepath.Join(c.dir, buildersDir))
 	if err != nil {
 		return rep, err
 	}
@@ -28,11 +28,11 @@ func (m *Manager) Remove(ctx context.Context, base string) (RemoveReport, error)
 		if !validID(id) {
 			continue
 		}
-		md, err := readMeta(m.builderDir(id))
+		md, err := readMeta(c.builderDir(id))
 		if err != nil || md.Base != base {
 			continue
 		}
-		if err := rep.remove(ctx, m, id); err != nil {
+		if err := rep.remove(ctx, c, id); err != nil {
 			return rep, err
 		}
 	}
@@ -40,8 +40,8 @@ func (m *Manager) Remove(ctx context.Context, base string) (RemoveReport, error)
 }
 
 // remove removes builder id unless it is in use, counting it in r.
-func (r *RemoveReport) remove(ctx context.Context, m *Manager, id string) error {
-	ok, blobs, size, err := m.removeBuilderBlobs(ctx, id, true)
+func (r *RemoveReport) remove(ctx context.Context, c *Catalogue, id string) error {
+	ok, blobs, size, err := c.removeBuilderBlobs(ctx, id, true)
 	r.Blobs += blobs
 	r.Bytes += size
 	if err != nil {

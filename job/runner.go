@@ -77,15 +77,9 @@ func (s stageLog) Stage(st builder.Stage) {
 
 // Sandbox runs a build's process tree: *sandbox.Manager implements it;
 // tests use a fake that plays the build script's part without containers.
-type Sandbox interface {
-	// Run runs spec to completion (see sandbox.Manager.Run).
-	Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Result, error)
-	// IDRange returns the host ids container ids map to (see
-	// sandbox.Manager.IDRange).
-	IDRange() (uid, gid, size uint32)
-}
-
-var _ Sandbox = (*sandbox.Manager)(nil)
+// It is the interface builder preparations take (builder.Sandbox): one
+// contract for whatever runs a sandbox.Spec.
+type Sandbox = builder.Sandbox
 
 // Runner runs jobs. It is safe for concurrent use.
 type Runner struct {

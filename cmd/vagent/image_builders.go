@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -212,26 +213,18 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 	return c
 }
 
-// openBuilders opens the builder directory of dataDir for listing and
-// removing: nil when there is none, or (for listing) when it is not
-// complete, since opening it would complete it. It never creates the
-// data dir.
-func openBuilders(dataDir string, opts []builder.Option, readOnly bool) (*builder.Manager, error) {
+// openBuilders opens the builder directory of dataDir as a catalogue, for
+// listing and removing: nil when there is none. Opening changes nothing,
+// and it never creates the data dir.
+func openBuilders(dataDir string, opts []builder.Option) (*builder.Catalogue, error) {
 	if err := requireDataDir(dataDir); err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(dataDir, "builders")
-	probe := dir
-	if readOnly {
-		probe = filepath.Join(dir, "oci", "index.json")
+	c, err := builder.Open(filepath.Join(dataDir, "builders"), opts...)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
-	if _, err := os.Stat(probe); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	return builder.New(nil, nil, dir, opts...)
+	return c, err
 }
 
 func newBuilderListCmd(env *cliEnv) *cobra.Command {
@@ -254,13 +247,12 @@ func newBuilderListCmd(env *cliEnv) *cobra.Command {
 
 // listBuilders prints the builder table of dataDir.
 func listBuilders(env *cliEnv, dataDir string, bopts []builder.Option) error {
-	m, err := openBuilders(dataDir, bopts, true)
+	m, err := openBuilders(dataDir, bopts)
 	if err != nil {
 		return err
 	}
 	var infos []builder.Info
 	if m != nil {
-		defer m.Close()
 		if infos, err = m.List(); err != nil {
 			return err
 		}
@@ -305,12 +297,9 @@ func newBuilderRemoveCmd(env *cliEnv) *cobra.Command {
 			if err := af.load(env, c); err != nil {
 				return err
 			}
-			m, err := openBuilders(af.dataDir, af.builderOptions(env), false)
+			m, err := openBuilders(af.dataDir, af.builderOptions(env))
 			if err != nil {
 				return err
-			}
-			if m != nil {
-				defer m.Close()
 			}
 			var errs []error
 			for _, base := range args {
@@ -347,13 +336,12 @@ func newBuilderPruneCmd(env *cliEnv) *cobra.Command {
 			if err := af.load(env, c); err != nil {
 				return err
 			}
-			m, err := openBuilders(af.dataDir, af.builderOptions(env), false)
+			m, err := openBuilders(af.dataDir, af.builderOptions(env))
 			if err != nil {
 				return err
 			}
 			var rep builder.PruneReport
 			if m != nil {
-				defer m.Close()
 				if rep, err = m.Prune(c.Context()); err != nil {
 					return err
 				}

@@ -2,7 +2,10 @@
 // standard input and prints what plain `go test` prints — each package's
 // result line, and the output of failing tests — then the slowest tests.
 // `make unit` pipes the tests through it, so a run ends with the list that
-// says where the suite's time goes.
+// says where the suite's time goes and, last, the first line of each
+// failure (a test's `file_test.go:N: message` lines): a log that keeps only
+// its tail (CI's) still says why a test failed, even when the test printed
+// pages of a process's output after its checks.
 //
 //	go test -json ./... | go run ./internal/testkit/cmd/testreport -slowest 10
 package main
@@ -14,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -53,6 +57,7 @@ func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	pending := map[string][]string{} // package/test → its output so far
 	var results []result
+	var failures []string // "pkg TestX: file_test.go:N: first line"
 	for sc.Scan() {
 		line := sc.Bytes()
 		var e event
@@ -82,6 +87,9 @@ func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
 			if e.Test != "" {
 				for _, o := range pending[key] {
 					fmt.Fprint(w, o)
+					if m := failureLine.FindStringSubmatch(o); m != nil {
+						failures = append(failures, fmt.Sprintf("%s %s: %s", e.Package, e.Test, truncate(m[1], 300)))
+					}
 				}
 				delete(pending, key)
 				if !strings.Contains(e.Test, "/") {
@@ -100,5 +108,24 @@ func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
 			fmt.Fprintf(w, "%9s  %s %s\n", r.elapsed.Round(100*time.Millisecond), r.pkg, r.test)
 		}
 	}
+	if len(failures) > 0 {
+		fmt.Fprintf(w, "\nfailures (first lines):\n")
+		for _, f := range failures {
+			fmt.Fprintf(w, "  %s\n", f)
+		}
+	}
 	return failed, nil
+}
+
+// failureLine is the first line of a t.Error/t.Fatal message as go test
+// prints it: indented, the file and line, the message.
+var failureLine = regexp.MustCompile(`^\s+([\w.-]+_test\.go:\d+: .*)`)
+
+// truncate shortens s to n bytes, marking the cut.
+func truncate(s string, n int) string {
+	s = strings.TrimRight(s, "\n")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }

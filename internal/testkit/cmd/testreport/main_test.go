@@ -24,7 +24,8 @@ func TestReport(t *testing.T) {
 	if err != nil || !failed {
 		t.Fatalf("failed=%v err=%v", failed, err)
 	}
-	want := "    b_test.go:3: boom\nFAIL\tp\t9.9s\n# q [build failed]\n\nslowest tests:\n     9.1s  p TestC\n     1.5s  p TestA\n"
+	want := "    b_test.go:3: boom\nFAIL\tp\t9.9s\n# q [build failed]\n\nslowest tests:\n     9.1s  p TestC\n     1.5s  p TestA\n" +
+		"\nfailures (first lines):\n  p TestB: b_test.go:3: boom\n"
 	if out.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
 	}
