@@ -80,8 +80,8 @@ func cacheKey(job poll.Job) string {
 // prepareCache creates the cache directory and removes the one shared tree
 // of earlier versions (<cache dir>/pkg with its .vagent.lock, which every
 // build wrote).
-func (b *Runner) prepareCache() error {
-	dir := b.cacheDir()
+func (r *Runner) prepareCache() error {
+	dir := r.cacheDir()
 	if dir == "" {
 		return nil
 	}
@@ -183,14 +183,14 @@ var errCacheGone = errors.New("target cache removed meanwhile")
 // leaseCache returns the package cache of a build of job: its target's,
 // or a private one when the caches are off or another build holds
 // the target's (said in the log).
-func (b *Runner) leaseCache(job poll.Job, log io.Writer) (*cacheLease, error) {
-	dir := b.cacheDir()
+func (r *Runner) leaseCache(job poll.Job, log io.Writer) (*cacheLease, error) {
+	dir := r.cacheDir()
 	if dir == "" {
-		return b.privateCache()
+		return r.privateCache()
 	}
 	key := cacheKey(job)
 	for range 10 {
-		l, err := b.lockTargetCache(dir, key)
+		l, err := r.lockTargetCache(dir, key)
 		switch {
 		case errors.Is(err, errCacheGone):
 			continue
@@ -198,7 +198,7 @@ func (b *Runner) leaseCache(job poll.Job, log io.Writer) (*cacheLease, error) {
 			return nil, err
 		case l == nil:
 			fmt.Fprintf(log, "vagent: another build of this target holds its package cache; this build gets a private one\n")
-			return b.privateCache()
+			return r.privateCache()
 		}
 		return l, nil
 	}
@@ -207,7 +207,7 @@ func (b *Runner) leaseCache(job poll.Job, log io.Writer) (*cacheLease, error) {
 
 // lockTargetCache takes the cache of target key, or returns nil when
 // another build holds it.
-func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) {
+func (r *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) {
 	tdir := filepath.Join(dir, targetsDir, key)
 	if err := privateRootDir(tdir); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -250,7 +250,7 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 	if err != nil {
 		return nil, err
 	}
-	tree, err := buildTree(top, tdir, cacheTree, b.rootUID, b.rootGID, b.idSize)
+	tree, err := buildTree(top, tdir, cacheTree, r.rootUID, r.rootGID, r.idSize)
 	unix.Close(top)
 	if err != nil {
 		return nil, err
@@ -260,12 +260,12 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 		return nil, fmt.Errorf("cleaning the package cache %s: %w", tree, err)
 	}
 	src := ""
-	if b.opts.sourceCache {
+	if r.opts.sourceCache {
 		top, err := unix.Open(tdir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return nil, err
 		}
-		src, err = buildTree(top, tdir, sourceTree, b.rootUID, b.rootGID, b.idSize)
+		src, err = buildTree(top, tdir, sourceTree, r.rootUID, r.rootGID, r.idSize)
 		unix.Close(top)
 		if err != nil {
 			return nil, err
@@ -276,25 +276,25 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 	}
 	return &cacheLease{tree: tree, src: src, release: func() {
 		if err := cleanTree(tree); err != nil {
-			b.opts.log.WithError(err).WithField("cache", tree).Warn("cleaning a package cache")
+			r.opts.log.WithError(err).WithField("cache", tree).Warn("cleaning a package cache")
 		}
 		if src != "" {
 			if err := cleanSourceTree(src); err != nil {
-				b.opts.log.WithError(err).WithField("cache", src).Warn("cleaning a source cache")
+				r.opts.log.WithError(err).WithField("cache", src).Warn("cleaning a source cache")
 			}
 		}
-		if err := b.pruneCaches(key); err != nil {
-			b.opts.log.WithError(err).Warn("pruning the package cache")
+		if err := r.pruneCaches(key); err != nil {
+			r.opts.log.WithError(err).Warn("pruning the package cache")
 		}
 		lock.Close()
 	}}, nil
 }
 
 // privateCache returns a cache of the build's own, removed after it.
-func (b *Runner) privateCache() (*cacheLease, error) {
+func (r *Runner) privateCache() (*cacheLease, error) {
 	// Locked while it lives: a process starting beside this one removes
 	// only the private caches of dead ones (lockfile.RemoveStale).
-	dir, lock, err := lockfile.MkdirTemp(b.runsDir(), "cache-")
+	dir, lock, err := lockfile.MkdirTemp(r.runsDir(), "cache-")
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +307,7 @@ func (b *Runner) privateCache() (*cacheLease, error) {
 		drop()
 		return nil, err
 	}
-	tree, err := buildTree(fd, dir, cacheTree, b.rootUID, b.rootGID, b.idSize)
+	tree, err := buildTree(fd, dir, cacheTree, r.rootUID, r.rootGID, r.idSize)
 	unix.Close(fd)
 	if err != nil {
 		drop()
@@ -388,12 +388,12 @@ type targetCache struct {
 // pruneCaches brings the whole cache within the size bound: it removes the
 // caches of the least recently used targets not in use, whole, then the
 // oldest files of the target own (whose lock the caller holds).
-func (b *Runner) pruneCaches(own string) error {
-	limit := b.opts.cacheMaxSize
+func (r *Runner) pruneCaches(own string) error {
+	limit := r.opts.cacheMaxSize
 	if limit <= 0 {
 		return nil
 	}
-	root := filepath.Join(b.cacheDir(), targetsDir)
+	root := filepath.Join(r.cacheDir(), targetsDir)
 	ents, err := os.ReadDir(root)
 	if err != nil {
 		return err
@@ -417,7 +417,7 @@ func (b *Runner) pruneCaches(own string) error {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			// Not measurable (a tree a crash left uncleaned): a cache
 			// is worth less than a working prune.
-			b.opts.log.WithError(err).WithField("cache", e.Name()).Warn("removing a package cache that cannot be measured")
+			r.opts.log.WithError(err).WithField("cache", e.Name()).Warn("removing a package cache that cannot be measured")
 			if e.Name() != own {
 				if _, err := removeTargetCache(filepath.Join(root, e.Name())); err != nil {
 					return err

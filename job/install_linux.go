@@ -53,15 +53,15 @@ func openPackage(path string) (*os.File, error) {
 // copyInstall copies the packages of WithInstall into the control
 // directory dir, readable by the build (the control directory is mounted
 // read-only): what the build installs is what was checked.
-func (b *Runner) copyInstall(dir string) error {
-	if len(b.opts.install) == 0 {
+func (r *Runner) copyInstall(dir string) error {
+	if len(r.opts.install) == 0 {
 		return nil
 	}
 	to := filepath.Join(dir, installDir)
 	if err := os.Mkdir(to, 0o755); err != nil {
 		return err
 	}
-	for _, p := range b.opts.install {
+	for _, p := range r.opts.install {
 		if err := copyPackage(p, filepath.Join(to, filepath.Base(p))); err != nil {
 			return err
 		}

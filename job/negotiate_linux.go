@@ -40,8 +40,8 @@ type runDir struct {
 	closeOnce sync.Once
 }
 
-func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, retErr error) {
-	dir, lock, err := lockfile.MkdirTemp(b.runsDir(), "run-")
+func (r *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, retErr error) {
+	dir, lock, err := lockfile.MkdirTemp(r.runsDir(), "run-")
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, 
 		}
 	}
 	if creds != nil {
-		if err := b.writeCredentials(filepath.Join(dir, credentialsFile), creds); err != nil {
+		if err := r.writeCredentials(filepath.Join(dir, credentialsFile), creds); err != nil {
 			return nil, err
 		}
 	}
@@ -106,8 +106,8 @@ func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, 
 
 // writeCredentials writes creds to path, readable by the mapped root only
 // (the container's root; the builder user gets them from it).
-func (b *Runner) writeCredentials(path string, creds *urlCredentials) error {
-	uid, gid, _ := b.sb.IDRange()
+func (r *Runner) writeCredentials(path string, creds *urlCredentials) error {
+	uid, gid, _ := r.sb.IDRange()
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o400)
 	if err != nil {
 		return err
@@ -149,12 +149,12 @@ const maxSrcInfoHeader = 64
 // build, and answers. Before it answers "build" it calls cut, when set
 // (an offline build()): the network must be gone before the script goes
 // on. It returns when it answered or the FIFOs were closed.
-func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut func() error) decision {
+func (r *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut func() error) decision {
 	// The FIFO is writable by the build at any time: every read from it is
 	// bounded, in size and, from the first byte on, in time. The header is
 	// a decimal length on one line, read within the reader's buffer
 	// (ReadSlice fails with ErrBufferFull past it).
-	within := b.opts.srcInfoWithin
+	within := r.opts.srcInfoWithin
 	br := bufio.NewReaderSize(&firstByteDeadline{f: run.srcinfo, within: within}, maxSrcInfoHeader)
 	incomplete := decision{
 		err:    fmt.Errorf("%w: the length line and the .SRCINFO did not arrive within %v of the first byte", ErrSrcInfo, within),
@@ -191,7 +191,7 @@ func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut f
 		}
 	}
 	if d.err == nil {
-		d.build, d.skip, d.reason = b.decide(ctx, job, d.info)
+		d.build, d.skip, d.reason = r.decide(ctx, job, d.info)
 	}
 	if d.build && cut != nil {
 		if err := cut(); err != nil {
@@ -243,17 +243,17 @@ func (r *firstByteDeadline) Read(p []byte) (int, error) {
 // decide tells whether to build: always without a server or when forced;
 // otherwise unless every package of the PKGBUILD is already in the
 // repository at this version.
-func (b *Runner) decide(ctx context.Context, job poll.Job, info *SrcInfo) (build, skip bool, reason string) {
-	if b.opts.server == nil || job.Force {
+func (r *Runner) decide(ctx context.Context, job poll.Job, info *SrcInfo) (build, skip bool, reason string) {
+	if r.opts.server == nil || job.Force {
 		return true, false, ""
 	}
 	version := info.FullVersion()
 	for _, name := range info.Names {
-		ok, err := b.hasVersion(ctx, job.Repo, name, version)
+		ok, err := r.hasVersion(ctx, job.Repo, name, version)
 		if err != nil {
 			// Cannot tell: building again is safe (the server keeps the
 			// newest version).
-			b.opts.log.WithError(err).Warn("skip check failed; building")
+			r.opts.log.WithError(err).Warn("skip check failed; building")
 			return true, false, ""
 		}
 		if !ok {

@@ -27,7 +27,7 @@ type options struct {
 	repos          []pacman.Repo
 	outDir         string
 	outUID, outGID int
-	jobs           int
+	makeJobs       int
 	limits         *sandbox.Limits
 	retry          vieter.Retry
 	localImages    bool
@@ -77,7 +77,7 @@ func defaultOptions() *options {
 	return &options{
 		log:             silentLogger(),
 		arch:            pacman.Arch(runtime.GOARCH),
-		jobs:            runtime.NumCPU(),
+		makeJobs:        runtime.NumCPU(),
 		retry:           vieter.AgentRetry.Finite(5),
 		publishObserver: func(string) {},
 		outUID:          -1,
@@ -196,13 +196,13 @@ func WithOutDir(dir string, uid, gid int) Option {
 	}
 }
 
-// WithJobs sets N in MAKEFLAGS=-jN. Default: the number of CPUs.
-func WithJobs(n int) Option {
+// WithMakeJobs sets N in MAKEFLAGS=-jN. Default: the number of CPUs.
+func WithMakeJobs(n int) Option {
 	return func(o *options) error {
 		if n < 1 {
 			return fmt.Errorf("%w: jobs %d", ErrBadConfig, n)
 		}
-		o.jobs = n
+		o.makeJobs = n
 		return nil
 	}
 }

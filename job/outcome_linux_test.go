@@ -318,7 +318,7 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 	images := &fakeImages{rootfs: t.TempDir(), err: row.imageErr, block: row.imageBlk}
 	dir := filepath.Join(t.TempDir(), "build")
 	jopts := append([]job.Option{job.WithServer(client), job.WithArch("x86_64"),
-		job.WithRetry(3, time.Millisecond), job.WithLimits(testLimits), job.WithJobs(3)}, row.opts...)
+		job.WithRetry(3, time.Millisecond), job.WithLimits(testLimits), job.WithMakeJobs(3)}, row.opts...)
 	b, err := job.New(sb, images, dir, jopts...)
 	if err != nil {
 		t.Fatal(err)
@@ -440,7 +440,7 @@ func checkSpec(t *testing.T, s sandbox.Spec, j poll.Job, rootfs, server string) 
 			vagentEnv = append(vagentEnv, e)
 		}
 	}
-	want := []string{"VAGENT_KIND=" + j.Kind, "VAGENT_URL=" + j.URL, "VAGENT_BRANCH=" + j.Branch, "VAGENT_PATH=" + j.Path, "VAGENT_JOBS=3", "VAGENT_OFFLINE=0", "VAGENT_CHECK=false"}
+	want := []string{"VAGENT_KIND=" + j.Kind, "VAGENT_URL=" + j.URL, "VAGENT_BRANCH=" + j.Branch, "VAGENT_PATH=" + j.Path, "VAGENT_MAKE_JOBS=3", "VAGENT_OFFLINE=0", "VAGENT_CHECK=false"}
 	if !slices.Equal(vagentEnv, want) {
 		t.Errorf("job environment %q, want %q", vagentEnv, want)
 	}

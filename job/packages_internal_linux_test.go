@@ -69,7 +69,7 @@ func TestPackageChecks(t *testing.T) {
 			b := &Runner{opts: o}
 			var log bytes.Buffer
 			upper := packageTree(t, tc.files, tc.sparse)
-			names, err := b.deliver(t.Context(), sandboxUpper(upper), "repo", &log)
+			names, err := b.publish(t.Context(), sandboxUpper(upper), "repo", &log)
 			ents, _ := os.ReadDir(out)
 			if tc.want != "" {
 				if !errors.Is(err, ErrBadPackage) || !strings.Contains(err.Error(), tc.want) {

@@ -153,9 +153,9 @@ func refuseHoles(f *os.File, name string, size int64) error {
 	return nil
 }
 
-// deliver publishes the packages of a finished build to the server, or
+// publish publishes the packages of a finished build to the server, or
 // copies them to the output directory, and returns their names.
-func (b *Runner) deliver(ctx context.Context, upper *sandbox.Upper, repo string, log io.Writer) ([]string, error) {
+func (r *Runner) publish(ctx context.Context, upper *sandbox.Upper, repo string, log io.Writer) ([]string, error) {
 	dir, names, err := packageDir(upper)
 	if err != nil {
 		return nil, err
@@ -173,21 +173,21 @@ func (b *Runner) deliver(ctx context.Context, upper *sandbox.Upper, repo string,
 	var done []string
 	for _, name := range names {
 		open := func() (*os.File, error) { return openIn(dir, name) }
-		if b.opts.server != nil {
+		if r.opts.server != nil {
 			f, err := open()
 			if err != nil {
 				return done, err
 			}
-			err = b.publish(ctx, repo, name, f, log)
+			err = r.publishFile(ctx, repo, name, f, log)
 			f.Close()
 			if err != nil {
 				return done, fmt.Errorf("%w: %s: %w", ErrPublish, name, err)
 			}
 		}
-		if b.opts.outDir != "" {
-			fmt.Fprintf(log, "+ vagent: copy %s to %s\n", name, b.opts.outDir)
-			if err := b.copyOut(open, name); err != nil {
-				return done, fmt.Errorf("copying %s to %s: %w", name, b.opts.outDir, err)
+		if r.opts.outDir != "" {
+			fmt.Fprintf(log, "+ vagent: copy %s to %s\n", name, r.opts.outDir)
+			if err := r.copyOut(open, name); err != nil {
+				return done, fmt.Errorf("copying %s to %s: %w", name, r.opts.outDir, err)
 			}
 		}
 		done = append(done, name)
@@ -198,12 +198,12 @@ func (b *Runner) deliver(ctx context.Context, upper *sandbox.Upper, repo string,
 // copyOut writes one package into the output directory, owned by the
 // configured user, atomically (lockfile.Write), copying exactly the bytes
 // the build wrote.
-func (b *Runner) copyOut(open func() (*os.File, error), name string) error {
-	if _, err := os.Lstat(b.opts.outDir); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(b.opts.outDir, 0o755); err != nil {
+func (r *Runner) copyOut(open func() (*os.File, error), name string) error {
+	if _, err := os.Lstat(r.opts.outDir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(r.opts.outDir, 0o755); err != nil {
 			return err
 		}
-		if err := os.Lchown(b.opts.outDir, b.opts.outUID, b.opts.outGID); err != nil {
+		if err := os.Lchown(r.opts.outDir, r.opts.outUID, r.opts.outGID); err != nil {
 			return err
 		}
 	}
@@ -216,7 +216,7 @@ func (b *Runner) copyOut(open func() (*os.File, error), name string) error {
 	if err != nil {
 		return err
 	}
-	return lockfile.Write(filepath.Join(b.opts.outDir, name), lockfile.WriteOptions{Perm: 0o644}, func(w *os.File) error {
+	return lockfile.Write(filepath.Join(r.opts.outDir, name), lockfile.WriteOptions{Perm: 0o644}, func(w *os.File) error {
 		n, err := io.Copy(w, io.LimitReader(src, fi.Size()+1))
 		if err != nil {
 			return err
@@ -224,8 +224,8 @@ func (b *Runner) copyOut(open func() (*os.File, error), name string) error {
 		if n != fi.Size() {
 			return fmt.Errorf("%s changed while it was copied (%d bytes, then %d)", name, fi.Size(), n)
 		}
-		if b.opts.outUID >= 0 || b.opts.outGID >= 0 {
-			return w.Chown(b.opts.outUID, b.opts.outGID)
+		if r.opts.outUID >= 0 || r.opts.outGID >= 0 {
+			return w.Chown(r.opts.outUID, r.opts.outGID)
 		}
 		return nil
 	})

@@ -43,7 +43,7 @@ func TestThirtyJobsThroughFaults(t *testing.T) {
 		}
 		file, open := packageFile(t, name, "1-1")
 		f := open()
-		if err := b.publish(ctx, j.Repo, file, f, log); err != nil {
+		if err := b.publishFile(ctx, j.Repo, file, f, log); err != nil {
 			return poll.Outcome{ExitCode: ExitPublish, Err: err}, nil
 		}
 		return poll.Outcome{Detail: "published " + file}, nil

@@ -43,11 +43,11 @@ const containerPath = "/sbin:/bin:/usr/sbin:/usr/bin:/usr/local/sbin:/usr/local/
 //     kept upper directory;
 //  4. collect: the packages from the upper directory, published or copied
 //     out.
-func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer, built *Built) ending {
-	if e, ok := b.check(job, srcDir); !ok {
+func (r *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Writer, built *Built) ending {
+	if e, ok := r.check(job, srcDir); !ok {
 		return e
 	}
-	ws, e := b.prepare(ctx, job, log)
+	ws, e := r.prepare(ctx, job, log)
 	if ws == nil {
 		return e
 	}
@@ -57,7 +57,7 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 			ws.release()
 		}
 	}()
-	ran, e := b.runSandbox(ctx, job, srcDir, ws, log)
+	ran, e := r.runSandbox(ctx, job, srcDir, ws, log)
 	if ran == nil {
 		return e
 	}
@@ -67,28 +67,28 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		}
 	}()
 	built.SrcInfo = ran.decision.info
-	e = b.finish(ctx, job, ran, log, built)
+	e = r.finish(ctx, job, ran, log, built)
 	// A build to inspect keeps its tree and everything it ran on until
 	// the caller's Built.Release.
-	if b.opts.inspect != nil && ran.res.Upper != nil && b.opts.inspect(inspectResult(ctx, e.result)) {
+	if r.opts.inspect != nil && ran.res.Upper != nil && r.opts.inspect(inspectResult(ctx, e.result)) {
 		kept = true
-		built.kept = &keptBuild{b: b, job: job, ws: ws, ran: ran}
+		built.kept = &keptBuild{b: r, job: job, ws: ws, ran: ran}
 	}
 	return e
 }
 
 // finish ends a build whose sandbox ran: its verdict, then, for a build
 // that succeeded, its packages.
-func (b *Runner) finish(ctx context.Context, job poll.Job, ran *ran, log io.Writer, built *Built) ending {
+func (r *Runner) finish(ctx context.Context, job poll.Job, ran *ran, log io.Writer, built *Built) ending {
 	if e, done := ran.verdict(ctx); done {
 		return e
 	}
-	return b.collect(ctx, job, ran, log, built)
+	return r.collect(ctx, job, ran, log, built)
 }
 
 // check validates the job (every field is untrusted) and a local source
 // directory. Nothing is acquired yet.
-func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
+func (r *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 	if srcDir != "" {
 		if fi, err := os.Stat(srcDir); err != nil || !fi.IsDir() {
 			if err == nil {
@@ -99,11 +99,11 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 	}
 	var err error
 	if srcDir == "" {
-		err = ValidateJob(job, b.opts.localImages)
+		err = ValidateJob(job, r.opts.localImages)
 	} else {
-		err = errors.Join(ValidatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
+		err = errors.Join(ValidatePath(job.Path), validateBaseImage(job.BaseImage, r.opts.localImages))
 	}
-	if err == nil && b.opts.server != nil {
+	if err == nil && r.opts.server != nil {
 		err = ValidateRepo(job.Repo)
 	}
 	if err != nil {
@@ -136,7 +136,7 @@ func (w *workspace) release() {
 // repositories of the build's pacman.conf, and creates the control
 // directory and the package cache. On failure it releases what it got and
 // returns a nil workspace.
-func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *workspace, _ ending) {
+func (r *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *workspace, _ ending) {
 	ws := &workspace{}
 	ok := false
 	defer func() {
@@ -145,26 +145,26 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 		}
 	}()
 	fmt.Fprintf(log, "+ vagent: builder image for %s\n", strconv.Quote(job.BaseImage))
-	rootfs, release, err := b.images.Acquire(ctx, job.BaseImage, log)
+	rootfs, release, err := r.images.Acquire(ctx, job.BaseImage, log)
 	if err != nil {
 		return nil, setupFailed(ctx, "builder image", err)
 	}
 	ws.rootfs = rootfs
 	ws.undo = append(ws.undo, release)
 
-	repos, err := b.pacmanRepos(ctx, job.Repo, log)
+	repos, err := r.pacmanRepos(ctx, job.Repo, log)
 	if err != nil {
 		return nil, setupFailed(ctx, "checking the repository", err)
 	}
 	ws.repos = repos
 	var creds *urlCredentials
 	ws.url, creds = splitCredentials(job.URL)
-	ws.run, err = b.newRun(repos, creds)
+	ws.run, err = r.newRun(repos, creds)
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the build", err)
 	}
 	ws.undo = append(ws.undo, ws.run.remove)
-	cache, err := b.leaseCache(job, log)
+	cache, err := r.leaseCache(job, log)
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the package cache", err)
 	}
@@ -187,9 +187,9 @@ type ran struct {
 // the agent answering the script's question (build or skip) through the
 // FIFOs. It returns nil and the ending when the run could not start or was
 // stopped before it ended.
-func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws *workspace, log io.Writer) (*ran, ending) {
+func (r *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws *workspace, log io.Writer) (*ran, ending) {
 	if srcDir != "" {
-		ex, err := b.sourceExcludes(srcDir, job.Path)
+		ex, err := r.sourceExcludes(srcDir, job.Path)
 		if err == nil {
 			err = writeExcludes(ws.run.dir, ex)
 		}
@@ -197,14 +197,14 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 			return nil, setupFailed(ctx, "reading the source", err)
 		}
 	}
-	if err := b.copyInstall(ws.run.dir); err != nil {
+	if err := r.copyInstall(ws.run.dir); err != nil {
 		return nil, setupFailed(ctx, "copying the packages to install", err)
 	}
 	// An offline build(): the agent cuts the network before it answers
 	// "build".
 	var ctl *sandbox.NetworkControl
 	var cut func() error
-	if b.opts.offline {
+	if r.opts.offline {
 		ctl = sandbox.NewNetworkControl()
 		cut = ctl.Cut
 	}
@@ -213,48 +213,48 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		decided <- b.negotiate(ctx, ws.run, job, cut)
+		decided <- r.negotiate(ctx, ws.run, job, cut)
 	}()
-	spec := b.spec(job, ws, log)
+	spec := r.spec(job, ws, log)
 	spec.NetworkControl = ctl
 	if srcDir != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
-	b.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo}).Debug("build starting")
+	r.opts.log.WithFields(logrus.Fields{"target": job.TargetID, "repo": job.Repo}).Debug("build starting")
 	poll.ReportPhase(ctx, poll.PhaseBuilding)
-	res, err := b.sb.Run(ctx, spec)
+	res, err := r.sb.Run(ctx, spec)
 	ws.run.closeFIFOs()
 	wg.Wait()
-	r := &ran{res: res, decision: <-decided, release: func() {}, diskLimit: "its disk limit"}
+	rn := &ran{res: res, decision: <-decided, release: func() {}, diskLimit: "its disk limit"}
 	if err != nil {
 		return nil, setupFailed(ctx, "starting the build", err)
 	}
-	if b.opts.limits != nil && b.opts.limits.Disk > 0 {
-		r.diskLimit = fmt.Sprintf("its disk limit of %d bytes", b.opts.limits.Disk)
+	if r.opts.limits != nil && r.opts.limits.Disk > 0 {
+		rn.diskLimit = fmt.Sprintf("its disk limit of %d bytes", r.opts.limits.Disk)
 	}
 	if res.DiskExceeded {
-		fmt.Fprintf(log, "vagent: the build wrote more than %s (build_limits.disk): stopped\n", r.diskLimit)
+		fmt.Fprintf(log, "vagent: the build wrote more than %s (build_limits.disk): stopped\n", rn.diskLimit)
 	}
 	if res.Upper != nil {
-		if b.opts.upperHook != nil {
-			b.opts.upperHook(res.Upper.Path)
+		if r.opts.upperHook != nil {
+			r.opts.upperHook(res.Upper.Path)
 		}
-		r.release = func() {
+		rn.release = func() {
 			if err := res.Upper.Release(); err != nil {
-				b.opts.log.WithError(err).Warn("removing the build's upper directory")
+				r.opts.log.WithError(err).Warn("removing the build's upper directory")
 			}
 		}
 	}
-	return r, ending{}
+	return rn, ending{}
 }
 
 // spec is the sandbox run of the build script on the workspace, for the
 // build (runSandbox) and an inspection (Built.Inspect).
-func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
+func (r *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 	// An offline build(): the agent cuts the network before it answers
 	// "build" (runSandbox's NetworkControl).
 	offline := "0"
-	if b.opts.offline {
+	if r.opts.offline {
 		offline = "1"
 	}
 	spec := sandbox.Spec{
@@ -263,8 +263,8 @@ func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 		Env: []string{
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
 			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
-			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
-			"VAGENT_OFFLINE=" + offline, "VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
+			"VAGENT_PATH=" + job.Path, "VAGENT_MAKE_JOBS=" + strconv.Itoa(r.opts.makeJobs),
+			"VAGENT_OFFLINE=" + offline, "VAGENT_CHECK=" + strconv.FormatBool(r.opts.check),
 		},
 		Dir:      "/",
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
@@ -272,13 +272,13 @@ func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
 			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
 			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
 		},
-		Limits:    b.opts.limits,
+		Limits:    r.opts.limits,
 		KeepUpper: true,
 		Output:    log,
-		Network:   b.opts.network,
-		Forward:   b.forwards(ws.repos),
+		Network:   r.opts.network,
+		Forward:   r.forwards(ws.repos),
 	}
-	if b.opts.twoPasses {
+	if r.opts.twoPasses {
 		spec.Env = append(spec.Env, "VAGENT_PASSES=2")
 	}
 	if ws.sources != "" {
@@ -322,9 +322,9 @@ func (r *ran) verdict(ctx context.Context) (ending, bool) {
 
 // collect publishes the packages of a successful build (or copies them to
 // the output directory).
-func (b *Runner) collect(ctx context.Context, job poll.Job, r *ran, log io.Writer, built *Built) ending {
+func (r *Runner) collect(ctx context.Context, job poll.Job, rn *ran, log io.Writer, built *Built) ending {
 	poll.ReportPhase(ctx, poll.PhasePublishing)
-	names, err := b.deliver(ctx, r.res.Upper, job.Repo, log)
+	names, err := r.publish(ctx, rn.res.Upper, job.Repo, log)
 	built.Packages = names
 	if err != nil {
 		if ctx.Err() != nil {
@@ -334,9 +334,9 @@ func (b *Runner) collect(ctx context.Context, job poll.Job, r *ran, log io.Write
 	}
 	what := "built"
 	switch {
-	case b.opts.server != nil:
+	case r.opts.server != nil:
 		what = "published"
-	case b.opts.outDir != "":
+	case r.opts.outDir != "":
 		what = "wrote"
 	}
 	return ending{result: poll.ResultSuccess, detail: what + " " + strings.Join(names, ", ")}
@@ -348,36 +348,36 @@ func (b *Runner) collect(ctx context.Context, job poll.Job, r *ran, log io.Write
 // ones of WithRepos. The configured repositories of `vagent run` are in the
 // builder image already (package pacman); the script skips a section its
 // pacman.conf has.
-func (b *Runner) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([]pacman.Repo, error) {
+func (r *Runner) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([]pacman.Repo, error) {
 	var repos []pacman.Repo
-	if b.opts.server != nil {
-		ok, err := b.hasFile(ctx, repo, repo+".db")
+	if r.opts.server != nil {
+		ok, err := r.hasFile(ctx, repo, repo+".db")
 		if err != nil {
-			return nil, fmt.Errorf("HEAD %s: %w", b.opts.server.RepoURL(repo, b.opts.arch, repo+".db"), err)
+			return nil, fmt.Errorf("HEAD %s: %w", r.opts.server.RepoURL(repo, r.opts.arch, repo+".db"), err)
 		}
 		if ok {
-			repos = append(repos, pacman.Repo{Name: repo, Servers: []string{b.opts.server.Address() + "/$repo/$arch"}, SigLevel: "Optional"})
+			repos = append(repos, pacman.Repo{Name: repo, Servers: []string{r.opts.server.Address() + "/$repo/$arch"}, SigLevel: "Optional"})
 		} else {
-			fmt.Fprintf(log, "vagent: repository %s has no database for %s yet; it is not added to pacman.conf\n", repo, b.opts.arch)
+			fmt.Fprintf(log, "vagent: repository %s has no database for %s yet; it is not added to pacman.conf\n", repo, r.opts.arch)
 		}
 	}
-	return append(repos, b.opts.repos...), nil
+	return append(repos, r.opts.repos...), nil
 }
 
 // forwards are the endpoints an isolated build reaches besides the
 // network: those of the Runner's configuration (WithNetwork), the server
 // and the repositories of its pacman.conf (the job's repository is on the
 // server). The sandbox forwards those that are the host's.
-func (b *Runner) forwards(repos []pacman.Repo) []string {
-	if b.opts.network != sandbox.NetworkIsolated {
+func (r *Runner) forwards(repos []pacman.Repo) []string {
+	if r.opts.network != sandbox.NetworkIsolated {
 		return nil
 	}
 	var urls []string
-	if b.opts.server != nil {
-		urls = append(urls, b.opts.server.Address())
+	if r.opts.server != nil {
+		urls = append(urls, r.opts.server.Address())
 	}
 	for _, r := range repos {
 		urls = append(urls, r.Servers...)
 	}
-	return sandbox.ForwardsFor(b.opts.forward, urls...)
+	return sandbox.ForwardsFor(r.opts.forward, urls...)
 }

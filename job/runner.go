@@ -141,8 +141,8 @@ func New(sb Sandbox, images Images, dir string, opts ...Option) (*Runner, error)
 
 // prepareDir creates the cache and run directories and removes the runs
 // dead processes left behind.
-func (b *Runner) prepareDir() error {
-	for _, d := range []string{b.dir, b.runsDir()} {
+func (r *Runner) prepareDir() error {
+	for _, d := range []string{r.dir, r.runsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
@@ -150,13 +150,13 @@ func (b *Runner) prepareDir() error {
 			return err
 		}
 	}
-	if err := b.prepareCache(); err != nil {
+	if err := r.prepareCache(); err != nil {
 		return err
 	}
 	// Each run directory is locked by the process that made it: what
 	// dead processes left goes, the runs of live ones beside this (an
 	// agent and `vagent build` on one data dir) stay.
-	if _, err := lockfile.RemoveStale(b.runsDir()); err != nil {
+	if _, err := lockfile.RemoveStale(r.runsDir()); err != nil {
 		return fmt.Errorf("removing runs of an earlier process: %w", err)
 	}
 	return nil
@@ -164,14 +164,14 @@ func (b *Runner) prepareDir() error {
 
 // cacheDir is the package cache directory (see cache_linux.go), "" when
 // builds have private ones.
-func (b *Runner) cacheDir() string {
-	if b.opts.cacheSet {
-		return b.opts.cacheDir
+func (r *Runner) cacheDir() string {
+	if r.opts.cacheSet {
+		return r.opts.cacheDir
 	}
-	return filepath.Join(b.dir, "pacman-cache")
+	return filepath.Join(r.dir, "pacman-cache")
 }
 
-func (b *Runner) runsDir() string { return filepath.Join(b.dir, "runs") }
+func (r *Runner) runsDir() string { return filepath.Join(r.dir, "runs") }
 
 // Built is what one build produced, besides how it ended (poll.Outcome).
 type Built struct {
@@ -188,8 +188,8 @@ type Built struct {
 
 // Execute runs a job from the poll loop: it implements poll.Executor (see
 // Run).
-func (b *Runner) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
-	_, out, err := b.Run(ctx, job, "", log)
+func (r *Runner) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll.Outcome, error) {
+	_, out, err := r.Run(ctx, job, "", log)
 	return out, err
 }
 
@@ -206,7 +206,7 @@ func (b *Runner) Execute(ctx context.Context, job poll.Job, log io.Writer) (poll
 // stopped by ctx reports poll.ResultCancelled with exit code 0; RunJob
 // tells a timeout from a cancellation by ctx's cause. An error (wrapping
 // poll.ErrSetup) means the build's environment could not be prepared.
-func (b *Runner) Run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (*Built, poll.Outcome, error) {
+func (r *Runner) Run(ctx context.Context, job poll.Job, srcDir string, log io.Writer) (*Built, poll.Outcome, error) {
 	start := time.Now()
 	built := &Built{}
 	if srcDir != "" {
@@ -216,7 +216,7 @@ func (b *Runner) Run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 		}
 		job.Kind, job.URL, job.Branch = "dir", "file://"+srcDir, ""
 	}
-	e := b.run(ctx, job, srcDir, log, built)
+	e := r.run(ctx, job, srcDir, log, built)
 	out := poll.Outcome{ExitCode: e.code, Result: e.result, Start: start, End: time.Now(), Detail: e.detail}
 	if e.setup {
 		return built, out, setupError{e.err}

@@ -14,11 +14,11 @@ import (
 // vieter.Client (WithServer) with the build's retry policy (WithRetry).
 
 // hasFile asks the repository whether file is in the job's arch-repo.
-func (b *Runner) hasFile(ctx context.Context, repo, file string) (bool, error) {
+func (r *Runner) hasFile(ctx context.Context, repo, file string) (bool, error) {
 	var found bool
-	err := b.opts.retry.Do(ctx, func(ctx context.Context) error {
+	err := r.opts.retry.Do(ctx, func(ctx context.Context) error {
 		var err error
-		found, err = b.opts.server.HasFile(ctx, repo, b.opts.arch, file)
+		found, err = r.opts.server.HasFile(ctx, repo, r.opts.arch, file)
 		return err
 	})
 	return found, err
@@ -26,19 +26,19 @@ func (b *Runner) hasFile(ctx context.Context, repo, file string) (bool, error) {
 
 // hasVersion is the skip check: is version of package name in the
 // job's arch-repo?
-func (b *Runner) hasVersion(ctx context.Context, repo, name, version string) (bool, error) {
+func (r *Runner) hasVersion(ctx context.Context, repo, name, version string) (bool, error) {
 	var found bool
-	err := b.opts.retry.Do(ctx, func(ctx context.Context) error {
+	err := r.opts.retry.Do(ctx, func(ctx context.Context) error {
 		var err error
-		found, err = b.opts.server.HasVersion(ctx, repo, b.opts.arch, name, version)
+		found, err = r.opts.server.HasVersion(ctx, repo, r.opts.arch, name, version)
 		return err
 	})
 	return found, err
 }
 
-// publish publishes one package file and returns once the server
+// publishFile publishes one package file and returns once the server
 // confirmed it (vieter.Client.PublishConfirmed), saying how in the log.
-func (b *Runner) publish(ctx context.Context, repo, name string, f *os.File, log io.Writer) error {
+func (r *Runner) publishFile(ctx context.Context, repo, name string, f *os.File, log io.Writer) error {
 	pkgName, version, arch, err := vieter.ParsePackageFileName(name)
 	if err != nil {
 		return err
@@ -47,15 +47,15 @@ func (b *Runner) publish(ctx context.Context, repo, name string, f *os.File, log
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(log, "+ vagent: publish %s to %s/%s/publish\n", name, b.opts.server.Address(), repo)
-	conf, err := b.opts.server.PublishConfirmed(ctx, repo, b.opts.arch,
-		vieter.Package{Name: pkgName, Version: version, Arch: arch, File: f, Size: fi.Size()}, b.opts.retry)
+	fmt.Fprintf(log, "+ vagent: publish %s to %s/%s/publish\n", name, r.opts.server.Address(), repo)
+	conf, err := r.opts.server.PublishConfirmed(ctx, repo, r.opts.arch,
+		vieter.Package{Name: pkgName, Version: version, Arch: arch, File: f, Size: fi.Size()}, r.opts.retry)
 	if err != nil {
-		b.opts.publishObserver("")
+		r.opts.publishObserver("")
 		fmt.Fprintf(log, "vagent: %s %s NOT confirmed in %s after %d attempt(s): %s\n", pkgName, version, repo, conf.Attempts, poll.OneLine(err.Error()))
 		return err
 	}
-	b.opts.publishObserver(conf.By)
+	r.opts.publishObserver(conf.By)
 	how := "by the server's answer"
 	if conf.By == vieter.ConfirmedByCheck {
 		how = "by the repository after an answer that proved nothing"

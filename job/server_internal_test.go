@@ -71,7 +71,7 @@ func TestPublishConfirmsThroughFaults(t *testing.T) {
 	names := []string{"a", "b", "c", "d", "e", "f"}
 	for _, name := range names {
 		file, open := packageFile(t, name, "1-1")
-		if err := b.publish(t.Context(), "bur", file, open(), &log); err != nil {
+		if err := b.publishFile(t.Context(), "bur", file, open(), &log); err != nil {
 			t.Fatalf("publish %s: %v\n%s", name, err, log.String())
 		}
 	}
@@ -109,7 +109,7 @@ func TestPublishRequest(t *testing.T) {
 	f := open()
 	fi, _ := f.Stat()
 	var log strings.Builder
-	if err := testBuilder(t, ts.URL+"/", "the-key").publish(t.Context(), "bur", file, f, &log); err != nil {
+	if err := testBuilder(t, ts.URL+"/", "the-key").publishFile(t.Context(), "bur", file, f, &log); err != nil {
 		t.Fatal(err)
 	}
 	if got.length != fi.Size() || got.chunked || got.key != "the-key" || got.path != "/bur/publish" {
@@ -143,7 +143,7 @@ func TestPublishPermanentErrors(t *testing.T) {
 			defer ts.Close()
 			file, open := packageFile(t, "a", "1-1")
 			var log strings.Builder
-			err := testBuilder(t, ts.URL, "k").publish(t.Context(), "bur", file, open(), &log)
+			err := testBuilder(t, ts.URL, "k").publishFile(t.Context(), "bur", file, open(), &log)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
@@ -175,7 +175,7 @@ func TestPublishNeverStored(t *testing.T) {
 	defer ts.Close()
 	file, open := packageFile(t, "a", "1-1")
 	var log strings.Builder
-	err := testBuilder(t, ts.URL, "k").publish(t.Context(), "bur", file, open(), &log)
+	err := testBuilder(t, ts.URL, "k").publishFile(t.Context(), "bur", file, open(), &log)
 	if !errors.Is(err, vieter.ErrNotConfirmed) || publishes.Load() != 6 {
 		t.Errorf("error %v after %d publishes, want ErrNotConfirmed after 6", err, publishes.Load())
 	}

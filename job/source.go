@@ -33,7 +33,7 @@ const maxExcludeEntries = 1 << 16
 // directory (srcDir/subdir), and the output directory when it lies inside
 // srcDir below the PKGBUILD's directory or beside it. srcDir is the
 // invoking user's own directory: read on the host, as that user's files.
-func (b *Runner) sourceExcludes(srcDir, subdir string) ([]string, error) {
+func (r *Runner) sourceExcludes(srcDir, subdir string) ([]string, error) {
 	var out []string
 	pkgDir := filepath.Join(srcDir, filepath.FromSlash(subdir))
 	d, err := os.Open(pkgDir)
@@ -59,7 +59,7 @@ func (b *Runner) sourceExcludes(srcDir, subdir string) ([]string, error) {
 			return nil, err
 		}
 	}
-	if o := b.opts.outDir; o != "" {
+	if o := r.opts.outDir; o != "" {
 		if rel, err := filepath.Rel(srcDir, o); err == nil && rel != "." && filepath.IsLocal(rel) && rel != filepath.FromSlash(subdir) &&
 			!strings.HasPrefix(filepath.FromSlash(subdir), rel+string(filepath.Separator)) {
 			out = append(out, filepath.ToSlash(rel))

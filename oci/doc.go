@@ -72,7 +72,7 @@
 //
 // # Streaming and parallelism
 //
-// Layers are downloaded at most WithJobs at a time, in layer order, while
+// Layers are downloaded at most WithParallelDownloads at a time, in layer order, while
 // the unpacker applies them strictly in order as each one arrives: layer
 // N+1 downloads while layer N is extracted. Each layer streams from the
 // store's file through a sha256 check, a decompressor (klauspost/compress

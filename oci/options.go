@@ -19,17 +19,17 @@ import (
 type Option func(*options) error
 
 type options struct {
-	log          logrus.FieldLogger
-	platform     v1.Platform
-	mirrors      map[string][]string // registry host -> mirror endpoints, in order
-	insecure     map[string]bool     // registry hosts
-	caBundles    []string
-	dockerConfig string
-	creds        map[string]credential
-	jobs         int
-	progress     func(Progress)
-	unpack       []UnpackOption
-	sync         bool
+	log               logrus.FieldLogger
+	platform          v1.Platform
+	mirrors           map[string][]string // registry host -> mirror endpoints, in order
+	insecure          map[string]bool     // registry hosts
+	caBundles         []string
+	dockerConfig      string
+	creds             map[string]credential
+	parallelDownloads int
+	progress          func(Progress)
+	unpack            []UnpackOption
+	sync              bool
 	// dial, if set, replaces the network dialer (tests map host names to
 	// loopback addresses with it).
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -39,12 +39,12 @@ type credential struct{ user, pass string }
 
 func defaultOptions() *options {
 	return &options{
-		log:      silentLogger(),
-		platform: DefaultPlatform(),
-		mirrors:  map[string][]string{},
-		insecure: map[string]bool{},
-		creds:    map[string]credential{},
-		jobs:     3,
+		log:               silentLogger(),
+		platform:          DefaultPlatform(),
+		mirrors:           map[string][]string{},
+		insecure:          map[string]bool{},
+		creds:             map[string]credential{},
+		parallelDownloads: 3,
 	}
 }
 
@@ -161,13 +161,13 @@ func WithCredentials(host, user, pass string) Option {
 	}
 }
 
-// WithJobs bounds the number of blobs downloaded at once. Default: 3.
-func WithJobs(n int) Option {
+// WithParallelDownloads bounds the number of blobs downloaded at once. Default: 3.
+func WithParallelDownloads(n int) Option {
 	return func(o *options) error {
 		if n < 1 {
 			return fmt.Errorf("jobs must be at least 1, not %d", n)
 		}
-		o.jobs = n
+		o.parallelDownloads = n
 		return nil
 	}
 }

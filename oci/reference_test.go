@@ -54,7 +54,7 @@ func TestParseReference(t *testing.T) {
 
 func TestOptionsValidate(t *testing.T) {
 	for name, opt := range map[string]Option{
-		"jobs":     WithJobs(0),
+		"jobs":     WithParallelDownloads(0),
 		"mirror":   WithMirrors("docker.io", "ftp://m"),
 		"host":     WithInsecure("a/b"),
 		"platform": WithPlatform(v1.Platform{OS: "linux"}),

@@ -405,7 +405,7 @@ func (s *Store) loadImage(ref string, h v1.Hash) (*Image, error) {
 	return &Image{Ref: ref, Digest: h, Manifest: m, Config: cfg}, nil
 }
 
-// fetch downloads the missing layers of an image, at most jobs at a time,
+// fetch downloads the missing layers of an image, at most parallelDownloads at a time,
 // in layer order. ready[i] is closed when layer i is in the store (or
 // failed: see errs[i]).
 type fetch struct {
@@ -435,7 +435,7 @@ func (s *Store) startFetch(ctx context.Context, res *resolved) *fetch {
 	}
 	close(todo)
 	var wg sync.WaitGroup
-	for range min(s.o.jobs, len(todo)) {
+	for range min(s.o.parallelDownloads, len(todo)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -594,7 +594,7 @@ func TestParallelDownloadInOrderApply(t *testing.T) {
 		}
 		close(slow.release)
 	}()
-	rf := rootfsOf(t, newStore(t, "", WithJobs(4)), ref)
+	rf := rootfsOf(t, newStore(t, "", WithParallelDownloads(4)), ref)
 	if got := readFile(t, filepath.Join(rf.Dir, "f")); got != "layer 3" {
 		t.Errorf("f = %q, want the top layer's", got)
 	}

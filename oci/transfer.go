@@ -287,7 +287,7 @@ func (s *Store) write(ctx context.Context, r Reference, h v1.Hash) error {
 		remote.WithTransport(s.client.transport),
 		remote.WithAuthFromKeychain(s.client.keychain),
 		remote.WithUserAgent("vagent"),
-		remote.WithJobs(s.o.jobs),
+		remote.WithJobs(s.o.parallelDownloads),
 		remote.WithRetryBackoff(remote.Backoff{Duration: 250 * time.Millisecond, Factor: 3, Jitter: 0.1, Steps: 3}),
 	)
 	if err != nil {

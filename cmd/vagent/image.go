@@ -118,7 +118,7 @@ type registryFlags struct {
 	cas          []string
 	dockerConfig string
 	platform     string
-	jobs         int
+	downloads    int
 }
 
 func (f *registryFlags) register(fs *pflag.FlagSet) {
@@ -129,7 +129,7 @@ func (f *registryFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&f.cas, "ca", nil, "trust the PEM certificates in `FILE` for registries (repeatable)")
 	fs.StringVar(&f.dockerConfig, "docker-config", "", "read registry credentials from this Docker config.json `FILE` (default: the Docker/podman defaults)")
 	fs.StringVar(&f.platform, "platform", "", "pick this `OS/ARCH[/VARIANT]` from multi-platform images (default: the agent's)")
-	fs.IntVar(&f.jobs, "jobs", 3, "download at most `N` blobs at once")
+	fs.IntVar(&f.downloads, "jobs", 3, "download at most `N` blobs at once")
 }
 
 func (f *registryFlags) options(env *cliEnv) ([]oci.Option, error) {
@@ -160,7 +160,7 @@ func (f *registryFlags) options(env *cliEnv) ([]oci.Option, error) {
 		}
 		opts = append(opts, oci.WithPlatform(*p))
 	}
-	opts = append(opts, oci.WithJobs(f.jobs))
+	opts = append(opts, oci.WithParallelDownloads(f.downloads))
 	return opts, nil
 }
 

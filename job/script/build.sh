@@ -8,7 +8,7 @@
 #   VAGENT_URL     the git repository or the PKGBUILD URL
 #   VAGENT_BRANCH  the git branch ("" = the default branch)
 #   VAGENT_PATH    the directory of the clone holding the PKGBUILD ("" = top)
-#   VAGENT_JOBS    N of MAKEFLAGS=-jN
+#   VAGENT_MAKE_JOBS N of MAKEFLAGS=-jN
 #   VAGENT_CHECK   true: compare the packages with the repositories'
 #                  (vagent build --check, the checkpkg script)
 #   VAGENT_SRCDEST the target's source cache, makepkg's SRCDEST (unset:
@@ -344,7 +344,7 @@ skip\ *)
 *) fail "${decision#fail }" ;;
 esac
 
-export MAKEFLAGS=-j$VAGENT_JOBS
+export MAKEFLAGS=-j$VAGENT_MAKE_JOBS
 offline=${VAGENT_OFFLINE:-0}
 if [[ $offline == 1 ]]; then
 	printf 'vagent: offline build (build_network.offline_build): the agent has cut the network; build() and package() run without it\n'
