@@ -28,10 +28,12 @@ type runDeps struct {
 	server  *vieter.Client   // the agent's one client of the server
 }
 
-// newExecutor makes the executor of `vagent run` from the configuration;
-// cleanup runs once the agent stopped. The file that wires the build
-// package sets it; without it `vagent run` refuses to start.
-var newExecutor func(ctx context.Context, cfg *Config, deps runDeps) (exec poll.Executor, cleanup func() error, err error)
+// newExecutor makes the executor of `vagent run` from the configuration
+// (newBuildExecutor: builds on builder images in sandboxes, its state under
+// the data dir: images/, sandbox/, builders/, build/; see
+// docs/architecture.md); cleanup runs once the agent stopped. Tests put a
+// fake executor in its place.
+var newExecutor = newBuildExecutor
 
 // exitNow ends the process at the third signal (tests replace it).
 var exitNow = os.Exit
@@ -107,9 +109,6 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	})
 	defer notifyStopping()
 
-	if newExecutor == nil {
-		return errors.New("this vagent binary has no build executor")
-	}
 	m := metrics.New()
 	if err := m.SetBuildInfo(version, commit, cfg.AgentName); err != nil {
 		return err

@@ -14,11 +14,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The executor of `vagent run`: builds on builder images in sandboxes.
-// Its state lives under the data dir: images/ (oci), sandbox/, builders/
-// and build/ (see docs/architecture.md).
-func init() { newExecutor = newBuildExecutor }
-
 func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Executor, _ func() error, retErr error) {
 	var undo []func() error
 	// Not the named result: an error return sets that to nil before the

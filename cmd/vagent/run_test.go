@@ -369,15 +369,4 @@ func TestRunConfigErrors(t *testing.T) {
 	if code != 2 || !strings.Contains(errOut, "one configuration file") {
 		t.Errorf("exit %d: %s", code, errOut)
 	}
-	good := filepath.Join(dir, "good.yaml")
-	if err := os.WriteFile(good, []byte("address: http://x\napi_key: k\ndata_dir: "+dir+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	saved := newExecutor // a binary without the build wiring
-	newExecutor = nil
-	defer func() { newExecutor = saved }()
-	code, _, errOut = runCLI("run", good)
-	if code != 1 || !strings.Contains(errOut, "no build executor") {
-		t.Errorf("without an executor: exit %d: %s", code, errOut)
-	}
 }
