@@ -42,7 +42,7 @@ type run struct {
 // except an isolated run's pasta process: killed, it may still be exiting
 // (removing its interface takes tens of milliseconds), and Close waits for
 // it.
-func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) {
+func (m *Manager) Run(ctx context.Context, spec Spec) (res *Result, retErr error) {
 	if err := spec.validate(); err != nil {
 		return nil, err
 	}
@@ -89,6 +89,15 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) 
 	defer func() {
 		if err := r.teardown(); err != nil && retErr == nil {
 			r.log.WithError(err).Warn("sandbox teardown")
+		}
+		// A run that ends without a Result (a start error, a cancellation
+		// while starting, a panic) hands its caller no upper: the one
+		// teardown kept for Spec.KeepUpper goes (a Spec.Upper stays the
+		// caller's).
+		if res == nil && r.spec.Upper == nil && r.upper != nil {
+			if err := r.upper.Release(); err != nil {
+				r.log.WithError(err).Warn("removing the upper of a failed run")
+			}
 		}
 	}()
 	return r.run(ctx, limits)

@@ -634,6 +634,43 @@ func TestOutputPanicCleansUp(t *testing.T) {
 	t.Error("Run returned instead of panicking")
 }
 
+// TestFailedRunKeepsNoUpper: a KeepUpper run that returns no Result (a
+// start error, a panicking Output) leaves no kept upper behind: nobody
+// could release it, and the instance directory would outlive its process
+// (`vagent builder build | head -1` cancelling the setup while it starts).
+func TestFailedRunKeepsNoUpper(t *testing.T) {
+	e := newManager(t)
+	rootfs := sandboxtest.BusyboxRootfs(t)
+	kept := func() []string {
+		l, _ := filepath.Glob(filepath.Join(e.dir, "m", "*", "kept", "*"))
+		return l
+	}
+	res, err := e.m.Run(t.Context(), sandbox.Spec{
+		Lower: rootfs, Env: pathEnv, KeepUpper: true, Dir: "/bin/busybox",
+		Args: []string{"true"},
+	})
+	if err == nil {
+		t.Fatalf("a run in a working directory that is a file: %+v, want a start error", res)
+	}
+	if l := kept(); len(l) > 0 {
+		t.Errorf("kept uppers after a start error (%v): %v", err, l)
+	}
+	func() {
+		defer func() {
+			if v := recover(); v != "writer exploded" {
+				t.Errorf("recovered %v, want the writer's panic", v)
+			}
+		}()
+		_, _ = e.m.Run(t.Context(), sandbox.Spec{
+			Lower: rootfs, Env: pathEnv, KeepUpper: true, Output: panicWriter{},
+			Args: []string{"sh", "-c", "echo boom > /upper-file; echo boom"},
+		})
+	}()
+	if l := kept(); len(l) > 0 {
+		t.Errorf("kept uppers after a panicking Output: %v", l)
+	}
+}
+
 type panicWriter struct{}
 
 func (panicWriter) Write([]byte) (int, error) { panic("writer exploded") }
