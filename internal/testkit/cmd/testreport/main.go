@@ -2,7 +2,8 @@
 // standard input and prints what plain `go test` prints — each package's
 // result line, and the output of failing tests — then the slowest tests.
 // `make unit` pipes the tests through it, so a run ends with the list that
-// says where the suite's time goes and, last, the first line of each
+// says where the suite's time goes, a line on the host (CPUs, load, the
+// cost of starting a process) and, last, the first line of each
 // failure (a test's `file_test.go:N: message` lines): a log that keeps only
 // its tail (CI's) still says why a test failed, even when the test printed
 // pages of a process's output after its checks.
@@ -17,7 +18,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -40,7 +43,7 @@ type result struct {
 func main() {
 	n := flag.Int("slowest", 10, "list the `N` slowest tests at the end")
 	flag.Parse()
-	failed, err := report(os.Stdin, os.Stdout, *n)
+	failed, err := report(os.Stdin, os.Stdout, *n, hostLine)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testreport:", err)
 		os.Exit(2)
@@ -50,9 +53,9 @@ func main() {
 	}
 }
 
-// report copies the plain test output of the events in r to w and lists
-// the n slowest tests. It reports whether a test or a package failed.
-func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
+// report copies the plain test output of the events in r to w, lists the
+// n slowest tests, the host line, and the first line of each failure. It reports whether a test or a package failed.
+func report(r io.Reader, w io.Writer, n int, host func() string) (failed bool, err error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 64<<20)
 	pending := map[string][]string{} // package/test → its output so far
@@ -108,6 +111,7 @@ func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
 			fmt.Fprintf(w, "%9s  %s %s\n", r.elapsed.Round(100*time.Millisecond), r.pkg, r.test)
 		}
 	}
+	fmt.Fprintln(w, host())
 	if len(failures) > 0 {
 		fmt.Fprintf(w, "\nfailures (first lines):\n")
 		for _, f := range failures {
@@ -115,6 +119,35 @@ func report(r io.Reader, w io.Writer, n int) (failed bool, err error) {
 		}
 	}
 	return failed, nil
+}
+
+// hostLine says what the suite's time depends on besides its code: CPUs,
+// load, and what starting a process costs (fork and exec of a static
+// program, and of bash, which makepkg and the build script are). Suites
+// whose builds start thousands of processes (makepkg, pacman, fakeroot)
+// take several times longer on a host where that is slow, so a slow run's
+// log says whether the host or the code changed.
+func hostLine() string {
+	load := "?"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	return fmt.Sprintf("host: %d CPUs, load %s; process start: %s (/bin/true), %s (bash -c :)",
+		runtime.NumCPU(), load, spawnCost("/bin/true"), spawnCost("bash", "-c", ":"))
+}
+
+// spawnCost is the median wall time of 21 runs of a command.
+func spawnCost(name string, args ...string) string {
+	var d []time.Duration
+	for range 21 {
+		start := time.Now()
+		if err := exec.Command(name, args...).Run(); err != nil {
+			return "n/a"
+		}
+		d = append(d, time.Since(start))
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	return d[len(d)/2].Round(10 * time.Microsecond).String()
 }
 
 // failureLine is the first line of a t.Error/t.Fatal message as go test

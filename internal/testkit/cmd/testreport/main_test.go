@@ -20,11 +20,11 @@ func TestReport(t *testing.T) {
 		`# q [build failed]`,
 	}, "\n")
 	var out strings.Builder
-	failed, err := report(strings.NewReader(in), &out, 2)
+	failed, err := report(strings.NewReader(in), &out, 2, func() string { return "host: test" })
 	if err != nil || !failed {
 		t.Fatalf("failed=%v err=%v", failed, err)
 	}
-	want := "    b_test.go:3: boom\nFAIL\tp\t9.9s\n# q [build failed]\n\nslowest tests:\n     9.1s  p TestC\n     1.5s  p TestA\n" +
+	want := "    b_test.go:3: boom\nFAIL\tp\t9.9s\n# q [build failed]\n\nslowest tests:\n     9.1s  p TestC\n     1.5s  p TestA\nhost: test\n" +
 		"\nfailures (first lines):\n  p TestB: b_test.go:3: boom\n"
 	if out.String() != want {
 		t.Errorf("got:\n%s\nwant:\n%s", out.String(), want)
