@@ -159,7 +159,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if outDir, err = filepath.Abs(outDir); err != nil {
 		return err
 	}
-	uid, gid := invokingUser()
+	uid, gid := invokingUser(env.getenv)
 	bnet, err := f.buildNetwork(f.af.cfg, j.URL, repos)
 	if err != nil {
 		return err
@@ -307,7 +307,7 @@ func inspectBuild(ctx context.Context, env *cliEnv, built *job.Built, rep poll.R
 		return
 	}
 	fmt.Fprintf(env.stderr, "vagent build: %s; a shell in its tree follows\r\n", rep.Reason)
-	code, err := built.Inspect(ctx, job.Shell{Term: os.Getenv("TERM"), Attach: ut.attach})
+	code, err := built.Inspect(ctx, job.Shell{Term: env.getenv("TERM"), Attach: ut.attach})
 	ut.restore()
 	built.Release()
 	if err != nil {
@@ -406,13 +406,13 @@ func parseRepoURLs(urls []string) ([]pacman.Repo, error) {
 }
 
 // invokingUser returns the user the packages should belong to: the one
-// who ran sudo, or the process's own.
-func invokingUser() (uid, gid int) {
+// who ran sudo (SUDO_UID, SUDO_GID in getenv), or the process's own.
+func invokingUser(getenv func(string) string) (uid, gid int) {
 	uid, gid = os.Getuid(), os.Getgid()
 	if uid == 0 {
-		if u, err := strconv.Atoi(os.Getenv("SUDO_UID")); err == nil && u >= 0 {
+		if u, err := strconv.Atoi(getenv("SUDO_UID")); err == nil && u >= 0 {
 			uid = u
-			if g, err := strconv.Atoi(os.Getenv("SUDO_GID")); err == nil && g >= 0 {
+			if g, err := strconv.Atoi(getenv("SUDO_GID")); err == nil && g >= 0 {
 				gid = g
 			}
 		}

@@ -36,6 +36,7 @@ import (
 // the output directory of a third
 // one with --out inside the source), into the build.
 func TestBuildNextToPKGBUILD(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	src := filepath.Join(sandboxtest.Dir(t), "hello")
 	if err := os.MkdirAll(src, 0o755); err != nil {
@@ -60,13 +61,12 @@ package() { mkdir -p "$pkgdir/usr/share/hello"; echo hi >"$pkgdir/usr/share/hell
 	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(pkgbuild), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("SUDO_UID", "4242")
-	t.Setenv("SUDO_GID", "4343")
+	sudo := envWith("SUDO_UID", "4242", "SUDO_GID", "4343")
 	pkg := filepath.Join(src, "hello-1:1.0-2-any.pkg.tar.zst")
 	logFile := filepath.Join(src, "hello-1:1.0-2-x86_64-build.log")
 	for round := 1; round <= 2; round++ {
 		var stdout, stderr bytes.Buffer
-		code := run1(append(e.args(), filepath.Join(src, "PKGBUILD")), &stdout, &stderr)
+		code := runWithEnv(append(e.args(), filepath.Join(src, "PKGBUILD")), &stdout, &stderr, sudo)
 		if code != 0 {
 			t.Fatalf("round %d: exit %d\nstdout:\n%s\nstderr:\n%s", round, code, stdout.String(), stderr.String())
 		}
@@ -96,14 +96,14 @@ package() { mkdir -p "$pkgdir/usr/share/hello"; echo hi >"$pkgdir/usr/share/hell
 	// --out inside the source: its contents stay out of the next build.
 	out := filepath.Join(src, "out")
 	var stdout, stderr bytes.Buffer
-	if code := run1(append(e.args(), "--out", out, src), &stdout, &stderr); code != 0 {
+	if code := runWithEnv(append(e.args(), "--out", out, src), &stdout, &stderr, sudo); code != 0 {
 		t.Fatalf("--out: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
 	if _, err := os.Stat(filepath.Join(out, filepath.Base(pkg))); err != nil {
 		t.Fatal(err)
 	}
 	stdout.Reset()
-	if code := run1(append(e.args(), "--out", out, src), &stdout, &stderr); code != 0 {
+	if code := runWithEnv(append(e.args(), "--out", out, src), &stdout, &stderr, sudo); code != 0 {
 		t.Fatalf("--out again: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
 	if !strings.Contains(stdout.String(), "without 3 output(s) of earlier builds") {
@@ -117,6 +117,7 @@ package() { mkdir -p "$pkgdir/usr/share/hello"; echo hi >"$pkgdir/usr/share/hell
 // reference builds; with standard error on a terminal, the base image's
 // layers are shown as they are unpacked.
 func TestBuildLoadedImage(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	img, layoutDir, err := testkit.ArchLikeImage(t.Context())
 	if err != nil {
@@ -157,7 +158,6 @@ func TestBuildLoadedImage(t *testing.T) {
 				t.Fatalf("image load: exit %d\n%s\n%s", code, stdout, stderr)
 			}
 			ptm, pts := openPTY(t)
-			t.Setenv("TERM", "xterm")
 			read := make(chan string)
 			go func() {
 				b, _ := io.ReadAll(ptm)
@@ -170,7 +170,7 @@ func TestBuildLoadedImage(t *testing.T) {
 				}
 			}
 			var out bytes.Buffer
-			code = run1(args, &out, pts)
+			code = runWithEnv(args, &out, pts, envWith("TERM", "xterm"))
 			pts.Close()
 			term := strings.ReplaceAll(<-read, "\r\n", "\n")
 			if code != 0 {
@@ -194,6 +194,7 @@ func TestBuildLoadedImage(t *testing.T) {
 // build before its dependencies are resolved, so a package that needs it
 // builds with no repository holding it.
 func TestBuildInstallLocal(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	work := sandboxtest.Dir(t)
 	write := func(dir, content string) string {
@@ -241,6 +242,7 @@ package() { mkdir -p "$pkgdir/usr/share/needs"; }
 // libraries): a file added and one removed, the soname provided changed,
 // a soname needed added.
 func TestBuildCheck(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	testkit.RequireTool(t, "gcc", "build-essential")
 	work := sandboxtest.Dir(t)
@@ -333,6 +335,8 @@ package() {
 // is left (no mount, sandbox directory, cgroup or process) and the exit
 // status is the build's.
 func TestBuildInspect(t *testing.T) {
+	// Not parallel: it checks that nothing of any build is left in the
+	// shared data dir, which the parallel tests are still using.
 	e := newLocalBuildEnv(t)
 	bin, err := exec.LookPath("vagent")
 	if err != nil {
@@ -512,6 +516,7 @@ func buildLeftovers(t *testing.T, data string) []string {
 // (the server counts requests), its git source's bare mirror is updated,
 // not cloned again.
 func TestBuildSourceCache(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	var downloads atomic.Int32
 	const data = "cached source data\n"

@@ -28,6 +28,7 @@ import (
 // --repo-url repository. The package lands in --out owned by SUDO_UID,
 // the log streams to stdout, and the source directory is not changed.
 func TestBuildLocalDir(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	dir := sandboxtest.Dir(t)
 	src := filepath.Join(dir, "src")
@@ -54,10 +55,8 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 	}
 	before := treeState(t, src)
 	out := filepath.Join(dir, "out")
-	t.Setenv("SUDO_UID", "4242")
-	t.Setenv("SUDO_GID", "4343")
 	var stdout, stderr bytes.Buffer
-	code := run1(append(e.args(), "--path", "sub", "--out", out, src), &stdout, &stderr)
+	code := runWithEnv(append(e.args(), "--path", "sub", "--out", out, src), &stdout, &stderr, envWith("SUDO_UID", "4242", "SUDO_GID", "4343"))
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
@@ -171,6 +170,20 @@ func startLocalBuildEnv() (e *localBuildEnv, err error) {
 	return e, nil
 }
 
+// envWith is os.Getenv with the variables of kv (name, value, …) set:
+// the environment of one vagent run, so that tests that need one can run
+// in parallel (t.Setenv forbids it).
+func envWith(kv ...string) func(string) string {
+	return func(k string) string {
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i] == k {
+				return kv[i+1]
+			}
+		}
+		return os.Getenv(k)
+	}
+}
+
 // close stops the servers and removes the directory.
 func (e *localBuildEnv) close() {
 	if e == nil {
@@ -205,6 +218,7 @@ func testPKGBUILD(name, ver string) string {
 // PKGBUILD URL. Each writes its package into --out. Until the job carried
 // a repository name, both failed with `invalid job: repository name ""`.
 func TestBuildRemoteSources(t *testing.T) {
+	t.Parallel()
 	e := newLocalBuildEnv(t)
 	work := sandboxtest.Dir(t)
 	g := testkit.NewGitServer(t)

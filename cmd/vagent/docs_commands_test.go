@@ -17,7 +17,7 @@ import (
 
 // testRoot is vagent's command tree, for tests that read it.
 func testRoot() *cobra.Command {
-	return newRootCmd(&cliEnv{stdout: io.Discard, stderr: io.Discard, log: logrus.New()})
+	return newRootCmd(&cliEnv{stdout: io.Discard, stderr: io.Discard, log: logrus.New(), getenv: os.Getenv})
 }
 
 // nestedCommands are the commands with subcommands of their own.

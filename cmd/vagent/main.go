@@ -33,6 +33,9 @@ type cliEnv struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    *logrus.Logger
+	// getenv reads the process environment (os.Getenv; tests give each
+	// run its own, so that they can run in parallel).
+	getenv func(string) string
 }
 
 // commands are the constructors of vagent's subcommands, all of them, in
@@ -132,10 +135,15 @@ func main() { os.Exit(run1(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run1 runs vagent with args and returns the exit status.
 func run1(args []string, stdout, stderr io.Writer) int {
+	return runWithEnv(args, stdout, stderr, os.Getenv)
+}
+
+// runWithEnv is run1 with the environment variables of getenv.
+func runWithEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	log := logrus.New()
 	log.SetOutput(stderr)
 	log.SetLevel(logrus.InfoLevel)
-	if lvl := os.Getenv("VIETER_LOG_LEVEL"); lvl != "" {
+	if lvl := getenv("VIETER_LOG_LEVEL"); lvl != "" {
 		if l, err := logrus.ParseLevel(lvl); err == nil {
 			log.SetLevel(l)
 		}
@@ -155,7 +163,7 @@ func run1(args []string, stdout, stderr io.Writer) int {
 	defer cancel(nil)
 	out := &closedStdout{w: stdout, onClose: func() { cancel(errStdoutClosed) }}
 
-	env := &cliEnv{stdin: os.Stdin, stdout: out, stderr: stderr, log: log}
+	env := &cliEnv{stdin: os.Stdin, stdout: out, stderr: stderr, log: log, getenv: getenv}
 	root := newRootCmd(env)
 	root.SetArgs(singleDashLongFlags(root, args))
 	cmd, err := root.ExecuteContextC(ctx)

@@ -42,7 +42,7 @@ type layerBar struct {
 }
 
 func newPullProgress(env *cliEnv) *pullProgress {
-	p := &pullProgress{env: env, tty: isTerminal(env.stderr), now: time.Now, layers: map[int]*layerBar{}}
+	p := &pullProgress{env: env, tty: env.isTerminal(env.stderr), now: time.Now, layers: map[int]*layerBar{}}
 	if p.tty {
 		// Log lines go through the bars (see Write).
 		p.logOut = env.log.Out
@@ -51,13 +51,14 @@ func newPullProgress(env *cliEnv) *pullProgress {
 	return p
 }
 
-func isTerminal(w io.Writer) bool {
+// isTerminal tells whether w is a terminal that can draw progress bars.
+func (env *cliEnv) isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
 	}
 	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && os.Getenv("TERM") != "dumb"
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0 && env.getenv("TERM") != "dumb"
 }
 
 // checked tells whether the pull of ref asked its source: a registry
@@ -210,7 +211,7 @@ func (p *pullProgress) finish() {
 // returns the option to give the store (none without a terminal) and a
 // function that ends the display.
 func terminalPullProgress(env *cliEnv) ([]oci.Option, func()) {
-	if !isTerminal(env.stderr) {
+	if !env.isTerminal(env.stderr) {
 		return nil, func() {}
 	}
 	p := newPullProgress(env)

@@ -91,7 +91,7 @@ func TestPullProgressBars(t *testing.T) {
 	lg := logrus.New()
 	lg.SetOutput(&out)
 	lg.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true, DisableColors: true})
-	env := &cliEnv{stdout: io.Discard, stderr: &out, log: lg}
+	env := &cliEnv{stdout: io.Discard, stderr: &out, log: lg, getenv: os.Getenv}
 	p := newPullProgress(env)
 	p.tty = true // as newPullProgress does on a terminal
 	p.logOut = lg.Out
