@@ -103,7 +103,7 @@ test-vm: build ## boot Debian 12 (cgroup v2) in QEMU: vagent check + sandbox tes
 
 # Fuzz targets as package:Target; their seed corpora run in every `make test`.
 FUZZ_TARGETS := ./oci:FuzzUnpack ./oci:FuzzUnpackTar ./vieter:FuzzClientAnswer ./poll:FuzzSpoolHeader \
-	./job:FuzzParseSrcInfo ./cmd/vagent:FuzzConfig ./internal/vieterserver:FuzzReadPackage \
+	./job:FuzzParseSrcInfo ./internal/config:FuzzConfig ./internal/vieterserver:FuzzReadPackage \
 	./internal/vieterserver:FuzzVerCmp
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/poll"
@@ -209,7 +210,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	defer bm.Close()
 	// The package caches of the data dir, shared with `vagent run` (one
 	// per target; a local build's is keyed by its source).
-	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
+	cacheDir := filepath.Join(dataDir, pacmanCacheSubdir)
 	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check), job.WithSourceCache(f.sources)}
 	if keep != nil {
 		opts = append(opts, job.WithInspect(keep))
@@ -217,9 +218,9 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	logLimit := int64(poll.DefaultLogLimit)
 	opts = append(opts, job.WithNetwork(bnet.mode, bnet.forward...), job.WithOfflineBuild(bnet.offline))
 	if cfg != nil {
-		cacheDir = cfg.PacmanCacheDir()
+		cacheDir = pacmanCacheDir(cfg)
 		logLimit = int64(cfg.BuildLimits.Log)
-		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(cfg.Limits()), job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)))
+		opts = append(opts, job.WithArch(cfg.Arch), job.WithLimits(sandboxLimits(cfg)), job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)))
 	}
 	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(dataDir, "build"), append(opts, job.WithCacheDir(cacheDir))...)
 	if err != nil {
@@ -337,10 +338,10 @@ func (n buildNet) setupMode() sandbox.NetworkMode {
 // --offline-build over the configuration's build_network. The servers the
 // user named (the source URL, --repo-url, --pacman-mirror) are reached
 // without a --forward: they are the invoking user's, not a server's job.
-func (f *buildFlags) buildNetwork(cfg *Config, sourceURL string, repos []pacman.Repo) (buildNet, error) {
+func (f *buildFlags) buildNetwork(cfg *config.Config, sourceURL string, repos []pacman.Repo) (buildNet, error) {
 	n := buildNet{mode: sandbox.NetworkIsolated}
 	if cfg != nil {
-		n.mode, n.forward, n.offline = cfg.NetworkMode(), cfg.BuildForwards(), cfg.BuildNetwork.OfflineBuild
+		n.mode, n.forward, n.offline = networkMode(cfg), buildForwards(cfg), cfg.BuildNetwork.OfflineBuild
 	}
 	if f.network != "" {
 		m, err := sandbox.ParseNetworkMode(f.network)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
@@ -17,7 +18,7 @@ import (
 var checkHost = sandbox.CheckHost
 
 func newCheckCmd(env *cliEnv) *cobra.Command {
-	var dataDir, config string
+	var dataDir, configPath string
 	var idBase, idSize uint
 	var baseImages []string
 	c := &cobra.Command{
@@ -36,21 +37,21 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			if idBase > 1<<32-1 || idSize > 1<<32-1 {
 				return usageError("id range out of bounds")
 			}
-			if len(baseImages) > 0 && config == "" {
+			if len(baseImages) > 0 && configPath == "" {
 				return usageError("--base-image needs --config (the registries to ask are the configuration's)")
 			}
 			var opts []sandbox.Option
 			dir := dataDir
-			var cfg *Config
+			var cfg *config.Config
 			// The id range: the configuration's, else --id-base, else the
 			// data dir's (recorded, or the one a build would pick).
-			rcfg := &Config{IDRange: IDRange{Base: uint32(idBase), Size: uint32(idSize)}}
-			if config != "" {
+			rcfg := &config.Config{IDRange: config.IDRange{Base: uint32(idBase), Size: uint32(idSize)}}
+			if configPath != "" {
 				var err error
-				if cfg, err = loadAgentConfig(env, config, false); err != nil {
+				if cfg, err = loadAgentConfig(env, configPath, false); err != nil {
 					return err
 				}
-				dir, opts = cfg.DataDir, cfg.SandboxOptions()
+				dir, opts = cfg.DataDir, sandboxOptions(cfg)
 				rcfg.IDRange = cfg.IDRange
 			}
 			rcfg.IDRange.AllowConflicts = true // reported, not refused
@@ -66,8 +67,8 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if cfg != nil && cfg.NetworkMode() != sandbox.NetworkIsolated {
-				reqs = networkNotUsed(reqs, cfg.NetworkMode())
+			if cfg != nil && networkMode(cfg) != sandbox.NetworkIsolated {
+				reqs = networkNotUsed(reqs, networkMode(cfg))
 			}
 			var lines []checkLine
 			for _, r := range append(reqs, checkDataModes(dir)) {
@@ -86,7 +87,7 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 		},
 	}
 	fs := c.Flags()
-	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then), "+
+	fs.StringVar(&configPath, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then), "+
 		"and check its server, api_key, registries and pacman_mirrors")
 	dataDirVar(fs, &dataDir, defaultDataDir, "data directory for builds (a test overlay is mounted there)")
 	fs.UintVar(&idBase, "id-base", 0, "first host id of the containers' id range (default: the data dir's, as builds use it)")

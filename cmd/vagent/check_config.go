@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/vieter"
@@ -26,10 +27,10 @@ const checkTimeout = 20 * time.Second
 // key, every registry endpoint (mirrors and origins) answers, which
 // endpoint would serve each base image, and that a repository of each
 // base image in the store uses the Pacman mirrors.
-func checkSetup(ctx context.Context, cfg *Config, baseImages []string) []checkLine {
+func checkSetup(ctx context.Context, cfg *config.Config, baseImages []string) []checkLine {
 	var lines []checkLine
 	lines = append(lines, checkServer(ctx, cfg)...)
-	ociOpts, err := cfg.OCIOptions()
+	ociOpts, err := registryOptions(cfg)
 	if err != nil {
 		return append(lines, checkLine{status: statusMissing, name: "registries", detail: err.Error()})
 	}
@@ -55,7 +56,7 @@ func checkSetup(ctx context.Context, cfg *Config, baseImages []string) []checkLi
 			lines = append(lines, checkRegistry(ctx, h, ociOpts))
 		}
 	}
-	if ms := cfg.pacmanMirrors(); len(ms) > 0 {
+	if ms := cfg.PacmanMirrorList(); len(ms) > 0 {
 		for _, ref := range baseImages {
 			lines = append(lines, checkPacmanMirrors(cfg, ref))
 		}
@@ -73,11 +74,11 @@ func registryKey(h string) string {
 }
 
 // checkServer asks the server whether it answers and accepts the key.
-func checkServer(ctx context.Context, cfg *Config) []checkLine {
+func checkServer(ctx context.Context, cfg *config.Config) []checkLine {
 	if cfg.Address == placeholderAddress || cfg.APIKey.Reveal() == placeholderKey {
 		return []checkLine{{status: statusMissing, name: "server", detail: "address or api_key is not set: vagent run needs both (or VIETER_ADDRESS, VIETER_API_KEY_FILE)"}}
 	}
-	c, err := cfg.Client()
+	c, err := vieterClient(cfg)
 	if err != nil {
 		return []checkLine{{status: statusMissing, name: "server", detail: err.Error()}}
 	}
@@ -163,7 +164,7 @@ func checkRegistry(ctx context.Context, host string, opts []oci.Option) checkLin
 // checkPacmanMirrors reads the pacman.conf of ref from the store: a
 // repository must include the mirror list, or pacman_mirrors would not be
 // used (the builder's setup refuses that).
-func checkPacmanMirrors(cfg *Config, ref string) checkLine {
+func checkPacmanMirrors(cfg *config.Config, ref string) checkLine {
 	conf, _, err := oci.ReadRootfsFile(filepath.Join(cfg.DataDir, "images"), ref, "etc/pacman.conf", 1<<20)
 	switch {
 	case errors.Is(err, oci.ErrNotFound):

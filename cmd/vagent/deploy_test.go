@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
@@ -88,7 +89,7 @@ func TestDaemonSetExample(t *testing.T) {
 	// The configuration, as the agent would load it with the key file set.
 	cm := docs["ConfigMap"]
 	agentYAML, _ := node(t, cm, "data", "agent.yaml").(string)
-	cfg, err := parseConfig("agent.yaml", []byte(agentYAML), func(k string) string {
+	cfg, err := config.Parse("agent.yaml", []byte(agentYAML), func(k string) string {
 		if k == "VIETER_API_KEY" {
 			return "from-the-secret"
 		}
@@ -143,7 +144,7 @@ func TestDaemonSetExample(t *testing.T) {
 		t.Errorf("%s is not agent.yaml of the ConfigMap: %v", cfgPath, v)
 	}
 	// pasta's device, for the builds' isolated network (the default).
-	if cfg.NetworkMode() == sandbox.NetworkIsolated {
+	if networkMode(cfg) == sandbox.NetworkIsolated {
 		if v := volumeAt("/dev/net/tun"); node(t, v, "hostPath", "path") != "/dev/net/tun" || node(t, v, "hostPath", "type") != "CharDevice" {
 			t.Errorf("/dev/net/tun is not the node's character device: %v", v)
 		}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/internal/lockfile"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -54,7 +55,7 @@ type idRangeChoice struct {
 // written and a range not yet recorded is the one that would be picked.
 // A configured range that host ids use is a configuration error unless
 // id_range.allow_conflicts says so.
-func resolveIDRange(dataDir string, cfg *Config, record bool, log logrus.FieldLogger) (idRangeChoice, error) {
+func resolveIDRange(dataDir string, cfg *config.Config, record bool, log logrus.FieldLogger) (idRangeChoice, error) {
 	size := uint32(65536)
 	if cfg != nil && cfg.IDRange.Size != 0 {
 		size = cfg.IDRange.Size
@@ -63,7 +64,7 @@ func resolveIDRange(dataDir string, cfg *Config, record bool, log logrus.FieldLo
 	if cfg != nil && cfg.IDRange.Base != 0 {
 		r := sandbox.IDRange{Base: cfg.IDRange.Base, Size: size}
 		conflicts := hostIDs.Conflicts(r)
-		if err := cfg.checkIDRange(conflicts); err != nil {
+		if err := checkIDRange(cfg, conflicts); err != nil {
 			return idRangeChoice{}, &exitError{code: exitConfig, err: err}
 		}
 		c := idRangeChoice{IDRange: r, How: "configured (id_range)", Conflicts: conflicts}
@@ -167,10 +168,10 @@ func withDataDirLock(dataDir string, fn func() error) error {
 // seccomp as asked. Another vagent process on the data dir with another
 // range, or an older vagent that holds it alone, is refused with a clear
 // message.
-func openSandbox(log logrus.FieldLogger, dataDir string, cfg *Config, seccomp bool) (*sandbox.Manager, idRangeChoice, error) {
+func openSandbox(log logrus.FieldLogger, dataDir string, cfg *config.Config, seccomp bool) (*sandbox.Manager, idRangeChoice, error) {
 	opts := []sandbox.Option{sandbox.WithLogger(log), sandbox.WithSeccomp(seccomp)}
 	if cfg != nil {
-		opts = append(opts, cfg.SandboxOptions()...)
+		opts = append(opts, sandboxOptions(cfg)...)
 	}
 	var ir idRangeChoice
 	if os.Geteuid() == 0 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
@@ -61,7 +62,7 @@ func quietLog() *logrus.Logger {
 func TestIDRangeDefault(t *testing.T) {
 	fakeHost(t)
 	dir := filepath.Join(t.TempDir(), "data")
-	cfg := defaultConfig()
+	cfg := config.Default()
 	peek, err := resolveIDRange(dir, &cfg, false, quietLog())
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +103,7 @@ func TestIDRangeConfigured(t *testing.T) {
 	if _, err := resolveIDRange(dir, nil, true, quietLog()); err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultConfig()
+	cfg := config.Default()
 	cfg.IDRange.Base = 100000
 	_, err := resolveIDRange(dir, &cfg, true, quietLog())
 	var ee *exitError
@@ -114,7 +115,7 @@ func TestIDRangeConfigured(t *testing.T) {
 	if err != nil || c.Base != 100000 || len(c.Conflicts) != 2 || c.How != "configured (id_range)" {
 		t.Fatalf("allowed conflicts: %+v %v", c, err)
 	}
-	cfg.IDRange = IDRange{Base: 300000, Size: 65536}
+	cfg.IDRange = config.IDRange{Base: 300000, Size: 65536}
 	if c, err = resolveIDRange(dir, &cfg, true, quietLog()); err != nil || c.Base != 300000 {
 		t.Fatalf("a free configured range: %+v %v", c, err)
 	}

@@ -13,10 +13,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/oci"
 )
 
-const defaultDataDir = "/var/lib/vagent"
+const defaultDataDir = config.DefaultDataDir
 
 func newImageCmd(env *cliEnv) *cobra.Command {
 	return newGroup("image", "pull, load, push, list and remove base images (pull, load, push, ls, rm, prune)",

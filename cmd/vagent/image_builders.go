@@ -4,15 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -34,7 +33,7 @@ func newBuilderCmd(env *cliEnv) *cobra.Command {
 type agentFlags struct {
 	storeFlags
 	config string
-	cfg    *Config // loaded by load
+	cfg    *config.Config // loaded by load
 }
 
 func (f *agentFlags) register(c *cobra.Command, what string) {
@@ -59,71 +58,11 @@ func (f *agentFlags) load(env *cliEnv, c *cobra.Command) error {
 	return nil
 }
 
-// loadAgentConfig loads the agent configuration of a command's --config
-// (or `vagent run`'s argument; "" for VIETER_* variables alone). An
-// invalid configuration exits with status 78 (exitConfig) in every
-// command.
-// Unknown VIETER_* variables are configuration errors too. A short API
-// key is warned about.
-//
-// Only `vagent run` talks to the server: the other commands accept a
-// configuration without address and api_key (a packager's copy of the
-// agent's file, or one whose key comes from VIETER_API_KEY_FILE under the
-// service only).
-func loadAgentConfig(env *cliEnv, path string, needServer bool) (*Config, error) {
-	cfg, err := LoadConfig(path, os.Getenv)
-	if missing := missingServerKeys(err); err != nil && !needServer && len(missing) > 0 {
-		placeholder := map[string]string{"VIETER_ADDRESS": placeholderAddress, "VIETER_API_KEY": placeholderKey}
-		cfg, err = LoadConfig(path, func(k string) string {
-			if v, ok := placeholder[k]; ok && missing[k] {
-				return v
-			}
-			return os.Getenv(k)
-		})
-	}
-	if err = errors.Join(err, checkEnviron(os.Environ())); err != nil {
-		return nil, &exitError{code: exitConfig, err: err}
-	}
-	if len(cfg.Mirrors) > 0 {
-		env.log.Warn("configuration key mirrors (VIETER_MIRRORS) is deprecated: it is pacman_mirrors (VIETER_PACMAN_MIRRORS); registry mirrors are registries.mirrors")
-	}
-	if n := len(cfg.APIKey.Reveal()); n < minAPIKeyLen {
-		env.log.Warnf("api_key has %d characters: a key shorter than %d is easy to guess, and its redaction in logs may hide ordinary text", n, minAPIKeyLen)
-	}
-	return cfg, nil
-}
-
-// The address and api_key of a configuration loaded without them.
-const (
-	placeholderAddress = "http://server.invalid"
-	placeholderKey     = "unused-by-this-command"
-)
-
-// missingServerKeys returns the variables of the server's keys (address,
-// api_key) that err reports as required.
-func missingServerKeys(err error) map[string]bool {
-	missing := map[string]bool{}
-	var errs []error
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, e := range errs {
-		var ce *configError
-		if errors.As(e, &ce) && (ce.key == "address" || ce.key == "api_key") && strings.HasPrefix(ce.msg, "required") {
-			missing[envName(ce.key)] = true
-		}
-	}
-	return missing
-}
-
-// minAPIKeyLen is the shortest API key accepted without a warning.
-const minAPIKeyLen = 16
-
 // builderOptions are the builder options of the configuration, if any.
 func (f *agentFlags) builderOptions(env *cliEnv) []builder.Option {
 	bopts := []builder.Option{builder.WithLogger(env.log)}
 	if f.cfg != nil {
-		bopts = append(bopts, f.cfg.BuilderOptions()...)
+		bopts = append(bopts, builderImageOptions(f.cfg)...)
 	}
 	return bopts
 }
@@ -133,7 +72,7 @@ func (f *agentFlags) builderOptions(env *cliEnv) []builder.Option {
 func (f *agentFlags) ociOptions(env *cliEnv, rf *registryFlags) ([]oci.Option, error) {
 	var opts []oci.Option
 	if f.cfg != nil {
-		o, err := f.cfg.OCIOptions()
+		o, err := registryOptions(f.cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -169,7 +108,7 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 			}
 			mode := sandbox.NetworkIsolated // the setup's, as the agent's builders have it
 			if af.cfg != nil {
-				mode = af.cfg.setupNetwork()
+				mode = setupNetwork(af.cfg)
 			}
 			if err := preflight(af.dataDir, popts, buildNeeds(mode, seccomp, "the builder setup runs isolated; build_network.mode: host in --config runs it unisolated")); err != nil {
 				return err

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
@@ -84,10 +85,10 @@ func preflight(dataDir string, opts []sandbox.Option, n needs) error {
 // preflightOptions are the sandbox options preflight probes with: the data
 // dir's id range (as root; resolved and recorded as the builds will have
 // it) and the configuration's limits.
-func preflightOptions(log logrus.FieldLogger, dataDir string, cfg *Config) ([]sandbox.Option, error) {
+func preflightOptions(log logrus.FieldLogger, dataDir string, cfg *config.Config) ([]sandbox.Option, error) {
 	opts := []sandbox.Option{sandbox.WithLogger(log)}
 	if cfg != nil {
-		opts = append(opts, cfg.SandboxOptions()...)
+		opts = append(opts, sandboxOptions(cfg)...)
 	}
 	if os.Geteuid() != 0 {
 		return opts, nil

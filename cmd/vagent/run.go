@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/internal/metrics"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
@@ -113,7 +114,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	if err := m.SetBuildInfo(version, commit, cfg.AgentName); err != nil {
 		return err
 	}
-	client, err := cfg.Client()
+	client, err := vieterClient(cfg)
 	if err != nil {
 		return err
 	}
@@ -153,7 +154,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		}
 		logLifecycle(env.log, start, "vagent running")
 	}}
-	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(obs), poll.WithDataDirLock(lock))...)
+	agent, err := poll.New(client, exec, append(pollOptions(cfg), poll.WithLogger(log), poll.WithObserver(obs), poll.WithDataDirLock(lock))...)
 	if err != nil {
 		return err
 	}
@@ -224,7 +225,7 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 
 // serveMetrics listens on metrics_address and serves the agent's metrics
 // until ctx is done; stop waits for the server to end.
-func serveMetrics(ctx context.Context, cfg *Config, m *metrics.Metrics, agent *poll.Agent, log logrus.FieldLogger) (stop func(), err error) {
+func serveMetrics(ctx context.Context, cfg *config.Config, m *metrics.Metrics, agent *poll.Agent, log logrus.FieldLogger) (stop func(), err error) {
 	if err := m.WatchAgent(agent); err != nil {
 		return nil, err
 	}
@@ -251,8 +252,8 @@ func serveMetrics(ctx context.Context, cfg *Config, m *metrics.Metrics, agent *p
 
 // setupLogging configures the command's logger from the configuration:
 // level, format, and the log file besides stderr.
-func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
-	lvl, err := logLevel(cfg.LogLevel)
+func setupLogging(env *cliEnv, cfg *config.Config) (closeFn func(), err error) {
+	lvl, err := config.ParseLogLevel(cfg.LogLevel)
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +265,7 @@ func setupLogging(env *cliEnv, cfg *Config) (closeFn func(), err error) {
 	} else {
 		env.log.SetFormatter(durationFormatter{&logrus.TextFormatter{FullTimestamp: true}})
 	}
-	path := cfg.LogFilePath()
+	path := logFilePath(cfg)
 	if cfg.LogFile == "" && stderrIsJournal(env.stderr) {
 		path = "" // the journal has every line; no default file besides it
 	}

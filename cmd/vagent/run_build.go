@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/job"
 	"github.com/vieter-v/vagent/oci"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Executor, _ func() error, retErr error) {
+func newBuildExecutor(ctx context.Context, cfg *config.Config, deps runDeps) (_ poll.Executor, _ func() error, retErr error) {
 	var undo []func() error
 	// Not the named result: an error return sets that to nil before the
 	// deferred undo runs.
@@ -36,10 +37,10 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := preflight(cfg.DataDir, popts, buildNeeds(cfg.NetworkMode(), true, networkHintConfig)); err != nil {
+	if err := preflight(cfg.DataDir, popts, buildNeeds(networkMode(cfg), true, networkHintConfig)); err != nil {
 		return nil, nil, err
 	}
-	ociOpts, err := cfg.OCIOptions()
+	ociOpts, err := registryOptions(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -57,13 +58,13 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	}
 	undo = append(undo, sb.Close)
 	// An agent that cannot give its builds their network takes no job.
-	if cfg.NetworkMode() == sandbox.NetworkIsolated {
+	if networkMode(cfg) == sandbox.NetworkIsolated {
 		if err := sb.CheckNetwork(ctx); err != nil {
 			return nil, nil, &exitError{code: exitUnavailable, err: fmt.Errorf("build_network.mode isolated: %w (`vagent check` tells more; build_network.mode: host runs builds unisolated)", err)}
 		}
 	}
 	bm, err := builder.New(store, sb, filepath.Join(cfg.DataDir, "builders"),
-		append(cfg.BuilderOptions(), builder.WithLogger(deps.log), builder.WithPrepareObserver(deps.metrics.ImagePrepared))...)
+		append(builderImageOptions(cfg), builder.WithLogger(deps.log), builder.WithPrepareObserver(deps.metrics.ImagePrepared))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("builder images: %w", err)
 	}
@@ -86,12 +87,12 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	// The configured pacman_repos are in the builder image (BuilderOptions):
 	// a build adds only its job's repository (package pacman).
 	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(cfg.DataDir, "build"),
-		append(cfg.JobNetworkOptions(),
+		append(jobNetworkOptions(cfg),
 			job.WithServer(deps.server),
 			job.WithPublishObserver(deps.metrics.PackagePublished),
 			job.WithArch(cfg.Arch),
-			job.WithLimits(cfg.Limits()),
-			job.WithCacheDir(cfg.PacmanCacheDir()),
+			job.WithLimits(sandboxLimits(cfg)),
+			job.WithCacheDir(pacmanCacheDir(cfg)),
 			job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)),
 			job.WithSourceCache(cfg.PacmanCache.Sources),
 			job.WithLogger(deps.log))...)

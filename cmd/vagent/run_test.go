@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/internal/vieterserver"
 	"github.com/vieter-v/vagent/poll"
 )
@@ -25,7 +26,7 @@ const runChildEnv = "VAGENT_TEST_RUN_CHILD"
 
 func init() {
 	if os.Getenv(runChildEnv) != "" {
-		newExecutor = func(context.Context, *Config, runDeps) (poll.Executor, func() error, error) {
+		newExecutor = func(context.Context, *config.Config, runDeps) (poll.Executor, func() error, error) {
 			return testExecutor, nil, nil
 		}
 		os.Exit(run1(os.Args[1:], os.Stdout, os.Stderr))

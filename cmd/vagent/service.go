@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/poll"
 )
 
@@ -77,7 +78,7 @@ func (f durationFormatter) Format(e *logrus.Entry) ([]byte, error) {
 		switch d := v.(type) {
 		case time.Duration:
 			s = d.String()
-		case Duration:
+		case config.Duration:
 			s = d.String()
 		default:
 			continue

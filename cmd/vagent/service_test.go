@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vieter-v/vagent/internal/config"
 )
 
 // notifySocket listens where $NOTIFY_SOCKET points for the rest of t.
@@ -87,7 +88,7 @@ func TestDurationFormatter(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(&buf)
 	log.SetFormatter(durationFormatter{&logrus.JSONFormatter{}})
-	fields := logrus.Fields{"grace": 5 * time.Minute, "timeout": Duration(90 * time.Second), "n": 3}
+	fields := logrus.Fields{"grace": 5 * time.Minute, "timeout": config.Duration(90 * time.Second), "n": 3}
 	log.WithFields(fields).Warn("x")
 	var got map[string]any
 	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
@@ -171,7 +172,7 @@ func TestRunService(t *testing.T) {
 	}
 	if start == nil || start["level"] != "info" || start["version"] != version || start["server"] == nil ||
 		start["arch"] != "x86_64" || start["slots"] != 2.0 || start["data_dir"] != e.dir || start["config"] != e.cfg ||
-		start["agent"] != defaultAgentName() || start["poll_interval"] != "1s" || start["metrics_address"] != e.metrics {
+		start["agent"] != config.Default().AgentName || start["poll_interval"] != "1s" || start["metrics_address"] != e.metrics {
 		t.Errorf("start line %v:\n%s", start, stderr)
 	}
 	if stopping == nil || stopping["grace"] != "5m0s" {

@@ -20,6 +20,8 @@ var allowed = map[string][]string{
 	"vieter":            nil,
 	"internal/pacman":   nil,
 	"internal/lockfile": nil,
+	// agent.yaml: one definition for every command, no options of others.
+	"internal/config": {"internal/pacman"},
 	// Containers: instance directories and records through lockfile.
 	"sandbox": {"internal/lockfile"},
 	// Images: no process, no server.
@@ -31,7 +33,7 @@ var allowed = map[string][]string{
 	// A job composes everything below the CLI.
 	"job":              {"builder", "internal/lockfile", "internal/pacman", "oci", "poll", "sandbox", "vieter"},
 	"internal/metrics": {"oci", "poll"},
-	"cmd/vagent":       {"builder", "internal/lockfile", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
+	"cmd/vagent":       {"builder", "internal/config", "internal/lockfile", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
 	// Test infrastructure and its commands.
 	"internal/vieterserver":                       nil,
 	"internal/vieterserver/cmd/vieter-testserver": {"internal/vieterserver"},

@@ -2,7 +2,7 @@
 // the agent configures it (the Repo type, the validation of its name,
 // servers and SigLevel, and the text it becomes in pacman.conf and in a
 // mirror list), architectures (Arch, ValidateArch) and package file names
-// (ValidatePackageFile). The configuration (cmd/vagent), builder images
+// (ValidatePackageFile). The configuration (internal/config), builder images
 // (builder) and builds (job) all use it, so a name one of them accepts is
 // accepted by all.
 //
