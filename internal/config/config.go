@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/poll"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 // Config is agent.yaml. Every key has a default (see Default and
@@ -128,15 +130,11 @@ type Credential struct {
 // DefaultDataDir is data_dir's default.
 const DefaultDataDir = "/var/lib/vagent"
 
-// The defaults of keys whose meaning is another package's: the same
-// values as sandbox.DefaultTmpSize, poll.DefaultLogLimit and
+// defaultCacheMaxSize is pacman_cache.max_size's default: the same as
 // job.DefaultCacheMaxSize (cmd/vagent's TestConfigDefaultsAgree), written
-// here so that the configuration imports none of them.
-const (
-	defaultTmpSize      = 1 << 30
-	defaultLogLimit     = 64 << 20
-	defaultCacheMaxSize = 16 << 30
-)
+// here because the configuration does not import the build package (the
+// sandbox's and poll's defaults it takes from them).
+const defaultCacheMaxSize = 16 << 30
 
 // Default is the configuration of an empty file: every default, no
 // address and no api_key.
@@ -157,9 +155,9 @@ func Default() Config {
 		UploadTimeout:         Duration(10 * time.Minute),
 		Fsync:                 true,
 		IDRange:               IDRange{Size: 65536},
-		BuildLimits:           BuildLimits{Pids: 4096, Tmp: defaultTmpSize, Log: defaultLogLimit},
+		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: poll.DefaultLogLimit},
 		PacmanCache:           PacmanCache{Enabled: true, MaxSize: defaultCacheMaxSize},
-		BuildNetwork:          BuildNetwork{Mode: networkIsolated},
+		BuildNetwork:          BuildNetwork{Mode: sandbox.NetworkIsolated.String()},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
 }

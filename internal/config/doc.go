@@ -17,9 +17,11 @@
 // What it does not do: it turns a Config into no other package's options
 // (poll, vieter, oci, sandbox, job, builder — cmd/vagent's options.go
 // does), knows no data dir layout beyond data_dir itself, opens no data
-// dir, logs nothing (the caller logs Warnings) and imports no package of
-// vagent but internal/pacman. Where a value's grammar is another
-// package's (a build_network.forward entry, the network modes, the
-// defaults of the build limits), it is restated here and cmd/vagent's
-// tests check that both agree.
+// dir and logs nothing (the caller logs Warnings). Where a value's grammar
+// or default is another package's it asks that package: the leaves
+// internal/pacman (architectures, repositories, SigLevel) and sandbox
+// (build_network.mode and forward entries, the /tmp size), and poll (the
+// log cap); only pacman_cache.max_size's default is restated, since the
+// build package is far above a configuration (cmd/vagent's
+// TestConfigDefaultsAgree checks the two agree).
 package config

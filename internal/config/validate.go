@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 var pkgRE = regexp.MustCompile(`^([a-z0-9@._+-]+/)?[a-z0-9@._+-]+$`)
@@ -124,21 +125,23 @@ func (l *loader) validate(c *Config) {
 	}
 	bn := c.BuildNetwork
 	mode := bn.Mode
-	modeOK := mode == networkIsolated || mode == networkHost || mode == networkNone
+	nm, err := sandbox.ParseNetworkMode(mode)
+	modeOK := err == nil
 	check(modeOK, "build_network.mode", "must be isolated, host or none, got %q", excerptValue(mode))
 	for i, f := range bn.Forward {
-		check(validForward(f), fmt.Sprintf("build_network.forward[%d]", i), "must be host:port (e.g. 127.0.0.1:9418), got %q", excerptValue(f))
+		_, _, err := sandbox.ParseForward(f)
+		check(err == nil, fmt.Sprintf("build_network.forward[%d]", i), "must be host:port (e.g. 127.0.0.1:9418), got %q", excerptValue(f))
 	}
 	for i, d := range bn.Deny {
 		_, err := parseDeny(d)
 		check(err == nil, fmt.Sprintf("build_network.deny[%d]", i), "must be an address or a CIDR prefix (e.g. 10.0.0.0/8), got %q", excerptValue(d))
 	}
 	if modeOK {
-		check(!bn.OfflineBuild || mode == networkIsolated, "build_network.offline_build", "needs build_network.mode: isolated (the agent cuts an isolated network), not %s", mode)
-		if mode != networkIsolated && (len(bn.Forward) > 0 || len(bn.Deny) > 0) {
+		check(!bn.OfflineBuild || nm == sandbox.NetworkIsolated, "build_network.offline_build", "needs build_network.mode: isolated (the agent cuts an isolated network), not %s", mode)
+		if nm != sandbox.NetworkIsolated && (len(bn.Forward) > 0 || len(bn.Deny) > 0) {
 			l.warnings = append(l.warnings, fmt.Sprintf("build_network.forward and build_network.deny apply to the isolated network only: ignored with mode %s", mode))
 		}
-		if mode == networkHost {
+		if nm == sandbox.NetworkHost {
 			l.warnings = append(l.warnings, "build_network.mode: host is unsafe: builds share the host's network namespace, "+
 				"so they reach its loopback services (the agent's metrics, a local registry or Vieter server), its abstract unix sockets, "+
 				"link-local addresses (cloud metadata), and can bind its ports; use isolated (the default)")
@@ -163,53 +166,6 @@ func (l *loader) validate(c *Config) {
 		check((cr.Password == "") != (cr.PasswordFile == ""), key, "needs password or password_file (one of them)")
 		check(cr.PasswordFile == "" || filepath.IsAbs(cr.PasswordFile), key+".password_file", "must be an absolute path")
 	}
-}
-
-// The values of build_network.mode: sandbox.NetworkMode's names, which
-// cmd/vagent maps to it (TestNetworkModesAgree).
-const (
-	networkIsolated = "isolated"
-	networkHost     = "host"
-	networkNone     = "none"
-)
-
-// validForward checks a build_network.forward entry as
-// sandbox.ParseForward does (cmd/vagent's TestForwardsAgree): host:port,
-// the host an IP address of one host (no zone, not unspecified) or a DNS
-// name, the port 1-65535. The configuration imports no sandbox.
-func validForward(s string) bool {
-	h, p, err := net.SplitHostPort(s)
-	if err != nil {
-		return false
-	}
-	if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
-		return false
-	}
-	if a, err := netip.ParseAddr(h); err == nil {
-		return a.Zone() == "" && !a.IsUnspecified()
-	}
-	return validDNSName(h)
-}
-
-// validDNSName is sandbox's rule for a host name: dot-separated labels of
-// letters, digits, '-' and '_', 1-63 bytes each, no label starting or
-// ending with '-', 253 bytes in all; one trailing dot allowed.
-func validDNSName(s string) bool {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // parseDeny parses a build_network.deny entry: a CIDR prefix, or an

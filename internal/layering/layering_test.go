@@ -20,8 +20,9 @@ var allowed = map[string][]string{
 	"vieter":            nil,
 	"internal/pacman":   nil,
 	"internal/lockfile": nil,
-	// agent.yaml: one definition for every command, no options of others.
-	"internal/config": {"internal/pacman"},
+	// agent.yaml: one definition for every command, no options of others;
+	// the grammars and defaults of the leaves and poll are theirs.
+	"internal/config": {"internal/pacman", "poll", "sandbox"},
 	// Containers: instance directories and records through lockfile.
 	"sandbox": {"internal/lockfile"},
 	// Images: no process, no server.
