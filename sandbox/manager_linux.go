@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/opencontainers/cgroups"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,7 +23,12 @@ type Manager struct {
 	runsDir  string // per-run directories
 	keptDir  string // kept uppers handed to callers
 
+	// rootless: the agent is root of a user namespace, not host root
+	// (rootless.go): lowers are shifted instead of idmapped, overlays use
+	// user.overlay xattrs, cgroups only where delegated, and the runs'
+	// root filesystems are mounted below mntDir.
 	rootless         bool
+	mntDir           *runsMount
 	cg               *cgroupSetup // where run cgroups go, what they can limit
 	rootUID, rootGID uint32       // host ids of container root
 	idSize           uint32
@@ -50,6 +54,9 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if o.seccomp && !SeccompSupported {
 		return nil, ErrNoSeccomp
 	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w: running as uid %d: call EnterUserNamespace first (rootless mode needs /etc/subuid and newuidmap)", ErrRootless, os.Geteuid())
+	}
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
 		return nil, err
@@ -73,7 +80,7 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		stateDir: filepath.Join(abs, "state"),
 		runsDir:  filepath.Join(abs, "runs"),
 		keptDir:  filepath.Join(abs, "kept"),
-		rootless: os.Geteuid() != 0,
+		rootless: InUserNamespace(),
 		idSize:   o.idSize,
 	}
 	lock, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
@@ -90,35 +97,48 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	m.lock = lock
 	defer func() {
 		if retErr != nil {
-			if m.cg != nil && !m.rootless {
+			if m.cg != nil && !m.cg.undelegated {
 				_ = removeCgroupParent(m.cg.parent) // fails while a leftover run is in it
+			}
+			if m.mntDir != nil {
+				_ = m.mntDir.close()
 			}
 			m.release()
 		}
 	}()
 
+	var cg *cgroupSetup
 	if m.rootless {
-		// No limits: cgroups are only named (below the agent's own cgroup).
-		m.cg = &cgroupSetup{v2: cgroups.IsCgroup2UnifiedMode(), parent: "/" + o.cgroupParent, controllers: map[string]bool{}}
-	} else {
-		cg, err := setupCgroups(o.cgroupParent)
-		if err != nil {
-			return nil, fmt.Errorf("setting up cgroups: %w", err)
-		}
-		m.cg = cg
-		if err := cg.checkLimits(o.limits); err != nil {
-			return nil, fmt.Errorf("default limits: %w", err)
-		}
-		if cg.moved != "" {
-			o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
-		}
+		cg = setupRootlessCgroups(o.cgroupParent, o.log)
+	} else if cg, err = setupCgroups(o.cgroupParent); err != nil {
+		return nil, fmt.Errorf("setting up cgroups: %w", err)
+	}
+	m.cg = cg
+	if err := cg.checkLimits(o.limits); err != nil {
+		return nil, fmt.Errorf("default limits: %w", err)
+	}
+	if cg.moved != "" {
+		o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
 	}
 
 	switch {
 	case m.rootless:
-		// Only the agent's own ids can be mapped without newuidmap.
-		m.rootUID, m.rootGID, m.idSize = uint32(os.Geteuid()), uint32(os.Getegid()), 1
+		// The ids after namespace root, which newuidmap mapped to the
+		// user's subordinate ids; the lowers are shifted (LowerShift):
+		// a host file system cannot be idmapped from a user namespace.
+		r := IDRange{Base: o.uidBase, Size: o.idSize}
+		if !o.idMapSet {
+			if r, err = rootlessIDRange(); err != nil {
+				return nil, err
+			}
+		} else if err := checkMapped(r); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRootless, err)
+		}
+		m.rootUID, m.rootGID, m.idSize = r.Base, r.Base, r.Size
 		m.opts.userns = true
+		if m.mntDir, err = newRunsMount(o.log); err != nil {
+			return nil, err
+		}
 	case o.userns:
 		m.rootUID, m.rootGID = o.uidBase, o.uidBase
 		fd, err := newUsernsFD(o.uidBase, o.idSize)
@@ -145,7 +165,9 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		return nil, err
 	}
 	// The init process resolves runs/<id>/rootfs as the mapped root, which
-	// needs search permission on every ancestor of runs/.
+	// needs search permission on every ancestor of runs/ (rootless: the
+	// root filesystems are mounted below mntDir instead, whose ancestors
+	// are searchable, since a home directory rarely is).
 	if m.opts.userns && !m.rootless {
 		if err := checkSearchable(filepath.Dir(m.runsDir)); err != nil {
 			return nil, err
@@ -227,12 +249,13 @@ func checkSearchable(dir string) error {
 // host uid uid+c and container gid c host gid gid+c, for c < size. What a
 // sandbox leaves in an upper directory is owned by ids in this range.
 // Without a user namespace it is 0, 0 and the whole id space; rootless,
-// the agent's own ids and size 1. uid, gid are container root's: a host
+// the ids of the agent's user namespace, 1-65536 (the user's subordinate
+// ids on the host). uid, gid are container root's: a host
 // directory a build shares writably (a cache) is owned by them and
 // bind-mounted without id mapping, so whatever the build writes there is
 // owned by the unprivileged mapped ids on the host.
 func (m *Manager) IDRange() (uid, gid, size uint32) {
-	if !m.opts.userns && !m.rootless {
+	if !m.opts.userns {
 		return 0, 0, ^uint32(0)
 	}
 	return m.rootUID, m.rootGID, m.idSize
@@ -251,7 +274,13 @@ func (m *Manager) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	m.active.Wait()
-	err := removeCgroupParent(m.cg.parent)
+	var err error
+	if !m.cg.undelegated {
+		err = removeCgroupParent(m.cg.parent)
+	}
+	if m.mntDir != nil {
+		err = errors.Join(err, m.mntDir.close())
+	}
 	m.release()
 	return err
 }
