@@ -16,12 +16,14 @@ BENCH_COUNT ?= 1
 
 # Every Debian package the build, the tests, the benchmarks and the demo need.
 # BENCH_PACKAGES are the benchmarks' peers, installed by `make bench` only.
+# passt gives pasta, the isolated network of builds (docs/security.md);
+# slirp4netns is its peer in BenchmarkNetworkStacks.
 DEB_PACKAGES := \
 	build-essential pkg-config libseccomp-dev git ca-certificates curl \
 	docker-registry busybox-static debootstrap umoci skopeo runc \
 	pacman-package-manager makepkg fakeroot libarchive-tools zstd pigz xz-utils \
-	uidmap iproute2 procps
-BENCH_PACKAGES := podman
+	uidmap iproute2 procps passt
+BENCH_PACKAGES := podman slirp4netns
 # STRESS_PACKAGES load the CPUs for `make test-stress`.
 STRESS_PACKAGES := stress
 # VM_PACKAGES boot the cgroup v2 VM of `make test-vm` (contrib/vm).
@@ -49,6 +51,10 @@ help: ## list the targets
 
 deps: ## install, idempotently, every Debian package the tests need
 	$(call install-debs,$(DEB_PACKAGES))
+	@# Rootless builds' pasta opens /dev/net/tun as an ordinary user: udev's
+	@# default rules make it 0666, a host (VM, container) without udev leaves 0600.
+	@if [ -c /dev/net/tun ] && [ "$$(stat -c %a /dev/net/tun)" != 666 ]; then \
+		echo "chmod 0666 /dev/net/tun (as udev makes it; rootless builds need it)"; chmod 0666 /dev/net/tun; fi
 	$(GO) mod download
 
 bench-deps: deps ## also install the benchmarks' peers (podman)

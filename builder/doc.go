@@ -19,8 +19,9 @@
 //
 //  1. the base is pulled and flattened by the oci.Store (no blob is
 //     downloaded again when its digest did not change);
-//  2. the setup script runs as root in a sandbox with the host network on
-//     an overlay of the base rootfs, and its output streams to the caller's
+//  2. the setup script runs as root in a sandbox on an overlay of the base
+//     rootfs, on the isolated network (WithNetwork; it reaches the
+//     configured mirrors and repositories also on the host's loopback), and its output streams to the caller's
 //     log; it makes the base fit for pacman (/etc/mtab, pacman's
 //     directories, /tmp modes, root's entries, a keyring when none is
 //     initialised: docs/build.md lists them), writes the configured mirror

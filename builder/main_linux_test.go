@@ -32,7 +32,11 @@ func TestMain(m *testing.M) {
 	if os.Getenv(crashChildEnv) != "" {
 		crashChild()
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if gates.ts != nil {
+		gates.ts.Close()
+	}
+	os.Exit(code)
 }
 
 // env is what a builder test needs: a data directory with an image store,
@@ -52,7 +56,9 @@ var cgroupSeq atomic.Int64
 func newEnv(t testing.TB, opts ...builder.Option) *env {
 	t.Helper()
 	testkit.RequireRoot(t)
-	e := &env{dir: sandboxtest.Dir(t), opts: opts}
+	// Setups reach the tests' gates (one forwarded server; the network is
+	// isolated); an option of opts may widen that.
+	e := &env{dir: sandboxtest.Dir(t), opts: append([]builder.Option{gateNetwork()}, opts...)}
 	var err error
 	if e.store, err = oci.NewStore(filepath.Join(e.dir, "images"), oci.WithSync(false)); err != nil {
 		t.Fatal(err)
@@ -239,7 +245,8 @@ func pushed(t testing.TB, reg *testkit.Registry, repo string, img v1.Image) stri
 // gate lets a test hold fake pacman's setup at a known point instead of
 // guessing how long it takes: a setup whose base has the flag "gate" (the
 // gate's URL) reports that it started, then waits until the test opens
-// the gate. Setups run on the host's network.
+// the gate. Gates are paths of one server on the host's loopback, which
+// every env's setups reach through a forward (gateNetwork).
 type gate struct {
 	url     string
 	mu      sync.Mutex
@@ -248,32 +255,74 @@ type gate struct {
 	changed chan struct{} // closed and replaced at every start
 }
 
+// gates is the server of every gate.
+var gates struct {
+	once sync.Once
+	ts   *httptest.Server
+	mu   sync.Mutex
+	byID map[string]*gate
+	n    int
+}
+
+func gateServer() *httptest.Server {
+	gates.once.Do(func() {
+		gates.byID = map[string]*gate{}
+		gates.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			id, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+			gates.mu.Lock()
+			g := gates.byID[id]
+			gates.mu.Unlock()
+			if g == nil {
+				http.NotFound(w, r)
+				return
+			}
+			g.serve(w, "/"+rest)
+		}))
+	})
+	return gates.ts
+}
+
+// gateNetwork is the network of the tests' setups: isolated, reaching the
+// gate server.
+func gateNetwork() builder.Option {
+	return builder.WithNetwork(sandbox.NetworkIsolated, strings.TrimPrefix(gateServer().URL, "http://"))
+}
+
 // newGate starts a gate, closed when open is false, for the test's life.
 func newGate(t testing.TB, open bool) *gate {
 	t.Helper()
 	g := &gate{open: open, changed: make(chan struct{})}
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		switch r.URL.Path {
-		case "/started":
-			g.started++
-			close(g.changed)
-			g.changed = make(chan struct{})
-		case "/open":
-			if !g.open {
-				http.Error(w, "closed", http.StatusNotFound)
-			}
-		default:
-			http.NotFound(w, r)
-		}
-	}))
+	ts := gateServer()
+	gates.mu.Lock()
+	gates.n++
+	id := fmt.Sprintf("g%d", gates.n)
+	gates.byID[id] = g
+	gates.mu.Unlock()
 	t.Cleanup(func() {
 		g.set(true) // let a setup still waiting finish
-		ts.Close()
+		gates.mu.Lock()
+		delete(gates.byID, id)
+		gates.mu.Unlock()
 	})
-	g.url = ts.URL
+	g.url = ts.URL + "/" + id
 	return g
+}
+
+func (g *gate) serve(w http.ResponseWriter, path string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch path {
+	case "/started":
+		g.started++
+		close(g.changed)
+		g.changed = make(chan struct{})
+	case "/open":
+		if !g.open {
+			http.Error(w, "closed", http.StatusNotFound)
+		}
+	default:
+		http.Error(w, "no such gate path", http.StatusNotFound)
+	}
 }
 
 // set opens or closes the gate.

@@ -21,6 +21,8 @@ type options struct {
 	packages     []string
 	mirrors      []string
 	repos        []pacman.Repo
+	network      sandbox.NetworkMode
+	forward      []string
 	setupTimeout time.Duration
 	setupLimits  *sandbox.Limits
 	retryAfter   time.Duration
@@ -185,4 +187,32 @@ func withClock(now func() time.Time) Option {
 		o.now = now
 		return nil
 	}
+}
+
+// WithNetwork sets the network of the setup runs (see sandbox.NetworkMode)
+// and the host:port endpoints an isolated setup reaches besides the
+// servers of WithMirrorList and WithRepos, which it always reaches, also
+// on the host's loopback. Default: sandbox.NetworkIsolated, no further
+// endpoints.
+func WithNetwork(mode sandbox.NetworkMode, forward ...string) Option {
+	return func(o *options) error {
+		if err := sandbox.ValidateNetwork(mode, forward); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadConfig, err)
+		}
+		o.network, o.forward = mode, append([]string(nil), forward...)
+		return nil
+	}
+}
+
+// setupForwards are the endpoints an isolated setup reaches: the mirrors,
+// the repositories' servers and WithNetwork's.
+func (o *options) setupForwards() []string {
+	if o.network != sandbox.NetworkIsolated {
+		return nil
+	}
+	urls := append([]string(nil), o.mirrors...)
+	for _, r := range o.repos {
+		urls = append(urls, r.Servers...)
+	}
+	return sandbox.ForwardsFor(o.forward, urls...)
 }

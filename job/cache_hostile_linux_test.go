@@ -113,7 +113,7 @@ func TestCachePoisoning(t *testing.T) {
 			pkgB = strings.Replace(pkgB, `build() { echo "building $pkgname"; }`, `build() { echo "the dependency says $(cat /usr/share/poisondep/marker)"; }`, 1)
 			pkgB = strings.Replace(pkgB, `echo "$pkgver" >"$pkgdir/usr/share/$pkgname/version"`,
 				`touch "$pkgdir/usr/share/$pkgname/from-$(cat /usr/share/poisondep/marker)"`, 1)
-			b := newBuilder(t, e, job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Never"}))
+			b := newBuilder(t, e, job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Never"}), netOpt(ts.URL))
 			repoB := newRepo()
 			var logA string
 			var wg sync.WaitGroup
@@ -213,7 +213,7 @@ func TestCacheLease(t *testing.T) {
 	curl -sSf ` + ts.URL + `/a-ready || return 1
 	curl -sSf --max-time 600 ` + ts.URL + `/wait-b
 	cat /tmp/lease.log`
-	b := newBuilder(t, e, job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Never"}))
+	b := newBuilder(t, e, job.WithRepos(pacman.Repo{Name: depRepo, Servers: []string{e.ts.URL + "/$repo/$arch"}, SigLevel: "Never"}), netOpt(ts.URL))
 	urlA := serveFile(t, hostileScript("leaser", scriptA))
 	var logA string
 	var wg sync.WaitGroup

@@ -145,7 +145,8 @@ func TestURLCredentialsHidden(t *testing.T) {
 				jobURL, shown = withCreds(ts.URL+"/PKGBUILD"), ts.URL+"/PKGBUILD"
 				w.client = strings.TrimPrefix(ts.URL, "http://")
 			}
-			b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
+			// The test's server on the loopback: forwarded into the build.
+			b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), netOpt(shown))
 			if err != nil {
 				t.Fatal(err)
 			}

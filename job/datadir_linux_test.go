@@ -57,7 +57,7 @@ func TestDataDirPlaces(t *testing.T) {
 			}
 			t.Cleanup(func() { sb.Close() })
 			b, err := job.New(sb, e.images, filepath.Join(data, "build"),
-				job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
+				job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), netOpt())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -30,13 +30,24 @@
 //     [epoch:]pkgver-pkgrel is already there (HEAD
 //     <address>/<repo>/<arch>/<pkgname>-<version>); it tells the script to
 //     build or to stop;
-//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps --noextract;
+//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps --noextract; with
+//     WithOfflineBuild the agent cuts the build's network before it says
+//     "build" (sandbox.NetworkControl), so build() and package() run
+//     without it;
 //  5. the agent takes the packages from the run's overlay upper directory
 //     and publishes each to <address>/<repo>/publish.
 //
 // A repository that has no package yet has no database and a Vieter server
 // answers 404 for it, which would make pacman -Sy fail: the agent checks
 // <repo>.db first and leaves such a repository out of pacman.conf.
+//
+// # Network
+//
+// A build runs on the isolated network by default (WithNetwork,
+// sandbox.NetworkIsolated): it reaches the server and the servers of the
+// repositories in its pacman.conf through the sandbox's forwards when they
+// are the host's, and WithNetwork's further endpoints; a job's own URLs
+// (its git or PKGBUILD URL) are never forwarded: they come from the server.
 //
 // # Untrusted input
 //

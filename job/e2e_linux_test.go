@@ -26,7 +26,7 @@ func TestGitBranchPath(t *testing.T) {
 	g.Commit(t, "pkgs", "", map[string]string{"README": "main branch\n"})
 	url := g.Commit(t, "pkgs", "release", map[string]string{"pkgs/hello/PKGBUILD": pkgbuild("hello", "1.2", "3")})
 	repo := newRepo()
-	b := newBuilder(t, e)
+	b := newBuilder(t, e, netOpt(url)) // the git server: forwarded
 	r, log := runJob(t, b, poll.Job{TargetID: 1, Kind: "git", URL: url, Branch: "release", Path: "pkgs/hello", Repo: repo, BaseImage: e.base})
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
 	for _, want := range []string{"+ git clone --single-branch --depth 1 --branch=release -- " + url + " repo", "+ cd -- /build/repo/pkgs/hello", "+ makepkg --nobuild", "building hello", "+ vagent: publish hello-1.2-3-any.pkg.tar.zst"} {
@@ -149,7 +149,7 @@ func TestSplitSkipForce(t *testing.T) {
 	g := testkit.NewGitServer(t)
 	url := g.Commit(t, "split", "", map[string]string{"PKGBUILD": splitPKGBUILD})
 	repo := newRepo()
-	b := newBuilder(t, e)
+	b := newBuilder(t, e, netOpt(url))
 	j := poll.Job{TargetID: 3, Kind: "git", URL: url, Repo: repo, BaseImage: e.base}
 
 	r, log := runJob(t, b, j)

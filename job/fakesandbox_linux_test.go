@@ -79,6 +79,9 @@ type fakeSandbox struct {
 	specs  []sandbox.Spec
 	uppers []string
 	seq    atomic.Int32
+	// cutAtBuild records, for every "build" answer, whether the run's
+	// network was cut when the answer came (nil control: false).
+	cutAtBuild []bool
 }
 
 var _ job.Sandbox = (*fakeSandbox)(nil)
@@ -99,6 +102,14 @@ func (f *fakeSandbox) Specs() []sandbox.Spec {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]sandbox.Spec(nil), f.specs...)
+}
+
+// CutAtBuild returns, for every "build" answer, whether the network was
+// cut before it came.
+func (f *fakeSandbox) CutAtBuild() []bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]bool(nil), f.cutAtBuild...)
 }
 
 // Uppers returns the upper directories Run handed back.
@@ -147,14 +158,14 @@ func (f *fakeSandbox) Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Resu
 		f.mu.Unlock()
 		res.Upper = sandbox.NewUpper(upper, f.uid, f.gid, func() error { return os.RemoveAll(upper) })
 	}
-	res.ExitCode = f.play(ctx, ctl, upper, out, res)
+	res.ExitCode = f.play(ctx, ctl, upper, out, res, spec.NetworkControl)
 	res.Finished = time.Now()
 	return res, nil
 }
 
 // play runs the script: it returns the exit code and marks res when the
 // build was stopped or killed.
-func (f *fakeSandbox) play(ctx context.Context, ctl, upper string, out io.Writer, res *sandbox.Result) int {
+func (f *fakeSandbox) play(ctx context.Context, ctl, upper string, out io.Writer, res *sandbox.Result, net *sandbox.NetworkControl) int {
 	s := f.script
 	fmt.Fprintln(out, "+ makepkg --nobuild --syncdeps --needed --noconfirm")
 	if s.srcinfo == nil {
@@ -179,6 +190,9 @@ func (f *fakeSandbox) play(ctx context.Context, ctl, upper string, out io.Writer
 		fmt.Fprintf(out, "vagent: %s\n", strings.TrimPrefix(line, "fail "))
 		return 1
 	}
+	f.mu.Lock()
+	f.cutAtBuild = append(f.cutAtBuild, net != nil && net.IsCut())
+	f.mu.Unlock()
 	fmt.Fprintln(out, "+ makepkg --syncdeps --needed --noconfirm --noextract")
 	for _, p := range s.packages {
 		if err := f.writePackage(upper, p); err != nil {

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,9 +168,8 @@ func TestHostileBuilds(t *testing.T) {
 	t.Run("setuid files in every writable mount", func(t *testing.T) {
 		t.Parallel()
 		caps := capsTar(t)
-		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(caps) }))
-		defer ts.Close()
-		script := `	curl -sSf -o /tmp/caps.tar ` + ts.URL + `/caps.tar || return 1
+		capsURL := serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(caps) }))
+		script := `	curl -sSf -o /tmp/caps.tar ` + capsURL + `/caps.tar || return 1
 	for d in /var/cache/pacman/pkg /build /tmp /; do
 		sudo cp /bin/bash "$d/hostile-suid" && sudo chmod 4755 "$d/hostile-suid" || return 1
 		sudo cp /bin/bash "$d/hostile-sgid" && sudo chown 1000:1000 "$d/hostile-sgid" && sudo chmod 6755 "$d/hostile-sgid" || return 1
@@ -185,7 +183,7 @@ func TestHostileBuilds(t *testing.T) {
 		// every user may search, not inside the 0700 build/.
 		data := sandboxtest.Dir(t)
 		dir := filepath.Join(data, "build")
-		b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"),
+		b, err := job.New(e.sb, e.images, dir, job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), netOpt(),
 			job.WithCacheDir(filepath.Join(data, "pacman-cache")),
 			job.WithUpperHook(func(upper string) {
 				for _, p := range privileged(upper) {
@@ -476,7 +474,7 @@ func TestHostileBuilds(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer sb.Close()
-		b, err := job.New(sb, e.images, filepath.Join(data, "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"))
+		b, err := job.New(sb, e.images, filepath.Join(data, "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), netOpt())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -516,7 +514,7 @@ func TestHostileBuilds(t *testing.T) {
 		}
 		defer sb.Close()
 		b, err := job.New(sb, e.images, filepath.Join(data, "build"), job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"),
-			job.WithLimits(sandbox.Limits{Disk: limit}))
+			job.WithLimits(sandbox.Limits{Disk: limit}), netOpt())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -571,7 +569,7 @@ func TestHostileBuilds(t *testing.T) {
 		mark := "vagent-marker-" + token(t)
 		aReady, bDone := make(chan struct{}), make(chan struct{})
 		var aOnce, bOnce sync.Once
-		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gate := serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch r.URL.Path {
 			case "/a-ready":
 				aOnce.Do(func() { close(aReady) })
@@ -583,16 +581,15 @@ func TestHostileBuilds(t *testing.T) {
 				<-bDone
 			}
 		}))
-		defer ts.Close()
 		defer bOnce.Do(func() { close(bDone) })
 		defer aOnce.Do(func() { close(aReady) })
 		scriptA := `	echo secret >/build/` + mark + ` && sudo sh -c 'echo secret >/etc/` + mark + `; echo secret >/tmp/` + mark + `' || return 1
-	curl -sSf ` + ts.URL + `/a-ready && curl -sSf --max-time 300 ` + ts.URL + `/wait-b || return 1`
-		scriptB := `	curl -sSf --max-time 300 ` + ts.URL + `/wait-a || return 1
+	curl -sSf ` + gate + `/a-ready && curl -sSf --max-time 300 ` + gate + `/wait-b || return 1`
+		scriptB := `	curl -sSf --max-time 300 ` + gate + `/wait-a || return 1
 	sudo find / -xdev -name '` + mark + `' 2>/dev/null | sed 's/^/FOUND /'
 	sudo find /proc/[0-9]*/root/ -maxdepth 3 -name '` + mark + `' 2>/dev/null | sed 's/^/FOUND /'
 	echo "search done"
-	curl -sSf ` + ts.URL + `/b-done`
+	curl -sSf ` + gate + `/b-done`
 		var inUpper atomic.Int32
 		b := newBuilder(t, e, job.WithUpperHook(func(dir string) {
 			if _, err := os.Lstat(filepath.Join(dir, "build", mark)); err == nil {

@@ -30,6 +30,9 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	shared.close()
+	if fixtures.ts != nil {
+		fixtures.ts.Close()
+	}
 	os.Exit(code)
 }
 
@@ -173,10 +176,11 @@ func newRepo() string {
 }
 
 // newBuilder returns a Runner on a fresh directory that publishes to the
-// shared server.
+// shared server, its builds reaching the fixture server (netOpt; an option
+// of opts may widen that).
 func newBuilder(t testing.TB, e *env, opts ...job.Option) *job.Runner {
 	t.Helper()
-	opts = append([]job.Option{job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), job.WithRetry(3, 10*time.Millisecond)}, opts...)
+	opts = append([]job.Option{job.WithServer(serverClient(t, e.ts.URL)), job.WithArch("x86_64"), job.WithRetry(3, 10*time.Millisecond), netOpt()}, opts...)
 	b, err := job.New(e.sb, e.images, filepath.Join(sandboxtest.Dir(t), "build"), opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -270,16 +274,74 @@ package() {
 `, name, ver, rel, strings.Join(extra, "\n"))
 }
 
-// serveFile serves content at /PKGBUILD on 127.0.0.1 and returns its URL.
+// fixtures serves the tests' PKGBUILDs and handlers on one loopback port,
+// which every Runner of the tests forwards into its builds (netOpt): on
+// the isolated network, a build reaches no other server of the host.
+var fixtures struct {
+	once sync.Once
+	ts   *httptest.Server
+	mu   sync.Mutex
+	h    map[string]http.Handler // path prefix -> handler
+	n    int
+}
+
+func fixtureServer() *httptest.Server {
+	fixtures.once.Do(func() {
+		fixtures.h = map[string]http.Handler{}
+		fixtures.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			parts := strings.SplitN(strings.TrimPrefix(r.URL.Path, "/"), "/", 2)
+			fixtures.mu.Lock()
+			h := fixtures.h["/"+parts[0]]
+			fixtures.mu.Unlock()
+			if h == nil {
+				http.NotFound(w, r)
+				return
+			}
+			http.StripPrefix("/"+parts[0], h).ServeHTTP(w, r)
+		}))
+	})
+	return fixtures.ts
+}
+
+// serveHandler serves h below a new path of the fixture server until the
+// test ends and returns that path's URL (h sees the paths below it).
+func serveHandler(t testing.TB, h http.Handler) string {
+	t.Helper()
+	ts := fixtureServer()
+	fixtures.mu.Lock()
+	fixtures.n++
+	prefix := fmt.Sprintf("/t%d", fixtures.n)
+	fixtures.h[prefix] = h
+	fixtures.mu.Unlock()
+	t.Cleanup(func() {
+		fixtures.mu.Lock()
+		delete(fixtures.h, prefix)
+		fixtures.mu.Unlock()
+	})
+	return ts.URL + prefix
+}
+
+// serveFile serves content at .../PKGBUILD on the fixture server and
+// returns its URL.
 func serveFile(t testing.TB, content string) string {
 	t.Helper()
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/PKGBUILD" {
 			http.NotFound(w, r)
 			return
 		}
 		_, _ = w.Write([]byte(content))
-	}))
-	t.Cleanup(ts.Close)
-	return ts.URL + "/PKGBUILD"
+	})) + "/PKGBUILD"
+}
+
+// netOpt is the network of the tests' builds: isolated, reaching the
+// fixture server and the servers of urls (a git server of the test).
+func netOpt(urls ...string) job.Option {
+	fwd := []string{strings.TrimPrefix(fixtureServer().URL, "http://")}
+	for _, u := range urls {
+		if ep, ok := sandbox.URLEndpoint(u); ok {
+			fwd = append(fwd, ep)
+		}
+	}
+	return job.WithNetwork(sandbox.NetworkIsolated, fwd...)
 }

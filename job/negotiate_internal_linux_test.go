@@ -63,7 +63,7 @@ func TestNegotiateFlood(t *testing.T) {
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			d := b.negotiate(t.Context(), run, poll.Job{})
+			d := b.negotiate(t.Context(), run, poll.Job{}, nil)
 			runtime.ReadMemStats(&after)
 			if err := <-written; err != nil {
 				t.Fatalf("writing the flood: %v", err)
@@ -136,7 +136,7 @@ func TestNegotiateWithin(t *testing.T) {
 				}
 			}()
 			done := make(chan decision, 1)
-			go func() { done <- b.negotiate(t.Context(), run, poll.Job{}) }()
+			go func() { done <- b.negotiate(t.Context(), run, poll.Job{}, nil) }()
 			// The answer, as build.sh reads it; then the end of the
 			// container closes the FIFOs, which ends negotiate's drain.
 			answer, err := readDecision(run, tc.delay+10*time.Second)

@@ -143,8 +143,10 @@ func (r *runDir) remove() {
 const maxSrcInfoHeader = 64
 
 // negotiate reads the .SRCINFO the script sends, decides whether to
-// build, and answers. It returns when it answered or the FIFOs were closed.
-func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decision {
+// build, and answers. Before it answers "build" it calls cut, when set
+// (an offline build()): the network must be gone before the script goes
+// on. It returns when it answered or the FIFOs were closed.
+func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job, cut func() error) decision {
 	// The FIFO is writable by the build at any time: every read from it is
 	// bounded, in size and, from the first byte on, in time. The header is
 	// a decimal length on one line, read within the reader's buffer
@@ -187,6 +189,12 @@ func (b *Runner) negotiate(ctx context.Context, run *runDir, job poll.Job) decis
 	}
 	if d.err == nil {
 		d.build, d.skip, d.reason = b.decide(ctx, job, d.info)
+	}
+	if d.build && cut != nil {
+		if err := cut(); err != nil {
+			// Never build "offline" with the network up.
+			d.build, d.err, d.reason = false, err, "offline build: "+err.Error()
+		}
 	}
 	answer := "fail " + poll.OneLine(d.reason)
 	switch {

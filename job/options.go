@@ -40,6 +40,12 @@ type options struct {
 	cacheMaxSize int64
 	// upperHook sees the upper directory of every finished run (tests).
 	upperHook func(dir string)
+	// network is the network of builds; forward the endpoints they reach
+	// besides those of the server and repositories; offline cuts it
+	// before build().
+	network sandbox.NetworkMode
+	forward []string
+	offline bool
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration
@@ -249,6 +255,36 @@ func WithCacheMaxSize(n int64) Option {
 func WithLocalImages(on bool) Option {
 	return func(o *options) error {
 		o.localImages = on
+		return nil
+	}
+}
+
+// WithNetwork sets the network of builds (see sandbox.NetworkMode) and the
+// host:port endpoints an isolated build reaches besides those the Runner
+// puts into a build itself: the server of WithServer and the servers of
+// WithRepos are always reachable, also on the host's loopback; forward
+// names any other (e.g. a local git mirror). A job's own URLs are never
+// forwarded: they come from the server and are untrusted. Default:
+// sandbox.NetworkIsolated, no further endpoints.
+func WithNetwork(mode sandbox.NetworkMode, forward ...string) Option {
+	return func(o *options) error {
+		if err := sandbox.ValidateNetwork(mode, forward); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadConfig, err)
+		}
+		o.network, o.forward = mode, append([]string(nil), forward...)
+		return nil
+	}
+}
+
+// WithOfflineBuild runs build() and package() without network: the
+// sources and dependencies are fetched with it (makepkg --nobuild
+// --syncdeps), then the agent cuts the build's network, forwards
+// included, before it lets the build go on (sandbox.NetworkControl). A
+// PKGBUILD that downloads in build() fails, and its log says why. It needs
+// the isolated network. Default: off.
+func WithOfflineBuild(on bool) Option {
+	return func(o *options) error {
+		o.offline = on
 		return nil
 	}
 }

@@ -399,7 +399,7 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 	case row.ran && len(specs) != 1:
 		t.Errorf("the sandbox ran %d times, want once", len(specs))
 	case row.ran:
-		checkSpec(t, specs[0], j, images.rootfs)
+		checkSpec(t, specs[0], j, images.rootfs, ts.URL)
 	}
 	wantLoans := int32(0) // a builder is only acquired for a build that gets that far
 	if row.ran || row.leased {
@@ -428,8 +428,8 @@ func testOutcome(t *testing.T, row outcomeRow, ep entryPoint) {
 // checkSpec checks the Spec of a build of j on the builder rootfs: the job's
 // values as single environment variables, the control directory read-only
 // (and gone after the build), the cache writable, the Runner's limits, the
-// upper kept for the packages.
-func checkSpec(t *testing.T, s sandbox.Spec, j poll.Job, rootfs string) {
+// upper kept for the packages, the isolated network reaching the server.
+func checkSpec(t *testing.T, s sandbox.Spec, j poll.Job, rootfs, server string) {
 	t.Helper()
 	if s.Lower != rootfs || !slices.Equal(s.Args, []string{"/bin/bash", "/run/vagent/build.sh"}) || !s.KeepUpper || s.ReadOnly || s.Output == nil {
 		t.Errorf("spec lower %s args %q keep upper %v read-only %v output %v", s.Lower, s.Args, s.KeepUpper, s.ReadOnly, s.Output)
@@ -440,9 +440,13 @@ func checkSpec(t *testing.T, s sandbox.Spec, j poll.Job, rootfs string) {
 			vagentEnv = append(vagentEnv, e)
 		}
 	}
-	want := []string{"VAGENT_KIND=" + j.Kind, "VAGENT_URL=" + j.URL, "VAGENT_BRANCH=" + j.Branch, "VAGENT_PATH=" + j.Path, "VAGENT_JOBS=3"}
+	want := []string{"VAGENT_KIND=" + j.Kind, "VAGENT_URL=" + j.URL, "VAGENT_BRANCH=" + j.Branch, "VAGENT_PATH=" + j.Path, "VAGENT_JOBS=3", "VAGENT_OFFLINE=0"}
 	if !slices.Equal(vagentEnv, want) {
 		t.Errorf("job environment %q, want %q", vagentEnv, want)
+	}
+	// The job's URL is the server's, untrusted: never forwarded.
+	if ep, _ := sandbox.URLEndpoint(server); s.Network != sandbox.NetworkIsolated || !slices.Equal(s.Forward, []string{ep}) || s.NetworkControl != nil {
+		t.Errorf("network %s, forwards %q, control %v; want isolated, the server's %s only, none", s.Network, s.Forward, s.NetworkControl, ep)
 	}
 	if len(s.Mounts) != 2 {
 		t.Fatalf("mounts %+v, want the control directory and the cache", s.Mounts)
@@ -486,5 +490,51 @@ func TestNewRefusesNilSandbox(t *testing.T) {
 				t.Errorf("New = %v, want ErrBadConfig", err)
 			}
 		})
+	}
+}
+
+// TestOfflineAnswer: with WithOfflineBuild the agent answers "build" only
+// once the build's network is cut (the build is told, VAGENT_OFFLINE=1); a
+// build it skips keeps its network; an offline build needs the isolated
+// network.
+func TestOfflineAnswer(t *testing.T) {
+	t.Parallel()
+	const key = "offline-key"
+	srv, ts := vieterserver.NewTest(t, vieterserver.WithAPIKey(key))
+	client, err := vieter.NewClient(ts.URL, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := newFakeSandbox(t, splitBuild)
+	images := &fakeImages{rootfs: t.TempDir()}
+	b, err := job.New(sb, images, filepath.Join(t.TempDir(), "build"), job.WithServer(client), job.WithArch("x86_64"),
+		job.WithRetry(3, time.Millisecond), job.WithOfflineBuild(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var log sandboxtest.Buffer
+	r := build(t.Context(), b, outcomeJob, "", poll.DefaultLogLimit, &log)
+	if r.Result != poll.ResultSuccess {
+		t.Fatalf("offline build: %s\n%s", r.Reason, log.String())
+	}
+	// The same version again: skipped, without a cut.
+	r = build(t.Context(), b, outcomeJob, "", poll.DefaultLogLimit, &log)
+	if r.Result != poll.ResultSkipped {
+		t.Fatalf("second build: %s\n%s", r.Reason, log.String())
+	}
+	if got := sb.CutAtBuild(); !slices.Equal(got, []bool{true}) {
+		t.Errorf("network cut at each build answer: %v, want [true]", got)
+	}
+	specs := sb.Specs()
+	if len(specs) != 2 || !slices.Contains(specs[0].Env, "VAGENT_OFFLINE=1") || specs[0].NetworkControl == nil || specs[1].NetworkControl.IsCut() {
+		t.Errorf("specs: %d, env %q, second build cut: %v", len(specs), specs[0].Env, len(specs) == 2 && specs[1].NetworkControl.IsCut())
+	}
+	if len(srv.Packages("bur", "x86_64")) != 2 {
+		t.Error("the offline build's packages were not published")
+	}
+	for _, mode := range []sandbox.NetworkMode{sandbox.NetworkHost, sandbox.NetworkNone} {
+		if _, err := job.New(sb, images, filepath.Join(t.TempDir(), "build"), job.WithNetwork(mode), job.WithOfflineBuild(true)); !errors.Is(err, job.ErrBadConfig) {
+			t.Errorf("offline build with network %s: %v, want ErrBadConfig", mode, err)
+		}
 	}
 }

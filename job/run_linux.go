@@ -90,10 +90,11 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 // workspace is what a build needs before its sandbox runs. release undoes
 // all of it, in reverse order; it runs once.
 type workspace struct {
-	rootfs string  // the builder's rootfs, leased
-	url    string  // the job's URL without credentials (splitCredentials)
-	run    *runDir // the control directory
-	cache  string  // the package cache tree to mount (see cache_linux.go)
+	rootfs string        // the builder's rootfs, leased
+	url    string        // the job's URL without credentials (splitCredentials)
+	repos  []pacman.Repo // the repositories added to the build's pacman.conf
+	run    *runDir       // the control directory
+	cache  string        // the package cache tree to mount (see cache_linux.go)
 	undo   []func()
 }
 
@@ -128,6 +129,7 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 	if err != nil {
 		return nil, setupFailed(ctx, "checking the repository", err)
 	}
+	ws.repos = repos
 	var creds *urlCredentials
 	ws.url, creds = splitCredentials(job.URL)
 	ws.run, err = b.newRun(repos, creds)
@@ -159,12 +161,21 @@ type ran struct {
 // FIFOs. It returns nil and the ending when the run could not start or was
 // stopped before it ended.
 func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws *workspace, log io.Writer) (*ran, ending) {
+	// An offline build(): the agent cuts the network before it answers
+	// "build".
+	var ctl *sandbox.NetworkControl
+	var cut func() error
+	offline := "0"
+	if b.opts.offline {
+		ctl = sandbox.NewNetworkControl()
+		cut, offline = ctl.Cut, "1"
+	}
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		decided <- b.negotiate(ctx, ws.run, job)
+		decided <- b.negotiate(ctx, ws.run, job, cut)
 	}()
 	spec := sandbox.Spec{
 		Lower: ws.rootfs,
@@ -173,6 +184,7 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
 			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
 			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
+			"VAGENT_OFFLINE=" + offline,
 		},
 		Dir:      "/",
 		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
@@ -180,9 +192,12 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
 			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
 		},
-		Limits:    b.opts.limits,
-		KeepUpper: true,
-		Output:    log,
+		Limits:         b.opts.limits,
+		KeepUpper:      true,
+		Output:         log,
+		Network:        b.opts.network,
+		Forward:        b.forwards(ws.repos),
+		NetworkControl: ctl,
 	}
 	if srcDir != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
@@ -285,4 +300,22 @@ func (b *Runner) pacmanRepos(ctx context.Context, repo string, log io.Writer) ([
 		}
 	}
 	return append(repos, b.opts.repos...), nil
+}
+
+// forwards are the endpoints an isolated build reaches besides the
+// network: those of the Runner's configuration (WithNetwork), the server
+// and the repositories of its pacman.conf (the job's repository is on the
+// server). The sandbox forwards those that are the host's.
+func (b *Runner) forwards(repos []pacman.Repo) []string {
+	if b.opts.network != sandbox.NetworkIsolated {
+		return nil
+	}
+	var urls []string
+	if b.opts.server != nil {
+		urls = append(urls, b.opts.server.Address())
+	}
+	for _, r := range repos {
+		urls = append(urls, r.Servers...)
+	}
+	return sandbox.ForwardsFor(b.opts.forward, urls...)
 }

@@ -124,6 +124,9 @@ func New(sb Sandbox, images Images, dir string, opts ...Option) (*Runner, error)
 			return nil, err
 		}
 	}
+	if o.offline && o.network != sandbox.NetworkIsolated {
+		return nil, fmt.Errorf("%w: an offline build() needs the isolated network, not %s", ErrBadConfig, o.network)
+	}
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, err

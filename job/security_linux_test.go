@@ -112,7 +112,7 @@ func TestInjection(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	b := newBuilder(t, e, hook)
+	b := newBuilder(t, e, hook, netOpt(url))
 	var asked []string
 	noPull, err := job.New(e.sb, job.ImagesFunc(func(_ context.Context, base string, _ io.Writer) (string, func(), error) {
 		mu.Lock()

@@ -39,6 +39,8 @@ type hostFacts struct {
 	freeErr        error
 	limits         string // what a probe build container saw of its limits
 	limitsErr      error  // why a build with limits could not run
+	network        string // what the isolated network probe made
+	networkErr     error  // why an isolated network could not be made
 
 	// Rootless mode (an ordinary user's agent): what the host allows the
 	// user (nil: a root agent), whether this process runs in the user
@@ -155,13 +157,19 @@ func evaluate(f hostFacts) []Requirement {
 	return append(reqs, f.commonTail()...)
 }
 
-// commonTail are the requirements of both modes that come last: seccomp
-// and disk space.
+// commonTail are the requirements of both modes that come last: the
+// isolated network, seccomp and disk space.
 func (f hostFacts) commonTail() []Requirement {
 	var reqs []Requirement
 	add := func(name string, ok bool, format string, args ...any) {
 		reqs = append(reqs, Requirement{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
 	}
+	if f.networkErr != nil {
+		add("isolated network", false, "%v", f.networkErr)
+	} else {
+		add("isolated network", true, "%s", f.network)
+	}
+
 	switch {
 	case !f.seccompKernel:
 		add("seccomp", false, "the kernel has no seccomp filter support")

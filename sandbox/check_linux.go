@@ -17,11 +17,12 @@ import (
 // CheckHost probes whether this host can run sandboxes with the given
 // options and data directory, and returns one Requirement per item:
 // kernel, privileges, user namespaces, id range, data dir, overlayfs,
-// idmapped lower, cgroups, build limits, seccomp and disk space. It
-// creates nothing that lasts: it mounts and removes a test overlay under
-// dataDir (or, when dataDir does not exist yet, under the directory that
-// will hold it) and, as root, runs what a build runs: a Manager on a
-// temporary directory there creates
+// idmapped lower, cgroups, build limits, isolated network, seccomp and disk
+// space. It creates nothing that lasts: it makes and removes an isolated
+// network as a run does, mounts and removes a test overlay under dataDir
+// (or, when dataDir does not exist yet, under the directory that will hold
+// it) and, as root, runs what a build runs: a Manager on a temporary
+// directory there creates
 // a build cgroup with the default limits (WithDefaultLimits; a limit on
 // each controller when none are set) and starts a container in it that
 // reads the limits back from inside.
@@ -83,6 +84,11 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 		f.limits, f.limitsErr = probeLimits(context.Background(), probeDir, probedLimits(o.limits),
 			append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
 	}
+	if f.dataDirErr != nil {
+		f.networkErr = errNotTried
+	} else {
+		f.network, f.networkErr = probeNetwork(context.Background(), probeDir, o)
+	}
 	return evaluate(f), nil
 }
 
@@ -112,7 +118,13 @@ func checkRootless(f *hostFacts, o options, opts []Option) {
 		}
 		rf.userns = err
 		f.rootless = &rf
+		f.networkErr = errors.New("not tried: needs the user namespace (see above)")
 		return
+	}
+	if f.dataDirErr != nil {
+		f.networkErr = errNotTried
+	} else {
+		f.network, f.networkErr = probeNetwork(context.Background(), f.probeDir, o)
 	}
 	r, err := rootlessIDRange()
 	f.idBase, f.idSize, f.userns = r.Base, r.Size, err
@@ -157,7 +169,7 @@ func probeRootlessOverlay(dir string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	d := newRunDirs(tmp, "probe")
+	d := newRunDirs(tmp, tmp, "probe")
 	for _, p := range []string{d.base, d.upper, d.work, d.rootfs, filepath.Join(tmp, "image")} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return err
@@ -268,7 +280,7 @@ func probeOverlay(dir string, usernsFD *os.File) (overlayErr, idmapErr error) {
 		return err, err
 	}
 	defer os.RemoveAll(tmp)
-	d := newRunDirs(tmp, "probe")
+	d := newRunDirs(tmp, tmp, "probe")
 	for _, p := range []string{d.base, d.lower, d.upper, d.work, d.rootfs, filepath.Join(tmp, "image")} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return err, err

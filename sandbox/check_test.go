@@ -14,7 +14,8 @@ func goodFacts() hostFacts {
 		cgroupVersion: 2, controllers: map[string]bool{"memory": true, "pids": true, "cpu": true},
 		swapAccounting: true, seccompBuilt: true, seccompKernel: true,
 		idBase: 100000, idSize: 65536, dataDir: "/var/lib/vagent", freeBytes: 10 << 30,
-		limits: "a build container in /vagent-x saw memory.max=536870912",
+		limits:  "a build container in /vagent-x saw memory.max=536870912",
+		network: "pasta gave a new network namespace interface eth0 in 40ms",
 	}
 }
 
@@ -34,6 +35,9 @@ func TestEvaluate(t *testing.T) {
 		{"no cgroups", func(f *hostFacts) { f.cgroupVersion = 0 }, map[string]string{"cgroups": "no cgroup filesystem"}},
 		{"v2 without pids", func(f *hostFacts) { delete(f.controllers, "pids") }, map[string]string{"cgroups": "lacks controllers: pids"}},
 		{"v1 without devices", func(f *hostFacts) { f.cgroupVersion = 1 }, map[string]string{"cgroups": "devices"}},
+		{"no isolated network", func(f *hostFacts) {
+			f.networkErr = fmt.Errorf("%w: pasta not found (install passt)", ErrNetworkUnavailable)
+		}, map[string]string{"isolated network": "install passt"}},
 		{"seccomp not built", func(f *hostFacts) { f.seccompBuilt = false }, map[string]string{"seccomp": "-tags seccomp"}},
 		{"seccomp not in kernel", func(f *hostFacts) { f.seccompKernel = false }, map[string]string{"seccomp": "kernel"}},
 		{"disk full", func(f *hostFacts) { f.freeBytes = 100 << 20 }, map[string]string{"disk space": "100.0 MiB free, need at least 2.0 GiB"}},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/vieter-v/vagent/internal/testkit"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/sandbox/sandboxtest"
 )
@@ -36,6 +37,9 @@ func TestManyRunsLeaveNothing(t *testing.T) {
 			kind = "timeout"
 			ctx, cancel = context.WithTimeout(t.Context(), 150*time.Millisecond)
 			spec.Args, spec.Grace = []string{"sh", "-c", "trap '' TERM; sleep 1000 & sleep 1000"}, 20*time.Millisecond
+			// Not the isolated network, whose setup can take longer than
+			// the deadline on a loaded machine: the run would not start.
+			spec.Network = sandbox.NetworkNone
 		case i%10 == 5:
 			kind = "notfound"
 			spec.Args = []string{"/no/such/binary"}
@@ -68,6 +72,7 @@ func TestManyRunsLeaveNothing(t *testing.T) {
 		counts[kind]++
 	}
 	t.Logf("200 runs %v in %v", counts, time.Since(start))
+	e.m.WaitReaped() // the last runs' pasta, killed, may still be exiting
 	if l := leftovers(e.dir, e.parent, false); len(l) > 0 {
 		t.Errorf("left behind:\n%s", strings.Join(l, "\n"))
 	}
@@ -118,13 +123,17 @@ func TestHelperAgent(t *testing.T) {
 	_, err = m.Run(context.Background(), sandbox.Spec{
 		Lower: f[2], Env: pathEnv, Output: os.Stdout, KeepUpper: true,
 		Args: []string{"sh", "-c", "trap '' TERM; (sleep 1237.5 &); echo started; sleep 1238.5"},
+		// The isolated network: a namespace, pasta, rules and a forward.
+		Network: sandbox.NetworkIsolated, Forward: []string{"127.0.0.1:9"},
 	})
 	fmt.Println("error: run returned:", err)
 	os.Exit(1)
 }
 
 // TestCrashRecovery SIGKILLs an agent with a running container and checks
-// that the container survived it and that the next New cleans it up.
+// that the container survived it and that the next New cleans it up: its
+// processes, cgroups, mounts and directories, and its isolated network (the
+// namespace held by no process and mounted nowhere, no pasta process).
 func TestCrashRecovery(t *testing.T) {
 	needRoot(t)
 	dir := sandboxtest.Dir(t)
@@ -162,6 +171,17 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	nsFiles, _ := filepath.Glob(filepath.Join(dir, "netns", "*"))
+	if len(nsFiles) != 1 || len(testkit.PastaProcs(dir)) != 1 {
+		t.Fatalf("the run has network namespaces %v and pasta %v, want one each", nsFiles, testkit.PastaProcs(dir))
+	}
+	var nsStat syscall.Stat_t
+	if err := syscall.Stat(nsFiles[0], &nsStat); err != nil {
+		t.Fatal(err)
+	}
+	if len(testkit.NetnsHolders(nsStat.Ino)) == 0 {
+		t.Fatal("no process is in the run's network namespace: is the inode right?")
+	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +195,10 @@ func TestCrashRecovery(t *testing.T) {
 	if l := leftovers(dir, parent, false); len(l) < 3 {
 		t.Fatalf("expected state, mounts and cgroups of the killed agent, found %v", l)
 	}
+	// pasta died with the agent (its parent-death signal).
+	if p := testkit.PastaProcs(dir); len(p) > 0 {
+		t.Errorf("pasta outlived the agent: %v", p)
+	}
 	e := &testEnv{dir: dir, parent: parent}
 	log := logrus.New()
 	log.SetOutput(t.Output())
@@ -187,6 +211,12 @@ func TestCrashRecovery(t *testing.T) {
 	}
 	if l := leftovers(e.dir, e.parent, false); len(l) > 0 {
 		t.Errorf("left after recovery:\n%s", strings.Join(l, "\n"))
+	}
+	if h := testkit.NetnsHolders(nsStat.Ino); len(h) > 0 {
+		t.Errorf("processes still in the run's network namespace: %v", h)
+	}
+	if mountsOfNetns(t, nsStat.Ino) > 0 {
+		t.Errorf("the run's network namespace is still mounted")
 	}
 	// The recovered Manager works.
 	res, out := sh(t, m, rootfs, "echo again")

@@ -63,7 +63,7 @@ func deviceRules() []*devcfg.Rule {
 const baseMountFlags = unix.MS_NOSUID | unix.MS_NOEXEC | unix.MS_NODEV
 
 // containerConfig builds the libcontainer configuration of one run.
-func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) *configs.Config {
+func (m *Manager) containerConfig(spec *Spec, dirs runDirs, id, rootfs string, limits Limits) *configs.Config {
 	hostname := spec.Hostname
 	if hostname == "" {
 		hostname = "vagent"
@@ -121,19 +121,20 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 	case NetworkNone:
 		c.Namespaces = append(c.Namespaces, configs.Namespace{Type: configs.NEWNET})
 		c.Networks = []*configs.Network{{Type: "loopback", Address: "127.0.0.1/0", Gateway: "localhost"}}
-	default:
-		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
-			if spec.ReadOnly && !isRegular(filepath.Join(spec.Lower, f)) {
-				continue // no mount point can be made
-			}
-			if !isRegular(f) {
-				continue // a host without it (a minimal VM or container)
-			}
-			c.Mounts = append(c.Mounts, &configs.Mount{
-				Source: f, Destination: f, Device: "bind",
-				Flags: unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC,
-			})
+		// As in an isolated run's namespace (nsSysctls): any user binds
+		// any port and pings (the groups are the container's, which owns
+		// this namespace).
+		c.Sysctl = map[string]string{
+			"net.ipv4.ip_unprivileged_port_start": "0",
+			"net.ipv4.ping_group_range":           "0 " + strconv.FormatUint(uint64(m.idSize)-1, 10),
 		}
+	case NetworkIsolated:
+		// The namespace the Manager made (setupNetwork): joined, so that
+		// it stays the agent's and container root has no privilege in it.
+		c.Namespaces = append(c.Namespaces, configs.Namespace{Type: configs.NEWNET, Path: dirs.netns})
+		m.bindEtc(c, spec, map[string]string{"/etc/resolv.conf": filepath.Join(dirs.base, resolvFile), "/etc/hosts": "/etc/hosts"})
+	default:
+		m.bindEtc(c, spec, map[string]string{"/etc/resolv.conf": "/etc/resolv.conf", "/etc/hosts": "/etc/hosts"})
 	}
 	for _, mnt := range spec.Mounts {
 		cm := &configs.Mount{
@@ -158,6 +159,28 @@ func (m *Manager) containerConfig(spec *Spec, id, rootfs string, limits Limits) 
 		c.Seccomp = seccompProfile()
 	}
 	return c
+}
+
+// bindEtc bind-mounts, read-only, host files (targets → sources) over the
+// container's /etc files: only regular files, and only where a mount point
+// exists or can be made.
+func (m *Manager) bindEtc(c *configs.Config, spec *Spec, files map[string]string) {
+	for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
+		src, ok := files[f]
+		if !ok {
+			continue
+		}
+		if spec.ReadOnly && !isRegular(filepath.Join(spec.Lower, f)) {
+			continue // no mount point can be made
+		}
+		if fi, err := os.Stat(src); err != nil || !fi.Mode().IsRegular() {
+			continue // a host without it (a minimal VM or container)
+		}
+		c.Mounts = append(c.Mounts, &configs.Mount{
+			Source: src, Destination: f, Device: "bind",
+			Flags: unix.MS_BIND | unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC,
+		})
+	}
 }
 
 // resources converts Limits to cgroup resources.

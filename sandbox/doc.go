@@ -17,10 +17,21 @@
 //     ids with an idmapped bind mount (mount_setattr MOUNT_ATTR_IDMAP), so one
 //     unshifted copy of an image serves every run. Files the run creates in its
 //     upper are owned by the shifted host ids ([Upper.UIDBase]).
-//   - new mount, pid, ipc and uts namespaces; the host network namespace with
-//     the host's /etc/resolv.conf and /etc/hosts bind-mounted read-only
-//     ([NetworkHost], the default), or a new network namespace with only
-//     loopback up ([NetworkNone]).
+//   - new mount, pid, ipc and uts namespaces, and a network:
+//     [NetworkIsolated] (the default) is a network namespace the Manager
+//     creates, owns (container root has no privilege in it) and
+//     bind-mounts on <data>/netns/<id>; pasta (Debian's passt) gives it the
+//     host's egress; policy-routing rules in it refuse link-local,
+//     multicast and broadcast addresses, the host's own addresses and
+//     [WithNetworkDeny]; the host's loopback and abstract sockets are out
+//     of reach, being another namespace's. [Spec.Forward] names endpoints
+//     of the host the run reaches: the agent listens on them inside the
+//     namespace and connects each connection to exactly that host:port
+//     (the host's loopback name servers get one too). [Spec.NetworkControl]
+//     cuts the network while the run goes on. [NetworkHost] shares the
+//     host's namespace (unsafe for untrusted code), [NetworkNone] gives a
+//     new namespace with only loopback up. The host's /etc/resolv.conf and
+//     /etc/hosts are bind-mounted read-only. See docs/security.md.
 //   - /proc (with Docker's masked and read-only paths), a minimal /dev (null,
 //     zero, full, random, urandom, tty, ptmx, pts, shm, mqueue), /sys bound
 //     read-only, a /tmp tmpfs of a fixed size ([WithTmpSize], default 1 GiB)
@@ -67,12 +78,18 @@
 // symbolic link is used by its real path.
 //
 // Cleanup and recovery: every Run removes its container state, cgroups,
-// mounts and directories on every path (success, failure, timeout, a panic
-// in the caller's Output writer, which Run re-raises after cleaning up).
+// mounts, network namespace and directories on every path (success,
+// failure, timeout, a panic in the caller's Output writer, which Run
+// re-raises after cleaning up); pasta, killed, exits in the background and
+// [Manager.Close] waits for it.
 // [New] takes an exclusive lock on the data directory and first kills and
 // removes whatever a previous, killed agent left there: containers (the
 // parent-death signal does not reach them), their cgroups, mounts, upper
-// directories and kept uppers that were never released.
+// directories and kept uppers that were never released, and the isolated
+// networks: pasta dies with the agent (its parent-death signal, tied to a
+// thread that lives as long as the process); one that did not is killed
+// by the pid its run recorded, and the namespaces' bind mounts are
+// removed, which frees them with their interfaces and rules.
 //
 // Seccomp needs a binary built with cgo and the build tag "seccomp"
 // (libseccomp linked statically; see the Makefile). Without it
@@ -93,14 +110,17 @@
 // only the agent's own uid and gid can be mapped (to container 0), so
 // [Spec.UID] and [Spec.GID] must be 0; cgroup limits are not applied
 // (cgroup directories are not writable without delegation) and a Spec with
-// them is refused with [ErrRootless]; the disk limit works. See
+// them is refused with [ErrRootless], as is the isolated network (its
+// namespace would be container root's); the disk limit works. See
 // docs/sandbox.md for details.
 //
 // # Host requirements
 //
 // Linux ≥ 5.19 (overlayfs over idmapped lower layers), user namespaces,
-// overlayfs, cgroup v1 or v2 with the memory, pids and cpu controllers, and
-// a data directory on a filesystem that supports idmapped mounts (ext4, xfs,
-// btrfs, tmpfs…). [CheckHost] reports each requirement, and runs a
-// container with limits to read them back from inside.
+// overlayfs, cgroup v1 or v2 with the memory, pids and cpu controllers, a
+// data directory on a filesystem that supports idmapped mounts (ext4, xfs,
+// btrfs, tmpfs…), and for the isolated network network namespaces, pasta
+// and /dev/net/tun. [CheckHost] reports each requirement, runs a container
+// with limits to read them back from inside and makes an isolated network
+// ([Manager.CheckNetwork] does that alone).
 package sandbox

@@ -17,6 +17,10 @@ var (
 	// ErrLimitUnavailable reports a limit whose cgroup controller is not
 	// available to the agent (not mounted, or not delegated to its cgroup).
 	ErrLimitUnavailable = errors.New("limit cannot be applied on this host")
+	// ErrNetworkUnavailable reports that an isolated network could not be
+	// set up on this host (pasta missing or failing, no /dev/net/tun, no
+	// network namespaces).
+	ErrNetworkUnavailable = errors.New("isolated network unavailable")
 	// ErrReleased is returned by Upper.Release when called more than once.
 	ErrReleased = errors.New("upper already released")
 )

@@ -28,7 +28,9 @@ func newUsernsFD(base, size uint32) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	// From the thread that never ends: the helper's parent-death signal
+	// must not come while it is still needed.
+	if err := startLongLived(cmd); err != nil {
 		return nil, fmt.Errorf("starting user namespace helper: %w", err)
 	}
 	f, openErr := os.Open("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/user")

@@ -88,8 +88,9 @@ func newManagerIn(t testing.TB, dir string, opts ...sandbox.Option) *testEnv {
 var parentSeq atomic.Int64
 
 // leftovers lists what runs of a Manager left behind: mounts under its data
-// directory, container state, run and kept directories, cgroups below its
-// parent (or the parent itself after Close) and processes in them.
+// directory, container state, run, kept and network namespace entries,
+// pasta processes, cgroups below its parent (or the parent itself after
+// Close) and processes in them.
 func leftovers(dataDir, parent string, closed bool) []string {
 	var l []string
 	mi, _ := readMountinfo()
@@ -98,11 +99,14 @@ func leftovers(dataDir, parent string, closed bool) []string {
 			l = append(l, "mount "+f[4])
 		}
 	}
-	for _, sub := range []string{"state", "runs", "kept"} {
+	for _, sub := range []string{"state", "runs", "kept", "netns"} {
 		entries, _ := os.ReadDir(filepath.Join(dataDir, sub))
 		for _, e := range entries {
 			l = append(l, sub+"/"+e.Name())
 		}
+	}
+	for _, p := range testkit.PastaProcs(dataDir) {
+		l = append(l, "pasta "+p)
 	}
 	for _, p := range cgroupParentDirs(parent) {
 		if closed {

@@ -22,6 +22,7 @@ type Manager struct {
 	stateDir string // libcontainer state root
 	runsDir  string // per-run directories
 	keptDir  string // kept uppers handed to callers
+	netnsDir string // network namespaces of isolated runs, bind-mounted
 
 	// rootless: the agent is root of a user namespace, not host root
 	// (rootless.go): lowers are shifted instead of idmapped, overlays use
@@ -35,9 +36,10 @@ type Manager struct {
 	usernsFD         *os.File // user namespace for idmapped lowers; nil without
 	lock             *os.File
 
-	mu     sync.Mutex
-	closed bool
-	active sync.WaitGroup
+	mu      sync.Mutex
+	closed  bool
+	active  sync.WaitGroup
+	reapers sync.WaitGroup // killed pasta processes not yet reaped
 }
 
 // New opens a Manager on dataDir (created if missing). It takes an
@@ -80,6 +82,7 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		stateDir: filepath.Join(abs, "state"),
 		runsDir:  filepath.Join(abs, "runs"),
 		keptDir:  filepath.Join(abs, "kept"),
+		netnsDir: filepath.Join(abs, "netns"),
 		rootless: InUserNamespace(),
 		idSize:   o.idSize,
 	}
@@ -162,6 +165,11 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		return nil, err
 	}
 	if err := privateDir(m.keptDir, os.Geteuid(), os.Getegid()); err != nil {
+		return nil, err
+	}
+	// netns/ holds the runs' network namespaces: root's, so that pasta,
+	// which runs as root without CAP_DAC_OVERRIDE, can open them.
+	if err := privateDir(m.netnsDir, os.Geteuid(), os.Getegid()); err != nil {
 		return nil, err
 	}
 	// The init process resolves runs/<id>/rootfs as the mapped root, which
@@ -263,8 +271,9 @@ func (m *Manager) IDRange() (uid, gid, size uint32) {
 
 // Close removes the Manager's cgroup parents and releases the data
 // directory. Call it after every Run has returned; later Runs fail with
-// ErrClosed. Kept uppers that were not released are removed by the next
-// New on the same data directory.
+// ErrClosed. It waits until the pasta processes of isolated runs, killed
+// when their runs ended, have exited. Kept uppers that were not released
+// are removed by the next New on the same data directory.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -274,6 +283,7 @@ func (m *Manager) Close() error {
 	m.closed = true
 	m.mu.Unlock()
 	m.active.Wait()
+	m.reapers.Wait()
 	var err error
 	if !m.cg.undelegated {
 		err = removeCgroupParent(m.cg.parent)

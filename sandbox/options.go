@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -22,6 +23,11 @@ type options struct {
 	grace        time.Duration
 	cgroupParent string
 	tmpSize      int64
+	netDeny      []netip.Prefix
+	pasta        string
+	// resolvConf is the resolver configuration isolated runs get, and
+	// whose name servers they reach (tests change it).
+	resolvConf string
 }
 
 // DefaultTmpSize is the default size of a run's /tmp tmpfs (see
@@ -37,13 +43,14 @@ func silentLogger() logrus.FieldLogger {
 
 func defaultOptions() options {
 	return options{
-		log:     silentLogger(),
-		uidBase: 100000,
-		idSize:  65536,
-		userns:  true,
-		seccomp: true,
-		grace:   time.Second,
-		tmpSize: DefaultTmpSize,
+		log:        silentLogger(),
+		uidBase:    100000,
+		idSize:     65536,
+		userns:     true,
+		seccomp:    true,
+		grace:      time.Second,
+		tmpSize:    DefaultTmpSize,
+		resolvConf: "/etc/resolv.conf",
 	}
 }
 
@@ -145,4 +152,33 @@ func containsSlash(s string) bool {
 		}
 	}
 	return false
+}
+
+// WithNetworkDeny adds destinations that isolated runs are refused (e.g.
+// private ranges, for sites that serve nothing to builds from them), besides
+// RefusedPrefixes and the host's own addresses, which are always refused.
+// A Spec.Forward endpoint is reached even when its address is denied.
+// Default: none.
+func WithNetworkDeny(prefixes ...netip.Prefix) Option {
+	return func(o *options) error {
+		for _, p := range prefixes {
+			if !p.IsValid() {
+				return fmt.Errorf("invalid network prefix %v", p)
+			}
+			o.netDeny = append(o.netDeny, p.Masked())
+		}
+		return nil
+	}
+}
+
+// WithPasta sets the pasta binary of isolated runs: a path, or a name
+// looked up in PATH when a run starts. Default: "pasta".
+func WithPasta(path string) Option {
+	return func(o *options) error {
+		if path == "" {
+			return fmt.Errorf("empty pasta path")
+		}
+		o.pasta = path
+		return nil
+	}
 }

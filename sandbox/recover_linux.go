@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -35,14 +36,19 @@ func (m *Manager) recover() error {
 			errs = append(errs, err)
 		}
 	}
+	// pasta dies with the agent (its parent-death signal); one that did
+	// not is killed before its namespace is unmounted below.
+	if err := m.killLeftoverPasta(); err != nil {
+		errs = append(errs, err)
+	}
 	// Rootless, the mounts of an agent that died went with its mount
-	// namespace, and its containers with its pid namespace.
+	// namespace, and its containers and pasta with its pid namespace.
 	if err := unmountUnder(m.dataDir, m.opts.log, 0); err != nil {
 		errs = append(errs, err)
 		// Never remove directories that may still have mounts under them.
 		return errors.Join(errs...)
 	}
-	for _, d := range []string{m.runsDir, m.keptDir} {
+	for _, d := range []string{m.runsDir, m.keptDir, m.netnsDir} {
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}
@@ -253,6 +259,46 @@ func removeCgroupParent(parent string) error {
 		if err := unix.Rmdir(filepath.Join(root, parent)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) && !errors.Is(err, unix.EROFS) {
 			errs = append(errs, fmt.Errorf("removing cgroup %s: %w", filepath.Join(root, parent), err))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// killLeftoverPasta kills the pasta processes that runs of a killed agent
+// recorded in their run directories, and waits until they are gone. A pid
+// is only signalled while its command line names the run's namespace: a
+// pid reused by another process is left alone.
+func (m *Manager) killLeftoverPasta() error {
+	files, _ := filepath.Glob(filepath.Join(m.runsDir, "*", pastaPidFile))
+	var errs []error
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		ns := filepath.Join(m.netnsDir, filepath.Base(filepath.Dir(f)))
+		cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if err != nil || !slices.Contains(strings.Split(string(cmdline), "\x00"), ns) {
+			continue
+		}
+		pidfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue // gone already
+		}
+		m.opts.log.WithField("pid", pid).Info("killing pasta left by an earlier run")
+		if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("killing leftover pasta %d: %w", pid, err))
+		} else {
+			// The pidfd becomes readable when the process has exited.
+			fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(fds, 5000); err != nil {
+				errs = append(errs, fmt.Errorf("waiting for leftover pasta %d: %w", pid, err))
+			}
+		}
+		unix.Close(pidfd)
 	}
 	return errors.Join(errs...)
 }

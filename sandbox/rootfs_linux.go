@@ -16,9 +16,10 @@ type runDirs struct {
 	upper  string
 	work   string
 	rootfs string // overlay (or read-only lower) mount point
+	netns  string // <data>/netns/<id>: the isolated network's namespace, bind-mounted
 }
 
-func newRunDirs(runsDir, id string) runDirs {
+func newRunDirs(runsDir, netnsDir, id string) runDirs {
 	b := filepath.Join(runsDir, id)
 	return runDirs{
 		base:   b,
@@ -26,13 +27,14 @@ func newRunDirs(runsDir, id string) runDirs {
 		upper:  filepath.Join(b, "upper"),
 		work:   filepath.Join(b, "work"),
 		rootfs: filepath.Join(b, "rootfs"),
+		netns:  filepath.Join(netnsDir, id),
 	}
 }
 
 // runDirs returns the directories of run id: below runs/, and in rootless
 // mode its root filesystem's mount point below the runs' tmpfs (runsMount).
 func (m *Manager) runDirs(id string) runDirs {
-	d := newRunDirs(m.runsDir, id)
+	d := newRunDirs(m.runsDir, m.netnsDir, id)
 	if m.mntDir != nil {
 		d.rootfs = filepath.Join(m.mntDir.dir, id)
 	}
@@ -102,7 +104,7 @@ func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
 // are not an error.
 func unmountRun(d runDirs) error {
 	var errs []error
-	for _, p := range []string{d.rootfs, d.lower} {
+	for _, p := range []string{d.rootfs, d.lower, d.netns} {
 		for {
 			err := unix.Unmount(p, unix.MNT_DETACH)
 			if err == nil {

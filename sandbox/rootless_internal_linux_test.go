@@ -8,17 +8,17 @@ import (
 	"testing"
 )
 
-// fakeHost writes fake host files for probeRootless: /etc/subuid and
+// idHost writes fake host files for probeRootless: /etc/subuid and
 // /etc/subgid, sysctls, and a directory of id map tools.
-type fakeHost struct {
+type idHost struct {
 	t   *testing.T
 	dir string
 	HostFiles
 }
 
-func newFakeHost(t *testing.T) *fakeHost {
+func newIDHost(t *testing.T) *idHost {
 	dir := t.TempDir()
-	h := &fakeHost{t: t, dir: dir, HostFiles: HostFiles{
+	h := &idHost{t: t, dir: dir, HostFiles: HostFiles{
 		Subuid: filepath.Join(dir, "subuid"), Subgid: filepath.Join(dir, "subgid"),
 		Sysctl: filepath.Join(dir, "sys"), Path: filepath.Join(dir, "bin"),
 	}}
@@ -30,7 +30,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 	return h
 }
 
-func (h *fakeHost) write(rel, content string, mode os.FileMode) {
+func (h *idHost) write(rel, content string, mode os.FileMode) {
 	h.t.Helper()
 	p := filepath.Join(h.dir, rel)
 	if err := os.WriteFile(p, []byte(content), mode); err != nil {
@@ -51,7 +51,7 @@ func TestRootlessPrerequisites(t *testing.T) {
 		t.Skip("the fake newuidmap must be setuid root: needs root")
 	}
 	me := "alice"
-	good := func(h *fakeHost) {
+	good := func(h *idHost) {
 		h.write("subuid", "bob:100000:65536\nalice:165536:65536\n", 0o644)
 		h.write("subgid", "bob:100000:65536\n4242:165536:65536\n", 0o644)
 		h.write("sys/kernel/unprivileged_userns_clone", "1\n", 0o644)
@@ -61,30 +61,30 @@ func TestRootlessPrerequisites(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name    string
-		change  func(h *fakeHost)
+		change  func(h *idHost)
 		missing map[string]string // requirement -> detail substring
 	}{
-		{"all there", func(*fakeHost) {}, nil},
-		{"no subuid entry", func(h *fakeHost) { h.write("subuid", "bob:100000:65536\n", 0o644) },
+		{"all there", func(*idHost) {}, nil},
+		{"no subuid entry", func(h *idHost) { h.write("subuid", "bob:100000:65536\n", 0o644) },
 			map[string]string{"subordinate ids": "user alice has no entry in /etc/subuid: sudo usermod --add-subuids 262144-327679 --add-subgids 262144-327679 alice"}},
-		{"no entries", func(h *fakeHost) { _ = os.Remove(h.Subuid); _ = os.Remove(h.Subgid) },
+		{"no entries", func(h *idHost) { _ = os.Remove(h.Subuid); _ = os.Remove(h.Subgid) },
 			map[string]string{"subordinate ids": "no entry in /etc/subuid and /etc/subgid: sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 alice"}},
-		{"too few", func(h *fakeHost) { h.write("subuid", "alice:165536:1000\n", 0o644) },
+		{"too few", func(h *idHost) { h.write("subuid", "alice:165536:1000\n", 0o644) },
 			map[string]string{"subordinate ids": "has 1000 subordinate uids and 65536 gids, builds need 65536"}},
-		{"two blocks add up", func(h *fakeHost) { h.write("subuid", "alice:165536:32768\nalice:300000:32768\n", 0o644) }, nil},
-		{"no newuidmap", func(h *fakeHost) { _ = os.Remove(filepath.Join(h.dir, "bin/newuidmap")) },
+		{"two blocks add up", func(h *idHost) { h.write("subuid", "alice:165536:32768\nalice:300000:32768\n", 0o644) }, nil},
+		{"no newuidmap", func(h *idHost) { _ = os.Remove(filepath.Join(h.dir, "bin/newuidmap")) },
 			map[string]string{"newuidmap": "newuidmap not found: sudo apt-get install uidmap"}},
-		{"newgidmap not setuid", func(h *fakeHost) { h.write("bin/newgidmap", "", 0o755) },
+		{"newgidmap not setuid", func(h *idHost) { h.write("bin/newgidmap", "", 0o755) },
 			map[string]string{"newgidmap": "is neither setuid root nor has cap_setuid/cap_setgid: sudo chmod u+s"}},
-		{"debian sysctl", func(h *fakeHost) { h.write("sys/kernel/unprivileged_userns_clone", "0\n", 0o644) },
+		{"debian sysctl", func(h *idHost) { h.write("sys/kernel/unprivileged_userns_clone", "0\n", 0o644) },
 			map[string]string{"user namespaces": "sudo sysctl -w kernel.unprivileged_userns_clone=1"}},
-		{"no user namespaces at all", func(h *fakeHost) { h.write("sys/user/max_user_namespaces", "0\n", 0o644) },
+		{"no user namespaces at all", func(h *idHost) { h.write("sys/user/max_user_namespaces", "0\n", 0o644) },
 			map[string]string{"user namespaces": "sudo sysctl -w user.max_user_namespaces=15000"}},
-		{"apparmor", func(h *fakeHost) { h.write("sys/kernel/apparmor_restrict_unprivileged_userns", "1\n", 0o644) },
+		{"apparmor", func(h *idHost) { h.write("sys/kernel/apparmor_restrict_unprivileged_userns", "1\n", 0o644) },
 			map[string]string{"user namespaces": "userns,\\n}\\n' | sudo tee /etc/apparmor.d/vagent && sudo apparmor_parser -r /etc/apparmor.d/vagent"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newFakeHost(t)
+			h := newIDHost(t)
 			good(h)
 			tc.change(h)
 			f := probeRootless(h.HostFiles, 4242, 4242)

@@ -95,7 +95,10 @@ func TestHelperRootless(t *testing.T) {
 	// kept for TestRootless to look at from the host.
 	res := run("ROOT", sandbox.Spec{KeepUpper: true, Args: []string{"sh", "-c",
 		`id -u; awk '{print $1, $2, $3}' /proc/self/uid_map; echo x >/file; mkdir /d; cp /bin/busybox /d/suid; chmod 4755 /d/suid; ` +
-			`touch /d/b; chown 1000:1000 /d/b; mount -t tmpfs t /mnt 2>/dev/null || echo no-mount; ls -ln /bin/busybox | tr -s ' ' | cut -d' ' -f3,4`}})
+			`touch /d/b; chown 1000:1000 /d/b; mount -t tmpfs t /mnt 2>/dev/null || echo no-mount; ls -ln /bin/busybox | tr -s ' ' | cut -d' ' -f3,4; ` +
+			// The isolated network is the agent's: container root cannot
+			// change it, and pasta's interface is there.
+			`ip link add d0 type dummy 2>/dev/null || echo no-netadmin; ip -o link | grep -c -v ' lo:'`}})
 	if res != nil && res.Upper != nil {
 		fmt.Printf("UPPER %s %d %v\n", res.Upper.Path, res.Upper.UIDBase, res.Upper.UserXattr)
 	}
@@ -134,6 +137,7 @@ func TestHelperRootless(t *testing.T) {
 // its builds with it and leaves the next one nothing to clean up.
 func TestRootless(t *testing.T) {
 	u := testkit.NewRootlessUser(t)
+	testkit.RequireRootlessNetwork(t)
 	bin := u.Install(t, os.Args[0], "sandbox.test")
 	work := filepath.Join(u.Home, "work")
 	rootfs := filepath.Join(work, "rootfs")
@@ -194,7 +198,7 @@ func TestRootless(t *testing.T) {
 		"AGENT pid 1 rootless true uid " + strconv.Itoa(u.UID) + " shift 1\n",
 		"IDRANGE 1 1 65536\n",
 		"ROOT 0\nROOT 0 1 65536\n",
-		"ROOT no-mount\nROOT 0 0\nROOT exit 0\n", // container root owns the image's files; cannot mount
+		"ROOT no-mount\nROOT 0 0\nROOT no-netadmin\nROOT 1\nROOT exit 0\n", // container root owns the image's files; cannot mount
 		"BUILDER 1000\nBUILDER denied\nBUILDER tmp\nBUILDER exit 0\n",
 		"RO ro\nRO 1\nRO exit 0\n",
 		limit,

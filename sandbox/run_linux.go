@@ -24,7 +24,8 @@ type run struct {
 	dirs   runDirs
 	log    logrus.FieldLogger
 	c      *libcontainer.Container
-	mounts bool // rootfs mounts may exist
+	mounts bool    // rootfs mounts may exist
+	net    *runNet // the isolated network
 
 	teardownOnce sync.Once
 	teardownErr  error
@@ -37,7 +38,10 @@ type run struct {
 // ExitCode. When ctx ends, the container is stopped (SIGTERM to every
 // process, Spec.Grace, SIGKILL) and the Result says whether it timed out or
 // was cancelled. Run removes everything it created before it returns, also
-// when the caller's Output panics (the panic is re-raised afterwards).
+// when the caller's Output panics (the panic is re-raised afterwards),
+// except an isolated run's pasta process: killed, it may still be exiting
+// (removing its interface takes tens of milliseconds), and Close waits for
+// it.
 func (m *Manager) Run(ctx context.Context, spec Spec) (_ *Result, retErr error) {
 	if err := spec.validate(); err != nil {
 		return nil, err
@@ -83,6 +87,13 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
 	rootfs := r.dirs.rootfs
+	if spec.Network == NetworkIsolated {
+		n, err := m.setupNetwork(ctx, spec, r.dirs, r.log)
+		if err != nil {
+			return nil, fmt.Errorf("setting up the isolated network: %w", err)
+		}
+		r.net = n
+	}
 	var disk *diskWatch
 	if limits.Disk > 0 {
 		var err error
@@ -95,7 +106,7 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 	if disk != nil {
 		diskExceeded = disk.exceeded
 	}
-	cfg := m.containerConfig(spec, r.id, rootfs, limits)
+	cfg := m.containerConfig(spec, r.dirs, r.id, rootfs, limits)
 	c, err := libcontainer.Create(m.stateDir, r.id, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating container: %w", err)
@@ -126,7 +137,15 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		UID: int(spec.UID), GID: int(spec.GID), AdditionalGroups: groups,
 		Cwd: dir, Stdout: pw, Stderr: pw, Init: true,
 	}
-	err = c.Run(p)
+	// The container is created and its init started while pasta sets up
+	// the isolated network; the command runs once both are done.
+	err = c.Start(p)
+	if err == nil && r.net != nil {
+		err = r.net.waitReady(ctx)
+	}
+	if err == nil {
+		err = c.Exec()
+	}
 	pw.Close()
 	if err != nil {
 		if code, ok := execFailure(err); ok {
@@ -254,9 +273,20 @@ func (r *run) teardown() error {
 
 func (r *run) doTeardown() error {
 	var errs []error
+	if r.net != nil {
+		// pasta exits while the container is destroyed (close waits).
+		if err := r.net.shutdown(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if r.c != nil {
 		if err := r.c.Destroy(); err != nil {
 			errs = append(errs, fmt.Errorf("destroying container: %w", err))
+		}
+	}
+	if r.net != nil {
+		if err := r.net.close(); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if !r.mounts {

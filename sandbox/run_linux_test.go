@@ -310,7 +310,7 @@ func TestNetwork(t *testing.T) {
 	e := newManager(t)
 	rootfs := sandboxtest.BusyboxRootfs(t)
 	hostIfaces, _ := os.ReadDir("/sys/class/net")
-	res, out := sh(t, e.m, rootfs, `ls /sys/class/net | wc -l`)
+	res, out := sh(t, e.m, rootfs, `ip -o link | wc -l`, func(s *sandbox.Spec) { s.Network = sandbox.NetworkHost })
 	if res.ExitCode != 0 || strings.TrimSpace(out) != strconv.Itoa(len(hostIfaces)) {
 		t.Errorf("host network: exit %d, %q interfaces, host has %d", res.ExitCode, out, len(hostIfaces))
 	}
@@ -318,6 +318,11 @@ func TestNetwork(t *testing.T) {
 		func(s *sandbox.Spec) { s.Network = sandbox.NetworkNone })
 	if res.ExitCode != 0 || out != "1\n1\nping ok\n" {
 		t.Errorf("none network: exit %d:\n%s", res.ExitCode, out)
+	}
+	// The default: isolated, loopback and pasta's interface.
+	res, out = sh(t, e.m, rootfs, `ip -o link | wc -l; ip -o link | grep -c 'lo: <LOOPBACK,UP'; ip route | grep -c '^default'`)
+	if res.ExitCode != 0 || out != "2\n1\n1\n" {
+		t.Errorf("isolated network: exit %d:\n%s", res.ExitCode, out)
 	}
 }
 
@@ -649,6 +654,9 @@ func TestInvalidSpecs(t *testing.T) {
 		"malformed env":    {Lower: rootfs, Args: []string{"true"}, Env: []string{"NOEQUALS"}},
 		"negative grace":   {Lower: rootfs, Args: []string{"true"}, Grace: -1},
 		"unknown network":  {Lower: rootfs, Args: []string{"true"}, Network: 7},
+		"bad forward":      {Lower: rootfs, Args: []string{"true"}, Forward: []string{"127.0.0.1"}},
+		"forward on host":  {Lower: rootfs, Args: []string{"true"}, Network: sandbox.NetworkHost, Forward: []string{"127.0.0.1:80"}},
+		"control on none":  {Lower: rootfs, Args: []string{"true"}, Network: sandbox.NetworkNone, NetworkControl: sandbox.NewNetworkControl()},
 		"cpu weight range": {Lower: rootfs, Args: []string{"true"}, Limits: &sandbox.Limits{CPUWeight: 10001}},
 	} {
 		if _, err := e.m.Run(t.Context(), spec); !errors.Is(err, sandbox.ErrInvalidSpec) {

@@ -14,10 +14,25 @@ import (
 type NetworkMode int
 
 const (
-	// NetworkHost shares the host's network namespace (the default): builds
-	// clone sources and talk to the Vieter server. The host's
-	// /etc/resolv.conf and /etc/hosts are bind-mounted read-only.
-	NetworkHost NetworkMode = iota
+	// NetworkIsolated (the default) gives the run a network namespace of
+	// its own that the Manager creates and owns: container root has no
+	// privilege in it, so it cannot change its routes or rules. Its
+	// egress goes through pasta (a user-mode network stack, Debian's
+	// passt) as connections the agent's host makes; nothing of the host
+	// is reachable from it: not its loopback (127.0.0.0/8, ::1), its
+	// abstract unix sockets, its own addresses, link-local addresses
+	// (169.254.0.0/16, fe80::/10: cloud metadata services), multicast and
+	// broadcast, nor the destinations of WithNetworkDeny. Spec.Forward
+	// names the host's endpoints a run may reach, and the host's loopback
+	// name servers are forwarded for DNS. No port of the run is reachable
+	// from the host or from another run. See docs/security.md.
+	NetworkIsolated NetworkMode = iota
+	// NetworkHost shares the host's network namespace: the run reaches
+	// everything the host does, its loopback services and abstract unix
+	// sockets included, and may bind the host's ports. Unsafe for
+	// untrusted builds. The host's /etc/resolv.conf and /etc/hosts are
+	// bind-mounted read-only.
+	NetworkHost
 	// NetworkNone gives the run its own network namespace with only the
 	// loopback interface, up.
 	NetworkNone
@@ -25,12 +40,24 @@ const (
 
 func (n NetworkMode) String() string {
 	switch n {
+	case NetworkIsolated:
+		return "isolated"
 	case NetworkHost:
 		return "host"
 	case NetworkNone:
 		return "none"
 	}
 	return fmt.Sprintf("NetworkMode(%d)", int(n))
+}
+
+// ParseNetworkMode parses "isolated", "host" or "none".
+func ParseNetworkMode(s string) (NetworkMode, error) {
+	for _, n := range []NetworkMode{NetworkIsolated, NetworkHost, NetworkNone} {
+		if s == n.String() {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown network mode %q (want isolated, host or none)", s)
 }
 
 // Mount is an extra bind mount into the container.
@@ -105,8 +132,20 @@ type Spec struct {
 	Groups   []uint32
 	// Hostname is the container's hostname (default "vagent").
 	Hostname string
-	// Network is the network mode (default NetworkHost).
+	// Network is the network mode (default NetworkIsolated).
 	Network NetworkMode
+	// Forward lists TCP endpoints, "host:port", that an isolated run
+	// reaches at that same address. An endpoint of this host (a loopback
+	// address, "localhost", or one of the host's own addresses) is
+	// forwarded by the agent: it listens at host:port inside the run's
+	// network namespace and connects each connection to exactly host:port
+	// on the host, and to nothing else. Any other endpoint is reached
+	// through the run's network as usual, even when WithNetworkDeny
+	// refuses its address. Names are resolved when the run starts.
+	Forward []string
+	// NetworkControl, when set, lets the caller take an isolated run's
+	// network away while the run goes on (see NetworkControl).
+	NetworkControl *NetworkControl
 	// Mounts are extra bind mounts.
 	Mounts []Mount
 	// Limits override the Manager's default limits when non-nil.
@@ -226,8 +265,11 @@ func (s *Spec) validate() error {
 			return fmt.Errorf("%w: hostname %q has invalid characters", ErrInvalidSpec, s.Hostname)
 		}
 	}
-	if s.Network != NetworkHost && s.Network != NetworkNone {
-		return fmt.Errorf("%w: unknown network mode %d", ErrInvalidSpec, int(s.Network))
+	if err := ValidateNetwork(s.Network, s.Forward); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidSpec, err)
+	}
+	if s.Network != NetworkIsolated && (len(s.Forward) > 0 || s.NetworkControl != nil) {
+		return fmt.Errorf("%w: forwards and network control need the isolated network, not %s", ErrInvalidSpec, s.Network)
 	}
 	for _, m := range s.Mounts {
 		if !path.IsAbs(m.Source) || !path.IsAbs(m.Target) {

@@ -1,14 +1,14 @@
 // Package vieter is vagent's one boundary with a Vieter server (0.6.0): the
 // wire types (a job, the parameters of a log upload, the answer to a
 // publish) and every call an agent makes — poll, upload a log, requeue,
-// check a package version, publish — with one error type, one
-// classification of failures into transient and permanent, and one
-// backoff. The agent loop (poll) and the build code (build) both use it;
-// nothing else in vagent speaks HTTP to the server.
+// check a package version, check the key, publish — with one error type,
+// one classification of failures into transient and permanent, and one
+// retry policy (AgentRetry). The agent loop (poll), a job's build (job)
+// and `vagent check` use it; nothing else in vagent speaks HTTP to the
+// server.
 //
-// It is a top-level package because both of its users are: poll has no
-// root and no images, build runs containers, and neither may own the
-// other's client.
+// It is a top-level package because its users are: poll has no root and
+// no images, job runs containers, and neither may own the other's client.
 //
 // # Wire facts
 //
@@ -29,6 +29,9 @@
 // exponential backoff while IsTransient says a retry may succeed (network
 // failures, a cut or malformed answer, 5xx, 408, 429); 401 and 403 wrap
 // ErrUnauthorized and are retried only after Retry.Unauthorized.
+// AgentRetry is the agent's one policy (unbounded, 1 s to 5 min, a
+// rejected key tried again after 5 min); a build, which must end, uses it
+// Finite (bounded attempts, a rejected key final).
 //
 // Two calls are not idempotent on the server and need more than a retry:
 //

@@ -47,6 +47,9 @@ type buildFlags struct {
 	timeout  time.Duration
 	repoURLs []string
 	seccomp  bool
+	network  string   // --network
+	forward  []string // --forward
+	offline  bool     // --offline-build
 }
 
 func newBuildCmd(env *cliEnv) *cobra.Command {
@@ -68,7 +71,7 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	}
 	fs := c.Flags()
 	f.af.register(c, "its data_dir, registries, builder_packages, pacman_mirrors, pacman_repos, build_limits, "+
-		"build_timeout, id_range and pacman_cache, as the agent builds (flags given win)")
+		"build_timeout, id_range, pacman_cache and build_network, as the agent builds (flags given win)")
 	f.rf.register(fs)
 	fs.StringArrayVar(&f.mirrors, "pacman-mirror", nil, "use the Pacman mirror `URL` (https://HOST/archlinux/$repo/os/$arch) in the builder image "+
 		"instead of the base image's (repeatable, in order; default: the configuration's pacman_mirrors)")
@@ -80,6 +83,9 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
+	fs.StringVar(&f.network, "network", "", "the build's network `MODE`: isolated, host (unsafe) or none (default: the configuration's build_network.mode, isolated)")
+	fs.StringArrayVar(&f.forward, "forward", nil, "let the isolated build reach `HOST:PORT` of this host (repeatable; the source, --repo-url and --pacman-mirror servers are reached without it)")
+	fs.BoolVar(&f.offline, "offline-build", false, "run build() and package() without network (default: the configuration's build_network.offline_build)")
 	return c
 }
 
@@ -113,6 +119,13 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return err
 	}
 	uid, gid := invokingUser()
+	bnet, err := f.buildNetwork(f.af.cfg, j.URL, repos)
+	if err != nil {
+		return err
+	}
+	if f.network == "host" {
+		env.log.Warn("--network host is unsafe: the build shares the host's network namespace (its loopback services, abstract unix sockets and ports)")
+	}
 
 	ropts, err := f.af.ociOptions(env, &f.rf)
 	if err != nil {
@@ -132,7 +145,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return fmt.Errorf("sandbox: %w", err)
 	}
 	defer sb.Close()
-	bopts := f.af.builderOptions(env)
+	bopts := append(f.af.builderOptions(env), builder.WithNetwork(bnet.setupMode(), bnet.forward...))
 	if len(f.mirrors) > 0 {
 		bopts = append(bopts, builder.WithMirrorList(f.mirrors...))
 	}
@@ -149,6 +162,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
 	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true)}
 	logLimit := int64(poll.DefaultLogLimit)
+	opts = append(opts, job.WithNetwork(bnet.mode, bnet.forward...), job.WithOfflineBuild(bnet.offline))
 	if cfg != nil {
 		cacheDir = cfg.PacmanCacheDir()
 		logLimit = int64(cfg.BuildLimits.Log)
@@ -188,6 +202,58 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return nil
 	}
 	return &exitError{code: max(rep.ExitCode, 1), err: fmt.Errorf("%s", rep.Reason)}
+}
+
+// buildNet is the network of a local build.
+type buildNet struct {
+	mode    sandbox.NetworkMode
+	forward []string
+	offline bool
+}
+
+// setupMode is the network of the builder setup: isolated unless the
+// build has the host's.
+func (n buildNet) setupMode() sandbox.NetworkMode {
+	if n.mode == sandbox.NetworkHost {
+		return sandbox.NetworkHost
+	}
+	return sandbox.NetworkIsolated
+}
+
+// buildNetwork returns the network of the build: --network, --forward and
+// --offline-build over the configuration's build_network. The servers the
+// user named (the source URL, --repo-url, --pacman-mirror) are reached
+// without a --forward: they are the invoking user's, not a server's job.
+func (f *buildFlags) buildNetwork(cfg *Config, sourceURL string, repos []pacman.Repo) (buildNet, error) {
+	n := buildNet{mode: sandbox.NetworkIsolated}
+	if cfg != nil {
+		n.mode, n.forward, n.offline = cfg.NetworkMode(), cfg.BuildForwards(), cfg.BuildNetwork.OfflineBuild
+	}
+	if f.network != "" {
+		m, err := sandbox.ParseNetworkMode(f.network)
+		if err != nil {
+			return n, usageError("--network: %v", err)
+		}
+		n.mode = m
+	}
+	for _, fw := range f.forward {
+		if _, _, err := sandbox.ParseForward(fw); err != nil {
+			return n, usageError("--forward: %v", err)
+		}
+	}
+	urls := append([]string{sourceURL}, f.mirrors...)
+	for _, r := range repos {
+		urls = append(urls, r.Servers...)
+	}
+	n.forward = sandbox.ForwardsFor(append(n.forward, f.forward...), urls...)
+	n.offline = n.offline || f.offline
+	if n.offline && n.mode != sandbox.NetworkIsolated {
+		return n, usageError("--offline-build needs the isolated network, not %s", n.mode)
+	}
+	if n.mode != sandbox.NetworkIsolated {
+		n.forward = nil
+	}
+	return n, nil
 }
 
 // headerLines prints the header fields a build reports (the digests of the

@@ -26,8 +26,9 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 		Use:   "check",
 		Short: "report whether this host can run builds, and why not",
 		Long: "Probe the host for what builds need (kernel, user namespaces, overlayfs, idmapped mounts,\n" +
-			"cgroups and each configured limit, seccomp, disk space, private data-dir trees) by running\n" +
-			"what a build runs, and print one line per requirement. With --config, also check what the\n" +
+			"cgroups and each configured limit, the isolated network (pasta, /dev/net/tun), seccomp, disk\n" +
+			"space, private data-dir trees) by running what a build runs, and print one line per\n" +
+			"requirement with what to do. With --config, also check what the\n" +
 			"agent reaches: the server answers and accepts api_key, every registry mirror and origin\n" +
 			"answers, which one serves each base image (--base-image, default " + defaultBaseImage + "), and\n" +
 			"that the base images in the store use pacman_mirrors. It changes nothing: a data dir that\n" +
@@ -54,6 +55,9 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if cfg != nil && cfg.NetworkMode() != sandbox.NetworkIsolated {
+				reqs = networkNotUsed(reqs, cfg.NetworkMode())
+			}
 			var lines []checkLine
 			for _, r := range append(reqs, checkDataModes(dir)) {
 				lines = append(lines, requirementLine(r))
@@ -75,6 +79,17 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
 	fs.StringArrayVar(&baseImages, "base-image", nil, "with --config: check that the registries serve the base image `REF` (repeatable; default "+defaultBaseImage+")")
 	return c
+}
+
+// networkNotUsed marks the isolated network requirement as met for an
+// agent whose builds do not use it (build_network.mode host or none).
+func networkNotUsed(reqs []sandbox.Requirement, mode sandbox.NetworkMode) []sandbox.Requirement {
+	for i, r := range reqs {
+		if r.Name == "isolated network" && !r.OK {
+			reqs[i] = sandbox.Requirement{Name: r.Name, OK: true, Detail: fmt.Sprintf("not used (build_network.mode: %s): %s", mode, r.Detail)}
+		}
+	}
+	return reqs
 }
 
 // The statuses of a check line.

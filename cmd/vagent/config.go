@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -64,6 +65,7 @@ type Config struct {
 	Mirrors        []string     `yaml:"mirrors"` // deprecated name of pacman_mirrors
 	PacmanRepos    []PacmanRepo `yaml:"pacman_repos"`
 	Registries     Registries   `yaml:"registries"`
+	BuildNetwork   BuildNetwork `yaml:"build_network"`
 
 	// Warnings are what LoadConfig found suspicious but valid (secrets
 	// readable by other users), for the caller to log.
@@ -92,6 +94,21 @@ type BuildLimits struct {
 	Disk Size `yaml:"disk"`
 	// Log caps a build's log (poll.WithLogLimit).
 	Log Size `yaml:"log"`
+}
+
+// BuildNetwork is the network of builds and builder setups.
+type BuildNetwork struct {
+	// Mode is isolated (a network namespace per build), host (the host's
+	// network: unsafe) or none (loopback only).
+	Mode string `yaml:"mode"`
+	// OfflineBuild runs build() and package() without network.
+	OfflineBuild bool `yaml:"offline_build"`
+	// Forward lists further host:port endpoints builds reach (a local git
+	// mirror on the host's loopback).
+	Forward []string `yaml:"forward"`
+	// Deny lists further destinations builds are refused (CIDRs or
+	// addresses).
+	Deny []string `yaml:"deny"`
 }
 
 // PacmanCache is the package caches of the targets' builds.
@@ -144,6 +161,7 @@ func defaultConfig() Config {
 		IDRange:               IDRange{Base: 100000, Size: 65536},
 		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: poll.DefaultLogLimit},
 		PacmanCache:           PacmanCache{Enabled: true, MaxSize: job.DefaultCacheMaxSize},
+		BuildNetwork:          BuildNetwork{Mode: "isolated"},
 		BuilderPkgs:           []string{"base-devel", "git"},
 	}
 }
@@ -839,6 +857,28 @@ func (l *loader) validate(c *Config) {
 		_, err := pacman.NormalizeSigLevel(r.SigLevel)
 		check(err == nil, key+".sig_level", "must be Pacman SigLevel words (e.g. Optional TrustAll), got %q", excerptValue(r.SigLevel))
 	}
+	bn := c.BuildNetwork
+	mode, err := sandbox.ParseNetworkMode(bn.Mode)
+	check(err == nil, "build_network.mode", "must be isolated, host or none, got %q", excerptValue(bn.Mode))
+	for i, f := range bn.Forward {
+		_, _, err := sandbox.ParseForward(f)
+		check(err == nil, fmt.Sprintf("build_network.forward[%d]", i), "must be host:port (e.g. 127.0.0.1:9418), got %q", excerptValue(f))
+	}
+	for i, d := range bn.Deny {
+		_, err := parseDeny(d)
+		check(err == nil, fmt.Sprintf("build_network.deny[%d]", i), "must be an address or a CIDR prefix (e.g. 10.0.0.0/8), got %q", excerptValue(d))
+	}
+	if err == nil {
+		check(!bn.OfflineBuild || mode == sandbox.NetworkIsolated, "build_network.offline_build", "needs build_network.mode: isolated (the agent cuts an isolated network), not %s", mode)
+		if mode != sandbox.NetworkIsolated && (len(bn.Forward) > 0 || len(bn.Deny) > 0) {
+			l.warnings = append(l.warnings, fmt.Sprintf("build_network.forward and build_network.deny apply to the isolated network only: ignored with mode %s", mode))
+		}
+		if mode == sandbox.NetworkHost {
+			l.warnings = append(l.warnings, "build_network.mode: host is unsafe: builds share the host's network namespace, "+
+				"so they reach its loopback services (the agent's metrics, a local registry or Vieter server), its abstract unix sockets, "+
+				"link-local addresses (cloud metadata), and can bind its ports; use isolated (the default)")
+		}
+	}
 	rg := c.Registries
 	for host, ms := range rg.Mirrors {
 		check(validHost(host), "registries.mirrors."+host, "not a registry host")
@@ -858,6 +898,19 @@ func (l *loader) validate(c *Config) {
 		check((cr.Password == "") != (cr.PasswordFile == ""), key, "needs password or password_file (one of them)")
 		check(cr.PasswordFile == "" || filepath.IsAbs(cr.PasswordFile), key+".password_file", "must be an absolute path")
 	}
+}
+
+// parseDeny parses a build_network.deny entry: a CIDR prefix, or an
+// address (the prefix of that one address).
+func parseDeny(s string) (netip.Prefix, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is neither a CIDR prefix nor an address", s)
+	}
+	return netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()), nil
 }
 
 func validHost(h string) bool {
@@ -950,12 +1003,58 @@ func (c *Config) Limits() sandbox.Limits {
 
 // SandboxOptions returns the sandbox options of the configuration.
 func (c *Config) SandboxOptions() []sandbox.Option {
-	return []sandbox.Option{sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size), sandbox.WithDefaultLimits(c.Limits()), sandbox.WithTmpSize(int64(c.BuildLimits.Tmp))}
+	return []sandbox.Option{sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size), sandbox.WithDefaultLimits(c.Limits()),
+		sandbox.WithTmpSize(int64(c.BuildLimits.Tmp)), sandbox.WithNetworkDeny(c.NetworkDeny()...)}
+}
+
+// NetworkMode is build_network.mode.
+func (c *Config) NetworkMode() sandbox.NetworkMode {
+	m, _ := sandbox.ParseNetworkMode(c.BuildNetwork.Mode)
+	return m
+}
+
+// NetworkDeny is build_network.deny.
+func (c *Config) NetworkDeny() []netip.Prefix {
+	var out []netip.Prefix
+	for _, d := range c.BuildNetwork.Deny {
+		if p, err := parseDeny(d); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// BuildForwards are the endpoints builds reach besides the server (which
+// the build package adds): build_network.forward, and the servers of
+// pacman_mirrors and pacman_repos, which are in the builder image's
+// pacman.conf.
+func (c *Config) BuildForwards() []string {
+	urls := append([]string(nil), c.pacmanMirrors()...)
+	for _, r := range c.PacmanRepos {
+		urls = append(urls, r.Servers...)
+	}
+	return sandbox.ForwardsFor(c.BuildNetwork.Forward, urls...)
+}
+
+// JobNetworkOptions are the network options of builds.
+func (c *Config) JobNetworkOptions() []job.Option {
+	return []job.Option{job.WithNetwork(c.NetworkMode(), c.BuildForwards()...), job.WithOfflineBuild(c.BuildNetwork.OfflineBuild)}
+}
+
+// setupNetwork is the network of builder setups: the host's when builds
+// have it, isolated otherwise (also for mode none: a setup runs pacman
+// -Syu from the configured mirrors, no job's code).
+func (c *Config) setupNetwork() sandbox.NetworkMode {
+	if c.NetworkMode() == sandbox.NetworkHost {
+		return sandbox.NetworkHost
+	}
+	return sandbox.NetworkIsolated
 }
 
 // BuilderOptions returns the builder-image options of the configuration.
 func (c *Config) BuilderOptions() []builder.Option {
-	opts := []builder.Option{builder.WithMaxAge(c.ImageRebuildFrequency.D()), builder.WithPackages(c.BuilderPkgs...)}
+	opts := []builder.Option{builder.WithMaxAge(c.ImageRebuildFrequency.D()), builder.WithPackages(c.BuilderPkgs...),
+		builder.WithNetwork(c.setupNetwork(), c.BuildNetwork.Forward...)}
 	if ms := c.pacmanMirrors(); len(ms) > 0 {
 		opts = append(opts, builder.WithMirrorList(ms...))
 	}

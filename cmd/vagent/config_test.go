@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -16,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 const (
@@ -68,6 +70,8 @@ func TestConfigDefaults(t *testing.T) {
 		{"pacman cache", c.PacmanCacheDir(), "/var/lib/vagent/pacman-cache"},
 		{"pacman_cache.max_size", c.PacmanCache.MaxSize, Size(16 << 30)},
 		{"builder_packages", c.BuilderPkgs, []string{"base-devel", "git"}},
+		{"build_network", c.BuildNetwork, BuildNetwork{Mode: "isolated"}},
+		{"network mode", c.NetworkMode(), sandbox.NetworkIsolated},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -126,6 +130,13 @@ func TestConfigKeys(t *testing.T) {
 		{"registries:\n  credentials:\n    registry.local:5000: {username: bob, password: pw}\n    ghcr.io: {username: alice, password_file: /run/secrets/ghcr}",
 			func(c *Config) any { return c.Registries.Credentials }, map[string]Credential{"registry.local:5000": {Username: "bob", Password: "pw"},
 				"ghcr.io": {Username: "alice", PasswordFile: "/run/secrets/ghcr"}}},
+		{"build_network:\n  mode: none", func(c *Config) any { return c.NetworkMode() }, sandbox.NetworkNone},
+		{"build_network: {offline_build: true, forward: ['127.0.0.1:9418', 'localhost:8080'], deny: [10.0.0.0/8, 192.168.1.7, 'fd00::/8']}",
+			func(c *Config) any { return []any{c.BuildNetwork.OfflineBuild, c.BuildForwards(), c.NetworkDeny()} },
+			[]any{true, []string{"127.0.0.1:9418", "localhost:8080"}, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.1.7/32"), netip.MustParsePrefix("fd00::/8")}}},
+		// Builds reach the servers of the builder image's pacman.conf.
+		{"pacman_mirrors: ['http://127.0.0.1:8080/$repo/os/$arch']\npacman_repos: [{name: r, servers: ['https://repo.example.org/$repo/$arch']}]\nbuild_network: {forward: ['[::1]:22']}",
+			func(c *Config) any { return c.BuildForwards() }, []string{"[::1]:22", "127.0.0.1:8080", "repo.example.org:443"}},
 		{"arch:", func(c *Config) any { return c.Arch }, pacman.Arch("amd64")}, // an empty value keeps the default (amd64 CI)
 	}
 	for _, tt := range tests {
@@ -207,6 +218,10 @@ func TestConfigErrors(t *testing.T) {
 		{"registries:\n  credentials:\n    ghcr.io: {username: a, password: p, password_file: /f}", "agent.yaml:5: registries.credentials.ghcr.io: needs password or password_file (one of them)"},
 		{"registries:\n  credentials:\n    ghcr.io: {username: a, pasword: p}", "agent.yaml:5: registries.credentials.ghcr.io.pasword: unknown key; did you mean registries.credentials.ghcr.io.password?"},
 		// Unknown and repeated keys.
+		{"build_network: {mode: bridge}", `agent.yaml:3: build_network.mode: must be isolated, host or none, got "bridge"`},
+		{"build_network:\n  forward: [127.0.0.1]", `agent.yaml:4: build_network.forward[0]: must be host:port (e.g. 127.0.0.1:9418), got "127.0.0.1"`},
+		{"build_network:\n  deny: [10.0.0.0/33]", `agent.yaml:4: build_network.deny[0]: must be an address or a CIDR prefix (e.g. 10.0.0.0/8), got "10.0.0.0/33"`},
+		{"build_network:\n  mode: host\n  offline_build: true", "agent.yaml:5: build_network.offline_build: needs build_network.mode: isolated (the agent cuts an isolated network), not host"},
 		{"max_concurent_builds: 2", "agent.yaml:3: max_concurent_builds: unknown key; did you mean max_concurrent_builds?"},
 		{"build_limits:\n  memroy: 1G", "agent.yaml:4: build_limits.memroy: unknown key; did you mean build_limits.memory?"},
 		{"colour: blue", "agent.yaml:3: colour: unknown key"},
@@ -285,43 +300,47 @@ func TestConfigEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := map[string]string{
-		"VIETER_ADDRESS":                  "http://10.0.0.2:8000",
-		"VIETER_API_KEY_FILE":             keyFile,
-		"VIETER_ARCH":                     "aarch64",
-		"VIETER_DATA_DIR":                 "/data",
-		"VIETER_MAX_CONCURRENT_BUILDS":    "3",
-		"VIETER_POLLING_FREQUENCY":        "5",
-		"VIETER_IMAGE_REBUILD_FREQUENCY":  "30",
-		"VIETER_LOG_LEVEL":                "INFO",
-		"VIETER_LOG_FORMAT":               "json",
-		"VIETER_LOG_FILE":                 "-",
-		"VIETER_METRICS_ADDRESS":          ":9100",
-		"VIETER_BUILD_TIMEOUT":            "3h",
-		"VIETER_SHUTDOWN_GRACE":           "1m",
-		"VIETER_DELIVER_TIMEOUT":          "2m",
-		"VIETER_REQUEST_TIMEOUT":          "15s",
-		"VIETER_UPLOAD_TIMEOUT":           "20m",
-		"VIETER_FSYNC":                    "false",
-		"VIETER_ID_RANGE_BASE":            "300000",
-		"VIETER_ID_RANGE_SIZE":            "65536",
-		"VIETER_ID_RANGE_ALLOW_CONFLICTS": "true",
-		"VIETER_BUILD_LIMITS_MEMORY":      "8GiB",
-		"VIETER_BUILD_LIMITS_MEMORY_SWAP": "-1",
-		"VIETER_BUILD_LIMITS_PIDS":        "100",
-		"VIETER_BUILD_LIMITS_CPUS":        "2",
-		"VIETER_BUILD_LIMITS_CPU_WEIGHT":  "200",
-		"VIETER_BUILD_LIMITS_TMP":         "64MiB",
-		"VIETER_BUILD_LIMITS_LOG":         "16MiB",
-		"VIETER_BUILD_LIMITS_DISK":        "30GiB",
-		"VIETER_PACMAN_CACHE_ENABLED":     "true",
-		"VIETER_PACMAN_CACHE_DIR":         "/pc",
-		"VIETER_PACMAN_CACHE_MAX_SIZE":    "2GiB",
-		"VIETER_BUILDER_PACKAGES":         "base-devel, git,cmake",
-		"VIETER_PACMAN_MIRRORS":           "https://m1/$repo/os/$arch,https://m2/$repo/os/$arch",
-		"VIETER_REGISTRIES_INSECURE":      "r1:5000,r2",
-		"VIETER_REGISTRIES_CA_FILE":       "/ca.pem",
-		"VIETER_REGISTRIES_DOCKER_CONFIG": "/dc.json",
-		"VIETER_AGENT_NAME":               "build-02",
+		"VIETER_ADDRESS":                     "http://10.0.0.2:8000",
+		"VIETER_API_KEY_FILE":                keyFile,
+		"VIETER_ARCH":                        "aarch64",
+		"VIETER_DATA_DIR":                    "/data",
+		"VIETER_MAX_CONCURRENT_BUILDS":       "3",
+		"VIETER_POLLING_FREQUENCY":           "5",
+		"VIETER_IMAGE_REBUILD_FREQUENCY":     "30",
+		"VIETER_LOG_LEVEL":                   "INFO",
+		"VIETER_LOG_FORMAT":                  "json",
+		"VIETER_LOG_FILE":                    "-",
+		"VIETER_METRICS_ADDRESS":             ":9100",
+		"VIETER_BUILD_TIMEOUT":               "3h",
+		"VIETER_SHUTDOWN_GRACE":              "1m",
+		"VIETER_DELIVER_TIMEOUT":             "2m",
+		"VIETER_REQUEST_TIMEOUT":             "15s",
+		"VIETER_UPLOAD_TIMEOUT":              "20m",
+		"VIETER_FSYNC":                       "false",
+		"VIETER_ID_RANGE_BASE":               "300000",
+		"VIETER_ID_RANGE_SIZE":               "65536",
+		"VIETER_ID_RANGE_ALLOW_CONFLICTS":    "true",
+		"VIETER_BUILD_LIMITS_MEMORY":         "8GiB",
+		"VIETER_BUILD_LIMITS_MEMORY_SWAP":    "-1",
+		"VIETER_BUILD_LIMITS_PIDS":           "100",
+		"VIETER_BUILD_LIMITS_CPUS":           "2",
+		"VIETER_BUILD_LIMITS_CPU_WEIGHT":     "200",
+		"VIETER_BUILD_LIMITS_TMP":            "64MiB",
+		"VIETER_BUILD_LIMITS_LOG":            "16MiB",
+		"VIETER_BUILD_LIMITS_DISK":           "30GiB",
+		"VIETER_PACMAN_CACHE_ENABLED":        "true",
+		"VIETER_PACMAN_CACHE_DIR":            "/pc",
+		"VIETER_PACMAN_CACHE_MAX_SIZE":       "2GiB",
+		"VIETER_BUILDER_PACKAGES":            "base-devel, git,cmake",
+		"VIETER_PACMAN_MIRRORS":              "https://m1/$repo/os/$arch,https://m2/$repo/os/$arch",
+		"VIETER_REGISTRIES_INSECURE":         "r1:5000,r2",
+		"VIETER_REGISTRIES_CA_FILE":          "/ca.pem",
+		"VIETER_REGISTRIES_DOCKER_CONFIG":    "/dc.json",
+		"VIETER_AGENT_NAME":                  "build-02",
+		"VIETER_BUILD_NETWORK_MODE":          "isolated",
+		"VIETER_BUILD_NETWORK_OFFLINE_BUILD": "true",
+		"VIETER_BUILD_NETWORK_FORWARD":       "127.0.0.1:9418, localhost:80",
+		"VIETER_BUILD_NETWORK_DENY":          "10.0.0.0/8",
 	}
 	// The file's values are all overridden.
 	file := minimal + "arch: x86_64\nmax_concurrent_builds: 8\nbuild_limits: {memory: 1G}\n"
@@ -339,6 +358,7 @@ func TestConfigEnv(t *testing.T) {
 		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc", MaxSize: 2 << 30}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		PacmanMirrors: []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
 		Registries:    Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
+		BuildNetwork:  BuildNetwork{Mode: "isolated", OfflineBuild: true, Forward: []string{"127.0.0.1:9418", "localhost:80"}, Deny: []string{"10.0.0.0/8"}},
 	}
 	if diff := cmp.Diff(&want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/vieter-v/vagent/sandbox"
 )
 
 // node walks a decoded YAML document: node(doc, "spec", "template") or,
@@ -139,6 +141,12 @@ func TestDaemonSetExample(t *testing.T) {
 	}
 	if v := volumeAt(cfgPath); node(t, v, "configMap", "name") != node(t, cm, "metadata", "name") || path.Base(cfgPath) != "agent.yaml" {
 		t.Errorf("%s is not agent.yaml of the ConfigMap: %v", cfgPath, v)
+	}
+	// pasta's device, for the builds' isolated network (the default).
+	if cfg.NetworkMode() == sandbox.NetworkIsolated {
+		if v := volumeAt("/dev/net/tun"); node(t, v, "hostPath", "path") != "/dev/net/tun" || node(t, v, "hostPath", "type") != "CharDevice" {
+			t.Errorf("/dev/net/tun is not the node's character device: %v", v)
+		}
 	}
 	keyEnv := byName(t, node(t, ctr, "env"), "VIETER_API_KEY_FILE")
 	keyFile, _ := keyEnv["value"].(string)

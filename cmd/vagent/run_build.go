@@ -64,6 +64,12 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 		return nil, nil, fmt.Errorf("sandbox: %w", err)
 	}
 	undo = append(undo, sb.Close)
+	// An agent that cannot give its builds their network takes no job.
+	if cfg.NetworkMode() == sandbox.NetworkIsolated {
+		if err := sb.CheckNetwork(ctx); err != nil {
+			return nil, nil, fmt.Errorf("build_network.mode isolated: %w (`vagent check` tells more; build_network.mode: host runs builds unisolated)", err)
+		}
+	}
 	bm, err := builder.New(store, sb, filepath.Join(cfg.DataDir, "builders"),
 		append(cfg.BuilderOptions(), builder.WithLogger(deps.log), builder.WithPrepareObserver(deps.metrics.ImagePrepared))...)
 	if err != nil {
@@ -88,13 +94,14 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	// The configured pacman_repos are in the builder image (BuilderOptions):
 	// a build adds only its job's repository (package pacman).
 	b, err := job.New(sb, job.BuilderImages(bm), filepath.Join(cfg.DataDir, "build"),
-		job.WithServer(deps.server),
-		job.WithPublishObserver(deps.metrics.PackagePublished),
-		job.WithArch(cfg.Arch),
-		job.WithLimits(cfg.Limits()),
-		job.WithCacheDir(cfg.PacmanCacheDir()),
-		job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)),
-		job.WithLogger(deps.log))
+		append(cfg.JobNetworkOptions(),
+			job.WithServer(deps.server),
+			job.WithPublishObserver(deps.metrics.PackagePublished),
+			job.WithArch(cfg.Arch),
+			job.WithLimits(cfg.Limits()),
+			job.WithCacheDir(cfg.PacmanCacheDir()),
+			job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)),
+			job.WithLogger(deps.log))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("builds: %w", err)
 	}

@@ -29,6 +29,17 @@ fi
 # A minbase root has no /etc/hosts; every host the agent runs on has one.
 [ -f /etc/hosts ] || printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' > /etc/hosts
 
+# The VM has no network card (-nic none); a build host has an interface with
+# a default route, which pasta (the builds' isolated network) copies into
+# each build. A dummy interface stands for it; nothing answers behind it.
+modprobe dummy 2>/dev/null
+if ip link add uplink type dummy && ip addr add 10.0.2.15/24 dev uplink && ip link set uplink up &&
+	ip route add default via 10.0.2.2 dev uplink; then
+	echo "network: $(ip -br addr show uplink), $(ip route show default)"
+else
+	echo "network: no default route (the isolated network's tests will fail)"
+fi
+
 # Each placement runs in a systemd service with Delegate=yes: the agent's
 # own unit (contrib/systemd), or the container runtime's (docker, podman
 # and containerd run containers in delegated cgroups) below which

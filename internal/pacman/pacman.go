@@ -1,8 +1,10 @@
-// Package pacman is vagent's one home of a Pacman repository as the agent
-// configures it: the Repo type, the validation of its name, servers and
-// SigLevel, and the text it becomes in pacman.conf and in a mirror list.
-// The configuration (cmd/vagent), builder images (builder) and builds
-// (build) all use it, so a name one of them accepts is accepted by all.
+// Package pacman is vagent's one home of Pacman's names: a repository as
+// the agent configures it (the Repo type, the validation of its name,
+// servers and SigLevel, and the text it becomes in pacman.conf and in a
+// mirror list), architectures (Arch, ValidateArch) and package file names
+// (ValidatePackageFile). The configuration (cmd/vagent), builder images
+// (builder) and builds (job) all use it, so a name one of them accepts is
+// accepted by all.
 //
 // Where repositories go: the configured ones (pacman_repos) are written
 // into the builder image's pacman.conf by its setup — the setup may need

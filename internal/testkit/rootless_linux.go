@@ -413,3 +413,18 @@ func (u *RootlessUser) CheckOwners(tb testing.TB, dir string) (n, sub int) {
 	}
 	return n, sub
 }
+
+// RequireRootlessNetwork skips tb (fails it in CI) unless an ordinary
+// user's pasta can open /dev/net/tun: mode 0666, as udev makes it (make
+// deps sets it on a host without udev).
+func RequireRootlessNetwork(tb testing.TB) {
+	tb.Helper()
+	fi, err := os.Stat("/dev/net/tun")
+	if err != nil {
+		Unavailable(tb, "no /dev/net/tun: %v", err)
+		return
+	}
+	if fi.Mode().Perm()&0o006 != 0o006 {
+		Unavailable(tb, "/dev/net/tun is mode %#o: rootless builds' pasta needs 0666 (make deps sets it)", fi.Mode().Perm())
+	}
+}

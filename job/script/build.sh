@@ -9,6 +9,8 @@
 #   VAGENT_BRANCH  the git branch ("" = the default branch)
 #   VAGENT_PATH    the directory of the clone holding the PKGBUILD ("" = top)
 #   VAGENT_JOBS    N of MAKEFLAGS=-jN
+#   VAGENT_OFFLINE 1 when build() and package() run offline: the agent cuts
+#                  the network before it answers "build"
 #
 # /run/vagent holds repos.d/NN.conf (one pacman.conf section each, written
 # by the agent from validated values), this script, git-credential (git's
@@ -142,6 +144,8 @@ run cd -- "$dir" || exit
 
 export PKGDEST=/build/out
 mkdir -p /build/out || exit
+# Two passes: sources and dependencies first, with the network; with
+# VAGENT_OFFLINE=1 the agent cuts it between the passes, so they stay two.
 run makepkg --nobuild --syncdeps --needed --noconfirm || exit
 step srcinfo
 srcinfo >/build/.SRCINFO || exit
@@ -161,5 +165,14 @@ skip\ *)
 esac
 
 export MAKEFLAGS=-j$VAGENT_JOBS
+offline=${VAGENT_OFFLINE:-0}
+if [[ $offline == 1 ]]; then
+	printf 'vagent: offline build (build_network.offline_build): the agent has cut the network; build() and package() run without it\n'
+fi
 step "MAKEFLAGS=$MAKEFLAGS" makepkg --syncdeps --needed --noconfirm --noextract
 makepkg --syncdeps --needed --noconfirm --noextract
+status=$?
+if [[ $status -ne 0 && $offline == 1 ]]; then
+	printf 'vagent: build() or package() failed without network (build_network.offline_build): downloads are not possible there; list every file the build needs in source=()\n'
+fi
+exit "$status"
