@@ -52,6 +52,16 @@ func (m *Manager) checkLowerOwner(lower string) error {
 	return nil
 }
 
+// Unlimited says why the runs of m get no cgroup limits — a rootless
+// agent without a delegated cgroup (a limit is refused then, with
+// ErrLimitUnavailable) — or returns nil.
+func (m *Manager) Unlimited() error {
+	if m.cg.undelegated {
+		return m.cg.enableErr
+	}
+	return nil
+}
+
 // undelegatedHint says how a rootless agent gets a cgroup of its own.
 const undelegatedHint = "run the agent in a delegated cgroup: as a systemd user service with Delegate=yes " +
 	"(contrib/systemd/vagent-user.service), or with systemd-run --user -p Delegate=yes --scope vagent …"

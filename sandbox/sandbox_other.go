@@ -24,6 +24,9 @@ func (m *Manager) Close() error { return errors.ErrUnsupported }
 // IDRange returns zeros outside Linux.
 func (m *Manager) IDRange() (uid, gid, size uint32) { return 0, 0, 0 }
 
+// Unlimited returns errors.ErrUnsupported outside Linux.
+func (m *Manager) Unlimited() error { return errors.ErrUnsupported }
+
 // DiskUsage returns errors.ErrUnsupported outside Linux.
 func DiskUsage(root string) (int64, error) { return 0, errors.ErrUnsupported }
 

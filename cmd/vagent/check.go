@@ -41,7 +41,10 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			if len(baseImages) > 0 && config == "" {
 				return usageError("--base-image needs --config (the registries to ask are the configuration's)")
 			}
-			opts := []sandbox.Option{sandbox.WithIDMap(uint32(idBase), uint32(idSize))}
+			var opts []sandbox.Option
+			if !rootless() {
+				opts = append(opts, sandbox.WithIDMap(uint32(idBase), uint32(idSize)))
+			}
 			dir := dataDir
 			var cfg *Config
 			if config != "" {

@@ -1002,9 +1002,15 @@ func (c *Config) Limits() sandbox.Limits {
 }
 
 // SandboxOptions returns the sandbox options of the configuration.
+// Rootless, the id range is not the configuration's: builds map to the
+// user's subordinate ids.
 func (c *Config) SandboxOptions() []sandbox.Option {
-	return []sandbox.Option{sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size), sandbox.WithDefaultLimits(c.Limits()),
+	opts := []sandbox.Option{sandbox.WithDefaultLimits(c.Limits()),
 		sandbox.WithTmpSize(int64(c.BuildLimits.Tmp)), sandbox.WithNetworkDeny(c.NetworkDeny()...)}
+	if !rootless() {
+		opts = append(opts, sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size))
+	}
+	return opts
 }
 
 // NetworkMode is build_network.mode.

@@ -18,8 +18,6 @@ import (
 
 func init() { register(newImageCmd) }
 
-const defaultDataDir = "/var/lib/vagent"
-
 func newImageCmd(env *cliEnv) *cobra.Command {
 	return newGroup("image", "pull, list and remove base images (pull, ls, rm, prune)",
 		"Pull, list and remove the base images of builds, kept in DATA_DIR/images.\n\n"+
@@ -40,7 +38,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 
 // open opens (creating it if needed) the image store of the data dir.
 func (f *storeFlags) open(env *cliEnv, opts ...oci.Option) (*oci.Store, error) {
-	opts = append([]oci.Option{oci.WithLogger(env.log)}, opts...)
+	opts = append(append([]oci.Option{oci.WithLogger(env.log)}, storeOptions()...), opts...)
 	s, err := oci.NewStore(filepath.Join(f.dataDir, "images"), opts...)
 	if err != nil {
 		return nil, explain(err, f.dataDir)

@@ -63,6 +63,7 @@ var exitStatuses = []struct {
 	{"0", "success"},
 	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a check that found something missing, no such log; `vagent build`: the build made no package, or it could not be written to --out)"},
 	{"2", "usage error: unknown command or flag, wrong arguments, invalid flag value"},
+	{"69", "this host cannot run builds for this user: rootless mode is not available (no subordinate ids, no newuidmap, user namespaces disabled; EX_UNAVAILABLE; see vagent check)"},
 	{"78", "invalid configuration (agent.yaml or VIETER_* variables; EX_CONFIG, for RestartPreventExitStatus=78)"},
 	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},
 	{"other", "`vagent build`: the exit status of makepkg"},
@@ -103,7 +104,12 @@ func run1(args []string, stdout, stderr io.Writer) int {
 	}
 	env := &cliEnv{stdout: stdout, stderr: stderr, log: log}
 	root := newRootCmd(env)
-	root.SetArgs(singleDashLongFlags(root, args))
+	args = singleDashLongFlags(root, args)
+	root.SetArgs(args)
+	if err := enterUserNamespace(root, args); err != nil {
+		fmt.Fprintf(stderr, "vagent: %v\n", err)
+		return exitUnavailable
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -66,6 +66,14 @@ func newRunCmd(env *cliEnv) *cobra.Command {
 }
 
 func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
+	if config == "" && rootless() {
+		// An ordinary user's agent.yaml lives where XDG says.
+		found, err := findUserConfig()
+		if err != nil {
+			return &exitError{code: exitConfig, err: err}
+		}
+		config = found
+	}
 	cfg, err := loadAgentConfig(env, config, true)
 	if err != nil {
 		return err

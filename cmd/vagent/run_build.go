@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -41,7 +40,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	if err != nil {
 		return nil, nil, err
 	}
-	ociOpts = append(ociOpts, oci.WithLogger(deps.log), oci.WithProgress(deps.metrics.OCIProgress))
+	ociOpts = append(append(ociOpts, storeOptions()...), oci.WithLogger(deps.log), oci.WithProgress(deps.metrics.OCIProgress))
 	store, err := oci.NewStore(filepath.Join(cfg.DataDir, "images"), ociOpts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("image store: %w", err)
@@ -49,7 +48,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	// Builds run untrusted PKGBUILDs: a binary without seccomp support
 	// refuses to run them (sandbox.ErrNoSeccomp) rather than run them with
 	// less isolation; `make build` links libseccomp in.
-	if os.Geteuid() == 0 {
+	if !rootless() { // rootless, the ids are the user's subordinate ids
 		conflicts := sandbox.IDConflicts(cfg.IDRange.Base, cfg.IDRange.Size)
 		if err := cfg.checkIDRange(conflicts); err != nil {
 			return nil, nil, &exitError{code: exitConfig, err: err}
@@ -64,6 +63,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 		return nil, nil, fmt.Errorf("sandbox: %w", err)
 	}
 	undo = append(undo, sb.Close)
+	warnUnlimited(deps.log, sb)
 	// An agent that cannot give its builds their network takes no job.
 	if cfg.NetworkMode() == sandbox.NetworkIsolated {
 		if err := sb.CheckNetwork(ctx); err != nil {
