@@ -95,6 +95,15 @@ func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("opening %s: %w", dir, err)
 	}
+	// A shifted tree's root is the shifted root's, as the image's own
+	// entries will be: an owner of 0 there is the unpacker's, before any
+	// layer named "./" (a shifted owner is never 0).
+	if shifted := opts.uidShift != 0 || opts.gidShift != 0; shifted && os.Geteuid() == 0 && (st.Uid == 0 || st.Gid == 0) {
+		if err := unix.Fchownat(fd, "", int(opts.uidShift), int(opts.gidShift), unix.AT_EMPTY_PATH); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("chown %s: %w", dir, err)
+		}
+	}
 	return &extractor{
 		rootFD:   fd,
 		opts:     opts,

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/cgroups"
 	"github.com/sirupsen/logrus"
@@ -62,6 +63,45 @@ func (m *Manager) Unlimited() error {
 	return nil
 }
 
+// CgroupDelegated tells, for a rootless agent (as root of its user
+// namespace), whether its cgroup is delegated to it so that Managers can
+// apply cgroup limits to their runs — nil — or why not. For root it is
+// nil. It changes nothing (New does what it needs).
+func CgroupDelegated() error {
+	if !InUserNamespace() {
+		return nil
+	}
+	return delegationOnce()
+}
+
+var delegationOnce = sync.OnceValue(func() error {
+	if !cgroups.IsCgroup2UnifiedMode() {
+		return errors.New(undelegatedV1)
+	}
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return err
+	}
+	mi, err := readMountinfo()
+	if err != nil {
+		return err
+	}
+	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
+	if err != nil {
+		return err
+	}
+	home, _ := planV2(unifiedMountpoint, own)
+	if unix.Access(filepath.Join(unifiedMountpoint, home, "cgroup.procs"), unix.W_OK) != nil ||
+		unix.Access(filepath.Join(unifiedMountpoint, home, "cgroup.subtree_control"), unix.W_OK) != nil {
+		return fmt.Errorf("the agent's cgroup %s is not delegated to it: %s", home, undelegatedHint)
+	}
+	return nil
+})
+
+// undelegatedV1 says why cgroup v1 gives a rootless agent no limits.
+const undelegatedV1 = "cgroup v1 is not delegated to ordinary users: boot the host with cgroup v2 " +
+	"(systemd.unified_cgroup_hierarchy=1) and " + undelegatedHint
+
 // undelegatedHint says how a rootless agent gets a cgroup of its own.
 const undelegatedHint = "run the agent in a delegated cgroup: as a systemd user service with Delegate=yes " +
 	"(contrib/systemd/vagent-user.service), or with systemd-run --user -p Delegate=yes --scope vagent …"
@@ -78,8 +118,7 @@ func setupRootlessCgroups(name string, log logrus.FieldLogger) *cgroupSetup {
 		}
 	}
 	if !cgroups.IsCgroup2UnifiedMode() {
-		return none(errors.New("cgroup v1 is not delegated to ordinary users: boot the host with cgroup v2 " +
-			"(systemd.unified_cgroup_hierarchy=1) and " + undelegatedHint))
+		return none(errors.New(undelegatedV1))
 	}
 	self, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {

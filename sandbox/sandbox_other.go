@@ -39,5 +39,8 @@ func InUserNamespace() bool { return false }
 // RootlessUser reports no rootless mode outside Linux.
 func RootlessUser() (uid uint32, ok bool) { return 0, false }
 
+// CgroupDelegated is nil outside Linux.
+func CgroupDelegated() error { return nil }
+
 // LowerShift is 0 outside Linux.
 func LowerShift() uint32 { return 0 }

@@ -86,6 +86,10 @@ type BuildLimits struct {
 	Memory     Size    `yaml:"memory"`
 	MemorySwap Size    `yaml:"memory_swap"`
 	Pids       int64   `yaml:"pids"`
+	// PidsSet: pids comes from the file or a variable, not the default.
+	// A rootless agent without a delegated cgroup drops the default
+	// (nothing can apply it) but refuses a configured one.
+	PidsSet bool `yaml:"-" json:"-"`
 	CPUs       float64 `yaml:"cpus"`
 	CPUWeight  uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
@@ -471,6 +475,7 @@ func parseConfig(file string, data []byte, getenv func(string) string) (*Config,
 	// default, which validates.
 	l.env(reflect.ValueOf(&c).Elem(), "", getenv)
 	l.validate(&c)
+	_, c.BuildLimits.PidsSet = l.where["build_limits.pids"]
 	if len(l.errs) > 0 {
 		sort.SliceStable(l.errs, func(i, j int) bool { return errLine(l.errs[i]) < errLine(l.errs[j]) })
 		return nil, errors.Join(l.errs...)
@@ -998,7 +1003,11 @@ func (c *Config) OCIOptions() ([]oci.Option, error) {
 // Limits returns the build limits as sandbox limits.
 func (c *Config) Limits() sandbox.Limits {
 	bl := c.BuildLimits
-	return sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs, Disk: int64(bl.Disk)}
+	l := sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs, Disk: int64(bl.Disk)}
+	if !bl.PidsSet && rootless() && sandbox.CgroupDelegated() != nil {
+		l.Pids = 0 // the default, which nothing can apply here (warnUnlimited says so)
+	}
+	return l
 }
 
 // SandboxOptions returns the sandbox options of the configuration.

@@ -109,7 +109,7 @@ func TestConfigKeys(t *testing.T) {
 		{"fsync: false", func(c *Config) any { return c.Fsync }, false},
 		{"id_range: {base: 200000, size: 131072}", func(c *Config) any { return c.IDRange }, IDRange{Base: 200000, Size: 131072}},
 		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50\n  tmp: 256M\n  log: 1M\n  disk: 20GiB",
-			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20, Log: 1 << 20, Disk: 20 << 30}},
+			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, PidsSet: true, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20, Log: 1 << 20, Disk: 20 << 30}},
 		{"build_limits: {disk: 10G}", func(c *Config) any { return c.Limits().Disk }, int64(10 << 30)},
 		{"pacman_cache: {max_size: 4GiB}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(4 << 30)},
 		{"pacman_cache: {max_size: 0}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(0)},
@@ -354,7 +354,7 @@ func TestConfigEnv(t *testing.T) {
 		AgentName: "build-02", LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
-		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20, Disk: 30 << 30},
+		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, PidsSet: true, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20, Disk: 30 << 30},
 		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc", MaxSize: 2 << 30}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		PacmanMirrors: []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
 		Registries:    Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
@@ -499,6 +499,7 @@ func TestConfigExample(t *testing.T) {
 	}
 	want := defaultConfig()
 	want.Address, want.APIKey = c.Address, c.APIKey
+	want.BuildLimits.PidsSet = true // the example names the default
 	if diff := cmp.Diff(&want, c); diff != "" {
 		t.Errorf("example differs from the defaults (-defaults +example):\n%s", diff)
 	}
