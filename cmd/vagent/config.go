@@ -83,15 +83,15 @@ type IDRange struct {
 
 // BuildLimits are the cgroup limits of one build.
 type BuildLimits struct {
-	Memory     Size    `yaml:"memory"`
-	MemorySwap Size    `yaml:"memory_swap"`
-	Pids       int64   `yaml:"pids"`
+	Memory     Size  `yaml:"memory"`
+	MemorySwap Size  `yaml:"memory_swap"`
+	Pids       int64 `yaml:"pids"`
 	// PidsSet: pids comes from the file or a variable, not the default.
 	// A rootless agent without a delegated cgroup drops the default
 	// (nothing can apply it) but refuses a configured one.
-	PidsSet bool `yaml:"-" json:"-"`
-	CPUs       float64 `yaml:"cpus"`
-	CPUWeight  uint64  `yaml:"cpu_weight"`
+	PidsSet   bool    `yaml:"-" json:"-"`
+	CPUs      float64 `yaml:"cpus"`
+	CPUWeight uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
 	Tmp Size `yaml:"tmp"`
 	// Disk bounds what a build adds to the disk (sandbox.Limits.Disk).
