@@ -405,3 +405,53 @@ func nobodyReaches(p string) bool {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
 	return cmd.Run() == nil
 }
+
+// TestRootlessUnavailable runs vagent as a user without subordinate ids
+// (nobody): `vagent check` names what rootless mode lacks with the command
+// that adds it, and a build refuses with exit status 69 saying the same,
+// before it touches anything.
+func TestRootlessUnavailable(t *testing.T) {
+	testkit.RequireRoot(t)
+	dir := sandboxtest.Dir(t)
+	bin := filepath.Join(dir, "vagent")
+	if out, err := exec.Command("cp", os.Args[0], bin).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	home := filepath.Join(dir, "home")
+	if err := os.Mkdir(home, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(home, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = []string{"HOME=" + home, "PATH=/usr/bin:/bin:/usr/sbin:/sbin"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534, Groups: []uint32{}}}
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	out, code := run("check")
+	for _, want := range []string{
+		"MISSING  privileges       rootless: user nobody (uid 65534) could not enter a user namespace of its own",
+		"MISSING  subordinate ids  user nobody has no entry in /etc/subuid and /etc/subgid: sudo usermod --add-subuids ",
+		"ok       newuidmap        /usr/bin/newuidmap",
+		"MISSING  overlayfs        not tried: needs the user namespace",
+		"data dir         " + filepath.Join(home, ".local/share/vagent"),
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("vagent check lacks %q:\n%s", want, out)
+		}
+	}
+	if code != 1 {
+		t.Errorf("vagent check: exit %d, want 1", code)
+	}
+	src := filepath.Join(home, "pkg")
+	out, code = run("build", src)
+	if code != exitUnavailable || !strings.Contains(out, "rootless mode is not available\n  subordinate ids: user nobody has no entry") {
+		t.Errorf("vagent build: exit %d:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(home, ".local")); err == nil {
+		t.Error("the refused build made a data dir")
+	}
+}
