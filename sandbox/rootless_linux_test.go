@@ -366,3 +366,77 @@ func TestRootlessWithoutSubIDs(t *testing.T) {
 		t.Error("RootlessError is not ErrRootless")
 	}
 }
+
+// rootlessVMEnv is set by `make test-vm`'s rootless placement (contrib/vm)
+// when it runs TestRootlessLimits as an ordinary user: "delegated" in a
+// systemd user service with Delegate=yes, "undelegated" outside one.
+const rootlessVMEnv = "VAGENT_VM_ROOTLESS"
+
+// TestRootlessLimits runs as an ordinary user in `make test-vm`'s rootless
+// placement (cgroup v2): the test binary enters its user namespace; in a
+// systemd user service with Delegate=yes a run's memory, pids and cpu
+// limits are what the run reads from its own cgroup files, and its cgroup
+// is gone afterwards; without delegation the same limits are refused
+// naming each one and the fix, and a run without limits works.
+func TestRootlessLimits(t *testing.T) {
+	mode := os.Getenv(rootlessVMEnv)
+	if mode == "" {
+		t.Skip("run by make test-vm as an ordinary user (" + rootlessVMEnv + "=delegated|undelegated)")
+	}
+	if err := sandbox.EnterUserNamespace(); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := sandboxtest.BusyboxRootfs(t)
+	sandboxtest.ShiftTree(t, rootfs, 1)
+	m, err := sandbox.New(filepath.Join(sandboxtest.Dir(t), "data"), sandbox.WithSeccomp(sandbox.SeccompSupported))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	limits := sandbox.Limits{Memory: 256 << 20, Pids: 64, CPUQuota: 0.5, CPUWeight: 50}
+	read := `p=$(sed -n 's/^0:://p' /proc/self/cgroup); echo "cgroup=$p"; for f in memory.max pids.max cpu.max cpu.weight; do echo "$f=$(cat /sys/fs/cgroup$p/$f)"; done`
+	var out sandboxtest.Buffer
+	res, err := m.Run(t.Context(), sandbox.Spec{Lower: rootfs, Env: pathEnv, Output: &out, Limits: &limits, Args: []string{"sh", "-c", read}})
+	switch mode {
+	case "delegated":
+		if err != nil {
+			t.Fatalf("a run with limits in a delegated cgroup: %v", err)
+		}
+		t.Logf("inside the run:\n%s", out.String())
+		for _, want := range []string{"memory.max=268435456\n", "pids.max=64\n", "cpu.max=50000 100000\n", "cpu.weight=50\n"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("the run's cgroup lacks %q (exit %d)", want, res.ExitCode)
+			}
+		}
+		var cg string
+		for _, line := range strings.Split(out.String(), "\n") {
+			if p, ok := strings.CutPrefix(line, "cgroup="); ok {
+				cg = p
+			}
+		}
+		if cg == "" || cg == "/" {
+			t.Fatalf("the run had no cgroup of its own: %q", cg)
+		}
+		if _, err := os.Stat("/sys/fs/cgroup" + cg); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the run's cgroup %s is left: %v", cg, err)
+		}
+	case "undelegated":
+		if !errors.Is(err, sandbox.ErrLimitUnavailable) {
+			t.Fatalf("limits without a delegated cgroup: %v, want ErrLimitUnavailable", err)
+		}
+		for _, want := range []string{`memory (controller "memory")`, `pids (controller "pids")`, `cpu weight (controller "cpu")`, `cpu quota (controller "cpu")`, "Delegate=yes"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("the refusal lacks %q: %v", want, err)
+			}
+		}
+		if m.Unlimited() == nil {
+			t.Error("Unlimited says nothing without a delegated cgroup")
+		}
+		res, err := m.Run(t.Context(), sandbox.Spec{Lower: rootfs, Env: pathEnv, Args: []string{"true"}})
+		if err != nil || res.ExitCode != 0 {
+			t.Errorf("a run without limits: %v %+v", err, res)
+		}
+	default:
+		t.Fatalf("%s=%q", rootlessVMEnv, mode)
+	}
+}
