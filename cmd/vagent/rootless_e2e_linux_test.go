@@ -31,7 +31,7 @@ type rootlessEnv struct {
 // newRootlessEnv makes a user with subordinate ids, installs vagent for
 // it and starts the test stack (as root: the registry and the server are
 // the host's). The agent.yaml it writes sets no data_dir.
-func newRootlessEnv(t *testing.T, ctx context.Context, extra string) *rootlessEnv {
+func newRootlessEnv(t testing.TB, ctx context.Context, extra string) *rootlessEnv {
 	t.Helper()
 	if !sandbox.SeccompSupported {
 		testkit.Unavailable(t, "vagent needs a binary built with -tags seccomp (make test builds it so)")
@@ -65,7 +65,7 @@ func newRootlessEnv(t *testing.T, ctx context.Context, extra string) *rootlessEn
 }
 
 // write writes a file of the user's (its directories too).
-func (e *rootlessEnv) write(t *testing.T, p, content string, mode os.FileMode) {
+func (e *rootlessEnv) write(t testing.TB, p, content string, mode os.FileMode) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		t.Fatal(err)
@@ -81,7 +81,7 @@ func (e *rootlessEnv) write(t *testing.T, p, content string, mode os.FileMode) {
 }
 
 // start starts vagent as the user, its processes watched.
-func (e *rootlessEnv) start(t *testing.T, out *sandboxtest.Buffer, args ...string) (*exec.Cmd, func() error) {
+func (e *rootlessEnv) start(t testing.TB, out *sandboxtest.Buffer, args ...string) (*exec.Cmd, func() error) {
 	t.Helper()
 	cmd := e.u.Command(e.bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
@@ -99,7 +99,7 @@ func (e *rootlessEnv) start(t *testing.T, out *sandboxtest.Buffer, args ...strin
 
 // vagent runs vagent as the user to its end and returns its output and
 // exit status.
-func (e *rootlessEnv) vagent(t *testing.T, args ...string) (string, int) {
+func (e *rootlessEnv) vagent(t testing.TB, args ...string) (string, int) {
 	t.Helper()
 	var out sandboxtest.Buffer
 	cmd, wait := e.start(t, &out, args...)
