@@ -44,7 +44,8 @@ func newRunCmd(env *cliEnv) *cobra.Command {
 		Short: "run the agent: poll the Vieter server and build its jobs",
 		Long: "Run the agent: poll the Vieter server and build its jobs until SIGINT or SIGTERM.\n" +
 			"The configuration is agent.yaml (or --config FILE) with the VIETER_* variables over it;\n" +
-			"without a file it comes from VIETER_* variables alone (see docs/configuration.md).\n\n" +
+			"without a file it comes from VIETER_* variables alone (see docs/configuration.md); an\n" +
+			"ordinary user's agent (rootless, docs/rootless.md) reads ~/.config/vagent/agent.yaml then.\n\n" +
 			"Signals: the first SIGINT/SIGTERM stops polling and lets running builds finish within\n" +
 			"shutdown_grace, the second cancels them, the third exits at once (status 130). SIGHUP\n" +
 			"is ignored: restart the agent to apply a changed configuration.",
