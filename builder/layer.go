@@ -10,47 +10,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/vieter-v/vagent/oci"
 )
-
-// fileLayer is a gzip-compressed layer blob in a file.
-type fileLayer struct {
-	path      string
-	digest    v1.Hash // of the compressed blob
-	diffID    v1.Hash // of the uncompressed tar
-	size      int64
-	mediaType types.MediaType
-}
-
-var _ v1.Layer = (*fileLayer)(nil)
-
-func (l *fileLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
-func (l *fileLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *fileLayer) Size() (int64, error)                { return l.size, nil }
-func (l *fileLayer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
-func (l *fileLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
-
-func (l *fileLayer) Uncompressed() (io.ReadCloser, error) {
-	f, err := os.Open(l.path)
-	if err != nil {
-		return nil, err
-	}
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &gzipReadCloser{zr, f}, nil
-}
-
-type gzipReadCloser struct {
-	*gzip.Reader
-	f *os.File
-}
-
-func (g *gzipReadCloser) Close() error {
-	g.Reader.Close()
-	return g.f.Close()
-}
 
 // hashingWriter hashes and counts what passes through it.
 type hashingWriter struct {
@@ -76,7 +38,7 @@ func (hw *hashingWriter) sum() v1.Hash {
 
 // writeGzipLayer writes the tar that fill produces to path, gzipped, and
 // returns it as a layer of media type mt.
-func writeGzipLayer(path string, mt types.MediaType, fill func(io.Writer) error) (_ *fileLayer, retErr error) {
+func writeGzipLayer(path string, mt types.MediaType, fill func(io.Writer) error) (_ v1.Layer, retErr error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
 		return nil, err
@@ -109,5 +71,5 @@ func writeGzipLayer(path string, mt types.MediaType, fill func(io.Writer) error)
 	if err != nil {
 		return nil, err
 	}
-	return &fileLayer{path: path, digest: compressed.sum(), diffID: uncompressed.sum(), size: compressed.n, mediaType: mt}, nil
+	return oci.FileLayer(path, v1.Descriptor{MediaType: mt, Digest: compressed.sum(), Size: compressed.n}, uncompressed.sum())
 }

@@ -130,7 +130,8 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	}
 	fmt.Fprintf(out, "==> vagent: writing the builder layer\n")
 	_, _, idSize := m.sb.IDRange() // the upper is owned by the sandbox's host ids
-	layer, err := writeGzipLayer(filepath.Join(tmp, "layer.tar.gz"), mt, func(w io.Writer) error {
+	layerPath := filepath.Join(tmp, "layer.tar.gz")
+	layer, err := writeGzipLayer(layerPath, mt, func(w io.Writer) error {
 		return upperTar(ctx, w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize, upper.UserXattr, m.store.Budget())
 	})
 	if err != nil {
@@ -205,14 +206,22 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	if err := m.addImage(ctx, img, base, id); err != nil {
 		return nil, fmt.Errorf("recording the builder image: %w", err)
 	}
-	if err := os.Remove(layer.path); err != nil {
+	if err := os.Remove(layerPath); err != nil {
 		return nil, err
 	}
 
 	// 6. Metadata, then publish.
+	layerDigest, err := layer.Digest()
+	if err != nil {
+		return nil, err
+	}
+	layerSize, err := layer.Size()
+	if err != nil {
+		return nil, err
+	}
 	md := &meta{
 		Version: metaVersion, ID: id, Base: base, BaseDigest: rf.Digest, Digest: digest,
-		LayerDigest: layer.digest, LayerSize: layer.size, Size: size, Created: now,
+		LayerDigest: layerDigest, LayerSize: layerSize, Size: size, Created: now,
 		Recipe: m.recipe, Packages: m.o.packages,
 	}
 	b, err := json.MarshalIndent(md, "", "  ")

@@ -68,7 +68,7 @@ func TestAgentWithBuilder(t *testing.T) {
 		t.Fatal("no log uploaded")
 	}
 	content := string(log.Content)
-	if log.ExitCode != 0 || log.Arch != "x86_64" || !strings.Contains(content, "+ makepkg --nobuild") ||
+	if log.ExitCode != 0 || log.Arch != "x86_64" || !strings.Contains(content, "+ MAKEFLAGS=") ||
 		!strings.Contains(content, "vagent: success (published polled-1-1-any.pkg.tar.zst); exit code 0") {
 		t.Errorf("log %d exit %d arch %s:\n%s", log.ID, log.ExitCode, log.Arch, content)
 	}

@@ -170,7 +170,64 @@ for f in *.pkg*; do curl -fsS -H "X-Api-Key: $KEY" --data-binary "@$f" "$SERVER/
 	b.ReportMetric(median(poverheads).Seconds(), "podman-overhead-s")
 	ratio := float64(median(overheads)) / float64(median(poverheads))
 	b.ReportMetric(ratio, "overhead-vs-podman")
-	b.Logf("podman: total %s, overhead %s; vagent/podman overhead ratio %.2f", median(ptotals), median(poverheads), ratio)
+	// The whole build against the reference flow: vagent runs makepkg once
+	// for this PKGBUILD (no pkgver()), the reference twice.
+	total := float64(median(totals)) / float64(median(ptotals))
+	b.ReportMetric(total, "total-vs-podman")
+	b.Logf("podman: total %s, overhead %s; vagent/podman overhead ratio %.2f, total ratio %.2f", median(ptotals), median(poverheads), ratio, total)
+}
+
+// BenchmarkLocalBuild measures `vagent build` of a trivial local PKGBUILD
+// (Runner.Run from a source directory, copying the package out, through
+// poll.RunJob as the command runs it, builder lease included) with one
+// makepkg run, against the flow of earlier versions (makepkg --nobuild,
+// then makepkg --noextract: job.WithTwoPasses), interleaved round by round
+// on the same warm builder and cache. It reports the medians and their
+// ratio (goal: at most 0.7).
+func BenchmarkLocalBuild(b *testing.B) {
+	e := setup(b)
+	rounds := 5
+	if n, err := strconv.Atoi(os.Getenv("VAGENT_BENCH_ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	src := b.TempDir()
+	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(pkgbuild("local-trivial", "1", "1")), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	runner := func(opts ...job.Option) *job.Runner {
+		r, err := job.New(e.sb, e.images, filepath.Join(b.TempDir(), "build"),
+			append([]job.Option{job.WithOutDir(b.TempDir(), -1, -1), job.WithLocalImages(true), netOpt(e.ts.URL)}, opts...)...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return r
+	}
+	one, two := runner(), runner(job.WithTwoPasses())
+	j := poll.Job{Path: "", BaseImage: e.base, Repo: "local"}
+	run := func(r *job.Runner) time.Duration {
+		var log bytes.Buffer
+		start := time.Now()
+		res := build(b.Context(), r, j, src, poll.DefaultLogLimit, &log)
+		took := time.Since(start)
+		if res.Result != poll.ResultSuccess {
+			b.Fatalf("%s\n%s", res.Reason, log.String())
+		}
+		return took
+	}
+	run(one) // warm-up: the builder, the cache
+	var after, before []time.Duration
+	for range b.N {
+		for range rounds {
+			after = append(after, run(one))
+			before = append(before, run(two))
+		}
+	}
+	ratio := float64(median(after)) / float64(median(before))
+	b.ReportMetric(median(after).Seconds(), "one-makepkg-s")
+	b.ReportMetric(median(before).Seconds(), "two-makepkg-s")
+	b.ReportMetric(ratio, "after-vs-before")
+	b.Logf("vagent build of a trivial PKGBUILD, %d rounds: one makepkg run %s, two (earlier versions) %s; ratio %.2f (medians)",
+		len(after), median(after), median(before), ratio)
 }
 
 // mirrorRate is the speed of the benchmark's package mirror: 100 Mbit/s.

@@ -332,3 +332,72 @@ func TestCachePrune(t *testing.T) {
 }
 
 func cacheKeyOf(id int) string { return cacheKey(poll.Job{TargetID: id}) }
+
+// TestSourceCache: with WithSourceCache a target's cache has a source
+// tree beside its packages, the build's to write; what is neither a file
+// nor a directory is removed at any depth after the build; the trees
+// count towards the bound, and a prune removes the oldest entries
+// (mirrors whole) of the target just built when it alone is too large.
+// Without the option, or in a private cache, there is none.
+func TestSourceCache(t *testing.T) {
+	const mib = 1 << 20
+	if l, _ := lease(t, newCacheRunner(t), poll.Job{TargetID: 5}); l.src != "" {
+		t.Errorf("a source tree without WithSourceCache: %s", l.src)
+	}
+	b := newCacheRunner(t, WithSourceCache(true), WithCacheMaxSize(12*mib))
+	l, _ := lease(t, b, poll.Job{TargetID: 5})
+	if want := filepath.Join(b.cacheDir(), targetsDir, "5", sourceTree); l.src != want {
+		t.Fatalf("source tree %q, want %s", l.src, want)
+	}
+	if private, _ := lease(t, b, poll.Job{TargetID: 5}); private.src != "" {
+		t.Errorf("a private cache has a source tree: %s", private.src)
+	} else {
+		private.release()
+	}
+	write := func(p string, size int, age time.Duration) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, bytes.Repeat([]byte{'s'}, size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		when := time.Now().Add(-age)
+		for _, q := range []string{p, filepath.Dir(p)} {
+			if err := os.Chtimes(q, when, when); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(filepath.Join(l.src, "data.tar.gz"), 1024, 0)
+	write(filepath.Join(l.src, "mirror", "objects", "pack"), 1024, 0)
+	if err := os.Symlink("/etc", filepath.Join(l.src, "mirror", "objects", "escape")); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(filepath.Join(l.src, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.release()
+	for p, want := range map[string]bool{"data.tar.gz": true, "mirror/objects/pack": true, "mirror/objects/escape": false, "fifo": false} {
+		if _, err := os.Lstat(filepath.Join(l.src, p)); (err == nil) != want {
+			t.Errorf("%s after the build: %v, want kept %v", p, err, want)
+		}
+	}
+	// Target 6 alone goes over the bound with its sources: target 5 goes
+	// whole, then 6's oldest mirror.
+	l6, _ := lease(t, b, poll.Job{TargetID: 6})
+	write(filepath.Join(l6.src, "old-mirror", "objects", "pack"), 10*mib, 2*time.Hour)
+	write(filepath.Join(l6.src, "new.tar.gz"), 4*mib, 0)
+	l6.release()
+	if _, err := os.Stat(filepath.Join(b.cacheDir(), targetsDir, "5")); !os.IsNotExist(err) {
+		t.Errorf("target 5 survived a prune that needed its space: %v", err)
+	}
+	ents, _ := os.ReadDir(l6.src)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "new.tar.gz" {
+		t.Errorf("target 6's sources after the prune: %v, want the newest only", names)
+	}
+}

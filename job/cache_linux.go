@@ -29,6 +29,10 @@ import (
 //	                       build that uses this cache; never mounted
 //	      pkg/             0755, owned by the mapped root (sandbox
 //	                       IDRange): mounted on /var/cache/pacman/pkg
+//	      src/             with WithSourceCache: makepkg's SRCDEST
+//	                       (downloaded sources, bare mirrors of VCS
+//	                       sources), mounted on /var/cache/vagent/sources
+//	                       and given to the builder user by the script
 //
 // A build of a target gets its target's pkg/ while the agent holds the
 // target's lock (an exclusive flock, taken without waiting, in the agent's
@@ -57,6 +61,9 @@ const (
 	// cacheTree is the subdirectory of a target's cache (or of a private
 	// cache) that builds see.
 	cacheTree = "pkg"
+	// sourceTree is the subdirectory of a target's cache that holds
+	// makepkg's sources (WithSourceCache).
+	sourceTree = "src"
 )
 
 // cacheKey names the cache of a job: its target id, or for a job without
@@ -145,6 +152,9 @@ func buildTree(parent int, parentPath, name string, uid, gid int) (string, error
 // cacheLease is the package cache of one build.
 type cacheLease struct {
 	tree string // the directory to mount on /var/cache/pacman/pkg
+	// src is the target's source cache to mount on srcCacheMount ("":
+	// none: WithSourceCache is off, or the cache is private).
+	src string
 	// release ends the lease after the build: a target's cache is cleaned
 	// and the whole cache pruned; a private one is removed.
 	release func()
@@ -233,9 +243,29 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 	if err := cleanTree(tree); err != nil {
 		return nil, fmt.Errorf("cleaning the package cache %s: %w", tree, err)
 	}
-	return &cacheLease{tree: tree, release: func() {
+	src := ""
+	if b.opts.sourceCache {
+		top, err := unix.Open(tdir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, err
+		}
+		src, err = buildTree(top, tdir, sourceTree, b.rootUID, b.rootGID)
+		unix.Close(top)
+		if err != nil {
+			return nil, err
+		}
+		if err := cleanSourceTree(src); err != nil {
+			return nil, fmt.Errorf("cleaning the source cache %s: %w", src, err)
+		}
+	}
+	return &cacheLease{tree: tree, src: src, release: func() {
 		if err := cleanTree(tree); err != nil {
 			b.opts.log.WithError(err).WithField("cache", tree).Warn("cleaning a package cache")
+		}
+		if src != "" {
+			if err := cleanSourceTree(src); err != nil {
+				b.opts.log.WithError(err).WithField("cache", src).Warn("cleaning a source cache")
+			}
 		}
 		if err := b.pruneCaches(key); err != nil {
 			b.opts.log.WithError(err).Warn("pruning the package cache")
@@ -303,6 +333,30 @@ func cleanTree(dir string) error {
 	return errors.Join(errs...)
 }
 
+// cleanSourceTree removes from the source cache dir, at any depth,
+// everything that is neither a regular file nor a directory: links,
+// FIFOs, sockets and devices a build left (makepkg keeps downloaded files
+// and bare git mirrors there, which hold neither). Nothing is followed.
+func cleanSourceTree(dir string) error {
+	var errs []error
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == dir {
+				return err
+			}
+			errs = append(errs, err)
+			return nil
+		}
+		if t := d.Type(); !t.IsRegular() && !t.IsDir() {
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		return nil
+	})
+	return errors.Join(append(errs, err)...)
+}
+
 // targetCache is one target's cache as a prune sees it.
 type targetCache struct {
 	key  string
@@ -334,6 +388,11 @@ func (b *Runner) pruneCaches(own string) error {
 			tc.used = fi.ModTime()
 		}
 		n, err := sandbox.DiskUsage(filepath.Join(root, e.Name(), cacheTree))
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			var m int64
+			m, err = sandbox.DiskUsage(filepath.Join(root, e.Name(), sourceTree))
+			n += m
+		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			// Not measurable (a tree a crash left uncleaned): a cache
 			// is worth less than a working prune.
@@ -371,7 +430,16 @@ func (b *Runner) pruneCaches(own string) error {
 	if total <= limit {
 		return nil
 	}
-	return pruneFiles(filepath.Join(root, own, cacheTree), total-limit)
+	need := total - limit
+	freed, err := pruneFiles(filepath.Join(root, own, cacheTree), need)
+	if err != nil || freed >= need {
+		return err
+	}
+	_, err = pruneFiles(filepath.Join(root, own, sourceTree), need-freed)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // removeTargetCache removes the cache of one target unless a build holds
@@ -396,8 +464,10 @@ func removeTargetCache(tdir string) (bool, error) {
 	if !sameFileAt(lock, lockPath) {
 		return false, nil
 	}
-	if err := os.RemoveAll(filepath.Join(tdir, cacheTree)); err != nil {
-		return false, err
+	for _, t := range []string{cacheTree, sourceTree} {
+		if err := os.RemoveAll(filepath.Join(tdir, t)); err != nil {
+			return false, err
+		}
 	}
 	if err := os.Remove(lockPath); err != nil {
 		return true, err
@@ -405,9 +475,11 @@ func removeTargetCache(tdir string) (bool, error) {
 	return true, os.Remove(tdir)
 }
 
-// pruneFiles removes the oldest regular files (by mtime) of the tree dir
-// until at least need bytes are freed.
-func pruneFiles(dir string, need int64) error {
+// pruneFiles removes the oldest entries (by mtime) of the tree dir until
+// at least need bytes are freed, and returns how many were: regular files
+// (the package cache), and whole directories (a source cache's bare
+// mirrors), measured as build_limits.disk measures.
+func pruneFiles(dir string, need int64) (int64, error) {
 	type file struct {
 		name  string
 		mtime time.Time
@@ -415,25 +487,37 @@ func pruneFiles(dir string, need int64) error {
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var files []file
 	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
 		var st unix.Stat_t
-		if err := unix.Lstat(filepath.Join(dir, e.Name()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		if err := unix.Lstat(p, &st); err != nil {
 			continue
 		}
-		files = append(files, file{e.Name(), time.Unix(st.Mtim.Unix()), max(st.Blocks*512, 4096)})
+		size := max(st.Blocks*512, 4096)
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+		case unix.S_IFDIR:
+			if size, err = sandbox.DiskUsage(p); err != nil {
+				continue
+			}
+		default:
+			continue
+		}
+		files = append(files, file{e.Name(), time.Unix(st.Mtim.Unix()), size})
 	}
 	slices.SortFunc(files, func(a, c file) int { return a.mtime.Compare(c.mtime) })
+	var freed int64
 	for _, f := range files {
-		if need <= 0 {
+		if freed >= need {
 			break
 		}
-		if err := os.Remove(filepath.Join(dir, f.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+		if err := os.RemoveAll(filepath.Join(dir, f.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return freed, err
 		}
-		need -= f.size
+		freed += f.size
 	}
-	return nil
+	return freed, nil
 }

@@ -22,18 +22,21 @@
 //     ("[repo]", "Server = <address>/$repo/$arch", "SigLevel = Optional")
 //     and run pacman -Syu; then, as the builder user, fetch the sources (a
 //     shallow git clone of url, branch and path; or the PKGBUILD downloaded
-//     from url), run makepkg --nobuild --syncdeps, and print the fields of
-//     a .SRCINFO the agent needs (the PKGBUILD sourced as makepkg sources
-//     it: makepkg --printsrcinfo takes seconds to load libmakepkg);
+//     from url) and print the fields of a .SRCINFO the agent needs (the
+//     PKGBUILD sourced as makepkg sources it: makepkg --printsrcinfo takes
+//     seconds to load libmakepkg). A PKGBUILD with pkgver() (its version
+//     comes from its sources: VCS) and every offline build run makepkg
+//     --nobuild --syncdeps first; any other is sourced as it is, so that
+//     makepkg runs once in all;
 //  3. the agent reads that .SRCINFO, parses it (ParseSrcInfo) and, unless
 //     the job is forced, asks the server whether every package name at
 //     [epoch:]pkgver-pkgrel is already there (HEAD
 //     <address>/<repo>/<arch>/<pkgname>-<version>); it tells the script to
 //     build or to stop;
-//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps --noextract; with
-//     WithOfflineBuild the agent cuts the build's network before it says
-//     "build" (sandbox.NetworkControl), so build() and package() run
-//     without it;
+//  4. MAKEFLAGS=-j<cpus> makepkg --syncdeps (--noextract after a --nobuild
+//     pass); with WithOfflineBuild the agent cuts the build's network
+//     before it says "build" (sandbox.NetworkControl), so build() and
+//     package() run without it;
 //  5. the agent takes the packages from the run's overlay upper directory
 //     and publishes each to <address>/<repo>/publish.
 //
@@ -142,7 +145,11 @@
 // or opened) and prunes all caches to WithCacheMaxSize: the least recently
 // used targets (by the lock's mtime, which only the agent sets) go whole,
 // then the oldest files of the target just built. What the cache holds
-// counts toward the build's disk limit as it grows.
+// counts toward the build's disk limit as it grows. With WithSourceCache a
+// target's cache also has src/, makepkg's SRCDEST (mounted on
+// /var/cache/vagent/sources, given to the builder user by the script),
+// under the same lease, cleaning (links, FIFOs removed at any depth) and
+// bound; never one shared across targets.
 //
 // The Runner's own directory (run control directories, private caches) is
 // 0700 and root's: when the container's init (the mapped root) cannot
@@ -154,5 +161,23 @@
 // Without WithServer there is no skip check and nothing is published: with
 // WithOutDir the packages are copied to a directory instead. Run with a
 // source directory builds a local directory holding a PKGBUILD, mounted
-// read-only into the container and copied there. This is `vagent build`.
+// read-only into the container and copied there without the outputs of
+// earlier builds (packages and build logs next to the PKGBUILD, the output
+// directory: source.go). This is `vagent build`, which adds what devtools
+// users expect: WithInstall (local packages installed with pacman -U
+// before the dependencies, makechrootpkg -I), WithCheck (checkpkg: each
+// package against the repositories' version, script/checkpkg),
+// WithInspect (the build's tree kept for Built.Inspect, an interactive
+// shell as the builder in a second sandbox run on the kept upper, until
+// Built.Release) and WithSourceCache (makepkg's SRCDEST in the target's
+// cache, cache_linux.go).
+//
+// # Failures
+//
+// A failed build names the step that failed: the script writes it to
+// /build/.vagent-failed (the clone, the download, the path, a source
+// without PKGBUILD, the upgrade, the packages of -I, and for makepkg the
+// sources, the dependencies or the function, from makepkg's own message),
+// the agent reads it beneath the upper (bounded, no link followed) and the
+// footer says it with what makepkg's exit status means (failure.go).
 package job

@@ -29,7 +29,7 @@ func TestGitBranchPath(t *testing.T) {
 	b := newBuilder(t, e, netOpt(url)) // the git server: forwarded
 	r, log := runJob(t, b, poll.Job{TargetID: 1, Kind: "git", URL: url, Branch: "release", Path: "pkgs/hello", Repo: repo, BaseImage: e.base})
 	wantStatus(t, r, log, poll.ResultSuccess, 0)
-	for _, want := range []string{"+ git clone --single-branch --depth 1 --branch=release -- " + url + " repo", "+ cd -- /build/repo/pkgs/hello", "+ makepkg --nobuild", "building hello", "+ vagent: publish hello-1.2-3-any.pkg.tar.zst"} {
+	for _, want := range []string{"+ git clone --single-branch --depth 1 --branch=release -- " + url + " repo", "+ cd -- /build/repo/pkgs/hello", "+ MAKEFLAGS=", "building hello", "+ vagent: publish hello-1.2-3-any.pkg.tar.zst"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
 		}
@@ -233,7 +233,8 @@ func TestEpoch(t *testing.T) {
 }
 
 // TestFailingBuild reports a failing build() with makepkg's exit code and
-// its complete log, and publishes nothing.
+// its complete log, names the step that failed and what makepkg's exit
+// status means, and publishes nothing.
 func TestFailingBuild(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
@@ -241,19 +242,78 @@ func TestFailingBuild(t *testing.T) {
 		`build() { echo "output before the failure"; echo "on stderr" >&2; return 3; }`, 1))
 	repo := newRepo()
 	r, log := runJob(t, newBuilder(t, e), poll.Job{TargetID: 5, Kind: "url", URL: url, Repo: repo, BaseImage: e.base})
-	if r.Result != poll.ResultFailure || r.ExitCode == 0 {
-		t.Fatalf("status %s exit %d, want a failure:\n%s", r.Result, r.ExitCode, log)
+	if r.Result != poll.ResultFailure || r.ExitCode != 4 {
+		t.Fatalf("status %s exit %d, want a failure with makepkg's 4:\n%s", r.Result, r.ExitCode, log)
 	}
-	for _, want := range []string{"+ makepkg --nobuild", "output before the failure", "on stderr", "A failure occurred in build()"} {
+	for _, want := range []string{"+ MAKEFLAGS=", "output before the failure", "on stderr", "A failure occurred in build()"} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
 		}
 	}
-	if got, want := lastLine(log), fmt.Sprintf("vagent: failure; exit code %d; took ", r.ExitCode); !strings.HasPrefix(got, want) {
+	want := "vagent: failure (build() failed: makepkg exit status 4, a function of the PKGBUILD failed); exit code 4; took "
+	if got := lastLine(log); !strings.HasPrefix(got, want) {
 		t.Errorf("summary %q, want %q...", got, want)
 	}
 	if pkgs := e.srv.Packages(repo, "x86_64"); len(pkgs) != 0 {
 		t.Errorf("failed build published %+v", pkgs)
+	}
+}
+
+// TestFailureSteps: a failed build's footer names the step that failed —
+// the clone, the path, the sources, the dependencies, a function of the
+// PKGBUILD — and what makepkg's exit status means.
+func TestFailureSteps(t *testing.T) {
+	e := setup(t)
+	g := testkit.NewGitServer(t)
+	gitURL := g.Commit(t, "steps", "", map[string]string{"pkg/PKGBUILD": pkgbuild("steps", "1", "1")})
+	replace := func(from, to string) string {
+		return strings.Replace(pkgbuild("steps", "1", "1"), from, to, 1)
+	}
+	for _, tc := range []struct {
+		name string
+		job  poll.Job
+		code int
+		want string
+	}{
+		{"clone", poll.Job{Kind: "git", URL: gitURL + "-missing"}, 128, "git clone failed with exit status 128"},
+		{"path", poll.Job{Kind: "git", URL: gitURL, Path: "nope"}, 1, "the path is not in the repository"},
+		{"no PKGBUILD", poll.Job{Kind: "git", URL: gitURL}, 1, "the source has no PKGBUILD"},
+		{"sources", poll.Job{Kind: "url", URL: serveFile(t, replace("license=(MIT)", "license=(MIT)\nsource=(http://127.0.0.1:1/gone.tar.gz)\nsha256sums=(SKIP)"))},
+			1, "the sources failed (download, checksums, signatures or extraction): makepkg exit status 1, an error"},
+		{"dependencies", poll.Job{Kind: "url", URL: serveFile(t, replace("license=(MIT)", "license=(MIT)\ndepends=(no-such-package)"))},
+			8, "installing the dependencies failed: makepkg exit status 8, the dependencies could not be installed"},
+		{"package()", poll.Job{Kind: "url", URL: serveFile(t, replace(`mkdir -p "$pkgdir/usr/share/$pkgname"`, "false"))},
+			4, "package() failed: makepkg exit status 4, a function of the PKGBUILD failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			j := tc.job
+			j.TargetID, j.Repo, j.BaseImage = 50, newRepo(), e.base
+			r, log := runJob(t, newBuilder(t, e, netOpt(gitURL)), j)
+			wantStatus(t, r, log, poll.ResultFailure, tc.code)
+			want := fmt.Sprintf("vagent: failure (%s); exit code %d; took ", tc.want, tc.code)
+			if got := lastLine(log); !strings.HasPrefix(got, want) {
+				t.Errorf("summary %q, want %q...\n%s", got, want, log)
+			}
+		})
+	}
+}
+
+// TestDumbHTTPGit builds from a git server that speaks the dumb HTTP
+// protocol (static files): the shallow clone it cannot serve is retried
+// in full, saying why.
+func TestDumbHTTPGit(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	g := testkit.NewDumbGitServer(t)
+	url := g.Commit(t, "dumb", "", map[string]string{"PKGBUILD": pkgbuild("dumb", "1", "1")})
+	r, log := runJob(t, newBuilder(t, e, netOpt(url)), poll.Job{TargetID: 51, Kind: "git", URL: url, Repo: newRepo(), BaseImage: e.base})
+	wantStatus(t, r, log, poll.ResultSuccess, 0)
+	for _, want := range []string{"dumb http transport does not support shallow", "vagent: the server speaks git's dumb HTTP protocol, which cannot clone shallow: cloning the whole history",
+		"+ git clone --single-branch -- " + url + " repo", "+ vagent: publish dumb-1-1-any.pkg.tar.zst"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
 	}
 }
 

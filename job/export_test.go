@@ -30,3 +30,13 @@ func WithSrcInfoWithin(d time.Duration) Option {
 		return nil
 	}
 }
+
+// WithTwoPasses makes every build run makepkg --nobuild first, as builds
+// did before PKGBUILDs without pkgver() ran makepkg once: the "before" of
+// the benchmarks' comparison.
+func WithTwoPasses() Option {
+	return func(o *options) error {
+		o.twoPasses = true
+		return nil
+	}
+}

@@ -133,6 +133,17 @@ func (f *fakeSandbox) Run(ctx context.Context, spec sandbox.Spec) (*sandbox.Resu
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("not started: %w", err)
 	}
+	if spec.Terminal != nil {
+		// An inspection: a shell on the kept upper, attached and ended.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		w.Close()
+		spec.Terminal(r)
+		r.Close()
+		return &sandbox.Result{Started: time.Now(), Finished: time.Now(), Upper: spec.Upper}, nil
+	}
 	ctl := ""
 	for _, m := range spec.Mounts {
 		if m.Target == "/run/vagent" {

@@ -317,13 +317,13 @@ func TestHostileBuilds(t *testing.T) {
 		}
 	})
 
-	// A length line without its newline, forged from prepare() before
-	// build.sh sends the real one (which then reads as part of a length
-	// beyond what follows): the agent answers "fail" once the bound from
-	// the first byte has passed, not at the job's timeout.
+	// A length line without its newline, forged while the PKGBUILD is
+	// sourced, before build.sh sends the real one (which then reads as part
+	// of a length beyond what follows): the agent answers "fail" once the
+	// bound from the first byte has passed, not at the job's timeout.
 	t.Run("srcinfo length line without newline", func(t *testing.T) {
 		t.Parallel()
-		forge := `prepare() { printf 12 >/run/vagent/srcinfo; echo "length forged"; }`
+		forge := `printf 12 >/run/vagent/srcinfo; echo "length forged"`
 		b := newBuilder(t, e, job.WithSrcInfoWithin(2*time.Second))
 		r, log := runJob(t, b, poll.Job{TargetID: 53, Kind: "url", URL: serveFile(t, pkgbuild("forge", "1", "1", forge)), Repo: newRepo(), BaseImage: e.base, Timeout: 300})
 		if !strings.Contains(log, "length forged") {

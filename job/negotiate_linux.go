@@ -52,7 +52,7 @@ func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, 
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	for _, name := range []string{"build.sh", "git-credential"} {
+	for _, name := range []string{"build.sh", "git-credential", "checkpkg"} {
 		data, err := scripts.ReadFile("script/" + name)
 		if err != nil {
 			return nil, err

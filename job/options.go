@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/vieter-v/vagent/internal/pacman"
+	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 	"github.com/vieter-v/vagent/vieter"
 )
@@ -46,6 +47,19 @@ type options struct {
 	network sandbox.NetworkMode
 	forward []string
 	offline bool
+	// install are package files installed into every build (WithInstall).
+	install []string
+	// check compares the packages with the repositories' (WithCheck).
+	check bool
+	// inspect selects the builds that keep their tree (WithInspect).
+	inspect func(poll.Result) bool
+	// sourceCache keeps makepkg's sources in each target's cache
+	// (WithSourceCache).
+	sourceCache bool
+	// twoPasses runs makepkg --nobuild first even without pkgver(): the
+	// flow of earlier versions, for the benchmarks' comparison
+	// (export_test.go).
+	twoPasses bool
 	// srcInfoWithin bounds the .SRCINFO's transfer from its first byte
 	// (SrcInfoWithin; WithSrcInfoWithin in tests).
 	srcInfoWithin time.Duration
@@ -285,6 +299,73 @@ func WithNetwork(mode sandbox.NetworkMode, forward ...string) Option {
 func WithOfflineBuild(on bool) Option {
 	return func(o *options) error {
 		o.offline = on
+		return nil
+	}
+}
+
+// WithInstall installs the package files paths into every build with
+// pacman -U, before the build's dependencies are resolved (makechrootpkg
+// -I): a locally built dependency needs no repository. Each is checked as
+// a package the agent publishes (see CheckInstall) and copied for each
+// build. Default: none.
+func WithInstall(paths ...string) Option {
+	return func(o *options) error {
+		seen := map[string]bool{}
+		for _, p := range paths {
+			if !filepath.IsAbs(p) {
+				return fmt.Errorf("%w: package %q: must be an absolute path", ErrBadConfig, p)
+			}
+			if err := pacman.ValidatePackageFile(filepath.Base(p)); err != nil {
+				return fmt.Errorf("%w: %s: %w", ErrBadConfig, filepath.Dir(p), err)
+			}
+			if seen[filepath.Base(p)] {
+				return fmt.Errorf("%w: two packages named %s", ErrBadConfig, filepath.Base(p))
+			}
+			seen[filepath.Base(p)] = true
+			o.install = append(o.install, p)
+		}
+		return nil
+	}
+}
+
+// WithCheck compares, after each successful build, every package with the
+// version the build's repositories hold, as devtools' checkpkg does:
+// files added and removed, sonames provided and needed added and removed,
+// printed into the log (job/script/checkpkg). The repositories' versions
+// are downloaded before the build, while the build has the network; the
+// comparison never fails the build. Default: off.
+func WithCheck(on bool) Option {
+	return func(o *options) error {
+		o.check = on
+		return nil
+	}
+}
+
+// WithInspect keeps, after each build whose result keep selects (failure,
+// timeout, success...; a build stopped before its sandbox ran keeps
+// nothing), the build's tree and everything it ran on — the builder lease,
+// the control directory, the package cache — for Built.Inspect, until
+// Built.Release, which the caller must then call. Default: none.
+func WithInspect(keep func(poll.Result) bool) Option {
+	return func(o *options) error {
+		o.inspect = keep
+		return nil
+	}
+}
+
+// WithSourceCache keeps makepkg's sources (SRCDEST: downloaded files,
+// bare mirrors of VCS sources, which makepkg updates) in each target's
+// cache beside its packages, so that a target's next build downloads
+// nothing again; makepkg checks every source against the PKGBUILD's
+// checksums as usual. It follows the package cache: one per target, one
+// build of the target at a time, none for a build that gets a private
+// cache or when the caches are off (WithCacheDir("")), and counted in
+// WithCacheMaxSize. Per target, never shared across targets: a cache a
+// build of one target could write and another read would be a way to
+// poison the other's sources. Default: off (on in `vagent build`).
+func WithSourceCache(on bool) Option {
+	return func(o *options) error {
+		o.sourceCache = on
 		return nil
 	}
 }

@@ -440,7 +440,7 @@ func checkSpec(t *testing.T, s sandbox.Spec, j poll.Job, rootfs, server string) 
 			vagentEnv = append(vagentEnv, e)
 		}
 	}
-	want := []string{"VAGENT_KIND=" + j.Kind, "VAGENT_URL=" + j.URL, "VAGENT_BRANCH=" + j.Branch, "VAGENT_PATH=" + j.Path, "VAGENT_JOBS=3", "VAGENT_OFFLINE=0"}
+	want := []string{"VAGENT_KIND=" + j.Kind, "VAGENT_URL=" + j.URL, "VAGENT_BRANCH=" + j.Branch, "VAGENT_PATH=" + j.Path, "VAGENT_JOBS=3", "VAGENT_OFFLINE=0", "VAGENT_CHECK=false"}
 	if !slices.Equal(vagentEnv, want) {
 		t.Errorf("job environment %q, want %q", vagentEnv, want)
 	}

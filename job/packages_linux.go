@@ -230,3 +230,38 @@ func (b *Runner) copyOut(open func() (*os.File, error), name string) error {
 		return nil
 	})
 }
+
+// failedStepFile is where the script records the step a failed build
+// failed in (relative to the root).
+const failedStepFile = "build/.vagent-failed"
+
+// failedStep returns the step a failed build recorded, "" when it recorded
+// none. The build wrote the file and may have made it anything: it is
+// opened beneath the upper without following links, must be a regular
+// file, and is read within 64 bytes; failureDetail accepts known steps
+// only.
+func failedStep(upper *sandbox.Upper) string {
+	if upper == nil {
+		return ""
+	}
+	root, err := unix.Open(upper.Path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, failedStepFile, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	})
+	if err != nil {
+		return ""
+	}
+	f := os.NewFile(uintptr(fd), failedStepFile)
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return ""
+	}
+	b := make([]byte, 64)
+	n, _ := io.ReadFull(f, b)
+	return strings.TrimSpace(string(b[:n]))
+}

@@ -22,7 +22,10 @@ const (
 	ctlMount   = "/run/vagent"
 	srcMount   = "/run/vagent-src"
 	cacheMount = "/var/cache/pacman/pkg"
-	outDir     = "build/out" // PKGDEST, relative to the root
+	// srcCacheMount is makepkg's SRCDEST when the target has a source
+	// cache (WithSourceCache).
+	srcCacheMount = "/var/cache/vagent/sources"
+	outDir        = "build/out" // PKGDEST, relative to the root
 )
 
 // containerPath is the PATH of the reference agent's builds.
@@ -48,13 +51,35 @@ func (b *Runner) run(ctx context.Context, job poll.Job, srcDir string, log io.Wr
 	if ws == nil {
 		return e
 	}
-	defer ws.release()
+	kept := false
+	defer func() {
+		if !kept {
+			ws.release()
+		}
+	}()
 	ran, e := b.runSandbox(ctx, job, srcDir, ws, log)
 	if ran == nil {
 		return e
 	}
-	defer ran.release()
+	defer func() {
+		if !kept {
+			ran.release()
+		}
+	}()
 	built.SrcInfo = ran.decision.info
+	e = b.finish(ctx, job, ran, log, built)
+	// A build to inspect keeps its tree and everything it ran on until
+	// the caller's Built.Release.
+	if b.opts.inspect != nil && ran.res.Upper != nil && b.opts.inspect(inspectResult(ctx, e.result)) {
+		kept = true
+		built.kept = &keptBuild{b: b, job: job, ws: ws, ran: ran}
+	}
+	return e
+}
+
+// finish ends a build whose sandbox ran: its verdict, then, for a build
+// that succeeded, its packages.
+func (b *Runner) finish(ctx context.Context, job poll.Job, ran *ran, log io.Writer, built *Built) ending {
 	if e, done := ran.verdict(ctx); done {
 		return e
 	}
@@ -76,7 +101,7 @@ func (b *Runner) check(job poll.Job, srcDir string) (ending, bool) {
 	if srcDir == "" {
 		err = ValidateJob(job, b.opts.localImages)
 	} else {
-		err = errors.Join(validatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
+		err = errors.Join(ValidatePath(job.Path), validateBaseImage(job.BaseImage, b.opts.localImages))
 	}
 	if err == nil && b.opts.server != nil {
 		err = ValidateRepo(job.Repo)
@@ -95,7 +120,9 @@ type workspace struct {
 	repos  []pacman.Repo // the repositories added to the build's pacman.conf
 	run    *runDir       // the control directory
 	cache  string        // the package cache tree to mount (see cache_linux.go)
-	undo   []func()
+	// sources is the target's source cache tree to mount ("": none).
+	sources string
+	undo    []func()
 }
 
 func (w *workspace) release() {
@@ -141,7 +168,7 @@ func (b *Runner) prepare(ctx context.Context, job poll.Job, log io.Writer) (_ *w
 	if err != nil {
 		return nil, setupFailed(ctx, "preparing the package cache", err)
 	}
-	ws.cache = cache.tree
+	ws.cache, ws.sources = cache.tree, cache.src
 	ws.undo = append(ws.undo, cache.release)
 	ok = true
 	return ws, ending{}
@@ -161,14 +188,25 @@ type ran struct {
 // FIFOs. It returns nil and the ending when the run could not start or was
 // stopped before it ended.
 func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws *workspace, log io.Writer) (*ran, ending) {
+	if srcDir != "" {
+		ex, err := b.sourceExcludes(srcDir, job.Path)
+		if err == nil {
+			err = writeExcludes(ws.run.dir, ex)
+		}
+		if err != nil {
+			return nil, setupFailed(ctx, "reading the source", err)
+		}
+	}
+	if err := b.copyInstall(ws.run.dir); err != nil {
+		return nil, setupFailed(ctx, "copying the packages to install", err)
+	}
 	// An offline build(): the agent cuts the network before it answers
 	// "build".
 	var ctl *sandbox.NetworkControl
 	var cut func() error
-	offline := "0"
 	if b.opts.offline {
 		ctl = sandbox.NewNetworkControl()
-		cut, offline = ctl.Cut, "1"
+		cut = ctl.Cut
 	}
 	decided := make(chan decision, 1)
 	var wg sync.WaitGroup
@@ -177,28 +215,8 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 		defer wg.Done()
 		decided <- b.negotiate(ctx, ws.run, job, cut)
 	}()
-	spec := sandbox.Spec{
-		Lower: ws.rootfs,
-		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
-		Env: []string{
-			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
-			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
-			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
-			"VAGENT_OFFLINE=" + offline,
-		},
-		Dir:      "/",
-		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
-		Mounts: []sandbox.Mount{
-			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
-			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
-		},
-		Limits:         b.opts.limits,
-		KeepUpper:      true,
-		Output:         log,
-		Network:        b.opts.network,
-		Forward:        b.forwards(ws.repos),
-		NetworkControl: ctl,
-	}
+	spec := b.spec(job, ws, log)
+	spec.NetworkControl = ctl
 	if srcDir != "" {
 		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: srcDir, Target: srcMount, ReadOnly: true, IDMapped: true})
 	}
@@ -230,6 +248,46 @@ func (b *Runner) runSandbox(ctx context.Context, job poll.Job, srcDir string, ws
 	return r, ending{}
 }
 
+// spec is the sandbox run of the build script on the workspace, for the
+// build (runSandbox) and an inspection (Built.Inspect).
+func (b *Runner) spec(job poll.Job, ws *workspace, log io.Writer) sandbox.Spec {
+	// An offline build(): the agent cuts the network before it answers
+	// "build" (runSandbox's NetworkControl).
+	offline := "0"
+	if b.opts.offline {
+		offline = "1"
+	}
+	spec := sandbox.Spec{
+		Lower: ws.rootfs,
+		Args:  []string{"/bin/bash", ctlMount + "/build.sh"},
+		Env: []string{
+			"PATH=" + containerPath, "HOME=/root", "LANG=C.UTF-8",
+			"VAGENT_KIND=" + job.Kind, "VAGENT_URL=" + ws.url, "VAGENT_BRANCH=" + job.Branch,
+			"VAGENT_PATH=" + job.Path, "VAGENT_JOBS=" + strconv.Itoa(b.opts.jobs),
+			"VAGENT_OFFLINE=" + offline, "VAGENT_CHECK=" + strconv.FormatBool(b.opts.check),
+		},
+		Dir:      "/",
+		Hostname: "localhost", // resolvable through the host's /etc/hosts (sudo looks it up)
+		Mounts: []sandbox.Mount{
+			{Source: ws.run.dir, Target: ctlMount, ReadOnly: true},
+			{Source: ws.cache, Target: cacheMount}, // owned by the mapped root: no id mapping
+		},
+		Limits:    b.opts.limits,
+		KeepUpper: true,
+		Output:    log,
+		Network:   b.opts.network,
+		Forward:   b.forwards(ws.repos),
+	}
+	if b.opts.twoPasses {
+		spec.Env = append(spec.Env, "VAGENT_PASSES=2")
+	}
+	if ws.sources != "" {
+		spec.Mounts = append(spec.Mounts, sandbox.Mount{Source: ws.sources, Target: srcCacheMount}) // the mapped root's, as the package cache
+		spec.Env = append(spec.Env, "VAGENT_SRCDEST="+srcCacheMount)
+	}
+	return spec
+}
+
 // verdict ends the build unless the script ran to a successful end after
 // the agent said "build".
 func (r *ran) verdict(ctx context.Context) (ending, bool) {
@@ -248,6 +306,10 @@ func (r *ran) verdict(ctx context.Context) (ending, bool) {
 			// The agent refused the .SRCINFO and the script failed on
 			// that answer: say why in the footer too.
 			e.detail = d.reason
+		default:
+			// The step the script says failed, and what makepkg's
+			// exit status means.
+			e.detail = failureDetail(failedStep(res.Upper), res.ExitCode)
 		}
 		return e, true
 	case d.skip:

@@ -15,9 +15,10 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-// The build script and git's credential helper, constants of the binary.
+// The build script, git's credential helper and the package check,
+// constants of the binary.
 //
-//go:embed script/build.sh script/git-credential
+//go:embed script/build.sh script/git-credential script/checkpkg
 var scripts embed.FS
 
 // Images lends builder root filesystems for base images.
@@ -187,6 +188,10 @@ type Built struct {
 	// Packages are the file names of the packages published (and
 	// confirmed by the server) or copied to the output directory.
 	Packages []string
+
+	// kept is the tree of a build WithInspect selected (Inspect,
+	// Release).
+	kept *keptBuild
 }
 
 // Execute runs a job from the poll loop: it implements poll.Executor (see
@@ -257,4 +262,14 @@ func setupFailed(ctx context.Context, what string, err error) ending {
 		return stopped
 	}
 	return ending{result: poll.ResultSetupError, code: poll.ExitSetupError, detail: what, err: err, setup: true}
+}
+
+// Shell is an interactive shell in a kept build (Built.Inspect).
+type Shell struct {
+	// Term is the shell's TERM (default "xterm").
+	Term string
+	// Attach connects the user's terminal with the shell's, whose master
+	// side it gets (see sandbox.Spec.Terminal): it must return once a
+	// read of the master fails.
+	Attach func(master *os.File)
 }

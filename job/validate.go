@@ -36,7 +36,7 @@ func ValidateJob(j poll.Job, localImages bool) error {
 	if j.Kind == "url" && j.Branch != "" {
 		return fmt.Errorf("%w: branch is only for git sources", ErrInvalidJob)
 	}
-	if err := validatePath(j.Path); err != nil {
+	if err := ValidatePath(j.Path); err != nil {
 		return err
 	}
 	if err := ValidateRepo(j.Repo); err != nil {
@@ -141,7 +141,9 @@ func validateBranch(b string) error {
 // validatePath accepts a relative path below the clone: no "..", not
 // absolute, no control characters. Symbolic links are checked in the
 // container, where they resolve.
-func validatePath(p string) error {
+// ValidatePath checks a job's path: relative, inside the repository (no
+// ".." component), not an option, without control characters.
+func ValidatePath(p string) error {
 	if p == "" {
 		return nil
 	}

@@ -72,8 +72,8 @@ func (si *storeImage) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) 
 	return nil, fmt.Errorf("image has no layer %s: %w", h, ErrNotFound)
 }
 
-// storeLayer is a layer blob in a file the store verified when it was
-// written.
+// storeLayer is a layer blob in a file: one the store verified when it
+// was written, or FileLayer's.
 type storeLayer struct {
 	path string
 	desc v1.Descriptor
@@ -83,3 +83,20 @@ func (l *storeLayer) Digest() (v1.Hash, error)            { return l.desc.Digest
 func (l *storeLayer) Size() (int64, error)                { return l.desc.Size, nil }
 func (l *storeLayer) MediaType() (types.MediaType, error) { return l.desc.MediaType, nil }
 func (l *storeLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
+
+// knownDiffID is a storeLayer whose diff id its writer computed.
+type knownDiffID struct {
+	storeLayer
+	diffID v1.Hash
+}
+
+func (l *knownDiffID) DiffID() (v1.Hash, error) { return l.diffID, nil }
+
+// FileLayer returns the layer whose blob is the file path, compressed as
+// desc.MediaType says (gzip, zstd or none), with desc's digest and size
+// and the diff id diffID, all computed by whoever wrote the file:
+// go-containerregistry's partial.CompressedToLayer over a file, which
+// decompresses what Uncompressed returns.
+func FileLayer(path string, desc v1.Descriptor, diffID v1.Hash) (v1.Layer, error) {
+	return partial.CompressedToLayer(&knownDiffID{storeLayer{path: path, desc: desc}, diffID})
+}

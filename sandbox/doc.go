@@ -62,7 +62,12 @@
 //     the same way; docs/sandbox.md, "Disk limit").
 //
 // Output: the process's stdout and stderr are one pipe copied live, in
-// order, to [Spec.Output]; nothing is buffered whole.
+// order, to [Spec.Output]; nothing is buffered whole. With [Spec.Terminal]
+// the process gets a pseudo-terminal the container's init makes on the
+// container's own /dev/pts instead, whose master side the caller gets (an
+// interactive shell). [Spec.Upper] starts a run on the upper an earlier
+// run kept, which is moved into the run and back (a second look at a
+// finished build's tree).
 //
 // Stopping: when the run's context ends, every process of the container gets
 // SIGTERM, then after [Spec.Grace] (default 1s, see [WithGrace]) SIGKILL; the

@@ -74,21 +74,34 @@ func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
 		}
 		lower = d.lower
 	}
-	for _, dir := range []string{d.upper, d.work} {
-		if err := os.Mkdir(dir, 0o755); err != nil {
+	if err := os.Mkdir(d.work, 0o755); err != nil {
+		return err
+	}
+	if spec.Upper != nil {
+		// An upper an earlier run kept: moved in for this run (teardown
+		// moves it back), so that a crash leaves it where recovery
+		// removes runs.
+		if filepath.Dir(spec.Upper.Path) != m.keptDir {
+			return fmt.Errorf("%w: %s is not an upper this Manager kept", ErrInvalidSpec, spec.Upper.Path)
+		}
+		if err := os.Rename(spec.Upper.Path, d.upper); err != nil {
+			return fmt.Errorf("taking the kept upper: %w", err)
+		}
+	} else {
+		if err := os.Mkdir(d.upper, 0o755); err != nil {
 			return err
 		}
-	}
-	// The upper's root is the container's "/": owned by container root.
-	if err := os.Chown(d.upper, int(m.rootUID), int(m.rootGID)); err != nil {
-		return err
-	}
-	fi, err := os.Stat(spec.Lower)
-	if err != nil {
-		return err
-	}
-	if err := os.Chmod(d.upper, fi.Mode().Perm()); err != nil {
-		return err
+		// The upper's root is the container's "/": owned by container root.
+		if err := os.Chown(d.upper, int(m.rootUID), int(m.rootGID)); err != nil {
+			return err
+		}
+		fi, err := os.Stat(spec.Lower)
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(d.upper, fi.Mode().Perm()); err != nil {
+			return err
+		}
 	}
 	// volatile: no syncfs of the upper's filesystem at unmount, which made
 	// teardown wait for unrelated disk I/O. A crash loses nothing of value:

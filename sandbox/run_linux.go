@@ -137,6 +137,16 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		UID: int(spec.UID), GID: int(spec.GID), AdditionalGroups: groups,
 		Cwd: dir, Stdout: pw, Stderr: pw, Init: true,
 	}
+	var term *terminal
+	if spec.Terminal != nil {
+		if term, err = newTerminal(); err != nil {
+			pw.Close()
+			cp.wait(r.log)
+			return nil, err
+		}
+		defer term.close()
+		p.Stdout, p.Stderr, p.ConsoleSocket = nil, nil, term.child
+	}
 	// The container is created and its init started while pasta sets up
 	// the isolated network; the command runs once both are done.
 	err = c.Start(p)
@@ -147,6 +157,18 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		err = c.Exec()
 	}
 	pw.Close()
+	if err == nil && term != nil {
+		if aerr := term.attach(spec.Terminal); aerr != nil {
+			waitCh := make(chan *os.ProcessState, 1)
+			go func() {
+				ps, _ := p.Wait()
+				waitCh <- ps
+			}()
+			r.stop(p, waitCh)
+			cp.wait(r.log)
+			return nil, fmt.Errorf("starting container: %w", aerr)
+		}
+	}
 	if err != nil {
 		if code, ok := execFailure(err); ok {
 			cp.wait(r.log)
@@ -296,7 +318,15 @@ func (r *run) doTeardown() error {
 		// Never remove a directory that may still have a mount under it.
 		return errors.Join(append(errs, err)...)
 	}
-	if r.spec.KeepUpper && len(errs) == 0 {
+	if r.spec.Upper != nil && len(errs) == 0 {
+		// The kept upper the run started on goes back to its place.
+		if _, err := os.Lstat(r.dirs.upper); err == nil {
+			if err := os.Rename(r.dirs.upper, r.spec.Upper.Path); err != nil {
+				errs = append(errs, fmt.Errorf("keeping upper: %w", err))
+			}
+		}
+		r.upper = r.spec.Upper
+	} else if r.spec.KeepUpper && len(errs) == 0 {
 		kept := filepath.Join(r.m.keptDir, r.id)
 		if err := os.Rename(r.dirs.upper, kept); err != nil {
 			errs = append(errs, fmt.Errorf("keeping upper: %w", err))

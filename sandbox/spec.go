@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -153,6 +154,24 @@ type Spec struct {
 	// KeepUpper keeps the run's overlay upper directory and returns it in
 	// Result.Upper; the caller must Release it.
 	KeepUpper bool
+	// Upper, when set, is an upper directory an earlier run of this
+	// Manager kept (its Result.Upper, not released): the run starts on
+	// that run's files, as it left them, and writes over them. Afterwards
+	// the upper is kept again at its path (Result.Upper is Upper) and stays
+	// the caller's to Release. Lower must be the earlier run's. A run on
+	// an Upper implies KeepUpper.
+	Upper *Upper
+	// Terminal, when set, gives the process a pseudo-terminal made inside
+	// the container (on its own /dev/pts) as its standard input, output
+	// and error and its controlling terminal, instead of Output: an
+	// interactive shell. Run calls Terminal in a goroutine of its own with
+	// the terminal's master side once the process started, and closes
+	// the master when the process ended and Terminal returned (or after a
+	// short grace). Terminal copies between the master and the user's
+	// terminal (and may resize it); it must return once a read of the
+	// master fails, which happens when the process and its children have
+	// closed the terminal.
+	Terminal func(master *os.File)
 	// Output receives stdout and stderr merged, live. Nil discards them.
 	Output io.Writer
 	// Grace is the time between SIGTERM and SIGKILL when the context ends
@@ -238,8 +257,11 @@ func (s *Spec) validate() error {
 	if strings.ContainsAny(s.Lower, ",:\\\n") {
 		return fmt.Errorf("%w: lower %q contains ',', ':' or '\\'", ErrInvalidSpec, s.Lower)
 	}
-	if s.ReadOnly && s.KeepUpper {
+	if s.ReadOnly && (s.KeepUpper || s.Upper != nil) {
 		return fmt.Errorf("%w: read-only run has no upper to keep", ErrInvalidSpec)
+	}
+	if s.Upper != nil && (s.Upper.Path == "" || !path.IsAbs(s.Upper.Path)) {
+		return fmt.Errorf("%w: upper %q is not a kept upper", ErrInvalidSpec, s.Upper.Path)
 	}
 	if len(s.Args) == 0 || s.Args[0] == "" {
 		return fmt.Errorf("%w: no command", ErrInvalidSpec)

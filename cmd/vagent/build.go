@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -28,12 +27,20 @@ func init() { register(newBuildCmd) }
 
 const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 
-SOURCE is a git repository URL, the URL of a PKGBUILD (http(s)://.../PKGBUILD)
-or a local directory holding a PKGBUILD (copied into the sandbox; it is not
-changed). The build runs as on an agent, in a fresh sandbox on the builder
-image of --base-image, without a server: no skip check, nothing published.
-The packages are written to --out, owned by the invoking user (SUDO_UID under
-sudo); the log streams to standard output. The exit status is the build's.`
+SOURCE is a local directory holding a PKGBUILD (copied into the sandbox without
+the outputs of earlier builds; it is not changed), a PKGBUILD file, a git
+repository URL or the URL of a PKGBUILD (http(s)://.../PKGBUILD). The build runs
+as on an agent, in a fresh sandbox on the builder image of --base-image, without
+a server: no skip check, nothing published. The packages and the build log
+(<pkgbase>-<version>-<arch>-build.log) are written next to the PKGBUILD (the
+working directory for a remote SOURCE) or to --out, owned by the invoking user
+(SUDO_UID under sudo); the log streams to standard output. A failed build says
+which step failed. The exit status is the build's.
+
+-I installs local packages first (makechrootpkg -I), --check compares the
+packages with the repositories' (checkpkg), --inspect failure opens a shell in a
+failed build's tree (makechrootpkg -x); makepkg's sources are kept in the data
+dir for the next build (SRCDEST).`
 
 // buildFlags are the flags of `vagent build`.
 type buildFlags struct {
@@ -47,6 +54,10 @@ type buildFlags struct {
 	timeout  time.Duration
 	repoURLs []string
 	seccomp  bool
+	install  []string // -I
+	check    bool
+	inspect  string   // never, failure, always
+	sources  bool     // --source-cache
 	network  string   // --network
 	forward  []string // --forward
 	offline  bool     // --offline-build
@@ -78,10 +89,18 @@ func newBuildCmd(env *cliEnv) *cobra.Command {
 	fs.StringVar(&f.base, "base-image", "archlinux:base-devel", "base image `REF` of the builder image")
 	fs.StringVar(&f.branch, "branch", "", "git `BRANCH` to build (default: the repository's default branch)")
 	fs.StringVar(&f.subdir, "path", "", "`DIR` of the source holding the PKGBUILD")
-	fs.StringVar(&f.out, "out", "out", "write the packages to `DIR`")
+	fs.StringVar(&f.out, "out", "", "write the packages and the build log to `DIR` (default: the PKGBUILD's directory for a local SOURCE, else the working directory)")
 	fs.DurationVar(&f.timeout, "timeout", poll.DefaultTimeout, "kill the build after `D`")
 	fs.StringArrayVar(&f.repoURLs, "repo-url", nil, "add the Pacman repository at `URL` for dependencies: its last path element is the repository name, "+
 		"packages are at URL/$arch (a Vieter repository; repeatable)")
+	fs.StringArrayVarP(&f.install, "install", "I", nil, "install the package `FILE` into the build before its dependencies are resolved, "+
+		"as makechrootpkg -I does: a locally built dependency needs no repository (repeatable)")
+	fs.BoolVar(&f.check, "check", false, "after a successful build, compare each package with the version in the build's repositories, "+
+		"as checkpkg does: files added and removed, sonames provided and needed changed")
+	fs.StringVar(&f.inspect, "inspect", "never", "open a shell as the builder user in the build's tree after a build that failed (`WHEN` failure) "+
+		"or after any build (always), as makechrootpkg -x does; needs a terminal; everything is removed when the shell exits")
+	fs.BoolVar(&f.sources, "source-cache", true, "keep makepkg's sources (SRCDEST: downloads, bare mirrors of VCS sources) in the source's cache of the data dir, "+
+		"so the next build of the source downloads nothing again (checked against the PKGBUILD's checksums as usual)")
 	fs.BoolVar(&f.seccomp, "seccomp", true, "filter the build's system calls (false for a binary built without seccomp support)")
 	fs.StringVar(&f.network, "network", "", "the build's network `MODE`: isolated, host (unsafe) or none (default: the configuration's build_network.mode, isolated)")
 	fs.StringArrayVar(&f.forward, "forward", nil, "let the isolated build reach `HOST:PORT` of this host (repeatable; the source, --repo-url and --pacman-mirror servers are reached without it)")
@@ -93,6 +112,13 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if f.timeout <= 0 {
 		return usageError("--timeout must be positive")
 	}
+	keep, err := inspectWhen(f.inspect)
+	if err != nil {
+		return err
+	}
+	if keep != nil && !isTerminalFile(env.stdin) {
+		return usageError("--inspect %s needs a terminal on standard input", f.inspect)
+	}
 	repos, err := parseRepoURLs(f.repoURLs)
 	if err != nil {
 		return err
@@ -100,22 +126,39 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	// A local build publishes nothing: the job's repository only names
 	// the build in logs, but the job must be as valid as a server's.
 	j := poll.Job{Branch: f.branch, Path: f.subdir, BaseImage: f.base, Repo: localRepo}
-	localDir, err := localSource(src)
+	source, err := resolveSource(src, f.subdir)
 	if err != nil {
 		return err
 	}
+	localDir := source.dir
 	if localDir != "" {
 		if f.branch != "" {
 			return usageError("--branch is for git sources")
 		}
 	} else {
-		j.Kind, j.URL = sourceKind(src), src
+		j.Kind, j.URL = source.kind, source.url
 		if err := job.ValidateJob(j, true); err != nil {
 			return usageError("%v", err)
 		}
 	}
-	outDir, err := filepath.Abs(f.out)
-	if err != nil {
+	var install []string
+	for _, p := range f.install {
+		abs, err := filepath.Abs(p)
+		if err == nil {
+			err = job.CheckInstall(abs)
+		}
+		if err != nil {
+			return fmt.Errorf("--install: %w", err)
+		}
+		install = append(install, abs)
+	}
+	outDir := f.out
+	if outDir == "" {
+		if outDir, err = source.defaultOutDir(); err != nil {
+			return err
+		}
+	}
+	if outDir, err = filepath.Abs(outDir); err != nil {
 		return err
 	}
 	uid, gid := invokingUser()
@@ -131,6 +174,10 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	if err != nil {
 		return err
 	}
+	// Per-layer bars on a terminal while the base image is pulled.
+	popts, endProgress := terminalPullProgress(env)
+	defer endProgress()
+	ropts = append(ropts, popts...)
 	dataDir, cfg := f.af.dataDir, f.af.cfg
 	store, err := f.af.open(env, ropts...)
 	if err != nil {
@@ -161,7 +208,10 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	// The package caches of the data dir, shared with `vagent run` (one
 	// per target; a local build's is keyed by its source).
 	cacheDir := filepath.Join(dataDir, pacmanCacheDir)
-	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true)}
+	opts := []job.Option{job.WithLogger(env.log), job.WithOutDir(outDir, uid, gid), job.WithLocalImages(true), job.WithInstall(install...), job.WithCheck(f.check), job.WithSourceCache(f.sources)}
+	if keep != nil {
+		opts = append(opts, job.WithInspect(keep))
+	}
 	logLimit := int64(poll.DefaultLogLimit)
 	opts = append(opts, job.WithNetwork(bnet.mode, bnet.forward...), job.WithOfflineBuild(bnet.offline))
 	if cfg != nil {
@@ -177,32 +227,88 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	// digests the build reports follow as header lines when known.
 	hj := j
 	if localDir != "" {
-		abs, err := filepath.Abs(localDir)
-		if err != nil {
-			return err
-		}
-		hj.Kind, hj.URL = "dir", "file://"+abs
+		hj.Kind, hj.URL = "dir", "file://"+localDir
 	}
 	arch := pacman.Arch(runtime.GOARCH)
 	if cfg != nil {
 		arch = cfg.Arch
 	}
-	host, _ := os.Hostname()
-	if _, err := env.stdout.Write(poll.LogHeader{Version: version, Host: host, Slot: -1, Arch: arch, Job: hj, Start: time.Now()}.Text()); err != nil {
+	blog, err := createBuildLog(env.stdout, outDir, uid, gid)
+	if err != nil {
 		return err
 	}
-	ctx = poll.WithProgress(ctx, &headerLines{w: env.stdout})
+	host, _ := os.Hostname()
+	if _, err := blog.Write(poll.LogHeader{Version: version, Host: host, Slot: -1, Arch: arch, Job: hj, Start: time.Now()}.Text()); err != nil {
+		_, _ = blog.finish(nil, arch)
+		return err
+	}
+	ctx = poll.WithProgress(ctx, &headerLines{w: blog})
 	// The lifecycle of an agent's slot: the timeout, the classification
 	// and the log's footer are poll.RunJob's; the Runner builds.
+	var built *job.Built
 	exec := poll.ExecutorFunc(func(ctx context.Context, j poll.Job, log io.Writer) (poll.Outcome, error) {
-		_, out, err := b.Run(ctx, j, localDir, log)
+		var out poll.Outcome
+		var err error
+		built, out, err = b.Run(ctx, j, localDir, log)
 		return out, err
 	})
-	rep := poll.RunJob(ctx, exec, j, f.timeout, logLimit, env.stdout)
+	rep := poll.RunJob(ctx, exec, j, f.timeout, logLimit, blog)
+	var info *job.SrcInfo
+	if built != nil {
+		info = built.SrcInfo
+	}
+	logPath, lerr := blog.finish(info, arch)
+	if lerr != nil {
+		env.log.WithError(lerr).Warn("the build log could not be kept")
+	} else {
+		fmt.Fprintf(env.stderr, "build log: %s\n", logPath)
+	}
+	if built.Kept() {
+		defer built.Release()
+		inspectBuild(ctx, env, built, rep)
+	}
 	if rep.Result == poll.ResultSuccess {
 		return nil
 	}
 	return &exitError{code: max(rep.ExitCode, 1), err: fmt.Errorf("%s", rep.Reason)}
+}
+
+// inspectWhen reads --inspect: the builds whose tree is kept for a shell
+// (nil: none).
+func inspectWhen(when string) (func(poll.Result) bool, error) {
+	switch when {
+	case "", "never":
+		return nil, nil
+	case "failure":
+		return func(r poll.Result) bool { return r == poll.ResultFailure || r == poll.ResultTimeout }, nil
+	case "always":
+		// Not after Ctrl-C: who interrupts a build wants it gone.
+		return func(r poll.Result) bool { return r != poll.ResultCancelled }, nil
+	}
+	return nil, usageError("--inspect %q: want never, failure or always", when)
+}
+
+// inspectBuild opens the shell of --inspect in the kept build on the
+// user's terminal; the build's own result stays the command's.
+func inspectBuild(ctx context.Context, env *cliEnv, built *job.Built, rep poll.Report) {
+	out, ok := env.stdout.(*os.File)
+	if !ok {
+		out = env.stdin
+	}
+	ut, err := openUserTerminal(env.stdin, out)
+	if err != nil {
+		env.log.WithError(err).Error("--inspect: cannot use the terminal")
+		return
+	}
+	fmt.Fprintf(env.stderr, "vagent build: %s; a shell in its tree follows\r\n", rep.Reason)
+	code, err := built.Inspect(ctx, job.Shell{Term: os.Getenv("TERM"), Attach: ut.attach})
+	ut.restore()
+	built.Release()
+	if err != nil {
+		env.log.WithError(err).Error("--inspect")
+		return
+	}
+	fmt.Fprintf(env.stderr, "vagent build: the shell exited with status %d; the build's tree is removed\n", code)
 }
 
 // buildNet is the network of a local build.
@@ -275,46 +381,6 @@ func (h *headerLines) Header(key, value string) {
 
 // localRepo is the repository name of a local build's job.
 const localRepo = "local"
-
-// localSource returns src when it names a local directory, "" when it is a
-// URL (scheme://…, scp-like [user@]host:path, or a transport::address that
-// validation refuses), and an error when it looks like a local path but
-// names no directory: a mistyped directory is not taken for a git URL.
-func localSource(src string) (string, error) {
-	if isRemoteSource(src) {
-		return "", nil
-	}
-	fi, err := os.Stat(src)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return "", fmt.Errorf("source %s: no such directory (want a directory holding a PKGBUILD, a git URL or a PKGBUILD URL)", src)
-	case err != nil:
-		return "", fmt.Errorf("source: %w", err)
-	case !fi.IsDir():
-		return "", fmt.Errorf("source %s: not a directory (want the directory holding the PKGBUILD)", src)
-	}
-	return src, nil
-}
-
-// isRemoteSource tells a URL from a local path as git does: a path has no
-// "://" and no ':' before its first '/'. Sources starting with '-' are
-// never local (validation refuses them as URLs).
-func isRemoteSource(src string) bool {
-	if strings.HasPrefix(src, "-") || strings.Contains(src, "://") {
-		return true
-	}
-	colon, slash := strings.IndexByte(src, ':'), strings.IndexByte(src, '/')
-	return colon > 0 && (slash < 0 || colon < slash)
-}
-
-// sourceKind tells a PKGBUILD URL (http(s), last path element PKGBUILD)
-// from a git repository.
-func sourceKind(src string) string {
-	if u, err := url.Parse(src); err == nil && (u.Scheme == "http" || u.Scheme == "https") && path.Base(u.Path) == "PKGBUILD" {
-		return "url"
-	}
-	return "git"
-}
 
 // parseRepoURLs turns --repo-url values into builder repositories.
 func parseRepoURLs(urls []string) ([]pacman.Repo, error) {

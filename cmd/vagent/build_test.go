@@ -103,6 +103,7 @@ type localBuildEnv struct {
 	registry        string // host:port of the registry holding base
 
 	reg *testkit.Registry
+	srv *vieterserver.Server // serves deps
 	ts  *httptest.Server
 }
 
@@ -164,7 +165,7 @@ func startLocalBuildEnv() (e *localBuildEnv, err error) {
 			return nil, err
 		}
 	}
-	e.ts = httptest.NewServer(srv)
+	e.srv, e.ts = srv, httptest.NewServer(srv)
 	e.deps = e.ts.URL + "/deps"
 	return e, nil
 }
@@ -274,29 +275,42 @@ func TestBuildRemoteSources(t *testing.T) {
 }
 
 // TestBuildSourceErrors: sources that cannot be built are refused before
-// anything is set up, with a message about the source; a mistyped local
-// directory is not taken for a git URL.
+// anything is set up (no data dir, no sandbox), with a message about the
+// source; a mistyped local directory is not taken for a git URL.
 func TestBuildSourceErrors(t *testing.T) {
 	dir := t.TempDir()
-	file := filepath.Join(dir, "PKGBUILD")
-	if err := os.WriteFile(file, []byte("pkgname=x\n"), 0o644); err != nil {
-		t.Fatal(err)
+	notes := filepath.Join(dir, "notes.txt")
+	empty := filepath.Join(dir, "empty")
+	pkg := filepath.Join(dir, "pkg")
+	for _, d := range []string{empty, pkg} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p, content := range map[string]string{notes: "x\n", filepath.Join(pkg, "PKGBUILD"): "pkgname=x\n"} {
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, tc := range []struct {
-		src  string
+		args []string
 		code int
 		want string
 	}{
-		{filepath.Join(dir, "typo"), 1, "no such directory"},
-		{"typo", 1, "no such directory"},
-		{"./sub/typo", 1, "no such directory"},
-		{file, 1, "not a directory"},
-		{"ftp://example.org/x.git", 2, `scheme "ftp" not allowed`},
-		{"ext::sh", 2, "git remote helper"},
+		{[]string{filepath.Join(dir, "typo")}, 1, "no such file or directory"},
+		{[]string{"typo"}, 1, "no such file or directory"},
+		{[]string{"./sub/typo"}, 1, "no such file or directory"},
+		{[]string{notes}, 1, "not a PKGBUILD"},
+		{[]string{empty}, 1, "no PKGBUILD in " + empty},
+		{[]string{"--path", "sub", pkg}, 1, "no PKGBUILD in " + filepath.Join(pkg, "sub")},
+		{[]string{"--path", "sub", filepath.Join(pkg, "PKGBUILD")}, 2, "--path is for a directory SOURCE"},
+		{[]string{"--path", "../x", pkg}, 2, "stay inside the repository"},
+		{[]string{"ftp://example.org/x.git"}, 2, `scheme "ftp" not allowed`},
+		{[]string{"ext::sh"}, 2, "git remote helper"},
 	} {
-		t.Run(tc.src, func(t *testing.T) {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			data := filepath.Join(t.TempDir(), "data")
-			code, _, stderr := vagent(t, "build", "--data-dir", data, tc.src)
+			code, _, stderr := vagent(t, append([]string{"build", "--data-dir", data}, tc.args...)...)
 			if code != tc.code || !strings.Contains(stderr, tc.want) {
 				t.Errorf("exit %d, want %d; stderr %q, want %q", code, tc.code, stderr, tc.want)
 			}

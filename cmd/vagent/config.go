@@ -121,6 +121,9 @@ type PacmanCache struct {
 	Dir     string `yaml:"dir"`
 	// MaxSize bounds the caches together (job.WithCacheMaxSize).
 	MaxSize Size `yaml:"max_size"`
+	// Sources keeps makepkg's sources in each target's cache
+	// (job.WithSourceCache).
+	Sources bool `yaml:"sources"`
 }
 
 // PacmanRepo is an extra Pacman repository of builders and builds.

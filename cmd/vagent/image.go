@@ -19,12 +19,12 @@ import (
 func init() { register(newImageCmd) }
 
 func newImageCmd(env *cliEnv) *cobra.Command {
-	return newGroup("image", "pull, list and remove base images (pull, ls, rm, prune)",
-		"Pull, list and remove the base images of builds, kept in DATA_DIR/images.\n\n"+
+	return newGroup("image", "pull, load, push, list and remove base images (pull, load, push, ls, rm, prune)",
+		"Pull, load, push, list and remove the base images of builds, kept in DATA_DIR/images.\n\n"+
 			"REF is a registry reference with Docker's defaults (archlinux:base-devel is\n"+
 			"docker.io/library/archlinux:base-devel), oci:DIR[:TAG|@DIGEST],\n"+
 			"oci-archive:FILE[:TAG] or docker-archive:FILE.",
-		newImagePullCmd(env), newImageListCmd(env), newImageRemoveCmd(env), newImagePruneCmd(env))
+		newImagePullCmd(env), newImageLoadCmd(env), newImagePushCmd(env), newImageListCmd(env), newImageRemoveCmd(env), newImagePruneCmd(env))
 }
 
 // storeFlags are the flags every image command takes.

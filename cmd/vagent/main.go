@@ -28,6 +28,7 @@ import (
 
 // cliEnv carries what every command needs from the process.
 type cliEnv struct {
+	stdin  *os.File // a terminal for vagent build --inspect
 	stdout io.Writer
 	stderr io.Writer
 	log    *logrus.Logger
@@ -102,7 +103,7 @@ func run1(args []string, stdout, stderr io.Writer) int {
 			log.SetLevel(l)
 		}
 	}
-	env := &cliEnv{stdout: stdout, stderr: stderr, log: log}
+	env := &cliEnv{stdin: os.Stdin, stdout: stdout, stderr: stderr, log: log}
 	root := newRootCmd(env)
 	args = singleDashLongFlags(root, args)
 	root.SetArgs(args)

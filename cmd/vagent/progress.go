@@ -78,6 +78,9 @@ func (p *pullProgress) checked(ref string) bool {
 func (p *pullProgress) update(u oci.Progress) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.finished {
+		return
+	}
 	if u.Count > 0 {
 		p.count = u.Count
 	}
@@ -199,4 +202,22 @@ func (p *pullProgress) finish() {
 		p.lines = 0
 		p.env.log.SetOutput(p.logOut)
 	}
+}
+
+// terminalPullProgress shows the pulls of a command that does more than
+// pull (vagent build) on a terminal only, and only until the first image
+// is ready: the bars would otherwise mix with the build's output. It
+// returns the option to give the store (none without a terminal) and a
+// function that ends the display.
+func terminalPullProgress(env *cliEnv) ([]oci.Option, func()) {
+	if !isTerminal(env.stderr) {
+		return nil, func() {}
+	}
+	p := newPullProgress(env)
+	return []oci.Option{oci.WithProgress(func(u oci.Progress) {
+		p.update(u)
+		if u.Phase == oci.PhaseDone {
+			p.finish()
+		}
+	})}, p.finish
 }

@@ -193,16 +193,7 @@ func TestImagePullOnTerminal(t *testing.T) {
 		t.Fatalf("exit %d: %q", code, out)
 	}
 	lines := screen(out)
-	for i := 1; i <= 3; i++ {
-		re := regexp.MustCompile(`^layer ` + itoa(i) + `/3 [0-9a-f]{12}  unpacked`)
-		found := false
-		for _, l := range lines {
-			found = found || re.MatchString(l)
-		}
-		if !found {
-			t.Errorf("no line for layer %d on the terminal:\n%s", i, strings.Join(lines, "\n"))
-		}
-	}
+	wantUnpackedBars(t, lines, 3)
 	// The store logs "rootfs ready" while the bars are up: the line is
 	// whole, above them.
 	ready := -1
@@ -219,5 +210,21 @@ func TestImagePullOnTerminal(t *testing.T) {
 	}
 	if ready < 0 || ready > len(lines)-4 || !strings.HasPrefix(lines[len(lines)-1], "layer 3/3") {
 		t.Errorf("the log line is not above the bars:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// wantUnpackedBars fails t unless the screen lines show each of n layers
+// unpacked.
+func wantUnpackedBars(t *testing.T, lines []string, n int) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		re := regexp.MustCompile(`^layer ` + itoa(i) + `/` + itoa(n) + ` [0-9a-f]{12}  unpacked`)
+		found := false
+		for _, l := range lines {
+			found = found || re.MatchString(l)
+		}
+		if !found {
+			t.Errorf("no line for layer %d on the terminal:\n%s", i, strings.Join(lines, "\n"))
+		}
 	}
 }

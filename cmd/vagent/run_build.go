@@ -101,6 +101,7 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 			job.WithLimits(cfg.Limits()),
 			job.WithCacheDir(cfg.PacmanCacheDir()),
 			job.WithCacheMaxSize(int64(cfg.PacmanCache.MaxSize)),
+			job.WithSourceCache(cfg.PacmanCache.Sources),
 			job.WithLogger(deps.log))...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("builds: %w", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -10,7 +11,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,6 +39,30 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	"vieterserver": cmdVieterServer,
 	"freeport":     cmdFreePort,
 	"waithttp":     cmdWaitHTTP,
+	"status":       cmdStatus,
+}
+
+// cmdStatus: status N CMD [ARGS...]
+//
+// runs CMD as exec does and fails unless it exits with status N; stdout
+// and stderr are CMD's for the lines that follow.
+func cmdStatus(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: status N CMD [ARGS...]")
+	}
+	want, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	got := 0
+	if err := ts.Exec(args[1], args[2:]...); err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			ts.Fatalf("%s: %v", args[1], err)
+		}
+		got = ee.ExitCode()
+	}
+	if got != want {
+		ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
+	}
 }
 
 // scriptImage is a one-layer OCI image for the agent's platform holding

@@ -34,7 +34,7 @@ var allowed = map[string][]string{
 	// Test infrastructure and its commands.
 	"internal/vieterserver":                       nil,
 	"internal/vieterserver/cmd/vieter-testserver": {"internal/vieterserver"},
-	"internal/testkit":                            {"internal/vieterserver"},
+	"internal/testkit":                            {"internal/vieterserver", "oci"},
 	"internal/testkit/cmd/demo":                   {"internal/testkit"},
 	"internal/testkit/cmd/testimages":             {"internal/testkit"},
 	"internal/testkit/cmd/testreport":             nil,

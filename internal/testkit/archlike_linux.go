@@ -134,7 +134,7 @@ func buildArchLike(ctx context.Context, o options, rcp recipe, dest string) (ret
 		return fmt.Errorf("layer 3: %w", err)
 	}
 
-	img, err := archLikeConfig(rcp, []*blobLayer{l1, l2, l3}, []string{
+	img, err := archLikeConfig(rcp, []v1.Layer{l1, l2, l3}, []string{
 		"debootstrap --variant=" + rcp.Variant + " --include=" + strings.Join(rcp.Packages, ",") + " " + rcp.Release,
 		"vagent testkit archlike/fixups.sh",
 		"vagent testkit cleanup: remove " + strings.Join(rcp.Remove, " ") + "; replace " + strings.Join(rcp.Replace, " "),
@@ -202,15 +202,18 @@ func removeGlobs(root string, globs []string) error {
 	return nil
 }
 
-func archLikeConfig(rcp recipe, layers []*blobLayer, createdBy []string) (v1.Image, error) {
+func archLikeConfig(rcp recipe, layers []v1.Layer, createdBy []string) (v1.Image, error) {
 	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	now := time.Now().UTC().Truncate(time.Second)
 	for i, l := range layers {
-		var err error
+		mt, err := l.MediaType()
+		if err != nil {
+			return nil, err
+		}
 		img, err = mutate.Append(img, mutate.Addendum{
 			Layer:     l,
-			MediaType: l.mediaType,
+			MediaType: mt,
 			History:   v1.History{Created: v1.Time{Time: now}, CreatedBy: createdBy[i]},
 		})
 		if err != nil {

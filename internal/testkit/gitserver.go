@@ -16,6 +16,7 @@ import (
 type GitServer struct {
 	root string
 	url  string
+	dumb bool
 }
 
 // NewGitServer starts a GitServer for the rest of tb. It skips tb (fails
@@ -38,6 +39,31 @@ func NewGitServer(tb testing.TB, wrap ...func(http.Handler) http.Handler) *GitSe
 		h = w(h)
 	}
 	ts := httptest.NewServer(h)
+	tb.Cleanup(ts.Close)
+	g.url = ts.URL
+	return g
+}
+
+// NewDumbGitServer starts a GitServer that speaks git's dumb HTTP
+// protocol: the repositories' files as static files (after git
+// update-server-info), as a plain web server or a bucket serves them. Git
+// cannot clone shallow from it ("dumb http transport does not support
+// shallow capabilities").
+func NewDumbGitServer(tb testing.TB) *GitServer {
+	tb.Helper()
+	RequireTool(tb, "git", "git")
+	g := &GitServer{root: tb.TempDir(), dumb: true}
+	files := http.FileServer(http.Dir(g.root))
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// /NAME/rest is NAME/.git/rest: the work tree is not served.
+		name, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+		if strings.Contains(r.URL.RawQuery, "service=") && rest == "info/refs" {
+			// A dumb server ignores the smart protocol's query.
+			r.URL.RawQuery = ""
+		}
+		r.URL.Path = "/" + name + "/.git/" + rest
+		files.ServeHTTP(w, r)
+	}))
 	tb.Cleanup(ts.Close)
 	g.url = ts.URL
 	return g
@@ -87,6 +113,9 @@ func (g *GitServer) Commit(tb testing.TB, name, branch string, files map[string]
 	}
 	git("add", "-A")
 	git("commit", "-q", "-m", "test")
+	if g.dumb {
+		git("update-server-info")
+	}
 	return g.url + "/" + name
 }
 

@@ -12,62 +12,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/vieter-v/vagent/oci"
 )
-
-// blobLayer is a layer whose blob is a file on disk, in any of the three
-// OCI layer media types (gzip, zstd, uncompressed).
-type blobLayer struct {
-	path      string
-	mediaType types.MediaType
-	digest    v1.Hash
-	diffID    v1.Hash
-	size      int64
-}
-
-var _ v1.Layer = (*blobLayer)(nil)
-
-func (l *blobLayer) Digest() (v1.Hash, error)            { return l.digest, nil }
-func (l *blobLayer) DiffID() (v1.Hash, error)            { return l.diffID, nil }
-func (l *blobLayer) Size() (int64, error)                { return l.size, nil }
-func (l *blobLayer) MediaType() (types.MediaType, error) { return l.mediaType, nil }
-func (l *blobLayer) Compressed() (io.ReadCloser, error)  { return os.Open(l.path) }
-func (l *blobLayer) Uncompressed() (io.ReadCloser, error) {
-	return openUncompressed(l.path, l.mediaType)
-}
-
-type readCloser struct {
-	io.Reader
-	close func() error
-}
-
-func (r readCloser) Close() error { return r.close() }
-
-func openUncompressed(path string, mt types.MediaType) (io.ReadCloser, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	switch mt {
-	case types.OCILayer, types.DockerLayer:
-		zr, err := gzip.NewReader(f)
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		return readCloser{zr, func() error { zr.Close(); return f.Close() }}, nil
-	case types.OCILayerZStd:
-		zr, err := zstd.NewReader(f, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			f.Close()
-			return nil, err
-		}
-		return readCloser{zr, func() error { zr.Close(); return f.Close() }}, nil
-	case types.OCIUncompressedLayer, types.DockerUncompressedLayer:
-		return f, nil
-	}
-	f.Close()
-	return nil, fmt.Errorf("unsupported layer media type %s", mt)
-}
 
 // countingWriter counts bytes written through it.
 type countingWriter struct{ n int64 }
@@ -76,7 +23,7 @@ func (c *countingWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); re
 
 // writeLayer streams the tar that fill writes, compressed per mt, into the
 // file path, and returns the layer with its digest and diff id.
-func writeLayer(path string, mt types.MediaType, fill func(*tar.Writer) error) (_ *blobLayer, retErr error) {
+func writeLayer(path string, mt types.MediaType, fill func(*tar.Writer) error) (_ v1.Layer, retErr error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
@@ -114,13 +61,7 @@ func writeLayer(path string, mt types.MediaType, fill func(*tar.Writer) error) (
 	if err := comp.Close(); err != nil {
 		return nil, err
 	}
-	return &blobLayer{
-		path:      path,
-		mediaType: mt,
-		digest:    sha256Hash(blobHash),
-		diffID:    sha256Hash(diffHash),
-		size:      size.n,
-	}, nil
+	return oci.FileLayer(path, v1.Descriptor{MediaType: mt, Digest: sha256Hash(blobHash), Size: size.n}, sha256Hash(diffHash))
 }
 
 type nopWriteCloser struct{ io.Writer }

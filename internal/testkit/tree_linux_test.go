@@ -169,26 +169,32 @@ func TestWriteLayerMediaTypes(t *testing.T) {
 			p := filepath.Join(f.root, "blob-"+strings.ReplaceAll(string(mt), "/", "_"))
 			l, err := writeLayer(p, mt, func(tw *tar.Writer) error { return writeTreeLayer(tw, nil, s, nil) })
 			f.must(err)
+			digest, err := l.Digest()
+			f.must(err)
+			diffID, err := l.DiffID()
+			f.must(err)
+			size, err := l.Size()
+			f.must(err)
 			blob, err := os.ReadFile(p)
 			f.must(err)
-			if got := fmt.Sprintf("sha256:%x", sha256.Sum256(blob)); got != l.digest.String() {
-				t.Errorf("digest %s, blob hashes to %s", l.digest, got)
+			if got := fmt.Sprintf("sha256:%x", sha256.Sum256(blob)); got != digest.String() {
+				t.Errorf("digest %s, blob hashes to %s", digest, got)
 			}
-			if l.size != int64(len(blob)) {
-				t.Errorf("size %d, blob has %d", l.size, len(blob))
+			if size != int64(len(blob)) {
+				t.Errorf("size %d, blob has %d", size, len(blob))
 			}
 			rc, err := l.Uncompressed()
 			f.must(err)
 			raw, err := io.ReadAll(rc)
 			f.must(err)
 			rc.Close()
-			if got := fmt.Sprintf("sha256:%x", sha256.Sum256(raw)); got != l.diffID.String() {
-				t.Errorf("diff id %s, content hashes to %s", l.diffID, got)
+			if got := fmt.Sprintf("sha256:%x", sha256.Sum256(raw)); got != diffID.String() {
+				t.Errorf("diff id %s, content hashes to %s", diffID, got)
 			}
-			if mt == types.OCIUncompressedLayer && l.digest != l.diffID {
+			if mt == types.OCIUncompressedLayer && digest != diffID {
 				t.Error("uncompressed layer: digest differs from diff id")
 			}
-			diffIDs = append(diffIDs, l.diffID.String())
+			diffIDs = append(diffIDs, diffID.String())
 		})
 	}
 	if len(diffIDs) == 3 && (diffIDs[0] != diffIDs[1] || diffIDs[1] != diffIDs[2]) {
