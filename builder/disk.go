@@ -13,6 +13,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
@@ -45,11 +46,21 @@ const (
 	rootfsName     = "rootfs"
 )
 
-// baseKey names a base reference in file names.
+// baseKey names a base reference in file names: its preparation lock
+// (one preparation of a base at a time, across processes).
 func baseKey(ref string) string {
 	h := sha256.Sum256([]byte(ref))
 	return hex.EncodeToString(h[:16])
 }
+
+// currentKey names the current builder of a base made with a recipe: each
+// recipe (the builder settings of a process) has a current builder of its
+// own, so an agent and a `vagent build` with other settings on one data
+// dir do not replace each other's.
+func currentKey(base, recipe string) string { return baseKey(base + "\x00" + recipe) }
+
+// currentKeyOf is the current link a builder may be the target of.
+func currentKeyOf(md *meta) string { return currentKey(md.Base, md.Recipe) }
 
 func (m *Manager) builderDir(id string) string { return filepath.Join(m.dir, buildersDir, id) }
 func (m *Manager) currentLink(key string) string {

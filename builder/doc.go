@@ -51,24 +51,38 @@
 //
 // # Concurrency, freshness and collection
 //
+// A builder is made with a recipe: the setup script, the packages, the
+// Pacman repositories and the mirror list of the Manager's options. Each
+// recipe has its own current builder of a base (an agent and a `vagent
+// build` with other settings on one data directory keep theirs), and a
+// build only ever runs on a builder of its recipe made from the base
+// digest the image store records for the base: when there is none (the
+// settings changed, or the base was pulled anew), Acquire prepares one and
+// waits, saying why in the build's log.
+//
 // One preparation per base image runs at a time: concurrent Acquires for
 // the same base wait for it (in this process, and across processes through
 // a lock file), other bases are not blocked. A builder older than the
 // maximum age (WithMaxAge) is stale: Acquire then still leases the stale
-// builder at once and prepares its replacement in the background, so the
-// build slots do not stall. A builder that is no longer current is removed
-// when its last lease is released (leases are counted, and each holds a
-// shared file lock on the builder's directory that Prune respects).
+// builder of its recipe at once and prepares its replacement in the
+// background, so the build slots do not stall; this is the only case in
+// which a build does not get the builder that would be prepared now. A
+// builder that is no longer current is removed when its last lease is
+// released (leases are counted, and each holds a shared file lock on the
+// builder's directory that Prune respects); a stale builder of another
+// recipe is collected by the next agent's start and by Prune.
 //
 // # On disk
 //
 //	DIR/oci/                 OCI image layout of every builder (index.json, blobs)
 //	DIR/b/<id>/meta.json     base reference and digest, builder digest, creation time
 //	DIR/b/<id>/rootfs/       flattened tree, the lower of builds
-//	DIR/current/<key>        symlink to the current builder of a base
-//	DIR/locks/<key>.lock     held while a builder for the base is prepared
+//	DIR/current/<key>        symlink to the current builder of a base and recipe
+//	DIR/locks/<key>.lock     held while a builder for the base is prepared (any recipe)
 //	DIR/tmp/                 work in progress, each entry locked by its writer
 //
 // Builders survive a restart: a fresh one is reused without network access.
-// New removes the half-prepared builders a crash left in DIR/tmp.
+// New removes the half-prepared builders a crash left in DIR/tmp, and
+// names the current builders of an older vagent (one link per base) by
+// their recipe.
 package builder

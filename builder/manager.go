@@ -34,8 +34,8 @@ type Manager struct {
 
 	mu      sync.Mutex
 	closed  bool
-	flights map[string]*flight   // by base key: the preparation under way
-	failed  map[string]time.Time // by base key: last failed background refresh
+	flights map[string]*flight   // by base: the preparation under way
+	failed  map[string]time.Time // by base: last failed background refresh
 	metas   map[string]*meta     // by builder id (meta.json never changes)
 	leases  map[string]int       // by builder id: leases held in this process
 	wg      sync.WaitGroup
@@ -101,9 +101,13 @@ type Info struct {
 	Created    time.Time
 	Size       int64 // compressed bytes of the image (config and layers)
 	LayerSize  int64 // compressed bytes of the builder's own layer
-	Current    bool  // the builder that new builds of Base get
+	Current    bool  // the builder that new builds of Base with its settings get
 	Stale      bool  // older than the maximum age
-	InUse      bool  // leased, by this or another process
+	// OtherSettings: made with other builder settings (packages,
+	// repositories, mirror list, setup) than this Manager's; builds with
+	// this Manager's settings do not use it.
+	OtherSettings bool
+	InUse         bool // leased, by this or another process
 }
 
 // PruneReport says what Prune removed: the builders (InUse counts those
@@ -157,6 +161,7 @@ func New(store *oci.Store, sb *sandbox.Manager, dir string, opts ...Option) (*Ma
 	} else if n > 0 {
 		o.log.WithField("count", n).Info("removed half-prepared builders of an interrupted run")
 	}
+	m.migrateLinks()
 	if store != nil && sb != nil {
 		// An agent starting: collect what a killed one left.
 		if rep, err := m.collectSuperseded(context.Background(), false); err != nil {
@@ -176,12 +181,17 @@ func (m *Manager) Dir() string { return m.dir }
 // reference: `skopeo copy oci:LAYOUT:BASE ...`.
 func (m *Manager) LayoutDir() string { return m.layout.Dir() }
 
-// Acquire returns a lease on a ready builder for baseImage. When the
-// base has a fresh builder, that is all (no network access). When its
-// builder is stale, Acquire leases the stale one at once and prepares the
-// replacement in the background. When there is none, Acquire prepares it
-// and waits (one preparation per base, shared by concurrent callers; its
-// output streams to log, which may be nil). A failed setup is a
+// Acquire returns a lease on a ready builder for baseImage made the way
+// this Manager makes them: its recipe (packages, repositories, mirror
+// list, setup script) and the base digest the image store has for
+// baseImage. When there is such a builder and it is fresh, that is all
+// (no network access). When it is older than the maximum age, Acquire
+// leases it at once and prepares the replacement in the background. When
+// there is none — none at all, or only builders made with other settings
+// or from another digest of the base — Acquire prepares one and waits,
+// saying why in log (one preparation per base, shared by concurrent
+// callers; its output streams to log, which may be nil): a build never
+// runs on a builder its settings did not ask for. A failed setup is a
 // *SetupError. Release the lease when the build is over.
 func (m *Manager) Acquire(ctx context.Context, baseImage string, log io.Writer) (*Lease, error) {
 	ref, err := oci.ParseReference(baseImage)
@@ -189,7 +199,7 @@ func (m *Manager) Acquire(ctx context.Context, baseImage string, log io.Writer) 
 		return nil, err
 	}
 	base := ref.String()
-	key := baseKey(base)
+	key := currentKey(base, m.recipe)
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			// A builder was removed under our feet (pruned, or
@@ -210,8 +220,10 @@ func (m *Manager) Acquire(ctx context.Context, baseImage string, log io.Writer) 
 		if err != nil {
 			return nil, err
 		}
-		if md != nil {
-			if !m.fresh(md) {
+		if md != nil && !m.baseChanged(md) {
+			// The builder of this recipe and base digest. Only age may
+			// let a build use it while its successor is prepared.
+			if m.expired(md) {
 				m.refreshInBackground(ctx, key, base)
 			}
 			l, err := m.lease(md)
@@ -219,6 +231,9 @@ func (m *Manager) Acquire(ctx context.Context, baseImage string, log io.Writer) 
 				continue
 			}
 			return l, err
+		}
+		if attempt == 0 {
+			m.sayWhyPreparing(log, base, md)
 		}
 		md, _, err = m.run(ctx, key, base, prepIfNeeded, log)
 		if err != nil {
@@ -254,7 +269,7 @@ func (m *Manager) prepareNow(ctx context.Context, baseImage string, mode prepMod
 		return Info{}, false, err
 	}
 	base := ref.String()
-	md, rebuilt, err := m.run(ctx, baseKey(base), base, mode, log)
+	md, rebuilt, err := m.run(ctx, currentKey(base, m.recipe), base, mode, log)
 	if err != nil {
 		return Info{}, false, err
 	}
@@ -377,6 +392,32 @@ func (m *Manager) refreshInBackground(ctx context.Context, key, base string) {
 	}()
 }
 
+// migrateLinks renames the current links of older vagents, one per base
+// (current/<baseKey(base)>), to the recipe's: their builders stay current
+// for the settings they were made with.
+func (m *Manager) migrateLinks() {
+	links, err := os.ReadDir(filepath.Join(m.dir, currentDirName))
+	if err != nil {
+		return
+	}
+	for _, l := range links {
+		id, err := m.currentID(l.Name())
+		if err != nil || id == "" {
+			continue
+		}
+		md, err := readMeta(m.builderDir(id))
+		if err != nil || l.Name() != baseKey(md.Base) || l.Name() == currentKeyOf(md) {
+			continue
+		}
+		to := m.currentLink(currentKeyOf(md))
+		if _, err := os.Lstat(to); errors.Is(err, fs.ErrNotExist) {
+			_ = os.Rename(m.currentLink(l.Name()), to)
+		} else {
+			_ = os.Remove(m.currentLink(l.Name()))
+		}
+	}
+}
+
 // lastLines returns at most n last lines of b.
 func lastLines(b []byte, n int) string {
 	s := strings.TrimRight(string(b), "\n")
@@ -431,9 +472,63 @@ func (m *Manager) loadMeta(id string) (*meta, error) {
 }
 
 // fresh tells whether a builder is young enough and made the way this
-// Manager makes them.
+// Manager makes them, from the base digest the store has now.
 func (m *Manager) fresh(md *meta) bool {
-	return !m.expired(md) && md.Recipe == m.recipe
+	return !m.expired(md) && md.Recipe == m.recipe && !m.baseChanged(md)
+}
+
+// baseChanged tells whether the image store has another digest for the
+// builder's base than the builder was made from (the base was pulled
+// again since, by `vagent image pull` or another recipe's preparation).
+// It reads the store's records: no network.
+func (m *Manager) baseChanged(md *meta) bool {
+	if m.store == nil {
+		return false
+	}
+	d, ok := m.store.Recorded(md.Base)
+	return ok && d != md.BaseDigest
+}
+
+// sayWhyPreparing tells log why a build waits for a new builder of base:
+// cur (this recipe's, nil if none) was made from another base digest, or
+// the base's builders were made with other settings.
+func (m *Manager) sayWhyPreparing(log io.Writer, base string, cur *meta) {
+	if log == nil {
+		return
+	}
+	var why string
+	switch {
+	case cur != nil:
+		d, _ := m.store.Recorded(base)
+		why = fmt.Sprintf("the builder %s was made from %s, the image store now has %s", shortID(cur.ID), shortID(cur.BaseDigest.Hex), shortID(d.Hex))
+	case m.otherRecipes(base):
+		why = "the builders of this base were made with other builder settings (packages, repositories, mirror list or setup)"
+	default:
+		return // the first builder of the base: prepare says it
+	}
+	fmt.Fprintf(log, "==> vagent: %s: preparing a builder for %s with this build's settings; the build waits for it\n", why, base)
+	m.logger(base).WithField("reason", why).Info("preparing a builder with the build's settings")
+}
+
+// otherRecipes tells whether base has builders made with another recipe.
+func (m *Manager) otherRecipes(base string) bool {
+	ents, _ := os.ReadDir(filepath.Join(m.dir, buildersDir))
+	for _, e := range ents {
+		if !validID(e.Name()) {
+			continue
+		}
+		if md, err := m.loadMeta(e.Name()); err == nil && md.Base == base && md.Recipe != m.recipe {
+			return true
+		}
+	}
+	return false
+}
+
+func shortID(hex string) string {
+	if len(hex) > 12 {
+		return hex[:12]
+	}
+	return hex
 }
 
 // expired tells whether a builder is older than the maximum age. Prune
@@ -455,7 +550,7 @@ func (m *Manager) lease(md *meta) (*Lease, error) {
 	if err != nil {
 		return nil, err
 	}
-	ok, err := flock(f, false, false)
+	ok, err := lockfile.Lock(f, false, false)
 	if err != nil || !ok || !sameFile(f, dir) {
 		f.Close()
 		if err != nil {
@@ -481,7 +576,7 @@ func (m *Manager) lease(md *meta) (*Lease, error) {
 		if !last {
 			return
 		}
-		if id, err := m.currentID(baseKey(md.Base)); err == nil && id != md.ID {
+		if id, err := m.currentID(currentKeyOf(md)); err == nil && id != md.ID {
 			if _, err := m.removeBuilder(context.Background(), md.ID, false); err != nil {
 				m.o.log.WithError(err).WithField("builder", md.ID[:12]).Warn("removing a superseded builder")
 			}
@@ -511,12 +606,12 @@ func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurre
 		return false, 0, 0, err
 	}
 	defer f.Close()
-	if ok, err := flock(f, true, false); err != nil || !ok {
+	if ok, err := lockfile.Lock(f, true, false); err != nil || !ok {
 		return false, 0, 0, err
 	}
 	md, merr := readMeta(dir)
 	if merr == nil {
-		key := baseKey(md.Base)
+		key := currentKeyOf(md)
 		if cur, err := m.currentID(key); err == nil && cur == id {
 			if !unlinkCurrent {
 				return false, 0, 0, nil
@@ -549,8 +644,9 @@ func (m *Manager) removeBuilderBlobs(ctx context.Context, id string, unlinkCurre
 	return true, blobs, size, nil
 }
 
-// collectSuperseded removes the builders that are not current (and, with
-// stale, the current ones that are stale) unless in use.
+// collectSuperseded removes the builders that are not current, the stale
+// current ones of other recipes than this Manager's (and, with stale, its
+// own stale current ones) unless in use.
 func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneReport, err error) {
 	ents, err := os.ReadDir(filepath.Join(m.dir, buildersDir))
 	if err != nil {
@@ -564,10 +660,10 @@ func (m *Manager) collectSuperseded(ctx context.Context, stale bool) (rep PruneR
 		md, err := readMeta(m.builderDir(id))
 		isCurrent := false
 		if err == nil {
-			cur, _ := m.currentID(baseKey(md.Base))
+			cur, _ := m.currentID(currentKeyOf(md))
 			isCurrent = cur == id
 		}
-		if isCurrent && !(stale && m.expired(md)) {
+		if isCurrent && (!m.expired(md) || (!stale && md.Recipe == m.recipe)) {
 			continue
 		}
 		if err := rep.remove(ctx, m, id); err != nil {
@@ -581,8 +677,9 @@ func (m *Manager) info(md *meta) Info {
 	in := Info{
 		ID: md.ID, Base: md.Base, BaseDigest: md.BaseDigest, Digest: md.Digest,
 		Created: md.Created, Size: md.Size, LayerSize: md.LayerSize, Stale: m.expired(md),
+		OtherSettings: md.Recipe != m.recipe,
 	}
-	if cur, err := m.currentID(baseKey(md.Base)); err == nil {
+	if cur, err := m.currentID(currentKeyOf(md)); err == nil {
 		in.Current = cur == md.ID
 	}
 	m.mu.Lock()
@@ -590,7 +687,7 @@ func (m *Manager) info(md *meta) Info {
 	m.mu.Unlock()
 	if !in.InUse {
 		if f, err := os.Open(m.builderDir(md.ID)); err == nil {
-			ok, err := flock(f, true, false)
+			ok, err := lockfile.Lock(f, true, false)
 			in.InUse = err == nil && !ok
 			f.Close()
 		}
@@ -681,7 +778,7 @@ func (m *Manager) preparing(base string) bool {
 		return false
 	}
 	defer f.Close()
-	ok, err := flock(f, true, false)
+	ok, err := lockfile.Lock(f, true, false)
 	return err == nil && !ok
 }
 

@@ -11,8 +11,6 @@ import (
 	"github.com/vieter-v/vagent/oci"
 )
 
-func flock(*os.File, bool, bool) (bool, error)       { return false, errors.ErrUnsupported }
-func flockCtx(context.Context, *os.File) error       { return errors.ErrUnsupported }
 func sameFile(*os.File, string) bool                 { return false }
 func linkTree(context.Context, string, string) error { return errors.ErrUnsupported }
 func upperTar(context.Context, io.Writer, string, string, uint32, uint32, uint32, oci.Budget) error {
@@ -20,5 +18,3 @@ func upperTar(context.Context, io.Writer, string, string, uint32, uint32, uint32
 }
 
 var errCrossDevice = errors.New("source and destination on different file systems")
-
-func syncDir(string) error { return errors.ErrUnsupported }

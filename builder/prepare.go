@@ -35,17 +35,19 @@ func (m *Manager) prepare(ctx context.Context, out io.Writer, key, base string, 
 		return nil, false, fmt.Errorf("preparing a builder for %s: no image store or sandbox", base)
 	}
 	log := m.logger(base)
-	lf, err := os.OpenFile(m.lockPath(key), os.O_CREATE|os.O_RDWR, 0o600)
+	// One preparation of a base at a time, whatever its recipe (Prune
+	// spares the layout entries of a base being prepared).
+	lf, err := os.OpenFile(m.lockPath(baseKey(base)), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, false, err
 	}
 	defer lf.Close()
-	if ok, err := flock(lf, true, false); err != nil {
+	if ok, err := lockfile.Lock(lf, true, false); err != nil {
 		return nil, false, err
 	} else if !ok {
 		setStage(out, StagePreparing)
 		fmt.Fprintf(out, "==> vagent: waiting for another process preparing the builder for %s\n", base)
-		if err := flockCtx(ctx, lf); err != nil {
+		if err := lockfile.LockContext(ctx, lf, true); err != nil {
 			return nil, false, err
 		}
 	}
@@ -231,7 +233,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	if err := lockfile.WriteFile(filepath.Join(tmp, metaFile), b, lockfile.WriteOptions{Sync: true}); err != nil {
 		return nil, err
 	}
-	if err := syncDir(tmp); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+	if err := lockfile.SyncFS(tmp); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		return nil, fmt.Errorf("syncing the builder: %w", err)
 	}
 	if err := os.Rename(tmp, m.builderDir(id)); err != nil {

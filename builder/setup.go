@@ -4,8 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"github.com/vieter-v/vagent/internal/pacman"
 	"strings"
+
+	"github.com/vieter-v/vagent/internal/pacman"
 )
 
 // setupScript runs as root in the sandbox, on an overlay of the base image,

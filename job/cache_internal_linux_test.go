@@ -333,6 +333,74 @@ func TestCachePrune(t *testing.T) {
 
 func cacheKeyOf(id int) string { return cacheKey(poll.Job{TargetID: id}) }
 
+// TestCacheOfAnotherRange: when the data dir's id range changes (vagent
+// picked a free range for a data dir of the old default 100000, or
+// id_range changed), a target's cache that builds of the old range wrote
+// is emptied when it is next leased (its files belong to ids no build has
+// any more), without following a link in it; a tree a build of this range
+// gave to its builder user is kept.
+func TestCacheOfAnotherRange(t *testing.T) {
+	testkit.RequireRoot(t)
+	b := newCacheRunner(t, WithSourceCache(true))
+	b.rootUID, b.rootGID, b.idSize = 100000, 100000, 65536
+	l, _ := lease(t, b, poll.Job{TargetID: 9})
+	pkg, src := l.tree, l.src
+	l.release()
+	host := filepath.Join(t.TempDir(), "host-file")
+	mustWrite := func(p string, uid, gid int) {
+		t.Helper()
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(host, 0, 0)
+	// The builder user's source tree (build.sh gives it to builder).
+	if err := os.Chown(src, 101000, 101000); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(filepath.Join(src, "data.tar.gz"), 101000, 101000)
+	mustWrite(filepath.Join(pkg, "a-1-1-any.pkg.tar.zst"), 100000, 100000)
+
+	// The same range: everything stays.
+	l2, _ := lease(t, b, poll.Job{TargetID: 9})
+	l2.release()
+	for _, p := range []string{filepath.Join(src, "data.tar.gz"), filepath.Join(pkg, "a-1-1-any.pkg.tar.zst")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("the same range's %s went: %v", p, err)
+		}
+	}
+	if err := os.Symlink(host, filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(src, 101000, 101000); err != nil {
+		t.Fatal(err)
+	}
+
+	// Another range: both trees are emptied and the new root's.
+	b.rootUID, b.rootGID = 600000, 600000
+	l3, _ := lease(t, b, poll.Job{TargetID: 9})
+	defer l3.release()
+	if l3.tree != pkg || l3.src != src {
+		t.Fatalf("lease %s %s, want the target's %s %s", l3.tree, l3.src, pkg, src)
+	}
+	for _, dir := range []string{pkg, src} {
+		ents, err := os.ReadDir(dir)
+		if err != nil || len(ents) != 0 {
+			t.Errorf("%s after the range changed: %v %v, want empty", dir, ents, err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(dir, &st); err != nil || st.Uid != 600000 || st.Gid != 600000 {
+			t.Errorf("%s: %d:%d %v, want the new root's 600000", dir, st.Uid, st.Gid, err)
+		}
+	}
+	if _, err := os.Stat(host); err != nil {
+		t.Errorf("the link's target went: %v", err)
+	}
+}
+
 // TestSourceCache: with WithSourceCache a target's cache has a source
 // tree beside its packages, the build's to write; what is neither a file
 // nor a directory is removed at any depth after the build; the trees

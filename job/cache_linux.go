@@ -128,14 +128,30 @@ func privateRootDir(dir string) error {
 
 // buildTree creates (or takes as it is) the directory name below the open
 // directory parent that builds write to, owned by container root
-// (uid:gid), and returns its path.
-func buildTree(parent int, parentPath, name string, uid, gid int) (string, error) {
+// (uid:gid, of a range of size ids), and returns its path. A tree that
+// builds of another id range wrote (the data dir's range changed) is
+// emptied first (inOtherRange): the caller holds it alone.
+func buildTree(parent int, parentPath, name string, uid, gid int, size uint32) (string, error) {
 	if err := unix.Mkdirat(parent, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
 		return "", fmt.Errorf("creating %s/%s: %w", parentPath, name, err)
 	}
 	fd, err := unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", fmt.Errorf("opening %s/%s: %w", parentPath, name, err)
+	}
+	if inOtherRange(fd, uid, gid, size) {
+		unix.Close(fd)
+		// The parent is root's and out of every build's reach: the path
+		// is ours; RemoveTree follows no link below it.
+		if err := lockfile.RemoveTree(filepath.Join(parentPath, name)); err != nil {
+			return "", fmt.Errorf("emptying %s/%s of another id range: %w", parentPath, name, err)
+		}
+		if err := unix.Mkdirat(parent, name, 0o755); err != nil {
+			return "", fmt.Errorf("creating %s/%s: %w", parentPath, name, err)
+		}
+		if fd, err = unix.Openat(parent, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err != nil {
+			return "", fmt.Errorf("opening %s/%s: %w", parentPath, name, err)
+		}
 	}
 	defer unix.Close(fd)
 	if os.Geteuid() == 0 {
@@ -234,7 +250,7 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 	if err != nil {
 		return nil, err
 	}
-	tree, err := buildTree(top, tdir, cacheTree, b.rootUID, b.rootGID)
+	tree, err := buildTree(top, tdir, cacheTree, b.rootUID, b.rootGID, b.idSize)
 	unix.Close(top)
 	if err != nil {
 		return nil, err
@@ -249,7 +265,7 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 		if err != nil {
 			return nil, err
 		}
-		src, err = buildTree(top, tdir, sourceTree, b.rootUID, b.rootGID)
+		src, err = buildTree(top, tdir, sourceTree, b.rootUID, b.rootGID, b.idSize)
 		unix.Close(top)
 		if err != nil {
 			return nil, err
@@ -276,17 +292,22 @@ func (b *Runner) lockTargetCache(dir, key string) (_ *cacheLease, retErr error) 
 
 // privateCache returns a cache of the build's own, removed after it.
 func (b *Runner) privateCache() (*cacheLease, error) {
-	dir, err := os.MkdirTemp(b.runsDir(), "cache-")
+	// Locked while it lives: a process starting beside this one removes
+	// only the private caches of dead ones (lockfile.RemoveStale).
+	dir, lock, err := lockfile.MkdirTemp(b.runsDir(), "cache-")
 	if err != nil {
 		return nil, err
 	}
-	drop := func() { _ = os.RemoveAll(dir) }
+	drop := func() {
+		_ = os.RemoveAll(dir)
+		lock.Close()
+	}
 	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		drop()
 		return nil, err
 	}
-	tree, err := buildTree(fd, dir, cacheTree, b.rootUID, b.rootGID)
+	tree, err := buildTree(fd, dir, cacheTree, b.rootUID, b.rootGID, b.idSize)
 	unix.Close(fd)
 	if err != nil {
 		drop()

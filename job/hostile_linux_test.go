@@ -490,8 +490,14 @@ func TestHostileBuilds(t *testing.T) {
 			t.Errorf("/tmp was not limited to 16 MiB (file of %d bytes):\n%s", size, log)
 		}
 		for _, d := range []string{"runs", "kept"} {
-			if ents, err := os.ReadDir(filepath.Join(data, "sandbox", d)); err != nil || len(ents) > 0 {
-				t.Errorf("sandbox/%s after the build: %v %v", d, ents, err)
+			// The sandbox Manager's instance directory (sandbox/m/<inst>).
+			dirs, _ := filepath.Glob(filepath.Join(data, "sandbox", "m", "*", d))
+			if len(dirs) != 1 {
+				t.Errorf("sandbox/m/*/%s: %v, want the Manager's one", d, dirs)
+				continue
+			}
+			if ents, err := os.ReadDir(dirs[0]); err != nil || len(ents) > 0 {
+				t.Errorf("%s after the build: %v %v", dirs[0], ents, err)
 			}
 		}
 	})

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vieter-v/vagent/internal/lockfile"
 	"github.com/vieter-v/vagent/internal/pacman"
 	"github.com/vieter-v/vagent/poll"
 )
@@ -35,15 +36,16 @@ type runDir struct {
 	dir       string
 	srcinfo   *os.File // FIFO, read by the agent
 	decision  *os.File // FIFO, written by the agent
+	lock      *os.File // held while the run lives (lockfile.RemoveStale)
 	closeOnce sync.Once
 }
 
 func (b *Runner) newRun(repos []pacman.Repo, creds *urlCredentials) (_ *runDir, retErr error) {
-	dir, err := os.MkdirTemp(b.runsDir(), "run-")
+	dir, lock, err := lockfile.MkdirTemp(b.runsDir(), "run-")
 	if err != nil {
 		return nil, err
 	}
-	run := &runDir{dir: dir}
+	run := &runDir{dir: dir, lock: lock}
 	defer func() {
 		if retErr != nil {
 			run.remove()
@@ -137,6 +139,7 @@ func (r *runDir) closeFIFOs() {
 func (r *runDir) remove() {
 	r.closeFIFOs()
 	_ = os.RemoveAll(r.dir)
+	r.lock.Close()
 }
 
 // maxSrcInfoHeader bounds the length line of the srcinfo FIFO.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vieter-v/vagent/builder"
+	"github.com/vieter-v/vagent/internal/lockfile"
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/sandbox"
 )
@@ -95,6 +96,7 @@ type Runner struct {
 	// rootUID and rootGID are the host ids of container root, the owner
 	// of the package cache tree.
 	rootUID, rootGID int
+	idSize           uint32
 }
 
 var _ poll.Executor = (*Runner)(nil)
@@ -135,16 +137,16 @@ func New(sb Sandbox, images Images, dir string, opts ...Option) (*Runner, error)
 	if strings.ContainsAny(dir, ",:\\") {
 		return nil, fmt.Errorf("%w: directory %q has ',', ':' or '\\'", ErrBadConfig, dir)
 	}
-	uid, gid, _ := sb.IDRange()
-	b := &Runner{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid)}
+	uid, gid, size := sb.IDRange()
+	b := &Runner{sb: sb, images: images, dir: dir, opts: o, rootUID: int(uid), rootGID: int(gid), idSize: size}
 	if err := b.prepareDir(); err != nil {
 		return nil, err
 	}
 	return b, nil
 }
 
-// prepareDir creates the cache and run directories and removes runs a
-// crashed agent left behind.
+// prepareDir creates the cache and run directories and removes the runs
+// dead processes left behind.
 func (b *Runner) prepareDir() error {
 	for _, d := range []string{b.dir, b.runsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -157,15 +159,11 @@ func (b *Runner) prepareDir() error {
 	if err := b.prepareCache(); err != nil {
 		return err
 	}
-	entries, err := os.ReadDir(b.runsDir())
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		// Runs of a live agent on the same directory would be removed
-		// too: the sandbox Manager's lock on its own directory keeps a
-		// second agent away.
-		_ = os.RemoveAll(filepath.Join(b.runsDir(), e.Name()))
+	// Each run directory is locked by the process that made it: what
+	// dead processes left goes, the runs of live ones beside this (an
+	// agent and `vagent build` on one data dir) stay.
+	if _, err := lockfile.RemoveStale(b.runsDir()); err != nil {
+		return fmt.Errorf("removing runs of an earlier process: %w", err)
 	}
 	return nil
 }

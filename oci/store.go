@@ -17,8 +17,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/vieter-v/vagent/internal/lockfile"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // Store is the content-addressed image store under a data directory:
@@ -530,7 +531,7 @@ func (s *Store) Pull(ctx context.Context, ref string) (*Image, error) {
 		return nil, fmt.Errorf("pulling %s: %w", res.img.Ref, err)
 	}
 	if s.o.sync {
-		if err := syncfs(s.dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		if err := lockfile.SyncFS(s.dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 			return nil, fmt.Errorf("syncing store: %w", err)
 		}
 	}
@@ -641,7 +642,7 @@ func (s *Store) unpackRootfs(ctx context.Context, res *resolved) (retErr error) 
 	}
 	mark := s.boot
 	if s.o.sync || mark == "" {
-		if err := syncfs(dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		if err := lockfile.SyncFS(dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 			return fmt.Errorf("syncing rootfs: %w", err)
 		}
 		mark = syncedMark
@@ -749,6 +750,18 @@ func (s *Store) lookupRef(ref string) (refRecord, bool) {
 	}
 	rec, ok := idx.Refs[ref]
 	return rec, ok
+}
+
+// Recorded returns the manifest digest that ref resolved to when the
+// store last pulled it, and false when the store has no record of ref. It
+// reads the store's records only: no network.
+func (s *Store) Recorded(ref string) (v1.Hash, bool) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return v1.Hash{}, false
+	}
+	rec, ok := s.lookupRef(r.String())
+	return rec.Digest, ok
 }
 
 // List returns the images in the store, sorted by reference.

@@ -2,8 +2,4 @@
 
 package oci
 
-import "errors"
-
-func syncfs(string) error { return errors.ErrUnsupported }
-
 func bootID() string { return "" }

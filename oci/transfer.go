@@ -16,6 +16,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // Image files: an OCI layout directory, a tarball of one, or `docker save`
@@ -175,7 +177,7 @@ func (s *Store) Load(ctx context.Context, file, as string) (*Image, error) {
 		return nil, fmt.Errorf("loading %s: %w", src, err)
 	}
 	if s.o.sync {
-		if err := syncfs(s.dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		if err := lockfile.SyncFS(s.dir); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 			return nil, fmt.Errorf("syncing store: %w", err)
 		}
 	}

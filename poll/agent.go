@@ -79,16 +79,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return ErrAlreadyRunning
 	}
-	// 0755: builds resolve mounts below the data dir as other users; the
-	// spool and the lock inside it are private.
-	if err := os.MkdirAll(a.opts.dataDir, 0o755); err != nil {
-		return fmt.Errorf("creating data dir: %w", err)
+	if a.opts.lock == nil {
+		unlock, err := lockDir(a.opts.dataDir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 	}
-	unlock, err := lockDir(a.opts.dataDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	sp, err := openSpool(a.opts.dataDir, a.opts.arch, a.opts.fsync)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -293,5 +294,31 @@ func TestDataDirLocked(t *testing.T) {
 	err := h.agent(t, instant).Run(t.Context())
 	if !errors.Is(err, ErrLocked) {
 		t.Errorf("second agent on the same data dir: %v, want ErrLocked", err)
+	}
+	if want := fmt.Sprintf("another vagent (pid %d) uses data dir %s", os.Getpid(), h.dir); err == nil || err.Error() != want {
+		t.Errorf("second agent's error %q, want %q", err, want)
+	}
+}
+
+// TestDataDirLockTakenFirst: the caller takes the agent lock before
+// anything else touches the data dir (vagent run) and hands it to Run.
+func TestDataDirLockTakenFirst(t *testing.T) {
+	h := newHarness(t)
+	l, err := LockDataDir(h.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockDataDir(h.dir); !errors.Is(err, ErrLocked) {
+		t.Errorf("second lock: %v, want ErrLocked", err)
+	}
+	start(t, h.agent(t, instant, WithDataDirLock(l)))
+	waitFor(t, 5*time.Second, "first poll", func() bool { return len(h.srv.Polls()) > 0 })
+	// Run took no lock of its own.
+	l.Unlock()
+	l.Unlock()
+	if l2, err := LockDataDir(h.dir); err != nil {
+		t.Errorf("lock after Unlock, the agent running: %v", err)
+	} else {
+		l2.Unlock()
 	}
 }

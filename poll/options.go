@@ -34,6 +34,7 @@ type options struct {
 	obs               Observer
 	clock             Clock
 	origin            Origin // agent name, version, host: for log headers and Status
+	lock              *DataDirLock
 }
 
 // silentLogger is the logger of a caller that sets none, or sets nil.
@@ -138,6 +139,21 @@ func WithDataDir(dir string) Option {
 			return errors.New("empty data dir")
 		}
 		o.dataDir = dir
+		return nil
+	}
+}
+
+// WithDataDirLock hands Run the data directory's agent lock, taken by the
+// caller with LockDataDir before anything else used the data directory
+// (so that a second agent is refused before it touches anything). Run
+// then does not take it itself, and does not release it. Default: Run
+// takes the lock of the data directory (WithDataDir).
+func WithDataDirLock(l *DataDirLock) Option {
+	return func(o *options) error {
+		if l == nil {
+			return errors.New("nil data dir lock")
+		}
+		o.lock = l
 		return nil
 	}
 }

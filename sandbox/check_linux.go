@@ -1,13 +1,11 @@
 package sandbox
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/opencontainers/cgroups"
@@ -65,7 +63,7 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	}
 	var usernsFD *os.File
 	usernsFD, f.userns = newUsernsFD(o.uidBase, o.idSize)
-	f.idConflicts = idConflicts(o.uidBase, o.idSize)
+	f.idConflicts = SystemHostIDs.Conflicts(IDRange{Base: o.uidBase, Size: o.idSize})
 	if usernsFD != nil {
 		defer usernsFD.Close()
 	}
@@ -315,52 +313,3 @@ func probeOverlay(dir string, usernsFD *os.File) (overlayErr, idmapErr error) {
 	}
 	return nil, mount(d.lower)
 }
-
-// idConflicts lists host users and subordinate id entries whose ids fall in
-// [base, base+size).
-func idConflicts(base, size uint32) []string {
-	end := uint64(base) + uint64(size)
-	var out []string
-	in := func(id uint64) bool { return id >= uint64(base) && id < end }
-	for _, file := range []string{"/etc/passwd", "/etc/group"} {
-		forLines(file, func(f []string) {
-			if len(f) > 2 {
-				if id, err := strconv.ParseUint(f[2], 10, 32); err == nil && in(id) {
-					out = append(out, fmt.Sprintf("%s %s (%d)", filepath.Base(file), f[0], id))
-				}
-			}
-		})
-	}
-	for _, file := range []string{"/etc/subuid", "/etc/subgid"} {
-		forLines(file, func(f []string) {
-			if len(f) < 3 || f[0] == "root" || f[0] == "0" {
-				return // the agent's own allocation is no conflict
-			}
-			start, err1 := strconv.ParseUint(f[1], 10, 32)
-			n, err2 := strconv.ParseUint(f[2], 10, 32)
-			if err1 == nil && err2 == nil && start < end && start+n > uint64(base) {
-				out = append(out, fmt.Sprintf("%s %s:%d:%d", filepath.Base(file), f[0], start, n))
-			}
-		})
-	}
-	return out
-}
-
-func forLines(file string, fn func([]string)) {
-	fh, err := os.Open(file)
-	if err != nil {
-		return
-	}
-	defer fh.Close()
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		if line := sc.Text(); line != "" && !strings.HasPrefix(line, "#") {
-			fn(strings.Split(line, ":"))
-		}
-	}
-}
-
-// IDConflicts lists the host users, groups and /etc/subuid or /etc/subgid
-// entries (other than root's) whose ids fall in [base, base+size): files of
-// such a user would be container files, and a build's files theirs.
-func IDConflicts(base, size uint32) []string { return idConflicts(base, size) }

@@ -6,6 +6,3 @@ package sandbox
 func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	return []Requirement{{Name: "operating system", Detail: "vagent runs builds on Linux only"}}, nil
 }
-
-// IDConflicts finds nothing outside Linux.
-func IDConflicts(base, size uint32) []string { return nil }

@@ -13,7 +13,8 @@
 //     (whiteouts are 0/0 character devices, opaque directories carry
 //     trusted.overlay.opaque="y"; redirect_dir, metacopy and index are off).
 //   - a user namespace: container ids 0–65535 map to host ids starting at
-//     100000 (see [WithIDMap]). The lower is made to look owned by the mapped
+//     100000 (see [WithIDMap]; [HostIDs.Pick] finds a free range, and
+//     [HostIDs.Conflicts] tells who else uses one). The lower is made to look owned by the mapped
 //     ids with an idmapped bind mount (mount_setattr MOUNT_ATTR_IDMAP), so one
 //     unshifted copy of an image serves every run. Files the run creates in its
 //     upper are owned by the shifted host ids ([Upper.UIDBase]).
@@ -87,14 +88,22 @@
 // failure, timeout, a panic in the caller's Output writer, which Run
 // re-raises after cleaning up); pasta, killed, exits in the background and
 // [Manager.Close] waits for it.
-// [New] takes an exclusive lock on the data directory and first kills and
-// removes whatever a previous, killed agent left there: containers (the
-// parent-death signal does not reach them), their cgroups, mounts, upper
-// directories and kept uppers that were never released, and the isolated
-// networks: pasta dies with the agent (its parent-death signal, tied to a
-// thread that lives as long as the process); one that did not is killed
-// by the pid its run recorded, and the namespaces' bind mounts are
-// removed, which frees them with their interfaces and rules.
+// Several Managers — of several processes: an agent and `vagent build` —
+// share a data directory; each works in an instance directory of its own
+// (m/<inst>, with its state, runs, kept uppers and network namespaces, and
+// a cgroup parent of its own), which it holds an flock on while it lives.
+// [New] first kills and removes whatever dead Managers left there — the
+// instances whose lock it can take: containers (the parent-death signal
+// does not reach them), their cgroups, mounts, upper directories and kept
+// uppers that were never released, and the isolated networks: pasta dies
+// with its process (its parent-death signal, tied to a thread that lives
+// as long as the process); one that did not is killed by the pid its run
+// recorded, and the namespaces' bind mounts are removed, which frees them
+// with their interfaces and rules — and never touches a live one's. Live
+// Managers of one data directory must map the same id range
+// ([ErrIDRangeInUse]). An older vagent held the data directory alone, with
+// an exclusive lock: beside it New fails with [ErrLocked]; after it, New
+// removes what it left.
 //
 // Seccomp needs a binary built with cgo and the build tag "seccomp"
 // (libseccomp linked statically; see the Makefile). Without it

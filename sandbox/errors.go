@@ -10,8 +10,12 @@ var (
 	// ErrNoSeccomp reports that the binary was built without seccomp support
 	// (cgo and the "seccomp" build tag) while seccomp was asked for.
 	ErrNoSeccomp = errors.New("seccomp support not compiled in (build with cgo and -tags seccomp)")
-	// ErrLocked reports that another Manager holds the data directory.
-	ErrLocked = errors.New("data directory in use by another sandbox manager")
+	// ErrLocked reports that an older vagent, which holds its data
+	// directory alone, uses the data directory.
+	ErrLocked = errors.New("data directory in use by an older vagent that does not share it (stop it first)")
+	// ErrIDRangeInUse reports that another live Manager of the data
+	// directory maps a different id range.
+	ErrIDRangeInUse = errors.New("every process on a data directory must map the same id range")
 	// ErrRootless reports a feature that rootless mode does not provide.
 	ErrRootless = errors.New("not supported when running as a non-root user")
 	// ErrLimitUnavailable reports a limit whose cgroup controller is not

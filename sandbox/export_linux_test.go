@@ -61,3 +61,6 @@ func SeccompOCI() (map[string]any, error) {
 	out["syscalls"] = calls
 	return out, nil
 }
+
+// InstanceDir returns the Manager's own directory in its data directory.
+func (m *Manager) InstanceDir() string { return m.instDir }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"syscall"
 
@@ -15,6 +16,13 @@ import (
 // re-executed through Init) creates the namespace; the fd keeps it alive
 // after the child exits.
 func newUsernsFD(base, size uint32) (*os.File, error) {
+	// Pdeathsig is sent when the thread that forked the child ends: a
+	// thread libcontainer leaves locked ends with its goroutine, and with
+	// Managers starting at once (several in a process) the helper was
+	// killed under this one (TestConcurrentJoins). The fork and the wait
+	// happen on this thread, kept until the helper is done.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	cmd := exec.Command("/proc/self/exe", usernsHolderArg)
 	cmd.Args[0] = os.Args[0]
 	cmd.Env = []string{}

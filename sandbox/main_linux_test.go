@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,10 +100,29 @@ func leftovers(dataDir, parent string, closed bool) []string {
 			l = append(l, "mount "+f[4])
 		}
 	}
-	for _, sub := range []string{"state", "runs", "kept", "netns"} {
-		entries, _ := os.ReadDir(filepath.Join(dataDir, sub))
-		for _, e := range entries {
-			l = append(l, sub+"/"+e.Name())
+	// An older vagent's directories, and each Manager's instance but
+	// those of live Managers sharing the directory (they hold a lock).
+	var insts []string
+	all, _ := filepath.Glob(filepath.Join(dataDir, "m", "*"))
+	for _, p := range all {
+		if f, err := os.Open(p); err == nil {
+			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+				insts = append(insts, p)
+			}
+			f.Close()
+		}
+	}
+	for _, base := range append([]string{dataDir}, insts...) {
+		for _, sub := range []string{"state", "runs", "kept", "netns"} {
+			entries, _ := os.ReadDir(filepath.Join(base, sub))
+			for _, e := range entries {
+				rel, _ := filepath.Rel(dataDir, filepath.Join(base, sub, e.Name()))
+				l = append(l, rel)
+			}
+		}
+		if closed && base != dataDir {
+			owner, _ := os.ReadFile(filepath.Join(base, "owner.json"))
+			l = append(l, "instance "+base+" "+string(owner))
 		}
 	}
 	for _, p := range testkit.PastaProcs(dataDir) {

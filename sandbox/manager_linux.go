@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,11 +13,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Manager runs sandboxes under one data directory, which it owns
-// exclusively while open.
+// Manager runs sandboxes under one data directory. Several Managers, in
+// this process or others, may share a data directory: each works in an
+// instance directory of its own (see instance_linux.go).
 type Manager struct {
 	opts     options
 	dataDir  string
+	instDir  string // this Manager's instance directory
 	stateDir string // libcontainer state root
 	runsDir  string // per-run directories
 	keptDir  string // kept uppers handed to callers
@@ -34,7 +35,8 @@ type Manager struct {
 	rootUID, rootGID uint32       // host ids of container root
 	idSize           uint32
 	usernsFD         *os.File // user namespace for idmapped lowers; nil without
-	lock             *os.File
+	lock             *os.File // the data directory's lock, shared
+	instLock         *os.File // the instance directory, locked exclusively
 
 	mu      sync.Mutex
 	closed  bool
@@ -42,10 +44,13 @@ type Manager struct {
 	reapers sync.WaitGroup // killed pasta processes not yet reaped
 }
 
-// New opens a Manager on dataDir (created if missing). It takes an
-// exclusive lock on the directory and first cleans up whatever an earlier
-// Manager on it left behind: running containers are killed and destroyed,
-// their cgroups, mounts, upper and state directories removed.
+// New opens a Manager on dataDir (created if missing). Other Managers, of
+// this or other processes, may use the same directory at once; New first
+// cleans up whatever dead ones left behind: their running containers are
+// killed and destroyed, their cgroups, mounts, upper and state directories
+// removed. Live Managers of the directory must map the same id range
+// (ErrIDRangeInUse); an older vagent that holds the directory alone is
+// ErrLocked.
 func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	o := defaultOptions()
 	for _, opt := range opts {
@@ -72,58 +77,12 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if abs, err = filepath.EvalSymlinks(abs); err != nil {
 		return nil, err
 	}
-	if o.cgroupParent == "" {
-		sum := sha256.Sum256([]byte(abs))
-		o.cgroupParent = "vagent-" + hex.EncodeToString(sum[:6])
-	}
 	m := &Manager{
 		opts:     o,
 		dataDir:  abs,
-		stateDir: filepath.Join(abs, "state"),
-		runsDir:  filepath.Join(abs, "runs"),
-		keptDir:  filepath.Join(abs, "kept"),
-		netnsDir: filepath.Join(abs, "netns"),
 		rootless: InUserNamespace(),
 		idSize:   o.idSize,
 	}
-	lock, err := os.OpenFile(filepath.Join(abs, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("%s: %w", abs, ErrLocked)
-		}
-		return nil, fmt.Errorf("locking %s: %w", abs, err)
-	}
-	m.lock = lock
-	defer func() {
-		if retErr != nil {
-			if m.cg != nil && !m.cg.undelegated {
-				_ = removeCgroupParent(m.cg.parent) // fails while a leftover run is in it
-			}
-			if m.mntDir != nil {
-				_ = m.mntDir.close()
-			}
-			m.release()
-		}
-	}()
-
-	var cg *cgroupSetup
-	if m.rootless {
-		cg = setupRootlessCgroups(o.cgroupParent, o.log)
-	} else if cg, err = setupCgroups(o.cgroupParent); err != nil {
-		return nil, fmt.Errorf("setting up cgroups: %w", err)
-	}
-	m.cg = cg
-	if err := cg.checkLimits(o.limits); err != nil {
-		return nil, fmt.Errorf("default limits: %w", err)
-	}
-	if cg.moved != "" {
-		o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
-	}
-
 	switch {
 	case m.rootless:
 		// The ids after namespace root, which newuidmap mapped to the
@@ -139,11 +98,61 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		}
 		m.rootUID, m.rootGID, m.idSize = r.Base, r.Base, r.Size
 		m.opts.userns = true
+	case o.userns:
+		m.rootUID, m.rootGID = o.uidBase, o.uidBase
+	default:
+		m.rootUID, m.rootGID, m.idSize = 0, 0, 0
+	}
+	if err := m.joinDataDir(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			if m.cg != nil && !m.cg.undelegated {
+				_ = removeCgroupParent(m.cg.parent) // fails while a leftover run is in it
+			}
+			if m.mntDir != nil {
+				_ = m.mntDir.close()
+			}
+			_ = m.removeInstance()
+			m.release()
+		}
+	}()
+	if err := m.newInstance(); err != nil {
+		return nil, fmt.Errorf("creating the instance directory: %w", err)
+	}
+	cgroupParent := o.cgroupParent
+	if cgroupParent == "" {
+		cgroupParent = defaultCgroupParent(abs) + "-" + filepath.Base(m.instDir)
+	}
+
+	var cg *cgroupSetup
+	if m.rootless {
+		cg = setupRootlessCgroups(cgroupParent, o.log)
+	} else if cg, err = setupCgroups(cgroupParent); err != nil {
+		return nil, fmt.Errorf("setting up cgroups: %w", err)
+	}
+	m.cg = cg
+	if err := cg.checkLimits(o.limits); err != nil {
+		return nil, fmt.Errorf("default limits: %w", err)
+	}
+	if cg.moved != "" {
+		o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
+	}
+	if err := m.writeOwner(); err != nil {
+		return nil, fmt.Errorf("recording the instance: %w", err)
+	}
+	if m.opts.userns {
+		if err := m.checkPeers(); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case m.rootless:
 		if m.mntDir, err = newRunsMount(o.log); err != nil {
 			return nil, err
 		}
 	case o.userns:
-		m.rootUID, m.rootGID = o.uidBase, o.uidBase
 		fd, err := newUsernsFD(o.uidBase, o.idSize)
 		if err != nil {
 			return nil, err
@@ -151,9 +160,6 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		m.usernsFD = fd
 	}
 
-	if err := m.recover(); err != nil {
-		return nil, fmt.Errorf("cleaning up after an earlier run: %w", err)
-	}
 	if err := os.MkdirAll(m.stateDir, 0o711); err != nil {
 		return nil, err
 	}
@@ -186,7 +192,7 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 			"every container start copies the binary (libcontainer cannot seal it with an overlay then), about 10 ms more per start on a small VM; " +
 			"install the binary elsewhere (e.g. /usr/local/bin)")
 	}
-	m.opts.log.WithField("data_dir", abs).WithField("cgroup_parent", m.cg.parent).
+	m.opts.log.WithField("data_dir", abs).WithField("instance", filepath.Base(m.instDir)).WithField("cgroup_parent", m.cg.parent).
 		WithField("cgroup_controllers", m.cg.describe()).Debug("sandbox manager ready")
 	return m, nil
 }
@@ -269,11 +275,12 @@ func (m *Manager) IDRange() (uid, gid, size uint32) {
 	return m.rootUID, m.rootGID, m.idSize
 }
 
-// Close removes the Manager's cgroup parents and releases the data
-// directory. Call it after every Run has returned; later Runs fail with
-// ErrClosed. It waits until the pasta processes of isolated runs, killed
-// when their runs ended, have exited. Kept uppers that were not released
-// are removed by the next New on the same data directory.
+// Close removes the Manager's cgroup parents and its instance directory
+// and leaves the data directory. Call it after every Run has returned;
+// later Runs fail with ErrClosed. It waits until the pasta processes of
+// isolated runs, killed when their runs ended, have exited. Kept uppers
+// that were not released are removed by the next New on the same data
+// directory.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	if m.closed {
@@ -291,6 +298,7 @@ func (m *Manager) Close() error {
 	if m.mntDir != nil {
 		err = errors.Join(err, m.mntDir.close())
 	}
+	err = errors.Join(err, m.removeInstance())
 	m.release()
 	return err
 }
@@ -299,6 +307,10 @@ func (m *Manager) release() {
 	if m.usernsFD != nil {
 		m.usernsFD.Close()
 		m.usernsFD = nil
+	}
+	if m.instLock != nil {
+		m.instLock.Close()
+		m.instLock = nil
 	}
 	if m.lock != nil {
 		m.lock.Close()

@@ -58,7 +58,7 @@ func TestPrivateHostPaths(t *testing.T) {
 		dir      string
 		uid, gid uint32
 	}{{"runs", uid, gid}, {"kept", 0, 0}} {
-		fi, err := os.Stat(filepath.Join(e.dir, c.dir))
+		fi, err := os.Stat(filepath.Join(e.m.InstanceDir(), c.dir))
 		if err != nil {
 			t.Fatal(err)
 		}

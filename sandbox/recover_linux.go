@@ -18,8 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// recover kills and removes whatever an earlier Manager on the same data
-// directory left: containers, cgroups, mounts and directories.
+// recover kills and removes whatever a dead Manager left in m's
+// directories: containers, the cgroups below m.cg.parent (when known),
+// mounts under m.dataDir, and the state, run and kept directories.
 func (m *Manager) recover() error {
 	var errs []error
 	if entries, err := os.ReadDir(m.stateDir); err == nil {
@@ -31,7 +32,7 @@ func (m *Manager) recover() error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	if !m.cg.undelegated {
+	if m.cg != nil && !m.cg.undelegated {
 		if err := killCgroupChildren(m.cg.parent); err != nil {
 			errs = append(errs, err)
 		}
@@ -48,7 +49,7 @@ func (m *Manager) recover() error {
 		// Never remove directories that may still have mounts under them.
 		return errors.Join(errs...)
 	}
-	for _, d := range []string{m.runsDir, m.keptDir, m.netnsDir} {
+	for _, d := range []string{m.runsDir, m.keptDir, m.netnsDir, m.stateDir} {
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err)
 		}

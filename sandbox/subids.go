@@ -2,29 +2,10 @@ package sandbox
 
 import (
 	"bufio"
-	"fmt"
 	"os"
 	"strconv"
 	"strings"
 )
-
-// IDRange is a block of host ids: container ids 0..Size-1 map to host ids
-// Base..Base+Size-1 (WithIDMap), or a subordinate id block of /etc/subuid.
-type IDRange struct {
-	Base uint32 `json:"base"`
-	Size uint32 `json:"size"`
-}
-
-// Last returns the range's last host id.
-func (r IDRange) Last() uint64 { return uint64(r.Base) + uint64(r.Size) - 1 }
-
-func (r IDRange) String() string { return fmt.Sprintf("%d-%d", r.Base, r.Last()) }
-
-// Valid tells whether r can be mapped: it excludes host root and ends
-// below 2^32-1 (the invalid id).
-func (r IDRange) Valid() bool {
-	return r.Base > 0 && r.Size > 0 && uint64(r.Base)+uint64(r.Size) <= 1<<32-1
-}
 
 // SubIDs are the subordinate id blocks of one user, in file order, as
 // newuidmap and newgidmap accept them: the lines of /etc/subuid (or

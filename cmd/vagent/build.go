@@ -23,8 +23,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newBuildCmd) }
-
 const buildLong = `Build a PKGBUILD locally in a sandbox, like makechrootpkg.
 
 SOURCE is a local directory holding a PKGBUILD (copied into the sandbox without
@@ -179,17 +177,22 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 	defer endProgress()
 	ropts = append(ropts, popts...)
 	dataDir, cfg := f.af.dataDir, f.af.cfg
+	// A host that cannot build pulls nothing: the probes of vagent check
+	// first.
+	sopts, err := preflightOptions(env.log, dataDir, cfg)
+	if err != nil {
+		return err
+	}
+	if err := preflight(dataDir, sopts, buildNeeds(bnet.mode, f.seccomp, networkHintBuild)); err != nil {
+		return err
+	}
 	store, err := f.af.open(env, ropts...)
 	if err != nil {
 		return err
 	}
-	sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(f.seccomp)}
-	if cfg != nil {
-		sopts = append(sopts, cfg.SandboxOptions()...)
-	}
-	sb, err := sandbox.New(filepath.Join(dataDir, "sandbox"), sopts...)
+	sb, _, err := openSandbox(env.log, dataDir, cfg, f.seccomp)
 	if err != nil {
-		return fmt.Errorf("sandbox: %w", err)
+		return err
 	}
 	defer sb.Close()
 	warnUnlimited(env.log, sb)
@@ -291,7 +294,11 @@ func inspectWhen(when string) (func(poll.Result) bool, error) {
 // inspectBuild opens the shell of --inspect in the kept build on the
 // user's terminal; the build's own result stays the command's.
 func inspectBuild(ctx context.Context, env *cliEnv, built *job.Built, rep poll.Report) {
-	out, ok := env.stdout.(*os.File)
+	w := env.stdout
+	if u, ok := w.(interface{ Unwrap() io.Writer }); ok {
+		w = u.Unwrap() // the terminal behind closedStdout
+	}
+	out, ok := w.(*os.File)
 	if !ok {
 		out = env.stdin
 	}

@@ -103,7 +103,7 @@ type localBuildEnv struct {
 	registry        string // host:port of the registry holding base
 
 	reg *testkit.Registry
-	srv *vieterserver.Server // serves deps
+	srv *vieterserver.Server // serves deps; its API key is vieterserver's default, "test-key"
 	ts  *httptest.Server
 }
 
@@ -156,6 +156,7 @@ func startLocalBuildEnv() (e *localBuildEnv, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.srv = srv
 	for _, name := range []string{"base-devel", "git"} {
 		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any"}, nil, vieterserver.Zstd)
 		if err != nil {

@@ -13,8 +13,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newCheckCmd) }
-
 // checkHost probes the host; tests replace it.
 var checkHost = sandbox.CheckHost
 
@@ -42,17 +40,27 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 				return usageError("--base-image needs --config (the registries to ask are the configuration's)")
 			}
 			var opts []sandbox.Option
-			if !rootless() {
-				opts = append(opts, sandbox.WithIDMap(uint32(idBase), uint32(idSize)))
-			}
 			dir := dataDir
 			var cfg *Config
+			// The id range: the configuration's, else --id-base, else the
+			// data dir's (recorded, or the one a build would pick).
+			rcfg := &Config{IDRange: IDRange{Base: uint32(idBase), Size: uint32(idSize)}}
 			if config != "" {
 				var err error
 				if cfg, err = loadAgentConfig(env, config, false); err != nil {
 					return err
 				}
 				dir, opts = cfg.DataDir, cfg.SandboxOptions()
+				rcfg.IDRange = cfg.IDRange
+			}
+			rcfg.IDRange.AllowConflicts = true // reported, not refused
+			var ir idRangeChoice
+			if !rootless() { // rootless, builds map to the user's subordinate ids
+				var err error
+				if ir, err = resolveIDRange(dir, rcfg, false, env.log); err != nil {
+					return err
+				}
+				opts = append(opts, sandbox.WithIDMap(ir.Base, ir.Size))
 			}
 			reqs, err := checkHost(dir, opts...)
 			if err != nil {
@@ -63,6 +71,9 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			}
 			var lines []checkLine
 			for _, r := range append(reqs, checkDataModes(dir)) {
+				if r.Name == "id range" && ir.How != "" {
+					r.Detail += " (" + ir.How + ")"
+				}
 				lines = append(lines, requirementLine(r))
 			}
 			if cfg != nil {
@@ -78,7 +89,7 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 	fs.StringVar(&config, "config", "", "agent configuration `FILE`: probe its data_dir, id_range and build_limits (the other flags are ignored then), "+
 		"and check its server, api_key, registries and pacman_mirrors")
 	dataDirVar(fs, &dataDir, defaultDataDir, "data directory for builds (a test overlay is mounted there)")
-	fs.UintVar(&idBase, "id-base", 100000, "first host id of the containers' id range")
+	fs.UintVar(&idBase, "id-base", 0, "first host id of the containers' id range (default: the data dir's, as builds use it)")
 	fs.UintVar(&idSize, "id-size", 65536, "size of the containers' id range")
 	fs.StringArrayVar(&baseImages, "base-image", nil, "with --config: check that the registries serve the base image `REF` (repeatable; default "+defaultBaseImage+")")
 	return c
@@ -120,7 +131,8 @@ func requirementLine(r sandbox.Requirement) checkLine {
 // sandbox/runs, the mapped root) may reach anything in them.
 var privateTrees = []string{
 	"images/rootfs", "images/tmp", "builders/b", "builders/tmp",
-	"sandbox/runs", "sandbox/kept", "build/runs", "pacman-cache",
+	"sandbox/m/*/runs", "sandbox/m/*/kept", "sandbox/runs", "sandbox/kept", // each process's; an older vagent's
+	"build/runs", "pacman-cache",
 }
 
 // checkDataModes reports the private trees of dataDir that exist and that
@@ -128,9 +140,10 @@ var privateTrees = []string{
 func checkDataModes(dataDir string) sandbox.Requirement {
 	var open []string
 	for _, rel := range privateTrees {
-		p := filepath.Join(dataDir, rel)
-		if _, err := os.Lstat(p); err == nil && reachableByAll(p) {
-			open = append(open, p)
+		for _, p := range expandTree(dataDir, rel) {
+			if _, err := os.Lstat(p); err == nil && reachableByAll(p) {
+				open = append(open, p)
+			}
 		}
 	}
 	if _, err := os.Stat(dataDir); errors.Is(err, os.ErrNotExist) {
@@ -140,6 +153,27 @@ func checkDataModes(dataDir string) sandbox.Requirement {
 		return sandbox.Requirement{Name: "data dir modes", Detail: "reachable by every host user (make them 0700, or restart the agent, which does): " + strings.Join(open, ", ")}
 	}
 	return sandbox.Requirement{Name: "data dir modes", OK: true, Detail: "files of builds and images in " + dataDir + " are out of reach of host users"}
+}
+
+// expandTree returns the paths of dataDir that rel names: "*" stands for
+// every entry of a directory (the data dir's own path is taken literally).
+func expandTree(dataDir, rel string) []string {
+	paths := []string{dataDir}
+	for _, elem := range strings.Split(rel, "/") {
+		var next []string
+		for _, p := range paths {
+			if elem != "*" {
+				next = append(next, filepath.Join(p, elem))
+				continue
+			}
+			ents, _ := os.ReadDir(p)
+			for _, e := range ents {
+				next = append(next, filepath.Join(p, e.Name()))
+			}
+		}
+		paths = next
+	}
+	return paths
 }
 
 // reachableByAll tells whether others may search every directory from /

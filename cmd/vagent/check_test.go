@@ -90,7 +90,7 @@ func TestCheckProbeError(t *testing.T) {
 func TestCheckDataModes(t *testing.T) {
 	base := sandboxtest.Dir(t) // o+x up to /
 	data := filepath.Join(base, "data")
-	for _, d := range []string{"sandbox/runs", "images/rootfs", "pacman-cache/pkg"} {
+	for _, d := range []string{"sandbox/runs", "sandbox/m/42/kept", "images/rootfs", "pacman-cache/pkg"} {
 		if err := os.MkdirAll(filepath.Join(data, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -99,10 +99,11 @@ func TestCheckDataModes(t *testing.T) {
 		t.Fatalf("%s is not reachable by others", base)
 	}
 	r := checkDataModes(data)
-	if r.OK || !strings.Contains(r.Detail, filepath.Join(data, "sandbox/runs")) || !strings.Contains(r.Detail, filepath.Join(data, "images/rootfs")) {
+	if r.OK || !strings.Contains(r.Detail, filepath.Join(data, "sandbox/runs")) || !strings.Contains(r.Detail, filepath.Join(data, "images/rootfs")) ||
+		!strings.Contains(r.Detail, filepath.Join(data, "sandbox/m/42/kept")) {
 		t.Errorf("open trees: %+v", r)
 	}
-	for _, d := range []string{"sandbox/runs", "images", "pacman-cache"} {
+	for _, d := range []string{"sandbox/runs", "sandbox/m/42/kept", "images", "pacman-cache"} {
 		if err := os.Chmod(filepath.Join(data, d), 0o700); err != nil {
 			t.Fatal(err)
 		}

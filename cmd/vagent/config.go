@@ -74,6 +74,8 @@ type Config struct {
 
 // IDRange is the host id range mapped into build user namespaces.
 type IDRange struct {
+	// Base 0 (unset) means the data dir's own range: recorded there, or
+	// picked free (resolveIDRange).
 	Base uint32 `yaml:"base"`
 	Size uint32 `yaml:"size"`
 	// AllowConflicts lets `vagent run` start although host users, groups
@@ -165,7 +167,7 @@ func defaultConfig() Config {
 		RequestTimeout:        Duration(time.Minute),
 		UploadTimeout:         Duration(10 * time.Minute),
 		Fsync:                 true,
-		IDRange:               IDRange{Base: 100000, Size: 65536},
+		IDRange:               IDRange{Size: 65536},
 		BuildLimits:           BuildLimits{Pids: 4096, Tmp: sandbox.DefaultTmpSize, Log: poll.DefaultLogLimit},
 		PacmanCache:           PacmanCache{Enabled: true, MaxSize: job.DefaultCacheMaxSize},
 		BuildNetwork:          BuildNetwork{Mode: "isolated"},
@@ -441,7 +443,8 @@ func (c *Config) checkIDRange(conflicts []string) error {
 		return nil
 	}
 	end := uint64(c.IDRange.Base) + uint64(c.IDRange.Size) - 1
-	return &configError{where: "id_range", msg: fmt.Sprintf("host ids %d-%d are in use: %s; choose another id_range.base, or set id_range.allow_conflicts: true to accept it",
+	return &configError{where: "id_range", msg: fmt.Sprintf("host ids %d-%d are in use: %s; remove id_range.base to let vagent pick a free range, "+
+		"choose another, or set id_range.allow_conflicts: true to accept it",
 		c.IDRange.Base, end, strings.Join(conflicts, ", "))}
 }
 
@@ -825,7 +828,9 @@ func (l *loader) validate(c *Config) {
 		p, perr := strconv.ParseUint(port, 10, 16)
 		check(err == nil && perr == nil && (p > 0 || port == "0"), "metrics_address", "must be host:port (e.g. 127.0.0.1:9100 or :9100), got %q", excerptValue(c.MetricsAddress))
 	}
-	check(c.IDRange.Base >= 1, "id_range.base", "must be ≥ 1 (host id 0 is root), got %d", c.IDRange.Base)
+	if _, set := l.where["id_range.base"]; set {
+		check(c.IDRange.Base >= 1, "id_range.base", "must be ≥ 1 (host id 0 is root), got %d; leave it out to let vagent pick a free range", c.IDRange.Base)
+	}
 	check(c.IDRange.Size >= 65536, "id_range.size", "must be ≥ 65536 (a build needs every 16-bit id), got %d", c.IDRange.Size)
 	check(uint64(c.IDRange.Base)+uint64(c.IDRange.Size) <= math.MaxUint32, "id_range.size", "base + size must be < 2^32")
 	bl := c.BuildLimits
@@ -1013,16 +1018,13 @@ func (c *Config) Limits() sandbox.Limits {
 	return l
 }
 
-// SandboxOptions returns the sandbox options of the configuration.
-// Rootless, the id range is not the configuration's: builds map to the
-// user's subordinate ids.
+// SandboxOptions returns the sandbox options of the configuration but the
+// id range, which depends on the data dir too (resolveIDRange, openSandbox).
+// Rootless, the id range is not the configuration's at all: builds map to
+// the user's subordinate ids.
 func (c *Config) SandboxOptions() []sandbox.Option {
-	opts := []sandbox.Option{sandbox.WithDefaultLimits(c.Limits()),
+	return []sandbox.Option{sandbox.WithDefaultLimits(c.Limits()),
 		sandbox.WithTmpSize(int64(c.BuildLimits.Tmp)), sandbox.WithNetworkDeny(c.NetworkDeny()...)}
-	if !rootless() {
-		opts = append(opts, sandbox.WithIDMap(c.IDRange.Base, c.IDRange.Size))
-	}
-	return opts
 }
 
 // NetworkMode is build_network.mode.

@@ -16,8 +16,6 @@ import (
 	"github.com/vieter-v/vagent/oci"
 )
 
-func init() { register(newImageCmd) }
-
 func newImageCmd(env *cliEnv) *cobra.Command {
 	return newGroup("image", "pull, load, push, list and remove base images (pull, load, push, ls, rm, prune)",
 		"Pull, load, push, list and remove the base images of builds, kept in DATA_DIR/images.\n\n"+

@@ -16,8 +16,6 @@ import (
 	"github.com/vieter-v/vagent/sandbox"
 )
 
-func init() { register(newBuilderCmd) }
-
 func newBuilderCmd(env *cliEnv) *cobra.Command {
 	return newGroup("builder", "prepare, list and remove builder images (build, ls, rm, prune)",
 		"A builder is BASE plus pacman -Syu --needed --noconfirm base-devel git (builder_packages),\n"+
@@ -164,20 +162,24 @@ func newBuilderBuildCmd(env *cliEnv) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			popts, err := preflightOptions(env.log, af.dataDir, af.cfg)
+			if err != nil {
+				return err
+			}
+			mode := sandbox.NetworkIsolated // the setup's, as the agent's builders have it
+			if af.cfg != nil {
+				mode = af.cfg.setupNetwork()
+			}
+			if err := preflight(af.dataDir, popts, buildNeeds(mode, seccomp, "the builder setup runs isolated; build_network.mode: host in --config runs it unisolated")); err != nil {
+				return err
+			}
 			store, err := af.open(env, ropts...)
 			if err != nil {
 				return err
 			}
-			sopts := []sandbox.Option{sandbox.WithLogger(env.log), sandbox.WithSeccomp(seccomp)}
-			if af.cfg != nil {
-				sopts = append(sopts, af.cfg.SandboxOptions()...)
-			}
-			sb, err := sandbox.New(filepath.Join(af.dataDir, "sandbox"), sopts...)
-			if errors.Is(err, sandbox.ErrLocked) {
-				return fmt.Errorf("sandbox: %w (stop the agent, or let it refresh its builders itself)", err)
-			}
+			sb, _, err := openSandbox(env.log, af.dataDir, af.cfg, seccomp)
 			if err != nil {
-				return fmt.Errorf("sandbox: %w", err)
+				return err
 			}
 			defer sb.Close()
 			m, err := builder.New(store, sb, filepath.Join(af.dataDir, "builders"), af.builderOptions(env)...)
@@ -271,6 +273,9 @@ func listBuilders(env *cliEnv, dataDir string, bopts []builder.Option) error {
 			state = append(state, "current")
 		} else {
 			state = append(state, "superseded")
+		}
+		if in.OtherSettings {
+			state = append(state, "other settings")
 		}
 		if in.Stale {
 			state = append(state, "stale")

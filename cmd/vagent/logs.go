@@ -14,8 +14,6 @@ import (
 	"github.com/vieter-v/vagent/poll"
 )
 
-func init() { register(newLogsCmd) }
-
 func newLogsCmd(env *cliEnv) *cobra.Command {
 	var address, dataDir, config string
 	var target int

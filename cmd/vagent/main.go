@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -34,13 +35,19 @@ type cliEnv struct {
 	log    *logrus.Logger
 }
 
-// commands are the constructors of vagent's subcommands. They are
-// registered from init functions, which also run in every container
-// start: keep registering to a slice append. run1 builds a fresh command
-// tree on each call.
-var commands []func(env *cliEnv) *cobra.Command
-
-func register(newCmd func(env *cliEnv) *cobra.Command) { commands = append(commands, newCmd) }
+// commands are the constructors of vagent's subcommands, all of them, in
+// one place (`vagent help` lists them sorted by name). run1 builds a fresh
+// command tree on each call.
+var commands = []func(env *cliEnv) *cobra.Command{
+	newRunCmd,
+	newBuildCmd,
+	newCheckCmd,
+	newStatusCmd,
+	newLogsCmd,
+	newImageCmd,
+	newBuilderCmd,
+	newVersionCmd,
+}
 
 // Exit statuses. A build's own status passes through `vagent build`.
 const (
@@ -53,7 +60,36 @@ const (
 	// exitSignalled: `vagent run` got a third signal and exited without
 	// draining.
 	exitSignalled = 130
+	// exitStdoutClosed: standard output was closed (EPIPE), as a shell
+	// reports a command killed by SIGPIPE (128+13).
+	exitStdoutClosed = 141
 )
+
+// errStdoutClosed is the cause of a command's cancellation when its
+// standard output was closed.
+var errStdoutClosed = errors.New("standard output closed")
+
+// closedStdout is standard output: the first write that fails with EPIPE
+// calls onClose (which cancels the command); later writes fail at once.
+type closedStdout struct {
+	w       io.Writer
+	onClose func()
+	closed  atomic.Bool
+}
+
+// Unwrap returns the standard output itself (a terminal for --inspect).
+func (c *closedStdout) Unwrap() io.Writer { return c.w }
+
+func (c *closedStdout) Write(p []byte) (int, error) {
+	if c.closed.Load() {
+		return 0, errStdoutClosed
+	}
+	n, err := c.w.Write(p)
+	if errors.Is(err, syscall.EPIPE) && !c.closed.Swap(true) {
+		c.onClose()
+	}
+	return n, err
+}
 
 // exitStatuses documents every exit status; docs/cli.md has the same
 // table (TestExitStatusesDocumented).
@@ -64,11 +100,12 @@ var exitStatuses = []struct {
 	{"0", "success"},
 	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a check that found something missing, no such log; `vagent build`: the build made no package, or it could not be written to --out)"},
 	{"2", "usage error: unknown command or flag, wrong arguments, invalid flag value"},
-	{"69", "this host cannot run builds for this user: rootless mode is not available (no subordinate ids, no newuidmap, user namespaces disabled; EX_UNAVAILABLE; see vagent check)"},
+	{"69", "this host cannot run builds (what `vagent check` reports missing; EX_UNAVAILABLE): `vagent run` took no job, `vagent build` and `vagent builder build` pulled nothing; for an ordinary user, also any command that needs rootless mode when it is not available (no subordinate ids, no newuidmap, user namespaces disabled)"},
 	{"78", "invalid configuration (agent.yaml or VIETER_* variables; EX_CONFIG, for RestartPreventExitStatus=78)"},
 	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},
 	{"other", "`vagent build`: the exit status of makepkg"},
 	{"130", "`vagent run`: a third SIGINT/SIGTERM ended it at once, without draining"},
+	{"141", "standard output was closed (its reader, such as `head`, went away): the command stopped as if cancelled, cleaning up"},
 }
 
 // exitError makes a command exit with a given status.
@@ -103,18 +140,38 @@ func run1(args []string, stdout, stderr io.Writer) int {
 			log.SetLevel(l)
 		}
 	}
-	env := &cliEnv{stdin: os.Stdin, stdout: stdout, stderr: stderr, log: log}
-	root := newRootCmd(env)
-	args = singleDashLongFlags(root, args)
-	root.SetArgs(args)
-	if err := enterUserNamespace(root, args); err != nil {
+	// An ordinary user's commands that build or keep images run as root
+	// of a user namespace of their own: this process starts vagent again
+	// there and exits as it does (rootless.go). That comes before any
+	// signal handling: this process forwards the signals it gets.
+	probe := newRootCmd(&cliEnv{stdin: os.Stdin, stdout: stdout, stderr: stderr, log: log})
+	if err := enterUserNamespace(probe, singleDashLongFlags(probe, args)); err != nil {
 		fmt.Fprintf(stderr, "vagent: %v\n", err)
 		return exitUnavailable
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A reader that goes away (`vagent builder build … | head -1`) must not
+	// kill vagent by SIGPIPE in the middle of a build, leaving its mounts
+	// and cgroups behind: with SIGPIPE caught, the write fails with EPIPE
+	// and the command is cancelled like by Ctrl-C, cleaning up. (Caught,
+	// not ignored: an ignored signal would stay ignored in the builds
+	// vagent starts.)
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	defer signal.Stop(pipe)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	out := &closedStdout{w: stdout, onClose: func() { cancel(errStdoutClosed) }}
+
+	env := &cliEnv{stdin: os.Stdin, stdout: out, stderr: stderr, log: log}
+	root := newRootCmd(env)
+	root.SetArgs(singleDashLongFlags(root, args))
 	cmd, err := root.ExecuteContextC(ctx)
+	if out.closed.Load() {
+		return exitStdoutClosed // the reader is gone: nothing to tell it
+	}
 	if err == nil {
 		return 0
 	}

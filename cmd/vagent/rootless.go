@@ -21,28 +21,21 @@ import (
 // user namespace of its own (sandbox.EnterUserNamespace); the data dir and
 // the configuration are then the user's (XDG), never root's.
 
-// exitUnavailable is the exit status of a command that cannot run on this
-// host (EX_UNAVAILABLE): rootless mode not available to the user.
-const exitUnavailable = 69
-
 // inUserNamespace are the commands that work on a data dir's images,
 // builders or sandboxes: as an ordinary user they run in the user
 // namespace. The others (status, logs, version, help, completion) read
 // only what belongs to the user and run as they are started.
 var inUserNamespace = map[string]bool{
 	"run": true, "build": true, "check": true,
-	"image pull": true, "image ls": true, "image rm": true, "image prune": true,
+	"image pull": true, "image load": true, "image push": true, "image ls": true, "image rm": true, "image prune": true,
 	"builder build": true, "builder ls": true, "builder rm": true, "builder prune": true,
 }
 
-// rootlessErr is why EnterUserNamespace failed for `vagent check`, which
-// then reports what is missing instead of failing.
-var rootlessErr error
-
 // enterUserNamespace enters the user namespace for the command args name,
 // as an ordinary user: it does not return then, unless entering fails,
-// which ends the command with exitUnavailable (`vagent check` goes on and
-// reports why). Root's commands go on as they are.
+// which ends the command with exitUnavailable (`vagent check` goes on as
+// the user and reports what is missing, probing it itself). Root's
+// commands go on as they are.
 func enterUserNamespace(root *cobra.Command, args []string) error {
 	for _, a := range args {
 		if a == "-h" || a == "--help" || a == "-help" || a == "--" {
@@ -55,7 +48,6 @@ func enterUserNamespace(root *cobra.Command, args []string) error {
 	}
 	if err := sandbox.EnterUserNamespace(); err != nil {
 		if cmdName(c) == "check" {
-			rootlessErr = err
 			return nil
 		}
 		return &exitError{code: exitUnavailable, err: fmt.Errorf("%w\n(vagent check says the same; see docs/rootless.md)", err)}

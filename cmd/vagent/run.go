@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -19,8 +20,6 @@ import (
 	"github.com/vieter-v/vagent/poll"
 	"github.com/vieter-v/vagent/vieter"
 )
-
-func init() { register(newRunCmd) }
 
 // runDeps is what `vagent run` hands the executor factory.
 type runDeps struct {
@@ -79,6 +78,16 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	if err != nil {
 		return err
 	}
+	// One agent per data dir: a second one is refused before it touches
+	// anything (the other vagent commands share the data dir with it).
+	lock, err := poll.LockDataDir(cfg.DataDir)
+	switch {
+	case errors.Is(err, fs.ErrPermission) && rootless():
+		return &exitError{code: exitUnavailable, err: fmt.Errorf("%w (an ordinary user's vagent needs a data dir of its own, by default %s: see docs/rootless.md)", err, defaultDataDir)}
+	case err != nil:
+		return err
+	}
+	defer lock.Unlock()
 	closeLog, err := setupLogging(env, cfg)
 	if err != nil {
 		return err
@@ -130,6 +139,15 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			}
 		}()
 	}
+	// The data dir's id range, recorded by the executor's sandbox;
+	// rootless, the user's subordinate ids.
+	idRange := "the user's subordinate ids (rootless)"
+	if !rootless() {
+		idRange = ""
+		if ir, err := resolveIDRange(cfg.DataDir, cfg, false, log); err == nil {
+			idRange = ir.String()
+		}
+	}
 	// The start line waits for the server's first answer: until then a
 	// wrong address or api_key must not look like a running agent.
 	configName := config
@@ -141,11 +159,15 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 		metricsAddr = "off"
 	}
 	obs := &startObserver{Observer: m, log: log, onFirst: func() {
-		logLifecycle(env.log, logrus.Fields{"version": version, "config": configName, "server": cfg.Address, "arch": cfg.Arch,
+		start := logrus.Fields{"version": version, "config": configName, "server": cfg.Address, "arch": cfg.Arch,
 			"slots": cfg.MaxConcurrentBuilds, "agent": cfg.AgentName, "poll_interval": cfg.PollingFrequency.D(),
-			"metrics_address": metricsAddr, "data_dir": cfg.DataDir}, "vagent running")
+			"metrics_address": metricsAddr, "data_dir": cfg.DataDir}
+		if idRange != "" {
+			start["id_range"] = idRange
+		}
+		logLifecycle(env.log, start, "vagent running")
 	}}
-	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(obs))...)
+	agent, err := poll.New(client, exec, append(cfg.PollOptions(), poll.WithLogger(log), poll.WithObserver(obs), poll.WithDataDirLock(lock))...)
 	if err != nil {
 		return err
 	}

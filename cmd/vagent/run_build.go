@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/vieter-v/vagent/builder"
@@ -36,6 +35,15 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 			_ = cleanup()
 		}
 	}()
+	// A host that cannot build takes no job: the probes of vagent check
+	// first, before the image store or the sandbox is touched.
+	popts, err := preflightOptions(deps.log, cfg.DataDir, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := preflight(cfg.DataDir, popts, buildNeeds(cfg.NetworkMode(), true, networkHintConfig)); err != nil {
+		return nil, nil, err
+	}
 	ociOpts, err := cfg.OCIOptions()
 	if err != nil {
 		return nil, nil, err
@@ -48,26 +56,16 @@ func newBuildExecutor(ctx context.Context, cfg *Config, deps runDeps) (_ poll.Ex
 	// Builds run untrusted PKGBUILDs: a binary without seccomp support
 	// refuses to run them (sandbox.ErrNoSeccomp) rather than run them with
 	// less isolation; `make build` links libseccomp in.
-	if !rootless() { // rootless, the ids are the user's subordinate ids
-		conflicts := sandbox.IDConflicts(cfg.IDRange.Base, cfg.IDRange.Size)
-		if err := cfg.checkIDRange(conflicts); err != nil {
-			return nil, nil, &exitError{code: exitConfig, err: err}
-		}
-		if len(conflicts) > 0 {
-			deps.log.WithField("conflicts", strings.Join(conflicts, ", ")).Warn("id_range overlaps host ids in use (allowed by id_range.allow_conflicts)")
-		}
-	}
-	sb, err := sandbox.New(filepath.Join(cfg.DataDir, "sandbox"),
-		append(cfg.SandboxOptions(), sandbox.WithLogger(deps.log), sandbox.WithSeccomp(true))...)
+	sb, _, err := openSandbox(deps.log, cfg.DataDir, cfg, true)
 	if err != nil {
-		return nil, nil, fmt.Errorf("sandbox: %w", err)
+		return nil, nil, err
 	}
 	undo = append(undo, sb.Close)
 	warnUnlimited(deps.log, sb)
 	// An agent that cannot give its builds their network takes no job.
 	if cfg.NetworkMode() == sandbox.NetworkIsolated {
 		if err := sb.CheckNetwork(ctx); err != nil {
-			return nil, nil, fmt.Errorf("build_network.mode isolated: %w (`vagent check` tells more; build_network.mode: host runs builds unisolated)", err)
+			return nil, nil, &exitError{code: exitUnavailable, err: fmt.Errorf("build_network.mode isolated: %w (`vagent check` tells more; build_network.mode: host runs builds unisolated)", err)}
 		}
 	}
 	bm, err := builder.New(store, sb, filepath.Join(cfg.DataDir, "builders"),

@@ -337,7 +337,7 @@ func waitNetns(t *testing.T, data string, exited chan error, out *sandboxtest.Bu
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Minute)
 	for time.Now().Before(deadline) {
-		if ns, _ := filepath.Glob(filepath.Join(data, "sandbox", "netns", "*")); len(ns) == 1 {
+		if ns, _ := filepath.Glob(filepath.Join(data, "sandbox", "m", "*", "netns", "*")); len(ns) == 1 {
 			// The build's namespace, with its container and pasta.
 			var st syscall.Stat_t
 			if syscall.Stat(ns[0], &st) == nil && len(testkit.NetnsHolders(st.Ino)) > 0 && len(testkit.PastaProcs(data)) > 0 {
@@ -372,7 +372,7 @@ func leftNetwork(t *testing.T, data string, ino uint64) []string {
 	for _, p := range testkit.PastaProcs(data) {
 		l = append(l, "pasta: "+p)
 	}
-	if ns, _ := filepath.Glob(filepath.Join(data, "sandbox", "netns", "*")); len(ns) > 0 {
+	if ns, _ := filepath.Glob(filepath.Join(data, "sandbox", "m", "*", "netns", "*")); len(ns) > 0 {
 		l = append(l, fmt.Sprintf("namespace files: %v", ns))
 	}
 	return l

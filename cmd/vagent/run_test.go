@@ -302,7 +302,7 @@ func TestRunLifecycleLines(t *testing.T) {
 	out := string(b)
 	want := []string{
 		`level=info msg="vagent started: polling the server" agent=build-07 server="http://127.0.0.1:\d+"`,
-		`level=info msg="vagent running" agent=build-07 arch=x86_64 config=\S+agent.yaml data_dir=\S+ metrics_address="` + e.metrics + `" poll_interval=1s server="http://\S+" slots=2 version=`,
+		`level=info msg="vagent running" agent=build-07 arch=x86_64 config=\S+agent.yaml data_dir=\S+ (id_range=[0-9]+-[0-9]+ )?metrics_address="` + e.metrics + `" poll_interval=1s server="http://\S+" slots=2 version=`,
 		`level=info msg="build started" agent=build-07 base_image="archlinux:base-devel" repo=ok slot=\d source="https://example.org/ok.git" target=1`,
 		`level=info msg="build finished" agent=build-07 duration=\S+ exit_code=0 reason=success repo=ok result=success slot=\d target=1`,
 		`level=info msg="build log uploaded" agent=build-07 log_id=1 repo=ok slot=\d target=1`,

@@ -19,8 +19,6 @@ import (
 	"github.com/vieter-v/vagent/poll"
 )
 
-func init() { register(newStatusCmd) }
-
 func newStatusCmd(env *cliEnv) *cobra.Command {
 	var address, dataDir, config string
 	var asJSON bool

@@ -14,8 +14,6 @@ var (
 	commit  = "unknown"
 )
 
-func init() { register(newVersionCmd) }
-
 func newVersionCmd(env *cliEnv) *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",

@@ -18,19 +18,20 @@ const module = "github.com/vieter-v/vagent"
 var allowed = map[string][]string{
 	// Leaves: they know nothing of the rest of vagent.
 	"vieter":            nil,
-	"sandbox":           nil,
 	"internal/pacman":   nil,
 	"internal/lockfile": nil,
+	// Containers: instance directories and records through lockfile.
+	"sandbox": {"internal/lockfile"},
 	// Images: no process, no server.
 	"oci": {"internal/lockfile"},
 	// The agent loop: no root, no images, no containers.
-	"poll": {"vieter"},
+	"poll": {"internal/lockfile", "vieter"},
 	// Builder images compose images and the sandbox.
 	"builder": {"internal/lockfile", "internal/pacman", "oci", "sandbox"},
 	// A job composes everything below the CLI.
 	"job":              {"builder", "internal/lockfile", "internal/pacman", "oci", "poll", "sandbox", "vieter"},
 	"internal/metrics": {"oci", "poll"},
-	"cmd/vagent":       {"builder", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
+	"cmd/vagent":       {"builder", "internal/lockfile", "internal/metrics", "internal/pacman", "job", "oci", "poll", "sandbox", "vieter"},
 	// Test infrastructure and its commands.
 	"internal/vieterserver":                       nil,
 	"internal/vieterserver/cmd/vieter-testserver": {"internal/vieterserver"},

@@ -34,6 +34,17 @@ func Lock(f *os.File, exclusive, wait bool) (bool, error) {
 	}
 }
 
+// SyncFS flushes the file system that holds dir (syncfs(2)): what was
+// written anywhere on it is on disk when it returns.
+func SyncFS(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
 // LockContext waits for a lock on f until ctx ends; it then returns
 // ctx's error.
 func LockContext(ctx context.Context, f *os.File, exclusive bool) error {
