@@ -11,6 +11,8 @@ import (
 	"github.com/opencontainers/cgroups"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/vieter-v/vagent/internal/lockfile"
 )
 
 // LowerShift returns the id shift every Spec.Lower of this process's
@@ -192,7 +194,7 @@ func newRunsMount(log logrus.FieldLogger) (_ *runsMount, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_SH); err != nil {
+	if _, err := lockfile.Lock(lock, false, true); err != nil {
 		lock.Close()
 		return nil, err
 	}
@@ -240,11 +242,12 @@ func removeStaleRunsMounts(parent string, log logrus.FieldLogger) {
 		if err != nil {
 			continue
 		}
-		if unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) == nil {
+		d := os.NewFile(uintptr(fd), p)
+		if ok, err := lockfile.Lock(d, true, false); err == nil && ok {
 			if err := unix.Rmdir(p); err == nil {
 				log.WithField("dir", p).Debug("removed the runs' mount directory of a dead agent")
 			}
 		}
-		unix.Close(fd)
+		d.Close()
 	}
 }
