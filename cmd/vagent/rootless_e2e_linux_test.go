@@ -180,10 +180,20 @@ package() {
 // host root's or reachable by another user.
 func TestRootlessEndToEnd(t *testing.T) {
 	testkit.RequireRoot(t)
+	// Its own user, stack and data dir: it runs beside the other end-to-end
+	// tests (about a minute, most of it the first pull's unpack, which
+	// -race slows down several times, and builds that wait).
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Minute)
 	defer cancel()
+	last := time.Now()
+	phase := func(name string) { // where the time goes (-v)
+		t.Logf("%s: %.1f s", name, time.Since(last).Seconds())
+		last = time.Now()
+	}
 	e := newRootlessEnv(t, ctx, "build_limits:\n  log: 2MiB\n  disk: 256MiB\n")
 	u := e.u
+	phase("user and stack")
 
 	// vagent check: rootless mode is complete here.
 	out, code := e.vagent(t, "check", "--config", e.cfg, "--base-image", e.st.BaseImage)
@@ -195,6 +205,8 @@ func TestRootlessEndToEnd(t *testing.T) {
 			t.Errorf("vagent check lacks %q:\n%s", want, out)
 		}
 	}
+
+	phase("check")
 
 	// vagent build: a package of several owners, a setuid file among them.
 	outDir := filepath.Join(u.Home, "out")
@@ -223,6 +235,8 @@ func TestRootlessEndToEnd(t *testing.T) {
 		}
 	}
 
+	phase("build of several owners")
+
 	// A hostile build: contained, and the user's file untouched.
 	victim := filepath.Join(u.Home, "victim")
 	e.write(t, victim, "the user's\n", 0o644)
@@ -248,6 +262,8 @@ func TestRootlessEndToEnd(t *testing.T) {
 		t.Error(err)
 	}
 
+	phase("hostile build")
+
 	// A disk flood: stopped at build_limits.disk, as rootful.
 	e.write(t, filepath.Join(u.Home, "src", "flood", "PKGBUILD"), strings.Replace(testkit.DemoPKGBUILD("rootless-flood", "1.0"),
 		"package() {", "build() {\n  dd if=/dev/zero of=big bs=1M count=512 || true\n  sleep 30\n}\npackage() {", 1), 0o644)
@@ -255,6 +271,8 @@ func TestRootlessEndToEnd(t *testing.T) {
 	if code == 0 || !strings.Contains(out, "exceeded its disk limit of 268435456 bytes") {
 		t.Errorf("disk flood: exit %d:\n%.3000s", code, out)
 	}
+
+	phase("disk flood")
 
 	// vagent run, from the user's XDG configuration: a package from the
 	// server's repository as a dependency; a job handed back on SIGTERM.
@@ -308,6 +326,8 @@ func TestRootlessEndToEnd(t *testing.T) {
 		t.Errorf("queue %+v, want the sleeping job handed back", q)
 	}
 
+	phase("run: two builds, one handed back")
+
 	// kill -9 in the middle of that build, run again by a new agent.
 	rout.Reset()
 	cmd, wait = e.start(t, &rout, "run")
@@ -332,6 +352,8 @@ func TestRootlessEndToEnd(t *testing.T) {
 		t.Errorf("agent after SIGTERM: %v\n%s", err, rout.String())
 	}
 
+	phase("run: kill -9, restart")
+
 	got := map[string]bool{}
 	for _, p := range e.st.Server.Packages("rl", "x86_64") {
 		got[p.Info.Name] = true
@@ -348,6 +370,16 @@ func TestRootlessEndToEnd(t *testing.T) {
 		if l.TargetID == app && !strings.Contains(string(l.Content), "rl-lib") {
 			t.Errorf("app's log does not mention installing rl-lib:\n%s", l.Content)
 		}
+	}
+
+	// The data dir, afterwards: no instance of a sandbox left (the killed
+	// agent's was recovered, the others removed at their end), and no id
+	// range recorded (a root agent's id-range.json means nothing here).
+	if left, _ := filepath.Glob(filepath.Join(e.data, "sandbox", "m", "*")); len(left) > 0 {
+		t.Errorf("sandbox instances left in the data dir: %v", left)
+	}
+	if _, err := os.Stat(filepath.Join(e.data, idRangeFile)); !os.IsNotExist(err) {
+		t.Errorf("a rootless agent recorded an id range (%s): %v", idRangeFile, err)
 	}
 
 	// The host, afterwards.
