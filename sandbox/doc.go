@@ -137,8 +137,11 @@
 // [ErrLimitUnavailable] otherwise ([Manager.Unlimited] says why runs get
 // none); the isolated network is the agent's as in rootful mode. The agent
 // is its pid namespace's init and dies with its parent: a SIGKILL takes
-// every build with it. [CheckHost] of an ordinary user names what rootless
-// mode lacks, each with its fix. See docs/rootless.md.
+// every build with it, and the next Manager removes the dead instance's
+// files. A rootless Manager is one more instance of its data directory; a
+// rootless and a root Manager refuse each other there ([ErrIDRangeInUse]).
+// [CheckHost] of an ordinary user names what rootless mode lacks, each
+// with its fix. See docs/rootless.md.
 //
 // # Host requirements
 //
