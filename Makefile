@@ -51,6 +51,10 @@ help: ## list the targets
 
 deps: ## install, idempotently, every Debian package the tests need
 	$(call install-debs,$(DEB_PACKAGES))
+	@# Rootless builds' pasta opens /dev/net/tun as an ordinary user: udev's
+	@# default rules make it 0666, a host (VM, container) without udev leaves 0600.
+	@if [ -c /dev/net/tun ] && [ "$$(stat -c %a /dev/net/tun)" != 666 ]; then \
+		echo "chmod 0666 /dev/net/tun (as udev makes it; rootless builds need it)"; chmod 0666 /dev/net/tun; fi
 	$(GO) mod download
 
 bench-deps: deps ## also install the benchmarks' peers (podman)

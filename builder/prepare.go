@@ -131,7 +131,7 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 	_, _, idSize := m.sb.IDRange() // the upper is owned by the sandbox's host ids
 	layerPath := filepath.Join(tmp, "layer.tar.gz")
 	layer, err := writeGzipLayer(layerPath, mt, func(w io.Writer) error {
-		return upperTar(ctx, w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize, m.store.Budget())
+		return upperTar(ctx, w, upper.Path, rf.Dir, upper.UIDBase, upper.GIDBase, idSize, upper.UserXattr, m.store.Budget())
 	})
 	if err != nil {
 		return nil, fmt.Errorf("writing the builder layer: %w", err)
@@ -187,14 +187,14 @@ func (m *Manager) build(ctx context.Context, out io.Writer, base string, rf *oci
 		if err != nil {
 			return nil, err
 		}
-		if err := oci.Unpack(ctx, layerOnly, rootfs); err != nil {
+		if err := oci.Unpack(ctx, layerOnly, rootfs, oci.WithIDShift(m.store.IDShift())); err != nil {
 			return nil, fmt.Errorf("applying the builder layer: %w", err)
 		}
 	case errors.Is(err, errCrossDevice):
 		if err := lockfile.RemoveTree(rootfs); err != nil {
 			return nil, err
 		}
-		if err := oci.Unpack(ctx, img, rootfs); err != nil {
+		if err := oci.Unpack(ctx, img, rootfs, oci.WithIDShift(m.store.IDShift())); err != nil {
 			return nil, fmt.Errorf("unpacking the builder: %w", err)
 		}
 	default:

@@ -35,7 +35,7 @@ var mountPoints = []string{"dev", "proc", "sys", "tmp", "etc/resolv.conf", "etc/
 // a sparse file counts its size, holes included, as it would be written
 // out), checked before a file is read, and the walk and every copy stop
 // within a read of at most 1 MiB once ctx ends.
-func upperTar(ctx context.Context, w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32, budget oci.Budget) error {
+func upperTar(ctx context.Context, w io.Writer, upper, lower string, uidBase, gidBase, idSize uint32, userXattr bool, budget oci.Budget) error {
 	skip := map[string]bool{}
 	for _, p := range mountPoints {
 		if _, err := os.Lstat(filepath.Join(lower, p)); err != nil {
@@ -101,7 +101,7 @@ func upperTar(ctx context.Context, w io.Writer, upper, lower string, uidBase, gi
 			Name: rel, Mode: int64(st.Mode & 0o7777), Uid: uid, Gid: gid,
 			ModTime: mtime, Format: tar.FormatPAX,
 		}
-		xattrs, opaque, err := readXattrs(p)
+		xattrs, opaque, err := readXattrs(p, userXattr)
 		if err != nil {
 			return fmt.Errorf("%s: %w", rel, err)
 		}
@@ -187,10 +187,16 @@ func (c ctxReader) Read(p []byte) (int, error) {
 }
 
 // readXattrs returns the extended attributes of p worth keeping in an
-// image, and whether p is an opaque overlay directory. Overlay's own
-// attributes are dropped; a namespaced file capability (v3, written by
-// container root) becomes a plain v2 one, as images carry them.
-func readXattrs(p string) (map[string]string, bool, error) {
+// image, and whether p is an opaque overlay directory: marked with
+// trusted.overlay.opaque, or with userXattr (a rootless agent's overlay)
+// user.overlay.opaque. Overlay's own attributes are dropped; a namespaced
+// file capability (v3, written by container root) becomes a plain v2 one,
+// as images carry them.
+func readXattrs(p string, userXattr bool) (map[string]string, bool, error) {
+	opaqueName := "trusted.overlay.opaque"
+	if userXattr {
+		opaqueName = "user.overlay.opaque"
+	}
 	names, err := listXattrs(p)
 	if err != nil {
 		return nil, false, err
@@ -203,7 +209,7 @@ func readXattrs(p string) (map[string]string, bool, error) {
 			return nil, false, err
 		}
 		switch {
-		case name == "trusted.overlay.opaque":
+		case name == opaqueName:
 			opaque = v == "y"
 			continue
 		case strings.HasPrefix(name, "trusted.overlay.") || strings.HasPrefix(name, "user.overlay."):

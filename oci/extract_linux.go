@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -93,6 +94,15 @@ func newExtractor(dir string, opts *unpackOptions) (*extractor, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("opening %s: %w", dir, err)
+	}
+	// A shifted tree's root is the shifted root's, as the image's own
+	// entries will be: an owner of 0 there is the unpacker's, before any
+	// layer named "./" (a shifted owner is never 0).
+	if shifted := opts.uidShift != 0 || opts.gidShift != 0; shifted && os.Geteuid() == 0 && (st.Uid == 0 || st.Gid == 0) {
+		if err := unix.Fchownat(fd, "", int(opts.uidShift), int(opts.gidShift), unix.AT_EMPTY_PATH); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("chown %s: %w", dir, err)
+		}
 	}
 	return &extractor{
 		rootFD:   fd,
@@ -294,6 +304,33 @@ func (x *extractor) entry(ctx context.Context, hdr *tar.Header, r io.Reader) err
 		x.opts.log.WithField("entry", hdr.Name).Debugf("skipping tar entry of type %q", hdr.Typeflag)
 		return nil
 	}
+}
+
+// overflowID is the container id an owner the unpacking user namespace
+// cannot map becomes (nobody, as the kernel shows an unmapped id).
+const overflowID = 65534
+
+// chown sets an owner with set. In a shifted unpack, an owner that the
+// user namespace of the agent does not map (rootless mode: container ids
+// from 65536 up, beyond the user's subordinate ids) cannot be set
+// (EINVAL): the entry goes to nobody instead, as a rootful build would
+// show such an owner through its idmapped lower.
+func (x *extractor) chown(set func(uid, gid int) error, uid, gid int) error {
+	err := set(uid, gid)
+	if err != unix.EINVAL || (x.opts.uidShift == 0 && x.opts.gidShift == 0) {
+		return err
+	}
+	nobodyU, nobodyG := overflowID+int(x.opts.uidShift), overflowID+int(x.opts.gidShift)
+	if uid-int(x.opts.uidShift) < overflowID && gid-int(x.opts.gidShift) < overflowID {
+		return err // an id the namespace should map: not ours to paper over
+	}
+	if uid-int(x.opts.uidShift) >= overflowID {
+		uid = nobodyU
+	}
+	if gid-int(x.opts.gidShift) >= overflowID {
+		gid = nobodyG
+	}
+	return set(uid, gid)
 }
 
 // owner returns the (shifted) owner of an entry.
@@ -569,7 +606,7 @@ func (x *extractor) fileMetadata(fd int, hdr *tar.Header, created newFile) error
 	}
 	sameOwner := created.ownedByUs && !created.setgidParent && uid == 0 && gid == x.egid
 	if x.isRoot && !sameOwner {
-		if err := unix.Fchown(fd, uid, gid); err != nil {
+		if err := x.chown(func(u, g int) error { return unix.Fchown(fd, u, g) }, uid, gid); err != nil {
 			return fmt.Errorf("chown: %w", err)
 		}
 	}
@@ -596,6 +633,12 @@ func (x *extractor) xattrs(fd int, hdr *tar.Header) error {
 		// an image must not be able to steer the sandbox's overlay.
 		if strings.HasPrefix(attr, "trusted.overlay.") || strings.HasPrefix(attr, "user.overlay.") {
 			continue
+		}
+		if attr == "security.capability" && x.opts.uidShift != 0 {
+			// A file capability counts in the user namespaces whose root
+			// it names: the shifted tree's container root, not the
+			// unpacking process's (rootless: the user).
+			v = capWithRoot(v, x.opts.uidShift)
 		}
 		err := unix.Fsetxattr(fd, attr, []byte(v), 0)
 		switch err {
@@ -677,7 +720,7 @@ func (x *extractor) linkMetadata(pfd int, base string, hdr *tar.Header, chmod bo
 		return err
 	}
 	if x.isRoot {
-		if err := unix.Fchownat(pfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := x.chown(func(u, g int) error { return unix.Fchownat(pfd, base, u, g, unix.AT_SYMLINK_NOFOLLOW) }, uid, gid); err != nil {
 			return fmt.Errorf("chown: %w", err)
 		}
 	}
@@ -937,4 +980,37 @@ func removeAllAt(dirfd int, name string) error {
 		return err
 	}
 	return nil
+}
+
+// The layout of security.capability (linux/capability.h).
+const (
+	vfsCapRevisionMask = 0xFF000000
+	vfsCapRevision2    = 0x02000000
+	vfsCapRevision3    = 0x03000000
+	vfsCapFlagsMask    = 0x000000FF
+)
+
+// capWithRoot returns a file capability (v2, or v3 with a root uid in the
+// image's ids) as a v3 one whose root uid is the image's root shifted by
+// shift: the root of the user namespaces the capability works in. Values
+// of another size are returned as they are (the kernel refuses them).
+func capWithRoot(v string, shift uint32) string {
+	b := []byte(v)
+	if len(b) != 20 && len(b) != 24 {
+		return v
+	}
+	magic := binary.LittleEndian.Uint32(b)
+	var root uint32
+	switch {
+	case magic&vfsCapRevisionMask == vfsCapRevision2 && len(b) == 20:
+	case magic&vfsCapRevisionMask == vfsCapRevision3 && len(b) == 24:
+		root = binary.LittleEndian.Uint32(b[20:])
+	default:
+		return v
+	}
+	out := make([]byte, 24)
+	copy(out, b[:20])
+	binary.LittleEndian.PutUint32(out, vfsCapRevision3|magic&vfsCapFlagsMask)
+	binary.LittleEndian.PutUint32(out[20:], root+shift)
+	return string(out)
 }

@@ -28,10 +28,12 @@ type Store struct {
 	dir          string
 	o            *options
 	rootfsSuffix string
-	boot         string // this boot's id, "" if unknown
-	client       *registryClient
-	flight       singleflight.Group
-	budget       Budget // of every unpack (WithBudget)
+	// uidShift, gidShift: WithIDShift of its unpacks.
+	uidShift, gidShift uint32
+	boot               string // this boot's id, "" if unknown
+	client             *registryClient
+	flight             singleflight.Group
+	budget             Budget // of every unpack (WithBudget)
 }
 
 // Image is an image whose manifest and config are in the store.
@@ -120,6 +122,7 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 		}
 	}
 	s.budget = uo.budget
+	s.uidShift, s.gidShift = uo.uidShift, uo.gidShift
 	if uo.uidShift != 0 || uo.gidShift != 0 {
 		s.rootfsSuffix = fmt.Sprintf("-%d-%d", uo.uidShift, uo.gidShift)
 	}
@@ -130,6 +133,11 @@ func NewStore(dir string, opts ...Option) (*Store, error) {
 	}
 	return s, nil
 }
+
+// IDShift returns the shift of the owners of the store's trees
+// (WithIDShift among its unpack options; default 0, 0). Trees made from
+// them (builder images) must be unpacked with the same shift.
+func (s *Store) IDShift() (uid, gid uint32) { return s.uidShift, s.gidShift }
 
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }

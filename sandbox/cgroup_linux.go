@@ -63,6 +63,10 @@ type cgroupSetup struct {
 	moved string
 	// enableErr says why an available controller could not be enabled.
 	enableErr error
+	// undelegated: a rootless agent without a delegated cgroup. Runs get
+	// no cgroup of their own (libcontainer only names one and tolerates
+	// failing to create it), and nothing can be limited.
+	undelegated bool
 }
 
 // checkLimits refuses limits the setup cannot apply, naming the controller.

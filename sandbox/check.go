@@ -41,7 +41,21 @@ type hostFacts struct {
 	limitsErr      error  // why a build with limits could not run
 	network        string // what the isolated network probe made
 	networkErr     error  // why an isolated network could not be made
+
+	// Rootless mode (an ordinary user's agent): what the host allows the
+	// user (nil: a root agent), whether this process runs in the user
+	// namespace, the host ids of its containers, and, without a delegated
+	// cgroup, why (the runs then get no cgroup and no limit).
+	rootless     *rootlessFacts
+	inUserNS     bool
+	hostIDs      string // "408585216-408651751"
+	undelegated  error
+	limitsWanted bool // limits are configured (not only probed)
 }
+
+// minRootlessKernel is the oldest kernel that mounts overlayfs in a user
+// namespace (with userxattr; idmapped mounts are not used rootless).
+var minRootlessKernel = [2]int{5, 11}
 
 // minFreeBytes is the free space the data directory needs for builds.
 const minFreeBytes = 2 << 30
@@ -51,6 +65,9 @@ var minKernel = [2]int{5, 19}
 
 // evaluate decides, from probed facts, which requirements hold.
 func evaluate(f hostFacts) []Requirement {
+	if f.rootless != nil {
+		return evaluateRootlessHost(f)
+	}
 	var reqs []Requirement
 	add := func(name string, ok bool, format string, args ...any) {
 		reqs = append(reqs, Requirement{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
@@ -64,21 +81,12 @@ func evaluate(f hostFacts) []Requirement {
 		add("kernel", true, "%s", f.kernel)
 	}
 
-	if f.root {
-		add("privileges", true, "running as root")
-	} else {
-		// What a build needs and rootless mode lacks (see ErrRootless).
-		add("privileges", false, "running as uid %d: builds need root — an overlay root filesystem, "+
-			"an id range for the build user and cgroup limits; as a non-root user only read-only "+
-			"sandboxes run as container root (rootless mode)", f.uid)
-	}
+	add("privileges", true, "running as root")
 
 	if f.userns != nil {
 		add("user namespaces", false, "cannot create a user namespace: %v", f.userns)
-	} else if f.root {
-		add("user namespaces", true, "container ids 0-%d map to host ids %d-%d", f.idSize-1, f.idBase, uint64(f.idBase)+uint64(f.idSize)-1)
 	} else {
-		add("user namespaces", true, "container root maps to uid %d", f.uid)
+		add("user namespaces", true, "container ids 0-%d map to host ids %d-%d", f.idSize-1, f.idBase, uint64(f.idBase)+uint64(f.idSize)-1)
 	}
 
 	if f.root {
@@ -118,8 +126,6 @@ func evaluate(f hostFacts) []Requirement {
 	}
 
 	switch {
-	case !f.root:
-		add("cgroups", true, "cgroup v%d; limits are not applied in rootless mode", f.cgroupVersion)
 	case f.cgroupVersion == 0:
 		add("cgroups", false, "no cgroup filesystem mounted at /sys/fs/cgroup")
 	default:
@@ -143,14 +149,21 @@ func evaluate(f hostFacts) []Requirement {
 		}
 	}
 
-	if f.root {
-		if f.limitsErr != nil {
-			add("build limits", false, "%v", f.limitsErr)
-		} else {
-			add("build limits", true, "%s", f.limits)
-		}
+	if f.limitsErr != nil {
+		add("build limits", false, "%v", f.limitsErr)
+	} else {
+		add("build limits", true, "%s", f.limits)
 	}
+	return append(reqs, f.commonTail()...)
+}
 
+// commonTail are the requirements of both modes that come last: the
+// isolated network, seccomp and disk space.
+func (f hostFacts) commonTail() []Requirement {
+	var reqs []Requirement
+	add := func(name string, ok bool, format string, args ...any) {
+		reqs = append(reqs, Requirement{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+	}
 	if f.networkErr != nil {
 		add("isolated network", false, "%v", f.networkErr)
 	} else {
@@ -175,6 +188,95 @@ func evaluate(f hostFacts) []Requirement {
 		add("disk space", true, "%s has %s free", f.probe(), humanBytes(f.freeBytes))
 	}
 	return reqs
+}
+
+// evaluateRootlessHost is evaluate for an ordinary user's agent: what
+// rootless mode needs from the host (each missing piece with its fix),
+// then what a build needs, probed inside the user namespace; outside it
+// (the namespace could not be entered) those probes are not tried.
+func evaluateRootlessHost(f hostFacts) []Requirement {
+	var reqs []Requirement
+	add := func(name string, ok bool, format string, args ...any) {
+		reqs = append(reqs, Requirement{Name: name, OK: ok, Detail: fmt.Sprintf(format, args...)})
+	}
+	rf := *f.rootless
+	who := rf.user
+	if who == "" {
+		who = fmt.Sprint(rf.uid)
+	}
+	if v, ok := parseKernel(f.kernel); !ok {
+		add("kernel", false, "cannot parse kernel release %q", f.kernel)
+	} else if v[0] < minRootlessKernel[0] || v[0] == minRootlessKernel[0] && v[1] < minRootlessKernel[1] {
+		add("kernel", false, "%s is older than %d.%d (overlayfs in a user namespace): rootless builds need a newer kernel; "+
+			"root's agent (sudo vagent) needs %d.%d", f.kernel, minRootlessKernel[0], minRootlessKernel[1], minKernel[0], minKernel[1])
+	} else {
+		add("kernel", true, "%s", f.kernel)
+	}
+	if f.inUserNS {
+		add("privileges", true, "rootless: user %s (uid %d) as root of a user namespace of its own", who, rf.uid)
+	} else {
+		add("privileges", false, "rootless: user %s (uid %d) could not enter a user namespace of its own: see below", who, rf.uid)
+	}
+	reqs = append(reqs, evaluateRootless(rf)...)
+	notTried := func(name string) {
+		add(name, false, "not tried: needs the user namespace (see above)")
+	}
+	if f.inUserNS {
+		if f.userns != nil {
+			add("id range", false, "%v", f.userns)
+		} else {
+			add("id range", true, "container ids 0-%d map to namespace ids %d-%d, the host ids %s", f.idSize-1, f.idBase, uint64(f.idBase)+uint64(f.idSize)-1, f.hostIDs)
+		}
+	} else {
+		notTried("id range")
+	}
+
+	switch {
+	case f.dataDirErr != nil:
+		add("data dir", false, "%v", f.dataDirErr)
+	case f.probeDir != "" && f.probeDir != f.dataDir:
+		add("data dir", true, "%s does not exist yet: vagent creates it in %s (probed there)", f.dataDir, f.probeDir)
+	default:
+		add("data dir", true, "%s is writable", f.dataDir)
+	}
+
+	switch {
+	case !f.inUserNS:
+		notTried("overlayfs")
+	case errors.Is(f.overlay, errNotTried):
+		add("overlayfs", false, "%v", errNotTried)
+	case f.overlay != nil:
+		add("overlayfs", false, "cannot mount overlayfs in a user namespace (Linux ≥ %d.%d with userxattr): %v", minRootlessKernel[0], minRootlessKernel[1], f.overlay)
+	default:
+		add("overlayfs", true, "mounted an overlay (userxattr) in %s", f.probe())
+	}
+
+	switch {
+	case !f.inUserNS:
+		notTried("cgroups")
+	case f.undelegated != nil && f.limitsWanted:
+		add("cgroups", false, "no delegated cgroup, so build_limits cannot be applied: %v", f.undelegated)
+	case f.undelegated != nil:
+		add("cgroups", true, "no delegated cgroup: builds run without memory, pids and cpu limits (%v)", f.undelegated)
+	default:
+		var have []string
+		for _, c := range []string{"memory", "pids", "cpu"} {
+			if f.controllers[c] {
+				have = append(have, c)
+			}
+		}
+		add("cgroups", true, "cgroup v%d, delegated to the agent: %s", f.cgroupVersion, strings.Join(have, ", "))
+	}
+
+	switch {
+	case !f.inUserNS:
+		notTried("build limits")
+	case f.limitsErr != nil:
+		add("build limits", false, "%v", f.limitsErr)
+	default:
+		add("build limits", true, "%s", f.limits)
+	}
+	return append(reqs, f.commonTail()...)
 }
 
 // probe is the directory the probes ran in.

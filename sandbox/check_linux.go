@@ -57,13 +57,13 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 			f.freeBytes = st.Bavail * uint64(st.Bsize)
 		}
 	}
-	var usernsFD *os.File
-	if f.root {
-		usernsFD, f.userns = newUsernsFD(o.uidBase, o.idSize)
-		f.idConflicts = SystemHostIDs.Conflicts(IDRange{Base: o.uidBase, Size: o.idSize})
-	} else {
-		usernsFD, f.userns = newUsernsFD(uint32(os.Geteuid()), 1)
+	if !f.root || InUserNamespace() {
+		checkRootless(&f, o, opts)
+		return evaluate(f), nil
 	}
+	var usernsFD *os.File
+	usernsFD, f.userns = newUsernsFD(o.uidBase, o.idSize)
+	f.idConflicts = SystemHostIDs.Conflicts(IDRange{Base: o.uidBase, Size: o.idSize})
 	if usernsFD != nil {
 		defer usernsFD.Close()
 	}
@@ -73,16 +73,14 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 	case f.root:
 		f.overlay, f.idmapped = probeOverlay(probeDir, usernsFD)
 	}
-	if f.root {
-		switch {
-		case f.dataDirErr != nil:
-			f.limitsErr = errNotTried
-		case f.overlay != nil || f.idmapped != nil || f.freeErr != nil:
-			f.limitsErr = errors.New("not tried: no overlay over an idmapped lower")
-		default:
-			f.limits, f.limitsErr = probeLimits(context.Background(), probeDir, probedLimits(o.limits),
-				append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
-		}
+	switch {
+	case f.dataDirErr != nil:
+		f.limitsErr = errNotTried
+	case f.overlay != nil || f.idmapped != nil || f.freeErr != nil:
+		f.limitsErr = errors.New("not tried: no overlay over an idmapped lower")
+	default:
+		f.limits, f.limitsErr = probeLimits(context.Background(), probeDir, probedLimits(o.limits),
+			append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
 	}
 	if f.dataDirErr != nil {
 		f.networkErr = errNotTried
@@ -90,6 +88,99 @@ func CheckHost(dataDir string, opts ...Option) ([]Requirement, error) {
 		f.network, f.networkErr = probeNetwork(context.Background(), probeDir, o)
 	}
 	return evaluate(f), nil
+}
+
+// checkRootless probes what rootless mode needs: from the host (the
+// user's subordinate ids, newuidmap, user namespaces) and, in the user
+// namespace, what a build needs: its id range, overlayfs with userxattr,
+// a delegated cgroup, and a build container with the limits.
+func checkRootless(f *hostFacts, o options, opts []Option) {
+	uid, gid := uint32(os.Getuid()), uint32(os.Getgid())
+	if host, ok := RootlessUser(); ok {
+		uid = host
+		if ns, err := selfNS(); err == nil {
+			if g, ok := outside(ns.gidMap, 0); ok {
+				gid = uint32(g)
+			}
+		}
+	}
+	rf := probeRootless(SystemHostFiles, uid, gid)
+	f.rootless = &rf
+	f.inUserNS = f.root && InUserNamespace()
+	if !f.inUserNS {
+		// Outside its namespace a process of the user can still create
+		// one of its own ids: whether the kernel allows that at all.
+		fd, err := newUsernsFD(uid, 1)
+		if fd != nil {
+			fd.Close()
+		}
+		rf.userns = err
+		f.rootless = &rf
+		f.networkErr = errors.New("not tried: needs the user namespace (see above)")
+		return
+	}
+	if f.dataDirErr != nil {
+		f.networkErr = errNotTried
+	} else {
+		f.network, f.networkErr = probeNetwork(context.Background(), f.probeDir, o)
+	}
+	r, err := rootlessIDRange()
+	f.idBase, f.idSize, f.userns = r.Base, r.Size, err
+	if ns, err := selfNS(); err == nil {
+		if h, ok := outside(ns.uidMap, uint64(r.Base)); ok {
+			f.hostIDs = IDRange{Base: uint32(h), Size: r.Size}.String()
+		}
+	}
+	f.limitsWanted = !o.limits.cgroupZero()
+	cg := setupRootlessCgroups("vagent-check-probe", o.log)
+	if !cg.undelegated {
+		_ = removeCgroupParent(cg.parent)
+	}
+	f.undelegated = nil
+	if cg.undelegated {
+		f.undelegated = cg.enableErr
+	}
+	f.controllers = cg.controllers
+	switch {
+	case f.dataDirErr != nil:
+		f.overlay, f.limitsErr = errNotTried, errNotTried
+		return
+	default:
+		f.overlay = probeRootlessOverlay(f.probeDir)
+	}
+	switch {
+	case f.overlay != nil || f.freeErr != nil || f.userns != nil:
+		f.limitsErr = errors.New("not tried: no overlay in the user namespace")
+	case f.undelegated != nil && !f.limitsWanted:
+		f.limits = "none: builds run without cgroup limits (no delegated cgroup)"
+	default:
+		f.limits, f.limitsErr = probeLimits(context.Background(), f.probeDir, probedLimits(o.limits),
+			append(opts, WithSeccomp(o.seccomp && SeccompSupported))...)
+	}
+}
+
+// probeRootlessOverlay mounts a test overlay under dir with the options of
+// a rootless run.
+func probeRootlessOverlay(dir string) error {
+	tmp, err := os.MkdirTemp(dir, "check-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	d := newRunDirs(tmp, tmp, "probe")
+	for _, p := range []string{d.base, d.upper, d.work, d.rootfs, filepath.Join(tmp, "image")} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return err
+		}
+	}
+	if strings.ContainsAny(tmp, ",:\\") {
+		return fmt.Errorf("data directory path %q contains ',', ':' or '\\'", dir)
+	}
+	opts := "lowerdir=" + filepath.Join(tmp, "image") + ",upperdir=" + d.upper + ",workdir=" + d.work + overlayOptions(true)
+	if err := unix.Mount("overlay", d.rootfs, "overlay", 0, opts); err != nil {
+		return err
+	}
+	return unix.Unmount(d.rootfs, unix.MNT_DETACH)
 }
 
 // errNotTried: a probe that needs a writable data dir did not run.

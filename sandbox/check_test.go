@@ -41,7 +41,6 @@ func TestEvaluate(t *testing.T) {
 		{"seccomp not built", func(f *hostFacts) { f.seccompBuilt = false }, map[string]string{"seccomp": "-tags seccomp"}},
 		{"seccomp not in kernel", func(f *hostFacts) { f.seccompKernel = false }, map[string]string{"seccomp": "kernel"}},
 		{"disk full", func(f *hostFacts) { f.freeBytes = 100 << 20 }, map[string]string{"disk space": "100.0 MiB free, need at least 2.0 GiB"}},
-		{"rootless", func(f *hostFacts) { f.root, f.uid = false, 1000 }, map[string]string{"privileges": "builds need root"}},
 		{"read-only data dir", func(f *hostFacts) {
 			f.dataDirErr = errors.New("/var/lib/vagent is on a read-only file system")
 			f.overlay, f.idmapped, f.limitsErr, f.freeErr = errNotTried, errNotTried, errNotTried, errNotTried

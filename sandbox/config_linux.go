@@ -105,18 +105,11 @@ func (m *Manager) containerConfig(spec *Spec, dirs runDirs, id, rootfs string, l
 		c.UIDMappings = []configs.IDMap{{ContainerID: 0, HostID: int64(m.rootUID), Size: int64(m.idSize)}}
 		c.GIDMappings = []configs.IDMap{{ContainerID: 0, HostID: int64(m.rootGID), Size: int64(m.idSize)}}
 	}
-	if m.rootless {
-		// Only container root is mapped: no tty group for devpts.
-		for _, mnt := range c.Mounts {
-			if mnt.Device == "devpts" {
-				mnt.Data = "newinstance,ptmxmode=0666,mode=0620"
-			}
-		}
-		c.RootlessEUID = true
+	if m.cg.undelegated {
+		// A rootless agent without a delegated cgroup: libcontainer
+		// tolerates cgroups it cannot create only without a path, and no
+		// limit was allowed (checkLimits).
 		c.RootlessCgroups = true
-		// libcontainer tolerates unwritable cgroups only without a path;
-		// parent and name put them below the agent's own cgroup, where a
-		// delegating root may have made room.
 		c.Cgroups.Path, c.Cgroups.Parent, c.Cgroups.Name = "", m.opts.cgroupParent, id
 		c.Cgroups.Rootless = true
 	}
@@ -152,7 +145,10 @@ func (m *Manager) containerConfig(spec *Spec, dirs runDirs, id, rootfs string, l
 			cm.Flags |= unix.MS_RDONLY
 			cm.RecAttr = &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
 		}
-		if mnt.IDMapped && m.opts.userns {
+		// Rootless, a host file system cannot be idmapped: the mount shows
+		// the user's files owned by nobody, as host root's are shown in
+		// rootful mode without the mapping.
+		if mnt.IDMapped && m.opts.userns && !m.rootless {
 			cm.IDMapping = &configs.MountIDMapping{
 				UIDMappings: c.UIDMappings, GIDMappings: c.GIDMappings, Recursive: true,
 			}

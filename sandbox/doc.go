@@ -120,13 +120,28 @@
 //
 // # Rootless
 //
-// When the agent runs as a non-root user, [New] switches to rootless mode:
-// only the agent's own uid and gid can be mapped (to container 0), so
-// [Spec.UID] and [Spec.GID] must be 0; cgroup limits are not applied
-// (cgroup directories are not writable without delegation) and a Spec with
-// them is refused with [ErrRootless], as is the isolated network (its
-// namespace would be container root's); the disk limit works. See
-// docs/sandbox.md for details.
+// An ordinary user's agent calls [EnterUserNamespace] first thing: the
+// binary is started again in new user, mount and pid namespaces whose id
+// maps newuidmap and newgidmap write from /etc/subuid and /etc/subgid
+// (namespace id 0 is the user, ids 1-65536 its subordinate ids), and goes
+// on there as root of its namespace. [New] in a user namespace other than
+// the host's is rootless mode ([InUserNamespace]): the runs' containers
+// map container ids 0-65535 to namespace ids 1-65536 (container root is a
+// subordinate id, never the user); their lowers must be shifted by 1
+// ([LowerShift]: a host file system cannot be idmapped from a user
+// namespace), which Run checks; overlays keep their attributes in
+// user.overlay.* (userxattr); the runs' root filesystems are mounted in a
+// tmpfs of the agent's own mount namespace on a directory of /tmp, whose
+// path a subordinate id can search; cgroup limits apply when the agent's
+// cgroup v2 is delegated to it ([CgroupDelegated]) and are refused with
+// [ErrLimitUnavailable] otherwise ([Manager.Unlimited] says why runs get
+// none); the isolated network is the agent's as in rootful mode. The agent
+// is its pid namespace's init and dies with its parent: a SIGKILL takes
+// every build with it, and the next Manager removes the dead instance's
+// files. A rootless Manager is one more instance of its data directory; a
+// rootless and a root Manager refuse each other there ([ErrIDRangeInUse]).
+// [CheckHost] of an ordinary user names what rootless mode lacks, each
+// with its fix. See docs/rootless.md.
 //
 // # Host requirements
 //
@@ -136,5 +151,8 @@
 // btrfs, tmpfs…), and for the isolated network network namespaces, pasta
 // and /dev/net/tun. [CheckHost] reports each requirement, runs a container
 // with limits to read them back from inside and makes an isolated network
-// ([Manager.CheckNetwork] does that alone).
+// ([Manager.CheckNetwork] does that alone). Rootless mode needs Linux ≥
+// 5.11 (overlayfs in a user namespace; no idmapped mounts), subordinate
+// ids, newuidmap and newgidmap, unprivileged user namespaces, and a
+// /dev/net/tun every user may open (docs/rootless.md).
 package sandbox

@@ -13,7 +13,8 @@ import (
 )
 
 // IDRange is a block of host ids: container ids 0..Size-1 map to host ids
-// Base..Base+Size-1 (WithIDMap).
+// Base..Base+Size-1 (WithIDMap), or a subordinate id block of /etc/subuid
+// (SubIDs).
 type IDRange struct {
 	Base uint32 `json:"base"`
 	Size uint32 `json:"size"`

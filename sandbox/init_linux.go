@@ -38,6 +38,10 @@ const (
 // mounts, alive. A goroutine running on the main thread during package
 // initialisation stays locked to it after this.
 //
+// And it turns a re-executed copy of the binary that was started in a new
+// user namespace into the agent once its id maps are written
+// (EnterUserNamespace): before any other work of the program.
+//
 // And it turns a re-executed copy of the binary into what it was started as
 // (a container's init, the user-namespace holder, or CheckHost's limits
 // probe inside a build container), which never returns.
@@ -50,6 +54,12 @@ const (
 // binary (or a test binary) needs to start containers.
 func init() {
 	runtime.LockOSThread()
+	if os.Getenv(usernsSyncEnv) != "" {
+		waitForIDMaps() // never returns (see EnterUserNamespace)
+	}
+	if os.Getenv(usernsSetupEnv) != "" {
+		rearmParentDeath()
+	}
 	if len(os.Args) < 2 {
 		return
 	}

@@ -47,9 +47,16 @@ const (
 
 // ownerInfo is an instance's owner.json.
 type ownerInfo struct {
-	PID    int    `json:"pid"`
+	// PID is the owner's pid; a rootless one's, in its own pid namespace
+	// (1: it is the namespace's init).
+	PID int `json:"pid"`
+	// IDBase and IDSize are container root's id and the range's size: host
+	// ids, or a rootless owner's ids in its user namespace (1-65536, the
+	// user's subordinate ids on the host).
 	IDBase uint32 `json:"id_base"`
 	IDSize uint32 `json:"id_size"`
+	// Rootless: an ordinary user's agent, root of its user namespace.
+	Rootless bool `json:"rootless,omitempty"`
 	// Cgroup is the parent of the instance's run cgroups, relative to the
 	// root of each hierarchy (v1) or of the cgroup2 mount (v2).
 	Cgroup string `json:"cgroup,omitempty"`
@@ -184,7 +191,7 @@ func (m *Manager) recoverInstance(dir string) error {
 		return err
 	}
 	var errs []error
-	if dead.cg != nil && !m.rootless {
+	if dead.cg != nil {
 		errs = append(errs, removeCgroupParent(dead.cg.parent))
 	}
 	errs = append(errs, lockfile.RemoveTree(dir))
@@ -232,8 +239,8 @@ func (m *Manager) removeInstance() error {
 
 // writeOwner records the instance's owner.
 func (m *Manager) writeOwner() error {
-	o := ownerInfo{PID: os.Getpid(), IDBase: m.rootUID, IDSize: m.idSize}
-	if !m.rootless {
+	o := ownerInfo{PID: os.Getpid(), IDBase: m.rootUID, IDSize: m.idSize, Rootless: m.rootless}
+	if !m.cg.undelegated { // rootless: a delegated cgroup's (below the agent's own)
 		o.Cgroup = m.cg.parent
 	}
 	b, err := json.Marshal(o)
@@ -253,7 +260,8 @@ func readOwner(dir string) (ownerInfo, error) {
 }
 
 // checkPeers refuses to run beside a live Manager of the data directory
-// that maps another id range: the files they share (the package cache)
+// that maps another id range, or that is rootless when m is not or the
+// other way round: the files they share (the package cache, the images)
 // would belong to one range or the other.
 func (m *Manager) checkPeers() error {
 	dir := filepath.Join(m.dataDir, instancesDir)
@@ -267,8 +275,16 @@ func (m *Manager) checkPeers() error {
 			continue
 		}
 		o, err := readOwner(p)
+		if err == nil && o.IDSize != 0 && o.Rootless != m.rootless {
+			who := map[bool]string{false: "root's", true: "an ordinary user's (rootless)"}
+			return fmt.Errorf("another vagent (pid %d), %s, uses %s; this one is %s: %w",
+				o.PID, who[o.Rootless], m.dataDir, who[m.rootless], ErrIDRangeInUse)
+		}
 		if err != nil || o.IDSize == 0 || o.PID == os.Getpid() {
-			continue // starting, or gone; a Manager of this process (tests) may differ
+			// Starting, or gone; a Manager of this process (tests) may
+			// differ. (Rootless owners are all pid 1 of their own pid
+			// namespaces, and all map the user's subordinate ids.)
+			continue
 		}
 		if o.IDBase != m.rootUID || o.IDSize != m.idSize {
 			return fmt.Errorf("another vagent (pid %d) uses %s with host ids %d-%d, this one would map %d-%d: %w",

@@ -150,6 +150,11 @@ func probeLimits(ctx context.Context, dataDir string, l Limits, opts ...Option) 
 	if err := os.MkdirAll(lower, 0o755); err != nil {
 		return "", err
 	}
+	if s := int(m.lowerShift()); s != 0 { // rootless: container root's
+		if err := os.Chown(lower, s, s); err != nil {
+			return "", err
+		}
+	}
 	spec := Spec{
 		Lower:   lower,
 		Args:    []string{"/vagent", limitsProbeArg},

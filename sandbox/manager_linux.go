@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/opencontainers/cgroups"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,7 +25,12 @@ type Manager struct {
 	keptDir  string // kept uppers handed to callers
 	netnsDir string // network namespaces of isolated runs, bind-mounted
 
+	// rootless: the agent is root of a user namespace, not host root
+	// (rootless.go): lowers are shifted instead of idmapped, overlays use
+	// user.overlay xattrs, cgroups only where delegated, and the runs'
+	// root filesystems are mounted below mntDir.
 	rootless         bool
+	mntDir           *runsMount
 	cg               *cgroupSetup // where run cgroups go, what they can limit
 	rootUID, rootGID uint32       // host ids of container root
 	idSize           uint32
@@ -57,6 +61,9 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	if o.seccomp && !SeccompSupported {
 		return nil, ErrNoSeccomp
 	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("%w: running as uid %d: call EnterUserNamespace first (rootless mode needs /etc/subuid and newuidmap)", ErrRootless, os.Geteuid())
+	}
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
 		return nil, err
@@ -73,13 +80,23 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	m := &Manager{
 		opts:     o,
 		dataDir:  abs,
-		rootless: os.Geteuid() != 0,
+		rootless: InUserNamespace(),
 		idSize:   o.idSize,
 	}
 	switch {
 	case m.rootless:
-		// Only the agent's own ids can be mapped without newuidmap.
-		m.rootUID, m.rootGID, m.idSize = uint32(os.Geteuid()), uint32(os.Getegid()), 1
+		// The ids after namespace root, which newuidmap mapped to the
+		// user's subordinate ids; the lowers are shifted (LowerShift):
+		// a host file system cannot be idmapped from a user namespace.
+		r := IDRange{Base: o.uidBase, Size: o.idSize}
+		if !o.idMapSet {
+			if r, err = rootlessIDRange(); err != nil {
+				return nil, err
+			}
+		} else if err := checkMapped(r); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRootless, err)
+		}
+		m.rootUID, m.rootGID, m.idSize = r.Base, r.Base, r.Size
 		m.opts.userns = true
 	case o.userns:
 		m.rootUID, m.rootGID = o.uidBase, o.uidBase
@@ -91,8 +108,11 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 	}
 	defer func() {
 		if retErr != nil {
-			if m.cg != nil && !m.rootless {
+			if m.cg != nil && !m.cg.undelegated {
 				_ = removeCgroupParent(m.cg.parent) // fails while a leftover run is in it
+			}
+			if m.mntDir != nil {
+				_ = m.mntDir.close()
 			}
 			_ = m.removeInstance()
 			m.release()
@@ -106,29 +126,33 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		cgroupParent = defaultCgroupParent(abs) + "-" + filepath.Base(m.instDir)
 	}
 
+	var cg *cgroupSetup
 	if m.rootless {
-		// No limits: cgroups are only named (below the agent's own cgroup).
-		m.cg = &cgroupSetup{v2: cgroups.IsCgroup2UnifiedMode(), parent: "/" + cgroupParent, controllers: map[string]bool{}}
-	} else {
-		cg, err := setupCgroups(cgroupParent)
-		if err != nil {
-			return nil, fmt.Errorf("setting up cgroups: %w", err)
-		}
-		m.cg = cg
-		if err := cg.checkLimits(o.limits); err != nil {
-			return nil, fmt.Errorf("default limits: %w", err)
-		}
-		if cg.moved != "" {
-			o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
-		}
+		cg = setupRootlessCgroups(cgroupParent, o.log)
+	} else if cg, err = setupCgroups(cgroupParent); err != nil {
+		return nil, fmt.Errorf("setting up cgroups: %w", err)
+	}
+	m.cg = cg
+	if err := cg.checkLimits(o.limits); err != nil {
+		return nil, fmt.Errorf("default limits: %w", err)
+	}
+	if cg.moved != "" {
+		o.log.WithField("cgroup", cg.moved).Info("moved the agent into a leaf cgroup (cgroup v2 allows no processes in a cgroup that has limited children)")
 	}
 	if err := m.writeOwner(); err != nil {
 		return nil, fmt.Errorf("recording the instance: %w", err)
 	}
-	if !m.rootless && o.userns {
+	if m.opts.userns {
 		if err := m.checkPeers(); err != nil {
 			return nil, err
 		}
+	}
+	switch {
+	case m.rootless:
+		if m.mntDir, err = newRunsMount(o.log); err != nil {
+			return nil, err
+		}
+	case o.userns:
 		fd, err := newUsernsFD(o.uidBase, o.idSize)
 		if err != nil {
 			return nil, err
@@ -155,7 +179,9 @@ func New(dataDir string, opts ...Option) (_ *Manager, retErr error) {
 		return nil, err
 	}
 	// The init process resolves runs/<id>/rootfs as the mapped root, which
-	// needs search permission on every ancestor of runs/.
+	// needs search permission on every ancestor of runs/ (rootless: the
+	// root filesystems are mounted below mntDir instead, whose ancestors
+	// are searchable, since a home directory rarely is).
 	if m.opts.userns && !m.rootless {
 		if err := checkSearchable(filepath.Dir(m.runsDir)); err != nil {
 			return nil, err
@@ -237,12 +263,13 @@ func checkSearchable(dir string) error {
 // host uid uid+c and container gid c host gid gid+c, for c < size. What a
 // sandbox leaves in an upper directory is owned by ids in this range.
 // Without a user namespace it is 0, 0 and the whole id space; rootless,
-// the agent's own ids and size 1. uid, gid are container root's: a host
+// the ids of the agent's user namespace, 1-65536 (the user's subordinate
+// ids on the host). uid, gid are container root's: a host
 // directory a build shares writably (a cache) is owned by them and
 // bind-mounted without id mapping, so whatever the build writes there is
 // owned by the unprivileged mapped ids on the host.
 func (m *Manager) IDRange() (uid, gid, size uint32) {
-	if !m.opts.userns && !m.rootless {
+	if !m.opts.userns {
 		return 0, 0, ^uint32(0)
 	}
 	return m.rootUID, m.rootGID, m.idSize
@@ -264,7 +291,13 @@ func (m *Manager) Close() error {
 	m.mu.Unlock()
 	m.active.Wait()
 	m.reapers.Wait()
-	err := removeCgroupParent(m.cg.parent)
+	var err error
+	if !m.cg.undelegated {
+		err = removeCgroupParent(m.cg.parent)
+	}
+	if m.mntDir != nil {
+		err = errors.Join(err, m.mntDir.close())
+	}
 	err = errors.Join(err, m.removeInstance())
 	m.release()
 	return err

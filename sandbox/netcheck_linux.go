@@ -25,15 +25,15 @@ func (m *Manager) CheckNetwork(ctx context.Context) error {
 // describes it.
 func probeNetwork(ctx context.Context, dir string, o options) (string, error) {
 	if os.Geteuid() != 0 {
-		return "", fmt.Errorf("%w: not available in rootless mode yet: the run's network namespace would be container root's (builds need build_network.mode none or host)", ErrNetworkUnavailable)
+		return "", fmt.Errorf("%w: an ordinary user's agent makes its builds' networks in its own user namespace (EnterUserNamespace)", ErrNetworkUnavailable)
 	}
 	m := &Manager{opts: o}
 	bin, err := m.pastaBinary()
 	if err != nil {
 		return "", err
 	}
-	if fi, err := os.Stat("/dev/net/tun"); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
-		return "", fmt.Errorf("%w: no /dev/net/tun, which pasta needs: load the tun module (modprobe tun); in a container or pod, give it the device /dev/net/tun (docs/deploy.md)", ErrNetworkUnavailable)
+	if err := tunUsable(); err != nil {
+		return "", err
 	}
 	tmp, err := os.MkdirTemp(dir, "netcheck-")
 	if err != nil {

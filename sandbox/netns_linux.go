@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -26,7 +27,30 @@ const (
 // could bind ports below 1024 and only root could ping.
 var nsSysctls = [][2]string{
 	{"/proc/sys/net/ipv4/ip_unprivileged_port_start", "0"},
-	{"/proc/sys/net/ipv4/ping_group_range", "0 2147483647"},
+	{"/proc/sys/net/ipv4/ping_group_range", pingGroups()},
+}
+
+// pingGroups is the ping_group_range of every group: in rootless mode the
+// groups the agent's user namespace maps from 0 on (a group it cannot
+// name is refused with EINVAL), otherwise all.
+func pingGroups() string {
+	ns, err := selfNS()
+	if err != nil || initialUserNS(ns.gidMap) {
+		return "0 2147483647"
+	}
+	next := uint64(0) // the first group not known to be mapped
+	for progress := true; progress; {
+		progress = false
+		for _, m := range ns.gidMap {
+			if next >= m.inside && next < m.inside+m.count {
+				next, progress = m.inside+m.count, true
+			}
+		}
+	}
+	if next == 0 {
+		return "1 0" // no group: the kernel's "nobody may ping"
+	}
+	return "0 " + strconv.FormatUint(min(next-1, 2147483647), 10)
 }
 
 // onNewThread runs fn on a goroutine locked to an OS thread, so that fn may

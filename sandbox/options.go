@@ -16,6 +16,7 @@ type options struct {
 	log          logrus.FieldLogger
 	uidBase      uint32
 	idSize       uint32
+	idMapSet     bool // WithIDMap was given
 	userns       bool
 	seccomp      bool
 	limits       Limits
@@ -65,14 +66,15 @@ func WithLogger(l logrus.FieldLogger) Option {
 }
 
 // WithIDMap sets the host id range that container ids 0..size-1 map to
-// (default base 100000, size 65536). The range must not contain host root
-// and should not overlap ids used on the host.
+// (default base 100000, size 65536; rootless, the ids 1-65536 of the
+// agent's user namespace, which must map the range). The range must not
+// contain host root and should not overlap ids used on the host.
 func WithIDMap(base, size uint32) Option {
 	return func(o *options) error {
 		if base == 0 || size == 0 || uint64(base)+uint64(size) > 1<<32-1 {
 			return fmt.Errorf("invalid id map base %d size %d", base, size)
 		}
-		o.uidBase, o.idSize = base, size
+		o.uidBase, o.idSize, o.idMapSet = base, size, true
 		return nil
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // pastaReadyTimeout bounds the time pasta takes to set up a namespace.
@@ -82,12 +84,33 @@ var cpuHasAVX2 = sync.OnceValue(func() bool {
 	return false
 })
 
+// tunUsable tells why pasta, running as the agent, cannot open
+// /dev/net/tun, or nil. Root opens it whatever its mode; a rootless
+// agent's pasta only when the mode lets every user (0666, as udev's
+// default rules make it).
+func tunUsable() error {
+	fi, err := os.Stat("/dev/net/tun")
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return fmt.Errorf("%w: no /dev/net/tun, which pasta needs: load the tun module (modprobe tun); in a container or pod, give it the device /dev/net/tun (docs/deploy.md)", ErrNetworkUnavailable)
+	}
+	if InUserNamespace() && unix.Access("/dev/net/tun", unix.R_OK|unix.W_OK) != nil {
+		return fmt.Errorf("%w: /dev/net/tun (mode %#o) cannot be opened by ordinary users, whose pasta needs it: "+
+			"sudo chmod 0666 /dev/net/tun (udev's default rules make it so; a host without udev needs "+
+			"echo 'KERNEL==\"tun\", MODE=\"0666\"' | sudo tee /etc/udev/rules.d/50-tun.rules, or the chmod at every boot)",
+			ErrNetworkUnavailable, fi.Mode().Perm())
+	}
+	return nil
+}
+
 // startPasta starts pasta for the namespace at nsPath; waitReady tells
 // when it has configured the namespace. Its pid is written to pidPath for
 // the recovery after a crash of the agent.
 func (m *Manager) startPasta(nsPath, pidPath string) (_ *pasta, retErr error) {
 	bin, err := m.pastaBinary()
 	if err != nil {
+		return nil, err
+	}
+	if err := tunUsable(); err != nil {
 		return nil, err
 	}
 	pr, pw, err := os.Pipe()

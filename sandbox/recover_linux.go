@@ -32,7 +32,7 @@ func (m *Manager) recover() error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	if !m.rootless && m.cg != nil {
+	if m.cg != nil && !m.cg.undelegated {
 		if err := killCgroupChildren(m.cg.parent); err != nil {
 			errs = append(errs, err)
 		}
@@ -42,9 +42,9 @@ func (m *Manager) recover() error {
 	if err := m.killLeftoverPasta(); err != nil {
 		errs = append(errs, err)
 	}
-	if m.rootless {
-		// A rootless Manager mounts nothing on the host.
-	} else if err := unmountUnder(m.dataDir, m.opts.log, 0); err != nil {
+	// Rootless, the mounts of an agent that died went with its mount
+	// namespace, and its containers and pasta with its pid namespace.
+	if err := unmountUnder(m.dataDir, m.opts.log, 0); err != nil {
 		errs = append(errs, err)
 		// Never remove directories that may still have mounts under them.
 		return errors.Join(errs...)

@@ -31,17 +31,21 @@ func newRunDirs(runsDir, netnsDir, id string) runDirs {
 	}
 }
 
+// runDirs returns the directories of run id: below runs/, and in rootless
+// mode its root filesystem's mount point below the runs' tmpfs (runsMount).
+func (m *Manager) runDirs(id string) runDirs {
+	d := newRunDirs(m.runsDir, m.netnsDir, id)
+	if m.mntDir != nil {
+		d.rootfs = filepath.Join(m.mntDir.dir, id)
+	}
+	return d
+}
+
 // mountRootfs prepares d.rootfs for a run of spec. On error it leaves
 // mounts behind for unmountRun to remove.
 func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
 	if err := os.Mkdir(d.base, 0o711); err != nil {
 		return err
-	}
-	if m.rootless {
-		// No mount is allowed here: libcontainer binds the lower itself,
-		// inside the container's namespaces, read-only (Spec.ReadOnly was
-		// checked by Run).
-		return nil
 	}
 	for _, dir := range []string{d.lower, d.rootfs} {
 		if err := os.Mkdir(dir, 0o755); err != nil {
@@ -54,6 +58,12 @@ func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
 		}
 		if err := unix.Mount(spec.Lower, d.rootfs, "", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("binding lower: %w", err)
+		}
+		if m.rootless {
+			// A remount would have to repeat the flags a user namespace
+			// may not clear (nosuid, nodev of the host's mount): set only
+			// read-only.
+			return unix.MountSetattr(-1, d.rootfs, 0, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
 		}
 		return unix.Mount("", d.rootfs, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
 	}
@@ -96,8 +106,7 @@ func (m *Manager) mountRootfs(spec *Spec, d runDirs) error {
 	// volatile: no syncfs of the upper's filesystem at unmount, which made
 	// teardown wait for unrelated disk I/O. A crash loses nothing of value:
 	// New removes every upper left by a crash anyway.
-	opts := "lowerdir=" + lower + ",upperdir=" + d.upper + ",workdir=" + d.work +
-		",redirect_dir=off,metacopy=off,index=off,volatile"
+	opts := "lowerdir=" + lower + ",upperdir=" + d.upper + ",workdir=" + d.work + overlayOptions(m.rootless)
 	if err := unix.Mount("overlay", d.rootfs, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mounting overlay: %w", err)
 	}
@@ -121,4 +130,15 @@ func unmountRun(d runDirs) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// overlayOptions are the overlay mount options after the directories. In
+// a user namespace overlayfs keeps its attributes in user.overlay.*
+// (userxattr; trusted.* needs host root), where it refuses to follow
+// redirects: redirect_dir=nofollow rather than off (off follows them).
+func overlayOptions(rootless bool) string {
+	if rootless {
+		return ",userxattr,redirect_dir=nofollow,metacopy=off,index=off,volatile"
+	}
+	return ",redirect_dir=off,metacopy=off,index=off,volatile"
 }

@@ -50,26 +50,11 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (res *Result, retErr error
 	if spec.Limits != nil {
 		limits = *spec.Limits
 	}
-	if m.rootless {
-		if spec.UID != 0 || spec.GID != 0 || len(spec.Groups) > 0 {
-			return nil, fmt.Errorf("user %d:%d: %w", spec.UID, spec.GID, ErrRootless)
-		}
-		if !limits.cgroupZero() {
-			return nil, fmt.Errorf("limits: %w", ErrRootless)
-		}
-		if !spec.ReadOnly {
-			return nil, fmt.Errorf("overlay root filesystem (use Spec.ReadOnly): %w", ErrRootless)
-		}
-		if spec.Network == NetworkIsolated {
-			// The network namespace would be container root's, who could
-			// then undo its refusals.
-			return nil, fmt.Errorf("isolated network (use NetworkNone or NetworkHost): %w", ErrRootless)
-		}
+	if err := m.cg.checkLimits(limits); err != nil {
+		return nil, err
 	}
-	if !m.rootless {
-		if err := m.cg.checkLimits(limits); err != nil {
-			return nil, err
-		}
+	if err := m.checkLowerOwner(spec.Lower); err != nil {
+		return nil, err
 	}
 	if err := m.begin(); err != nil {
 		return nil, err
@@ -81,7 +66,7 @@ func (m *Manager) Run(ctx context.Context, spec Spec) (res *Result, retErr error
 	id := newID()
 	r := &run{
 		m: m, spec: &spec, id: id,
-		dirs: newRunDirs(m.runsDir, m.netnsDir, id),
+		dirs: m.runDirs(id),
 		log:  m.opts.log.WithField("container", id),
 	}
 	// Covers every early return and panics; the normal path tears down
@@ -111,9 +96,6 @@ func (r *run) run(ctx context.Context, limits Limits) (*Result, error) {
 		return nil, fmt.Errorf("preparing rootfs: %w", err)
 	}
 	rootfs := r.dirs.rootfs
-	if m.rootless {
-		rootfs = spec.Lower
-	}
 	if spec.Network == NetworkIsolated {
 		n, err := m.setupNetwork(ctx, spec, r.dirs, r.log)
 		if err != nil {
@@ -341,11 +323,9 @@ func (r *run) doTeardown() error {
 	if !r.mounts {
 		return errors.Join(errs...)
 	}
-	if !r.m.rootless {
-		if err := unmountRun(r.dirs); err != nil {
-			// Never remove a directory that may still have a mount under it.
-			return errors.Join(append(errs, err)...)
-		}
+	if err := unmountRun(r.dirs); err != nil {
+		// Never remove a directory that may still have a mount under it.
+		return errors.Join(append(errs, err)...)
 	}
 	if r.spec.Upper != nil && len(errs) == 0 {
 		// The kept upper the run started on goes back to its place.
@@ -361,10 +341,16 @@ func (r *run) doTeardown() error {
 			errs = append(errs, fmt.Errorf("keeping upper: %w", err))
 		} else {
 			r.upper = NewUpper(kept, r.m.rootUID, r.m.rootGID, func() error { return os.RemoveAll(kept) })
+			r.upper.UserXattr = r.m.rootless
 		}
 	}
 	if err := os.RemoveAll(r.dirs.base); err != nil {
 		errs = append(errs, err)
+	}
+	if filepath.Dir(r.dirs.rootfs) != r.dirs.base { // rootless: below the runs' tmpfs
+		if err := os.Remove(r.dirs.rootfs); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -208,7 +208,8 @@ type Result struct {
 }
 
 // Upper is a kept overlay upper directory: a standard overlayfs upper
-// (0/0 character device whiteouts, trusted.overlay.opaque xattrs). File
+// (0/0 character device whiteouts, trusted.overlay.opaque xattrs, or
+// user.overlay.opaque with UserXattr). File
 // ownership in it is shifted: host id = container id + UIDBase (GIDBase).
 type Upper struct {
 	// Path is the upper directory.
@@ -216,6 +217,11 @@ type Upper struct {
 	// UIDBase and GIDBase are the host ids of container root (0 when the
 	// run had no user namespace).
 	UIDBase, GIDBase uint32
+	// UserXattr is set when the overlay kept its attributes in the user
+	// namespace (a rootless agent's, mounted with userxattr): an opaque
+	// directory carries user.overlay.opaque="y" rather than
+	// trusted.overlay.opaque.
+	UserXattr bool
 
 	release func() error
 	once    sync.Once

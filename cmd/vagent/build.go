@@ -196,6 +196,7 @@ func runBuild(ctx context.Context, env *cliEnv, f *buildFlags, src string) error
 		return err
 	}
 	defer sb.Close()
+	warnUnlimited(env.log, sb)
 	bopts := append(f.af.builderOptions(env), builder.WithNetwork(bnet.setupMode(), bnet.forward...))
 	if len(f.mirrors) > 0 {
 		bopts = append(bopts, builder.WithMirrorList(f.mirrors...))
@@ -410,7 +411,7 @@ func parseRepoURLs(urls []string) ([]pacman.Repo, error) {
 // who ran sudo (SUDO_UID, SUDO_GID in getenv), or the process's own.
 func invokingUser(getenv func(string) string) (uid, gid int) {
 	uid, gid = os.Getuid(), os.Getgid()
-	if uid == 0 {
+	if uid == 0 && !rootless() { // rootless, uid 0 is the user
 		if u, err := strconv.Atoi(getenv("SUDO_UID")); err == nil && u >= 0 {
 			uid = u
 			if g, err := strconv.Atoi(getenv("SUDO_GID")); err == nil && g >= 0 {

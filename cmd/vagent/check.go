@@ -56,7 +56,7 @@ func newCheckCmd(env *cliEnv) *cobra.Command {
 			}
 			rcfg.IDRange.AllowConflicts = true // reported, not refused
 			var ir idRangeChoice
-			if os.Geteuid() == 0 {
+			if !rootless() { // rootless, builds map to the user's subordinate ids
 				var err error
 				if ir, err = resolveIDRange(dir, rcfg, false, env.log); err != nil {
 					return err

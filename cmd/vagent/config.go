@@ -37,6 +37,9 @@ func loadAgentConfig(env *cliEnv, path string, needServer bool) (*config.Config,
 	if err = errors.Join(err, config.CheckEnviron(os.Environ())); err != nil {
 		return nil, &exitError{code: exitConfig, err: err}
 	}
+	if !cfg.DataDirSet {
+		cfg.DataDir = defaultDataDir // an ordinary user's is not root's
+	}
 	if len(cfg.Mirrors) > 0 {
 		env.log.Warn("configuration key mirrors (VIETER_MIRRORS) is deprecated: it is pacman_mirrors (VIETER_PACMAN_MIRRORS); registry mirrors are registries.mirrors")
 	}

@@ -164,7 +164,8 @@ func withDataDirLock(dataDir string, fn func() error) error {
 }
 
 // openSandbox opens the sandbox of dataDir for builds with the data dir's
-// id range (resolveIDRange, recorded), cfg's limits (nil: none) and
+// id range (resolveIDRange, recorded; rootless, the user's subordinate
+// ids, and nothing is recorded), cfg's limits (nil: none) and
 // seccomp as asked. Another vagent process on the data dir with another
 // range, or an older vagent that holds it alone, is refused with a clear
 // message.
@@ -174,7 +175,10 @@ func openSandbox(log logrus.FieldLogger, dataDir string, cfg *config.Config, sec
 		opts = append(opts, sandboxOptions(cfg)...)
 	}
 	var ir idRangeChoice
-	if os.Geteuid() == 0 {
+	if rootless() && cfg != nil && cfg.IDRange.Base != 0 {
+		log.WithField("id_range", cfg.IDRange.Base).Warn("id_range is not used by an ordinary user's agent: builds map to the user's subordinate ids (docs/rootless.md)")
+	}
+	if !rootless() { // rootless, builds map to the user's subordinate ids: no id-range.json
 		var err error
 		if ir, err = resolveIDRange(dataDir, cfg, true, log); err != nil {
 			return nil, ir, err
@@ -190,8 +194,8 @@ func openSandbox(log logrus.FieldLogger, dataDir string, cfg *config.Config, sec
 		return nil, ir, fmt.Errorf("sandbox: %w", err)
 	case errors.Is(err, sandbox.ErrIDRangeInUse):
 		return nil, ir, fmt.Errorf("%w (give both the same id_range, or none: the data dir's)", err)
-	case errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0:
-		return nil, ir, fmt.Errorf("sandbox: %w (builds need root: see vagent check)", err)
+	case errors.Is(err, fs.ErrPermission) && rootless():
+		return nil, ir, fmt.Errorf("sandbox: %w (an ordinary user's vagent needs a data dir of its own, by default %s: see docs/rootless.md)", err, defaultDataDir)
 	case err != nil:
 		return nil, ir, fmt.Errorf("sandbox: %w", err)
 	}

@@ -13,11 +13,8 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/vieter-v/vagent/internal/config"
 	"github.com/vieter-v/vagent/oci"
 )
-
-const defaultDataDir = config.DefaultDataDir
 
 func newImageCmd(env *cliEnv) *cobra.Command {
 	return newGroup("image", "pull, load, push, list and remove base images (pull, load, push, ls, rm, prune)",
@@ -39,7 +36,7 @@ func (f *storeFlags) register(fs *pflag.FlagSet) {
 
 // open opens (creating it if needed) the image store of the data dir.
 func (f *storeFlags) open(env *cliEnv, opts ...oci.Option) (*oci.Store, error) {
-	opts = append([]oci.Option{oci.WithLogger(env.log)}, opts...)
+	opts = append(append([]oci.Option{oci.WithLogger(env.log)}, storeOptions()...), opts...)
 	s, err := oci.NewStore(filepath.Join(f.dataDir, "images"), opts...)
 	if err != nil {
 		return nil, explain(err, f.dataDir)

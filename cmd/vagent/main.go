@@ -103,7 +103,7 @@ var exitStatuses = []struct {
 	{"0", "success"},
 	{"1", "failure: the command could not do what was asked (an unreachable registry, a missing data dir, a check that found something missing, no such log; `vagent build`: the build made no package, or it could not be written to --out)"},
 	{"2", "usage error: unknown command or flag, wrong arguments, invalid flag value"},
-	{"69", "this host cannot run builds (what `vagent check` reports missing): `vagent run` took no job, `vagent build` and `vagent builder build` pulled nothing"},
+	{"69", "this host cannot run builds (what `vagent check` reports missing; EX_UNAVAILABLE): `vagent run` took no job, `vagent build` and `vagent builder build` pulled nothing; for an ordinary user, also any command that needs rootless mode when it is not available (no subordinate ids, no newuidmap, user namespaces disabled)"},
 	{"78", "invalid configuration (agent.yaml or VIETER_* variables; EX_CONFIG, for RestartPreventExitStatus=78)"},
 	{"124, 125, 130, 137", "`vagent build`: the build timed out, could not be set up, was cancelled, or was killed"},
 	{"other", "`vagent build`: the exit status of makepkg"},
@@ -148,6 +148,16 @@ func runWithEnv(args []string, stdout, stderr io.Writer, getenv func(string) str
 			log.SetLevel(l)
 		}
 	}
+	// An ordinary user's commands that build or keep images run as root
+	// of a user namespace of their own: this process starts vagent again
+	// there and exits as it does (rootless.go). That comes before any
+	// signal handling: this process forwards the signals it gets.
+	probe := newRootCmd(&cliEnv{stdin: os.Stdin, stdout: stdout, stderr: stderr, log: log})
+	if err := enterUserNamespace(probe, singleDashLongFlags(probe, args)); err != nil {
+		fmt.Fprintf(stderr, "vagent: %v\n", err)
+		return exitUnavailable
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// A reader that goes away (`vagent builder build … | head -1`) must not

@@ -80,11 +80,17 @@ func registryOptions(cfg *config.Config) ([]oci.Option, error) {
 // sandboxLimits returns the build limits as sandbox limits.
 func sandboxLimits(cfg *config.Config) sandbox.Limits {
 	bl := cfg.BuildLimits
-	return sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs, Disk: int64(bl.Disk)}
+	l := sandbox.Limits{Memory: int64(bl.Memory), MemorySwap: int64(bl.MemorySwap), Pids: bl.Pids, CPUWeight: bl.CPUWeight, CPUQuota: bl.CPUs, Disk: int64(bl.Disk)}
+	if !bl.PidsSet && rootless() && sandbox.CgroupDelegated() != nil {
+		l.Pids = 0 // the default, which nothing can apply here (warnUnlimited says so)
+	}
+	return l
 }
 
 // sandboxOptions returns the sandbox options of the configuration but the
-// id range, which depends on the data dir too (resolveIDRange).
+// id range, which depends on the data dir too (resolveIDRange, openSandbox).
+// Rootless, the id range is not the configuration's at all: builds map to
+// the user's subordinate ids.
 func sandboxOptions(cfg *config.Config) []sandbox.Option {
 	return []sandbox.Option{sandbox.WithDefaultLimits(sandboxLimits(cfg)),
 		sandbox.WithTmpSize(int64(cfg.BuildLimits.Tmp)), sandbox.WithNetworkDeny(cfg.NetworkDeny()...)}

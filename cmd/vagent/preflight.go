@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/sirupsen/logrus"
@@ -11,7 +10,9 @@ import (
 )
 
 // exitUnavailable is the exit status of `vagent run`, `vagent build` and
-// `vagent builder build` on a host that cannot run builds (EX_UNAVAILABLE).
+// `vagent builder build` on a host that cannot run builds (EX_UNAVAILABLE),
+// and, for an ordinary user, of every command that needs rootless mode
+// where it is not available (enterUserNamespace).
 const exitUnavailable = 69
 
 // notPreflighted are requirements of vagent check that do not stop a
@@ -84,13 +85,14 @@ func preflight(dataDir string, opts []sandbox.Option, n needs) error {
 
 // preflightOptions are the sandbox options preflight probes with: the data
 // dir's id range (as root; resolved and recorded as the builds will have
-// it) and the configuration's limits.
+// it; rootless, none: the user's subordinate ids) and the configuration's
+// limits.
 func preflightOptions(log logrus.FieldLogger, dataDir string, cfg *config.Config) ([]sandbox.Option, error) {
 	opts := []sandbox.Option{sandbox.WithLogger(log)}
 	if cfg != nil {
 		opts = append(opts, sandboxOptions(cfg)...)
 	}
-	if os.Geteuid() != 0 {
+	if rootless() { // the user's subordinate ids, not the data dir's range
 		return opts, nil
 	}
 	ir, err := resolveIDRange(dataDir, cfg, true, log)

@@ -93,12 +93,14 @@ func asUser(t *testing.T, uid int, bin string, args ...string) (int, string) {
 	}
 }
 
-// TestUnprivilegedRefused: as an ordinary user (uid 65534) with a
+// TestUnprivilegedRefused: as an ordinary user without subordinate ids
+// (uid 65534, nobody: rootless mode is not available to it) with a
 // reachable server that has queued jobs, `vagent run` exits with status 69
 // and the reason before it polls: the queue is unchanged and no log was
 // uploaded. `vagent build` exits the same way before it pulls: the
 // registry served no blob and the data dir has no image store.
 func TestUnprivilegedRefused(t *testing.T) {
+	const unprivilegedReason = "rootless mode is not available\n  subordinate ids: user nobody has no entry in /etc/subuid and /etc/subgid: sudo usermod --add-subuids"
 	testkit.RequireRoot(t) // to become uid 65534
 	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
 	bin := binaryFor(t, nobody)
@@ -122,7 +124,7 @@ func TestUnprivilegedRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out := asUser(t, nobody, bin, "run", cfg)
-	if code != exitUnavailable || !strings.Contains(out, "this host cannot run builds") || !strings.Contains(out, "privileges: running as uid 65534") {
+	if code != exitUnavailable || !strings.Contains(out, unprivilegedReason) {
 		t.Errorf("vagent run as uid 65534: exit %d, want %d with the reason:\n%s", code, exitUnavailable, out)
 	}
 	if q := srv.Queued(arch); len(q) != 3 {
@@ -156,7 +158,7 @@ func TestUnprivilegedRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out = asUser(t, nobody, bin, "build", "--data-dir", data, "--base-image", base, "--insecure", blobs.host, "--out", filepath.Join(home, "out"), src)
-	if code != exitUnavailable || !strings.Contains(out, "privileges: running as uid 65534") {
+	if code != exitUnavailable || !strings.Contains(out, unprivilegedReason) {
 		t.Errorf("vagent build as uid 65534: exit %d, want %d with the reason:\n%s", code, exitUnavailable, out)
 	}
 	if n := blobs.n.Load(); n != blobsBefore {

@@ -46,7 +46,8 @@ func newRunCmd(env *cliEnv) *cobra.Command {
 		Short: "run the agent: poll the Vieter server and build its jobs",
 		Long: "Run the agent: poll the Vieter server and build its jobs until SIGINT or SIGTERM.\n" +
 			"The configuration is agent.yaml (or --config FILE) with the VIETER_* variables over it;\n" +
-			"without a file it comes from VIETER_* variables alone (see docs/configuration.md).\n\n" +
+			"without a file it comes from VIETER_* variables alone (see docs/configuration.md); an\n" +
+			"ordinary user's agent (rootless, docs/rootless.md) reads ~/.config/vagent/agent.yaml then.\n\n" +
 			"Signals: the first SIGINT/SIGTERM stops polling and lets running builds finish within\n" +
 			"shutdown_grace, the second cancels them, the third exits at once (status 130). SIGHUP\n" +
 			"is ignored: restart the agent to apply a changed configuration.",
@@ -68,6 +69,14 @@ func newRunCmd(env *cliEnv) *cobra.Command {
 }
 
 func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
+	if config == "" && rootless() {
+		// An ordinary user's agent.yaml lives where XDG says.
+		found, err := findUserConfig()
+		if err != nil {
+			return &exitError{code: exitConfig, err: err}
+		}
+		config = found
+	}
 	cfg, err := loadAgentConfig(env, config, true)
 	if err != nil {
 		return err
@@ -76,8 +85,8 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 	// anything (the other vagent commands share the data dir with it).
 	lock, err := poll.LockDataDir(cfg.DataDir)
 	switch {
-	case errors.Is(err, fs.ErrPermission) && os.Geteuid() != 0:
-		return &exitError{code: exitUnavailable, err: fmt.Errorf("%w (vagent run needs root: see vagent check)", err)}
+	case errors.Is(err, fs.ErrPermission) && rootless():
+		return &exitError{code: exitUnavailable, err: fmt.Errorf("%w (an ordinary user's vagent needs a data dir of its own, by default %s: see docs/rootless.md)", err, defaultDataDir)}
 	case err != nil:
 		return err
 	}
@@ -130,10 +139,14 @@ func runAgent(ctx context.Context, env *cliEnv, config string) (retErr error) {
 			}
 		}()
 	}
-	// The data dir's id range, recorded by the executor's sandbox.
-	var idRange string
-	if ir, err := resolveIDRange(cfg.DataDir, cfg, false, log); err == nil && os.Geteuid() == 0 {
-		idRange = ir.String()
+	// The data dir's id range, recorded by the executor's sandbox;
+	// rootless, the user's subordinate ids.
+	idRange := "the user's subordinate ids (rootless)"
+	if !rootless() {
+		idRange = ""
+		if ir, err := resolveIDRange(cfg.DataDir, cfg, false, log); err == nil {
+			idRange = ir.String()
+		}
 	}
 	// The start line waits for the server's first answer: until then a
 	// wrong address or api_key must not look like a running agent.

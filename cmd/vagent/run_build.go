@@ -44,7 +44,7 @@ func newBuildExecutor(ctx context.Context, cfg *config.Config, deps runDeps) (_ 
 	if err != nil {
 		return nil, nil, err
 	}
-	ociOpts = append(ociOpts, oci.WithLogger(deps.log), oci.WithProgress(deps.metrics.OCIProgress))
+	ociOpts = append(append(ociOpts, storeOptions()...), oci.WithLogger(deps.log), oci.WithProgress(deps.metrics.OCIProgress))
 	store, err := oci.NewStore(filepath.Join(cfg.DataDir, "images"), ociOpts...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("image store: %w", err)
@@ -57,6 +57,7 @@ func newBuildExecutor(ctx context.Context, cfg *config.Config, deps runDeps) (_ 
 		return nil, nil, err
 	}
 	undo = append(undo, sb.Close)
+	warnUnlimited(deps.log, sb)
 	// An agent that cannot give its builds their network takes no job.
 	if networkMode(cfg) == sandbox.NetworkIsolated {
 		if err := sb.CheckNetwork(ctx); err != nil {

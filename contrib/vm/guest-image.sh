@@ -12,7 +12,7 @@ cache=${1:?usage: guest-image.sh CACHE_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 # Debian packages of the guest (the host needs VM_PACKAGES from the Makefile).
 GUEST_PACKAGES="systemd-sysv linux-image-amd64 kmod util-linux procps iproute2 \
-busybox-static docker-registry ca-certificates e2fsprogs passt"
+busybox-static docker-registry ca-certificates e2fsprogs passt uidmap"
 key=$(cat "$here/guest-image.sh" "$here/vagent-vm.service" | sha256sum | cut -c1-12)
 dir=$cache/guest-$key
 if [ -f "$dir/guest.img" ] && [ -f "$dir/vmlinuz" ] && [ -f "$dir/initrd.img" ]; then

@@ -14,7 +14,7 @@ echo "cgroup: $(grep cgroup /proc/self/mountinfo)"
 echo "root controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 : > "$R/summary.txt"
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin CI=true
-VM_SANDBOX_RUN=. VM_SANDBOX_SKIP=
+VM_SANDBOX_RUN=. VM_SANDBOX_SKIP= VM_PLACEMENTS="systemd-delegate private-ns kubernetes-pod pids-only rootless"
 [ -f "$share/run.env" ] && . "$share/run.env"  # written by test-vm.sh
 export VM_SANDBOX_RUN VM_SANDBOX_SKIP
 
@@ -45,7 +45,8 @@ fi
 # and containerd run containers in delegated cgroups) below which
 # guest-placement.sh builds the container's cgroups and moves itself in.
 # (systemctl talks to systemd's private socket: no D-Bus needed.)
-for p in systemd-delegate private-ns kubernetes-pod pids-only; do
+for p in $VM_PLACEMENTS; do
+	[ "$p" = rootless ] && continue # below: an ordinary user's
 	cat > "/run/systemd/system/vagent-vm-$p.service" <<-UNIT
 	[Service]
 	Type=oneshot
@@ -61,6 +62,14 @@ for p in systemd-delegate private-ns kubernetes-pod pids-only; do
 	echo "placement $p: $(systemctl show -p Result --value "vagent-vm-$p.service")"
 	cat "$R/$p.summary" >> "$R/summary.txt"
 done
+
+# Rootless: an ordinary user's agent, in a systemd user service with
+# Delegate=yes and outside one (guest-rootless.sh).
+case " $VM_PLACEMENTS " in *" rootless "*)
+	sh "$share/guest-rootless.sh" > "$R/rootless.log" 2>&1
+	echo "placement rootless: $(grep -c '^PASS' "$R/rootless.summary" 2>/dev/null) passed"
+	cat "$R/rootless.summary" >> "$R/summary.txt" 2>/dev/null ;;
+esac
 
 # Nothing of the agents' is left anywhere but their (empty) leaves.
 # (Manager parents are vagent-<hash> or the tests' vagent-test-*, runs

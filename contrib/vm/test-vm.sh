@@ -2,7 +2,8 @@
 # test-vm.sh — boot Debian 12's kernel with unified cgroup v2 under QEMU and
 # run, for each placement of the agent (systemd service with Delegate=yes,
 # root of a private cgroup namespace, Kubernetes-style pod cgroup, only pids
-# delegated), `vagent check` and the sandbox tests inside it. See README.md.
+# delegated, an ordinary user's systemd user service — rootless),
+# `vagent check` and the sandbox tests inside it. See README.md.
 #
 # Needs bin/vagent and bin/vm/sandbox.test (the Makefile's test-vm target
 # builds them). Exits non-zero when any step fails; the report is
@@ -20,6 +21,8 @@ VM_START_TIMEOUT=${VM_START_TIMEOUT:-240}
 VM_KVM_START_TIMEOUT=${VM_KVM_START_TIMEOUT:-60}
 VM_TIMEOUT=${VM_TIMEOUT:-3600} # the whole run
 VM_SANDBOX_RUN=${VM_SANDBOX_RUN:-.}
+# The placements to run (all by default; e.g. VM_PLACEMENTS=rootless).
+VM_PLACEMENTS=${VM_PLACEMENTS:-systemd-delegate private-ns kubernetes-pod pids-only rootless}
 # The agent binary to check (e.g. another revision's, to compare).
 VM_VAGENT=${VM_VAGENT:-$top/bin/vagent}
 # Tests with wall-clock bounds written for a real host (output latency,
@@ -43,8 +46,9 @@ if [ -f "$VM_OUT/vagent.test" ]; then
 	cache=${VAGENT_TESTIMAGE_CACHE:-/var/cache/vagent/testimages}
 	[ -d "$cache" ] && testimages="-virtfs local,path=$cache,mount_tag=testimages,security_model=passthrough"
 fi
-cp "$here/guest-run.sh" "$here/guest-placement.sh" "$share/"
-printf "VM_SANDBOX_RUN='%s'\nVM_SANDBOX_SKIP='%s'\n" "$VM_SANDBOX_RUN" "$VM_SANDBOX_SKIP" > "$share/run.env"
+cp "$here/guest-run.sh" "$here/guest-placement.sh" "$here/guest-rootless.sh" "$here/guest-rootless-user.sh" \
+	"$top/contrib/systemd/vagent-user.service" "$share/"
+printf "VM_SANDBOX_RUN='%s'\nVM_SANDBOX_SKIP='%s'\nVM_PLACEMENTS='%s'\n" "$VM_SANDBOX_RUN" "$VM_SANDBOX_SKIP" "$VM_PLACEMENTS" > "$share/run.env"
 
 qpid=
 cleanup() { [ -n "$qpid" ] && kill "$qpid" 2>/dev/null; true; }

@@ -17,10 +17,14 @@ import (
 // docs/configuration.md) except address and api_key. Load reads it.
 type Config struct {
 	// The reference agent's keys.
-	Address               string   `yaml:"address"`
-	APIKey                Secret   `yaml:"api_key"`
-	Arch                  string   `yaml:"arch"`
-	DataDir               string   `yaml:"data_dir"`
+	Address string `yaml:"address"`
+	APIKey  Secret `yaml:"api_key"`
+	Arch    string `yaml:"arch"`
+	DataDir string `yaml:"data_dir"`
+	// DataDirSet: data_dir comes from the file or a variable. Otherwise
+	// DataDir is root's DefaultDataDir, and the command puts the data dir
+	// of an ordinary user's vagent in its place.
+	DataDirSet            bool     `yaml:"-" json:"-"`
 	MaxConcurrentBuilds   int      `yaml:"max_concurrent_builds"`
 	PollingFrequency      Duration `yaml:"polling_frequency" unit:"s"`
 	ImageRebuildFrequency Duration `yaml:"image_rebuild_frequency" unit:"m"`
@@ -65,11 +69,15 @@ type IDRange struct {
 
 // BuildLimits are the cgroup limits of one build.
 type BuildLimits struct {
-	Memory     Size    `yaml:"memory"`
-	MemorySwap Size    `yaml:"memory_swap"`
-	Pids       int64   `yaml:"pids"`
-	CPUs       float64 `yaml:"cpus"`
-	CPUWeight  uint64  `yaml:"cpu_weight"`
+	Memory     Size  `yaml:"memory"`
+	MemorySwap Size  `yaml:"memory_swap"`
+	Pids       int64 `yaml:"pids"`
+	// PidsSet: pids comes from the file or a variable, not the default.
+	// A rootless agent without a delegated cgroup drops the default
+	// (nothing can apply it) but refuses a configured one.
+	PidsSet   bool    `yaml:"-" json:"-"`
+	CPUs      float64 `yaml:"cpus"`
+	CPUWeight uint64  `yaml:"cpu_weight"`
 	// Tmp is the size of the tmpfs on /tmp (memory, charged to Memory).
 	Tmp Size `yaml:"tmp"`
 	// Disk bounds what a build adds to the disk (sandbox.Limits.Disk).

@@ -52,6 +52,8 @@ func TestConfigDefaults(t *testing.T) {
 		got, want any
 	}{
 		{"data_dir", c.DataDir, "/var/lib/vagent"},
+		{"data_dir set", c.DataDirSet, false},
+		{"build_limits.pids set", c.BuildLimits.PidsSet, false},
 		{"max_concurrent_builds", c.MaxConcurrentBuilds, 1},
 		{"polling_frequency", c.PollingFrequency.D(), 30 * time.Second},
 		{"image_rebuild_frequency", c.ImageRebuildFrequency.D(), 1440 * time.Minute},
@@ -87,6 +89,7 @@ func TestConfigKeys(t *testing.T) {
 	}{
 		{"arch: aarch64", func(c *Config) any { return c.Arch }, "aarch64"},
 		{"data_dir: /srv/vagent", func(c *Config) any { return c.DataDir }, "/srv/vagent"},
+		{"data_dir: /srv/vagent", func(c *Config) any { return c.DataDirSet }, true},
 		{"max_concurrent_builds: 4", func(c *Config) any { return c.MaxConcurrentBuilds }, 4},
 		{"polling_frequency: 10", func(c *Config) any { return c.PollingFrequency.D() }, 10 * time.Second},
 		{"polling_frequency: 1m30s", func(c *Config) any { return c.PollingFrequency.D() }, 90 * time.Second},
@@ -107,7 +110,7 @@ func TestConfigKeys(t *testing.T) {
 		{"fsync: false", func(c *Config) any { return c.Fsync }, false},
 		{"id_range: {base: 200000, size: 131072}", func(c *Config) any { return c.IDRange }, IDRange{Base: 200000, Size: 131072}},
 		{"build_limits:\n  memory: 4GiB\n  memory_swap: 6G\n  pids: 512\n  cpus: 1.5\n  cpu_weight: 50\n  tmp: 256M\n  log: 1M\n  disk: 20GiB",
-			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20, Log: 1 << 20, Disk: 20 << 30}},
+			func(c *Config) any { return c.BuildLimits }, BuildLimits{Memory: 4 << 30, MemorySwap: 6 << 30, Pids: 512, PidsSet: true, CPUs: 1.5, CPUWeight: 50, Tmp: 256 << 20, Log: 1 << 20, Disk: 20 << 30}},
 		{"build_limits: {disk: 10G}", func(c *Config) any { return c.BuildLimits.Disk }, Size(10 << 30)},
 		{"pacman_cache: {max_size: 4GiB}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(4 << 30)},
 		{"pacman_cache: {max_size: 0}", func(c *Config) any { return c.PacmanCache.MaxSize }, Size(0)},
@@ -348,12 +351,12 @@ func TestConfigEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Address: "http://10.0.0.2:8000", APIKey: "from-file-key", Arch: "aarch64", DataDir: "/data", MaxConcurrentBuilds: 3,
+		Address: "http://10.0.0.2:8000", APIKey: "from-file-key", Arch: "aarch64", DataDir: "/data", DataDirSet: true, MaxConcurrentBuilds: 3,
 		PollingFrequency: Duration(5 * time.Second), ImageRebuildFrequency: Duration(30 * time.Minute), LogLevel: "INFO",
 		AgentName: "build-02", LogFormat: "json", LogFile: "-", MetricsAddress: ":9100", BuildTimeout: Duration(3 * time.Hour),
 		ShutdownGrace: Duration(time.Minute), DeliverTimeout: Duration(2 * time.Minute), RequestTimeout: Duration(15 * time.Second),
 		UploadTimeout: Duration(20 * time.Minute), Fsync: false, IDRange: IDRange{Base: 300000, Size: 65536, AllowConflicts: true},
-		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20, Disk: 30 << 30},
+		BuildLimits: BuildLimits{Memory: 8 << 30, MemorySwap: -1, Pids: 100, PidsSet: true, CPUs: 2, CPUWeight: 200, Tmp: 64 << 20, Log: 16 << 20, Disk: 30 << 30},
 		PacmanCache: PacmanCache{Enabled: true, Dir: "/pc", MaxSize: 2 << 30, Sources: true}, BuilderPkgs: []string{"base-devel", "git", "cmake"},
 		PacmanMirrors: []string{"https://m1/$repo/os/$arch", "https://m2/$repo/os/$arch"},
 		Registries:    Registries{Insecure: []string{"r1:5000", "r2"}, CAFile: "/ca.pem", DockerConfig: "/dc.json"},
@@ -468,6 +471,7 @@ func TestConfigExample(t *testing.T) {
 	}
 	want := Default()
 	want.Address, want.APIKey = c.Address, c.APIKey
+	want.BuildLimits.PidsSet = true // the example names the default
 	if diff := cmp.Diff(&want, c); diff != "" {
 		t.Errorf("example differs from the defaults (-defaults +example):\n%s", diff)
 	}

@@ -137,6 +137,8 @@ func Parse(file string, data []byte, getenv func(string) string) (*Config, error
 	// default, which validates.
 	l.env(reflect.ValueOf(&c).Elem(), "", getenv)
 	l.validate(&c)
+	_, c.DataDirSet = l.where["data_dir"]
+	_, c.BuildLimits.PidsSet = l.where["build_limits.pids"]
 	if len(l.errs) > 0 {
 		sort.SliceStable(l.errs, func(i, j int) bool { return errLine(l.errs[i]) < errLine(l.errs[j]) })
 		return nil, errors.Join(l.errs...)

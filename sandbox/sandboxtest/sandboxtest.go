@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -120,4 +121,29 @@ func (s *Buffer) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b.Reset()
+}
+
+// ShiftTree adds by to the owner and group of every entry of root (not
+// following symbolic links), as an unpacker shifting ids would have made
+// them: the lower of a rootless sandbox (sandbox.LowerShift), seen from
+// the host, is owned by the user's subordinate ids. It needs root.
+func ShiftTree(t testing.TB, root string, by int) {
+	t.Helper()
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		mode := fi.Mode()
+		if err := os.Lchown(p, int(st.Uid)+by, int(st.Gid)+by); err != nil {
+			return err
+		}
+		if mode&(os.ModeSetuid|os.ModeSetgid) != 0 && mode&os.ModeSymlink == 0 {
+			return os.Chmod(p, mode) // chown cleared them
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("shifting %s: %v", root, err)
+	}
 }
