@@ -259,6 +259,42 @@ func setupCgroupV2(mnt, own, name string) (*cgroupSetup, error) {
 	return s, nil
 }
 
+// moveIntoAgentLeaf moves the calling process into the agentLeaf child of
+// its cgroup v2 when the user may write that cgroup (a delegated one: a
+// systemd user service with Delegate=yes, systemd-run --user --scope -p
+// Delegate=yes). A rootless agent calls it before it starts the agent
+// proper in new user and pid namespaces: from there, the process that
+// started it is not visible (cgroup.procs shows it as 0) and so cannot be
+// moved out of the cgroup whose controllers the runs need; started in the
+// leaf, the agent finds its home cgroup empty (planV2). Elsewhere it does
+// nothing: the agent then says why limits cannot be applied.
+func moveIntoAgentLeaf() {
+	if !cgroups.IsCgroup2UnifiedMode() {
+		return
+	}
+	selfCgroup, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return
+	}
+	mountinfo, err := readMountinfo()
+	if err != nil {
+		return
+	}
+	own, err := ownCgroupV2(selfCgroup, mountinfo, unifiedMountpoint)
+	if err != nil || own == "/" || path.Base(own) == agentLeaf {
+		return
+	}
+	dir := filepath.Join(unifiedMountpoint, own)
+	if unix.Access(filepath.Join(dir, "cgroup.procs"), unix.W_OK) != nil {
+		return // not the user's to change
+	}
+	leaf := filepath.Join(dir, agentLeaf)
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(leaf, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0)
+}
+
 // moveProcs moves every process of cgroup dir into the child cgroup leaf
 // (created if missing). Processes forked meanwhile land in dir: it repeats
 // until dir is empty.

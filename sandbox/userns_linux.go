@@ -125,6 +125,9 @@ func reexecInUserNamespace(f rootlessFacts) error {
 		// init), which forks here: the signal comes when the process dies.
 		Pdeathsig: syscall.SIGKILL,
 	}
+	// In a delegated cgroup, this process and the agent leave its cgroup
+	// to the runs' controllers (moveIntoAgentLeaf).
+	moveIntoAgentLeaf()
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, forwardedSignals...)
 	// The agent's parent-death signal comes when the thread that starts

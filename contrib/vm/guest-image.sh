@@ -11,8 +11,11 @@ set -eu
 cache=${1:?usage: guest-image.sh CACHE_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 # Debian packages of the guest (the host needs VM_PACKAGES from the Makefile).
+# dbus and libpam-systemd: the rootless placement's user manager
+# (user@UID.service) needs logind for its runtime directory and pam_systemd
+# for XDG_RUNTIME_DIR, as on any Debian system with a login.
 GUEST_PACKAGES="systemd-sysv linux-image-amd64 kmod util-linux procps iproute2 \
-busybox-static docker-registry ca-certificates e2fsprogs passt uidmap"
+busybox-static docker-registry ca-certificates e2fsprogs passt uidmap dbus libpam-systemd"
 key=$(cat "$here/guest-image.sh" "$here/vagent-vm.service" | sha256sum | cut -c1-12)
 dir=$cache/guest-$key
 if [ -f "$dir/guest.img" ] && [ -f "$dir/vmlinuz" ] && [ -f "$dir/initrd.img" ]; then

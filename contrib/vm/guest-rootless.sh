@@ -19,7 +19,10 @@ chmod 0666 /dev/net/tun
 uid=$(id -u "$user")
 home=$(getent passwd "$user" | cut -d: -f6)
 echo "rootless: user $user ($uid), $(grep "^$user:" /etc/subuid), home $home"
-systemctl start "user@$uid.service" || echo "starting user@$uid.service failed"
+if ! systemctl start "user@$uid.service"; then
+	echo "starting user@$uid.service failed:"
+	journalctl --no-pager -b -u "user@$uid.service" -u "user-runtime-dir@$uid.service" | tail -n 40
+fi
 rt=/run/user/$uid
 out=$home/results
 rm -rf "$out"
@@ -34,6 +37,8 @@ Environment=PATH=/usr/sbin:/usr/bin:/sbin:/bin CI=true
 ExecStart=/bin/sh $share/guest-rootless-user.sh delegated
 UNIT
 cp "$share/vagent-user.service" "$home/.config/systemd/user/vagent.service"
+# Where the unit runs vagent from (docs/rootless.md's install step).
+runuser -u "$user" -- install -D -m 0755 "$share/bin/vagent" "$home/.local/bin/vagent"
 chown -R "$user:" "$home/.config"
 asuser() { runuser -u "$user" -- env XDG_RUNTIME_DIR="$rt" HOME="$home" PATH=/usr/sbin:/usr/bin:/sbin:/bin CI=true "$@"; }
 # contrib/systemd/vagent-user.service as the user manager reads it.
