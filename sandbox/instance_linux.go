@@ -301,15 +301,7 @@ func cgroupParentPath(name string) (string, error) {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return "/" + name, nil
 	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return "", err
-	}
-	mi, err := readMountinfo()
-	if err != nil {
-		return "", err
-	}
-	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
+	own, err := ownUnifiedCgroup()
 	if err != nil {
 		return "", err
 	}

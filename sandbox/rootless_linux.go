@@ -80,15 +80,7 @@ var delegationOnce = sync.OnceValue(func() error {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return errors.New(undelegatedV1)
 	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return err
-	}
-	mi, err := readMountinfo()
-	if err != nil {
-		return err
-	}
-	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
+	own, err := ownUnifiedCgroup()
 	if err != nil {
 		return err
 	}
@@ -122,15 +114,7 @@ func setupRootlessCgroups(name string, log logrus.FieldLogger) *cgroupSetup {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return none(errors.New(undelegatedV1))
 	}
-	self, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return none(err)
-	}
-	mi, err := readMountinfo()
-	if err != nil {
-		return none(err)
-	}
-	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
+	own, err := ownUnifiedCgroup()
 	if err != nil {
 		return none(err)
 	}
