@@ -129,25 +129,19 @@ func setupCgroups(name string) (*cgroupSetup, error) {
 		s.swap = fileExists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
 		return s, nil
 	}
-	own, err := ownUnifiedCgroup()
+	selfCgroup, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	mountinfo, err := readMountinfo()
+	if err != nil {
+		return nil, err
+	}
+	own, err := ownCgroupV2(selfCgroup, mountinfo, unifiedMountpoint)
 	if err != nil {
 		return nil, err
 	}
 	return setupCgroupV2(unifiedMountpoint, own, name)
-}
-
-// ownUnifiedCgroup returns the calling process's cgroup relative to the
-// cgroup2 mount at unifiedMountpoint (ownCgroupV2 of this process).
-func ownUnifiedCgroup() (string, error) {
-	selfCgroup, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return "", err
-	}
-	mountinfo, err := readMountinfo()
-	if err != nil {
-		return "", err
-	}
-	return ownCgroupV2(selfCgroup, mountinfo, unifiedMountpoint)
 }
 
 // readMountinfo reads the calling thread's mount table (see mountPoints).
@@ -278,7 +272,15 @@ func moveIntoAgentLeaf() {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return
 	}
-	own, err := ownUnifiedCgroup()
+	selfCgroup, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return
+	}
+	mountinfo, err := readMountinfo()
+	if err != nil {
+		return
+	}
+	own, err := ownCgroupV2(selfCgroup, mountinfo, unifiedMountpoint)
 	if err != nil || own == "/" || path.Base(own) == agentLeaf {
 		return
 	}

@@ -240,9 +240,13 @@ func probeCgroups() (version int, controllers map[string]bool, swap bool) {
 		// The controllers of the agent's own cgroup: what a Manager can
 		// enable for its runs (see cgroup_linux.go).
 		dir := unifiedMountpoint
-		if own, err := ownUnifiedCgroup(); err == nil {
-			home, _ := planV2(unifiedMountpoint, own)
-			dir = filepath.Join(unifiedMountpoint, home)
+		self, err1 := os.ReadFile("/proc/self/cgroup")
+		mi, err2 := readMountinfo()
+		if err1 == nil && err2 == nil {
+			if own, err := ownCgroupV2(self, mi, unifiedMountpoint); err == nil {
+				home, _ := planV2(unifiedMountpoint, own)
+				dir = filepath.Join(unifiedMountpoint, home)
+			}
 		}
 		data, _ := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
 		for _, c := range strings.Fields(string(data)) {

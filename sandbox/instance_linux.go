@@ -301,7 +301,15 @@ func cgroupParentPath(name string) (string, error) {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return "/" + name, nil
 	}
-	own, err := ownUnifiedCgroup()
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	mi, err := readMountinfo()
+	if err != nil {
+		return "", err
+	}
+	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
 	if err != nil {
 		return "", err
 	}

@@ -80,7 +80,15 @@ var delegationOnce = sync.OnceValue(func() error {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return errors.New(undelegatedV1)
 	}
-	own, err := ownUnifiedCgroup()
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return err
+	}
+	mi, err := readMountinfo()
+	if err != nil {
+		return err
+	}
+	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
 	if err != nil {
 		return err
 	}
@@ -114,7 +122,15 @@ func setupRootlessCgroups(name string, log logrus.FieldLogger) *cgroupSetup {
 	if !cgroups.IsCgroup2UnifiedMode() {
 		return none(errors.New(undelegatedV1))
 	}
-	own, err := ownUnifiedCgroup()
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return none(err)
+	}
+	mi, err := readMountinfo()
+	if err != nil {
+		return none(err)
+	}
+	own, err := ownCgroupV2(self, mi, unifiedMountpoint)
 	if err != nil {
 		return none(err)
 	}
