@@ -77,10 +77,17 @@ var archLikeRecipe = recipe{
 		"pacman-package-manager", "makepkg", "git", "curl", "sudo", "fakeroot",
 		"libarchive-tools", "zstd", "binutils", "file", "ca-certificates",
 	},
-	Clean:  []string{"var/cache/apt/archives/*.deb"},
+	// Besides apt's cache: what no build reads and every test would
+	// unpack, a third of the tree (translations, apt's package lists,
+	// changelogs).
+	Clean: []string{
+		"var/cache/apt/archives/*.deb",
+		"var/lib/apt/lists/*_*", // the package lists, not lock and partial/
+		"usr/share/locale/*/LC_MESSAGES",
+		"usr/share/doc/*/changelog*",
+	},
 	Fixups: archLikeFixups,
 	Remove: []string{
-		"var/lib/apt/lists/*_*", // the package lists, not lock and partial/
 		"var/cache/apt/*.bin",
 		"var/cache/debconf/*-old",
 		"usr/share/man",
