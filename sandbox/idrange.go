@@ -91,7 +91,8 @@ func (h HostIDs) Conflicts(r IDRange) []string {
 // interval is a closed range of ids in use.
 type interval struct{ first, last uint64 }
 
-// used returns every id in use, as sorted intervals: users and groups, and
+// used returns every id in use, as sorted disjoint intervals (overlapping
+// ones joined, so that a search by last id works): users and groups, and
 // every subordinate block, root's included (another container engine may
 // use those).
 func (h HostIDs) used() []interval {
@@ -118,7 +119,15 @@ func (h HostIDs) used() []interval {
 		})
 	}
 	sort.Slice(iv, func(i, j int) bool { return iv[i].first < iv[j].first })
-	return iv
+	var joined []interval
+	for _, v := range iv {
+		if n := len(joined); n > 0 && v.first <= joined[n-1].last {
+			joined[n-1].last = max(joined[n-1].last, v.last)
+			continue
+		}
+		joined = append(joined, v)
+	}
+	return joined
 }
 
 // subIDMax is the highest id useradd may hand out as a subordinate id: the
@@ -161,16 +170,10 @@ func (h HostIDs) Pick(seed string, size uint32) (IDRange, error) {
 	}
 	const align = 65536
 	used := h.used()
+	// A binary search: a host may have tens of thousands of users.
 	free := func(first, last uint64) bool {
-		for _, u := range used {
-			if u.first > last {
-				return true
-			}
-			if u.last >= first {
-				return false
-			}
-		}
-		return true
+		i := sort.Search(len(used), func(i int) bool { return used[i].last >= first })
+		return i == len(used) || used[i].first > last
 	}
 	hf := fnv.New64a()
 	hf.Write([]byte(seed))
