@@ -62,7 +62,7 @@ func limitsProbeMain() {
 			}
 		}
 	}
-	os.Exit(0)
+	helperExit()
 }
 
 func hasController(list, c string) bool {
