@@ -32,10 +32,7 @@ func BenchmarkSlotUtilisation(b *testing.B) {
 	}
 	testkit.RequireRoot(b)
 	testkit.RequireTool(b, testkit.RegistryBinary, "docker-registry")
-	bin, err := exec.LookPath("vagent")
-	if err != nil {
-		b.Fatal(err)
-	}
+	bin := agentBinary(b)
 	dir, err := os.MkdirTemp("", "vagent-bench-slots-")
 	if err != nil {
 		b.Fatal(err)

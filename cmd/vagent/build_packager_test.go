@@ -61,12 +61,12 @@ package() { mkdir -p "$pkgdir/usr/share/hello"; echo hi >"$pkgdir/usr/share/hell
 	if err := os.WriteFile(filepath.Join(src, "PKGBUILD"), []byte(pkgbuild), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sudo := envWith("SUDO_UID", "4242", "SUDO_GID", "4343")
+	sudo := []string{"SUDO_UID=4242", "SUDO_GID=4343"}
 	pkg := filepath.Join(src, "hello-1:1.0-2-any.pkg.tar.zst")
 	logFile := filepath.Join(src, "hello-1:1.0-2-x86_64-build.log")
 	for round := 1; round <= 2; round++ {
 		var stdout, stderr bytes.Buffer
-		code := runWithEnv(append(e.args(), filepath.Join(src, "PKGBUILD")), &stdout, &stderr, sudo)
+		code := execVagent(t, append(e.args(), filepath.Join(src, "PKGBUILD")), &stdout, &stderr, sudo...)
 		if code != 0 {
 			t.Fatalf("round %d: exit %d\nstdout:\n%s\nstderr:\n%s", round, code, stdout.String(), stderr.String())
 		}
@@ -96,14 +96,14 @@ package() { mkdir -p "$pkgdir/usr/share/hello"; echo hi >"$pkgdir/usr/share/hell
 	// --out inside the source: its contents stay out of the next build.
 	out := filepath.Join(src, "out")
 	var stdout, stderr bytes.Buffer
-	if code := runWithEnv(append(e.args(), "--out", out, src), &stdout, &stderr, sudo); code != 0 {
+	if code := execVagent(t, append(e.args(), "--out", out, src), &stdout, &stderr, sudo...); code != 0 {
 		t.Fatalf("--out: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
 	if _, err := os.Stat(filepath.Join(out, filepath.Base(pkg))); err != nil {
 		t.Fatal(err)
 	}
 	stdout.Reset()
-	if code := runWithEnv(append(e.args(), "--out", out, src), &stdout, &stderr, sudo); code != 0 {
+	if code := execVagent(t, append(e.args(), "--out", out, src), &stdout, &stderr, sudo...); code != 0 {
 		t.Fatalf("--out again: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
 	if !strings.Contains(stdout.String(), "without 3 output(s) of earlier builds") {
@@ -170,7 +170,7 @@ func TestBuildLoadedImage(t *testing.T) {
 				}
 			}
 			var out bytes.Buffer
-			code = runWithEnv(args, &out, pts, envWith("TERM", "xterm"))
+			code = execVagent(t, args, &out, pts, "TERM=xterm")
 			pts.Close()
 			term := strings.ReplaceAll(<-read, "\r\n", "\n")
 			if code != 0 {
@@ -209,7 +209,7 @@ func TestBuildInstallLocal(t *testing.T) {
 	}
 	dep := write(filepath.Join(work, "localdep"), testPKGBUILD("localdep", "2.5"))
 	var stdout, stderr bytes.Buffer
-	if code := run1(append(e.args(), dep), &stdout, &stderr); code != 0 {
+	if code := execVagent(t, append(e.args(), dep), &stdout, &stderr); code != 0 {
 		t.Fatalf("dependency: exit %d\n%s\n%s", code, stdout.String(), stderr.String())
 	}
 	depPkg := filepath.Join(dep, "localdep-2.5-1-any.pkg.tar.zst")
@@ -224,7 +224,7 @@ package() { mkdir -p "$pkgdir/usr/share/needs"; }
 `)
 	stdout.Reset()
 	stderr.Reset()
-	code := run1(append(e.args(), "-I", depPkg, needs), &stdout, &stderr)
+	code := execVagent(t, append(e.args(), "-I", depPkg, needs), &stdout, &stderr)
 	log := stdout.String()
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, log, stderr.String())
@@ -298,7 +298,7 @@ package() {
 		t.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	code := run1(append(e.args(), "--check", src), &stdout, &stderr)
+	code := execVagent(t, append(e.args(), "--check", src), &stdout, &stderr)
 	log := stdout.String()
 	if code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", code, log, stderr.String())
@@ -338,10 +338,7 @@ func TestBuildInspect(t *testing.T) {
 	// Not parallel: it checks that nothing of any build is left in the
 	// shared data dir, which the parallel tests are still using.
 	e := newLocalBuildEnv(t)
-	bin, err := exec.LookPath("vagent")
-	if err != nil {
-		t.Fatalf("the test binary as vagent (testscript.Main): %v", err)
-	}
+	bin := agentBinary(t)
 	src := filepath.Join(sandboxtest.Dir(t), "broken")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		t.Fatal(err)
@@ -379,6 +376,7 @@ package() { :; }
 	if _, err := io.WriteString(ptm, "exit\r"); err != nil {
 		t.Fatal(err)
 	}
+	var err error
 	select {
 	case err = <-exited:
 	case <-time.After(2 * time.Minute):
@@ -554,7 +552,7 @@ package() {
 		var stdout, stderr bytes.Buffer
 		// The PKGBUILD's servers on the host's loopback, let in.
 		args := append(e.args(), "--forward", strings.TrimPrefix(files.URL, "http://"), "--forward", hostPort(t, gitURL), src)
-		if code := run1(args, &stdout, &stderr); code != 0 {
+		if code := execVagent(t, args, &stdout, &stderr); code != 0 {
 			t.Fatalf("build %d: exit %d\n%s\n%s", round+1, code, stdout.String(), stderr.String())
 		}
 		if n := downloads.Load(); n != 1 {

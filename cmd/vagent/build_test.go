@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -56,7 +57,7 @@ package() { install -Dm644 data.txt "$pkgdir/usr/share/local/data.txt"; }
 	before := treeState(t, src)
 	out := filepath.Join(dir, "out")
 	var stdout, stderr bytes.Buffer
-	code := runWithEnv(append(e.args(), "--path", "sub", "--out", out, src), &stdout, &stderr, envWith("SUDO_UID", "4242", "SUDO_GID", "4343"))
+	code := execVagent(t, append(e.args(), "--path", "sub", "--out", out, src), &stdout, &stderr, "SUDO_UID=4242", "SUDO_GID=4343")
 	if code != 0 {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
 	}
@@ -170,18 +171,20 @@ func startLocalBuildEnv() (e *localBuildEnv, err error) {
 	return e, nil
 }
 
-// envWith is os.Getenv with the variables of kv (name, value, …) set:
-// the environment of one vagent run, so that tests that need one can run
-// in parallel (t.Setenv forbids it).
-func envWith(kv ...string) func(string) string {
-	return func(k string) string {
-		for i := 0; i+1 < len(kv); i += 2 {
-			if kv[i] == k {
-				return kv[i+1]
-			}
-		}
-		return os.Getenv(k)
+// execVagent runs agentBinary with args, the test's environment with env
+// ("NAME=value", …) added, stdout and stderr, and returns its exit status:
+// each local build is a process of its own, as a packager's are, beside
+// the others on the shared data dir.
+func execVagent(tb testing.TB, args []string, stdout, stderr io.Writer, env ...string) int {
+	tb.Helper()
+	cmd := exec.Command(agentBinary(tb), args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	err := cmd.Run()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		tb.Fatalf("vagent %s: %v", strings.Join(args, " "), err)
 	}
+	return cmd.ProcessState.ExitCode()
 }
 
 // close stops the servers and removes the directory.
@@ -240,7 +243,7 @@ func TestBuildRemoteSources(t *testing.T) {
 			name, _, _ := strings.Cut(tc.pkg, "-")
 			out := filepath.Join(work, "out-"+name)
 			var stdout, stderr bytes.Buffer
-			code := run1(append(append(e.args(), "--out", out), tc.args...), &stdout, &stderr)
+			code := execVagent(t, append(append(e.args(), "--out", out), tc.args...), &stdout, &stderr)
 			log := stdout.String()
 			if code != 0 {
 				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, log, stderr.String())
@@ -270,7 +273,7 @@ func TestBuildRemoteSources(t *testing.T) {
 		}
 		out := filepath.Join(work, "out-config")
 		var stdout, stderr bytes.Buffer
-		code := run1([]string{"build", "--config", cfg, "--base-image", "registry.invalid:5000/test/archlike:latest",
+		code := execVagent(t, []string{"build", "--config", cfg, "--base-image", "registry.invalid:5000/test/archlike:latest",
 			"--seccomp=" + strconv.FormatBool(sandbox.SeccompSupported), "--out", out, pkgURL}, &stdout, &stderr)
 		if code != 0 {
 			t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout.String(), stderr.String())
@@ -368,10 +371,7 @@ func treeState(t *testing.T, root string) string {
 // has no server to hand a job back to, and says nothing of one.
 func TestBuildInterrupted(t *testing.T) {
 	testkit.RequireRoot(t)
-	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := agentBinary(t)
 	asked := make(chan struct{}, 1)
 	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {

@@ -222,10 +222,7 @@ func TestOneDataDirManyProcesses(t *testing.T) {
 	}
 	testkit.RequireTool(t, "unshare", "util-linux")
 	e := newLocalBuildEnv(t)
-	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := agentBinary(t)
 	for _, name := range []string{"extra-tool", "extra-other"} {
 		pkg, err := vieterserver.MakePackage(vieterserver.PkgInfo{Name: name, Version: "1-1", Arch: "any", Desc: "an optional builder package"}, nil, vieterserver.Zstd)
 		if err != nil {

@@ -30,10 +30,7 @@ func TestDemoStackGuide(t *testing.T) {
 	testkit.RequireRoot(t)
 	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
 	testkit.ArchLike(t)
-	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := agentBinary(t)
 	dir, err := os.MkdirTemp("", "vagent-demo-stack-test-")
 	if err != nil {
 		t.Fatal(err)

@@ -16,10 +16,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
+// vagent runs agentBinary with args (execVagent).
 func vagent(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var o, e bytes.Buffer
-	code = run1(args, &o, &e)
+	code = execVagent(t, args, &o, &e)
 	return code, o.String(), e.String()
 }
 

@@ -46,10 +46,7 @@ func TestRunBuildLimits(t *testing.T) {
 	}
 	testkit.RequireRoot(t)
 	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
-	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := agentBinary(t)
 	dir, err := os.MkdirTemp("", "vagent-limits-e2e-")
 	if err != nil {
 		t.Fatal(err)

@@ -33,8 +33,8 @@ type cliEnv struct {
 	stdout io.Writer
 	stderr io.Writer
 	log    *logrus.Logger
-	// getenv reads the process environment (os.Getenv; tests give each
-	// run its own, so that they can run in parallel).
+	// getenv reads the process environment (os.Getenv; a test may give
+	// a command an environment of its own).
 	getenv func(string) string
 }
 
@@ -135,15 +135,10 @@ func main() { os.Exit(run1(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run1 runs vagent with args and returns the exit status.
 func run1(args []string, stdout, stderr io.Writer) int {
-	return runWithEnv(args, stdout, stderr, os.Getenv)
-}
-
-// runWithEnv is run1 with the environment variables of getenv.
-func runWithEnv(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	log := logrus.New()
 	log.SetOutput(stderr)
 	log.SetLevel(logrus.InfoLevel)
-	if lvl := getenv("VIETER_LOG_LEVEL"); lvl != "" {
+	if lvl := os.Getenv("VIETER_LOG_LEVEL"); lvl != "" {
 		if l, err := logrus.ParseLevel(lvl); err == nil {
 			log.SetLevel(l)
 		}
@@ -173,7 +168,7 @@ func runWithEnv(args []string, stdout, stderr io.Writer, getenv func(string) str
 	defer cancel(nil)
 	out := &closedStdout{w: stdout, onClose: func() { cancel(errStdoutClosed) }}
 
-	env := &cliEnv{stdin: os.Stdin, stdout: out, stderr: stderr, log: log, getenv: getenv}
+	env := &cliEnv{stdin: os.Stdin, stdout: out, stderr: stderr, log: log, getenv: os.Getenv}
 	root := newRootCmd(env)
 	root.SetArgs(singleDashLongFlags(root, args))
 	cmd, err := root.ExecuteContextC(ctx)

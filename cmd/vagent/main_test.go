@@ -2,6 +2,8 @@ package main
 
 import (
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -32,4 +34,44 @@ func TestScripts(t *testing.T) {
 		Condition: scriptCondition,
 		Cmds:      scriptCmds,
 	})
+}
+
+// agentEnv names the vagent binary that the end-to-end tests start as a
+// process (`vagent run`, an ordinary user's vagent): `make unit` sets it to
+// the binary `make build` makes, the one users install. Unset, they start
+// the test binary, which is vagent when called so: the same code, built
+// with the race detector, which makes its image unpacking and hashing
+// several times slower (docs/testing.md, "Where the time goes").
+const agentEnv = "VAGENT_TEST_AGENT"
+
+// agentBinary is the vagent the end-to-end tests start (see agentEnv).
+func agentBinary(tb testing.TB) string {
+	tb.Helper()
+	if bin := os.Getenv(agentEnv); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			tb.Fatalf("%s: %v", agentEnv, err)
+		}
+		return bin
+	}
+	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return bin
+}
+
+// agentVersion is the version agentBinary reports (`vagent version`'s
+// first line), which its build logs carry.
+func agentVersion(tb testing.TB) string {
+	tb.Helper()
+	out, err := exec.Command(agentBinary(tb), "version").Output()
+	if err != nil {
+		tb.Fatalf("vagent version: %v", err)
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	v, ok := strings.CutPrefix(first, "vagent ")
+	if !ok {
+		tb.Fatalf("vagent version: %q", out)
+	}
+	return v
 }

@@ -27,16 +27,12 @@ import (
 // run vagent as.
 const nobody = 65534
 
-// binaryFor copies the test binary (which is `vagent` when called so)
-// where uid may run it and returns its path.
+// binaryFor copies the agent binary (agentBinary) where uid may run it
+// and returns its path.
 func binaryFor(t *testing.T, uid int) string {
 	t.Helper()
 	dir := sandboxtest.Dir(t) // every user may traverse it
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := os.Open(self)
+	src, err := os.Open(agentBinary(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func newRootlessEnv(t testing.TB, ctx context.Context, extra string) *rootlessEn
 	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
 	e := &rootlessEnv{u: testkit.NewRootlessUser(t)}
 	testkit.RequireRootlessNetwork(t)
-	e.bin = e.u.Install(t, os.Args[0], "vagent")
+	e.bin = e.u.Install(t, agentBinary(t), "vagent")
 	dir, err := os.MkdirTemp("", "vagent-rootless-stack-")
 	if err != nil {
 		t.Fatal(err)
@@ -446,7 +446,7 @@ func TestRootlessUnavailable(t *testing.T) {
 	testkit.RequireRoot(t)
 	dir := sandboxtest.Dir(t)
 	bin := filepath.Join(dir, "vagent")
-	if out, err := exec.Command("cp", os.Args[0], bin).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", agentBinary(t), bin).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	home := filepath.Join(dir, "home")

@@ -40,10 +40,7 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 	testkit.RequireRoot(t)
 	testkit.RequireTool(t, testkit.RegistryBinary, "docker-registry")
-	bin, err := exec.LookPath("vagent") // the test binary, installed by testscript.Main
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := agentBinary(t)
 	dir, err := os.MkdirTemp("", "vagent-run-e2e-")
 	if err != nil {
 		t.Fatal(err)
@@ -274,7 +271,7 @@ package() {`, 1)
 	// Every log starts with its header: the agent, the target, the base
 	// image, and the digests of the base image and of the builder, which
 	// is the one builder on disk.
-	builderDigest := ""
+	builderDigest, version := "", agentVersion(t)
 	for _, l := range logs {
 		head, _, ok := strings.Cut(string(l.Content), "\n\n")
 		fields := map[string]string{}
@@ -411,10 +408,7 @@ func TestRunNeedsIsolatedNetwork(t *testing.T) {
 		testkit.Unavailable(t, "vagent run needs a binary built with -tags seccomp (make test builds it so)")
 	}
 	testkit.RequireRoot(t)
-	bin, err := exec.LookPath("vagent")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := agentBinary(t)
 	srv, ts := vieterserver.NewTest(t, vieterserver.WithAPIKey("k"))
 	dir := sandboxtest.Dir(t)
 	run := func(mode string) (*exec.Cmd, *sandboxtest.Buffer) {
