@@ -260,23 +260,27 @@ func procUIDs(pid int) ([]int, error) {
 }
 
 func procIDs(pid int, field string) ([]int, error) {
-	ids, err := procFields(pid, field)
+	_, ids, err := procStatus(pid, field)
 	if err != nil {
 		return nil, err
 	}
 	return ids[0], nil
 }
 
-// procFields returns the numbers of each of fields ("Uid:", "PPid:") in
-// /proc/pid/status, read once.
-func procFields(pid int, fields ...string) ([][]int, error) {
+// procStatus returns the name (comm) of process pid and the numbers of
+// each of fields ("Uid:", "PPid:"), from one read of /proc/pid/status: a
+// process that ends or execs between two reads cannot mix them.
+func procStatus(pid int, fields ...string) (name string, vals [][]int, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	out := make([][]int, len(fields))
+	vals = make([][]int, len(fields))
 	found := 0
 	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Name:"); ok {
+			name = strings.TrimSpace(v)
+		}
 		for i, field := range fields {
 			v, ok := strings.CutPrefix(line, field)
 			if !ok {
@@ -285,17 +289,17 @@ func procFields(pid int, fields ...string) ([][]int, error) {
 			for _, f := range strings.Fields(v) {
 				id, err := strconv.Atoi(f)
 				if err != nil {
-					return nil, err
+					return "", nil, err
 				}
-				out[i] = append(out[i], id)
+				vals[i] = append(vals[i], id)
 			}
 			found++
 		}
 	}
-	if found != len(fields) {
-		return nil, fmt.Errorf("/proc/%d/status lacks one of %v", pid, fields)
+	if found != len(fields) || name == "" {
+		return "", nil, fmt.Errorf("/proc/%d/status lacks its name or one of %v", pid, fields)
 	}
-	return out, nil
+	return name, vals, nil
 }
 
 // ProcWatch records, until Stop, every process that descends from a
@@ -370,17 +374,16 @@ func (w *ProcWatch) sample(root int) {
 		if !under(pid) {
 			continue
 		}
-		ids, err := procFields(pid, "Uid:", "Gid:")
+		comm, ids, err := procStatus(pid, "Uid:", "Gid:")
 		if err != nil {
 			continue
 		}
 		uids, gids := ids[0], ids[1]
-		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 		key := pid
 		if old, ok := w.seen[key]; ok && fmt.Sprint(old.UIDs, old.GIDs) == fmt.Sprint(uids, gids) {
 			continue
 		}
-		w.seen[key] = ProcSample{PID: pid, Comm: strings.TrimSpace(string(comm)), UIDs: uids, GIDs: gids}
+		w.seen[key] = ProcSample{PID: pid, Comm: comm, UIDs: uids, GIDs: gids}
 	}
 }
 
